@@ -1,0 +1,62 @@
+"""The FastAPI application: routes, static chat page, lifespan."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .http_api import ApiError, error_response, router
+from .runtime import Runtime
+from .ws import ChatConnection
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Model loading is slow and blocking: do it off the event loop so /healthz answers meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, runtime.start)
+        yield
+        await runtime.stop()
+
+    app = FastAPI(title="rewardloop", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.websocket("/ws/chat")
+    async def ws_chat(ws: WebSocket):
+        if not runtime.ready:
+            await ws.accept()
+            await ws.send_json({"type": "error", "code": "not_ready",
+                                "message": "the model is still loading; reconnect in a few seconds"})
+            await ws.close(1013, "model loading")  # 1013 = try again later
+            return
+        await ChatConnection(ws, runtime.chat, runtime.feedback, runtime.settings, runtime.secret).run()
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, "bad_request", str(exc.errors()))
+
+    return app

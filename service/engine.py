@@ -1,0 +1,223 @@
+"""The generation engine: one thread owns the model.
+
+The asyncio side only submits requests and receives events; every model call,
+and later every adapter load, happens on this thread between decode steps, so
+there is no model call on the event loop and no global `set_adapter` race.
+
+Scheduling is per step: each active sequence advances one token per round, so
+streams interleave fairly and a cancelled one frees its slot at the next step.
+(A batched step can replace `_step_one` without changing the interface.)
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .sampling import SamplingParams, sample_token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenEvent:
+    token_id: int
+    logprob: float
+    text: str          # new text since the previous event ('' while a multi-byte char is incomplete)
+
+
+@dataclass
+class EndEvent:
+    finish_reason: str  # stop | length | cancelled | error
+    n_tokens: int
+    queued_at: float
+    first_token_at: float | None
+    ended_at: float
+    error: str | None = None
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None  # None = the base model
+
+
+class GenerationHandle:
+    """What the asyncio side holds: an async iterator of events and a cancel switch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _emit(self, event) -> None:  # called from the engine thread
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # event loop closed: nobody is listening any more
+            self.cancelled.set()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if getattr(self, "_done", False):
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if isinstance(event, EndEvent):
+            self._done = True
+        return event
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    handle: GenerationHandle
+    queued_at: float
+    generator: torch.Generator
+    ids: list[int] = field(default_factory=list)
+    cache: object = None
+    next_logits: torch.Tensor | None = None
+    text: str = ""
+    first_token_at: float | None = None
+
+
+class Engine:
+    def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.stop_ids = stop_token_ids or self._default_stop_ids(tokenizer)
+        self._inbox: queue.Queue = queue.Queue()
+        self._active: list[_Sequence] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self.steps = 0
+        self.active_count = 0
+
+    @staticmethod
+    def _default_stop_ids(tok) -> set[int]:
+        ids = {tok.eos_token_id}
+        for special in ("<|im_end|>", "<|endoftext|>"):
+            tid = tok.convert_tokens_to_ids(special)
+            if isinstance(tid, int) and tid != tok.unk_token_id:
+                ids.add(tid)
+        return {i for i in ids if i is not None}
+
+    # --- asyncio side -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10) -> None:
+        self._stopping.set()
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> GenerationHandle:
+        handle = GenerationHandle(loop or asyncio.get_running_loop())
+        self._inbox.put(("gen", request, handle, time.time()))
+        return handle
+
+    def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
+        """Run fn on the engine thread between decode steps (adapter loads, scoring)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(("call", fn, fut))
+        return fut
+
+    # --- engine thread --------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stopping.is_set():
+            self._drain_inbox(block=not self._active)
+            for seq in list(self._active):
+                self._advance(seq)
+            self.active_count = len(self._active)
+        for seq in self._active:
+            self._finish(seq, "cancelled")
+
+    def _drain_inbox(self, block: bool) -> None:
+        while True:
+            try:
+                item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if item is None:
+                return
+            if item[0] == "gen":
+                _, request, handle, queued_at = item
+                gen = torch.Generator(device="cpu").manual_seed(request.params.seed)
+                self._active.append(_Sequence(request, handle, queued_at, gen))
+            elif item[0] == "call":
+                _, fn, fut = item
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except Exception as exc:  # handed to the caller, who decides
+                        fut.set_exception(exc)
+
+    def _advance(self, seq: _Sequence) -> None:
+        if seq.handle.cancelled.is_set():
+            return self._finish(seq, "cancelled")
+        try:
+            self._step_one(seq)
+        except Exception as exc:
+            log.exception("generation failed")
+            return self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+        self.steps += 1
+
+    def activate_adapter(self, name: str | None) -> None:
+        """Hook for adapter routing: make `name` (None = base) the active weights."""
+        if name not in (None, "base"):
+            raise KeyError(f"adapter {name!r} is not loaded on this server")
+
+    def _forward(self, seq: _Sequence, ids: list[int]) -> torch.Tensor:
+        self.activate_adapter(seq.request.adapter)
+        inp = torch.tensor([ids], device=self.device)
+        out = self.model(input_ids=inp, past_key_values=seq.cache, use_cache=True)
+        seq.cache = out.past_key_values
+        return out.logits[0, -1]  # [V]
+
+    def _step_one(self, seq: _Sequence) -> None:
+        if seq.next_logits is None:  # prefill
+            seq.next_logits = self._forward(seq, seq.request.prompt_ids)
+        tok, logprob = sample_token(seq.next_logits, seq.request.params, seq.generator)
+        if seq.first_token_at is None:
+            seq.first_token_at = time.time()
+        if tok in self.stop_ids:
+            return self._finish(seq, "stop")
+        seq.ids.append(tok)
+        text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)
+        delta = ""
+        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
+            delta, seq.text = text[len(seq.text):], text
+        seq.handle._emit(TokenEvent(tok, logprob, delta))
+        if len(seq.ids) >= seq.request.params.max_new_tokens:
+            return self._finish(seq, "length")
+        seq.next_logits = self._forward(seq, [tok])
+
+    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+        if seq in self._active:
+            self._active.remove(seq)
+        seq.cache = None  # free the KV cache now, not when the handle is collected
+        seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error))
+
+    # --- scoring (tests, replay, evaluation) ----------------------------------------
+    def score(self, prompt_ids: list[int], reply_ids: list[int], adapter: str | None = None) -> torch.Tensor:
+        """Raw logits [T, V] predicting each reply token. Runs on the engine thread."""
+        def run():
+            self.activate_adapter(adapter)
+            ids = torch.tensor([prompt_ids + reply_ids], device=self.device)
+            logits = self.model(input_ids=ids).logits[0]
+            return logits[len(prompt_ids) - 1: len(prompt_ids) - 1 + len(reply_ids)].float().cpu()
+        return self.call(run).result()

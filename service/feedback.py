@@ -1,0 +1,76 @@
+"""Feedback intake: validate a feedback against the reply it names, then store it
+exactly once. Shared by the websocket and POST /v1/feedback."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from .auth import User
+from .protocol import Feedback, ProtocolError
+from .store import ChatStore
+
+# A page measures dwell with its own clock; allow this much skew before calling it impossible.
+DWELL_SLACK_MS = 5_000
+
+
+class FeedbackService:
+    def __init__(self, store: ChatStore):
+        self.store = store
+
+    async def _reply_for(self, fb_reply_id: str, user: User, ref: str) -> dict:
+        names = ("user_id", "session_id", "adapter_version", "queued_at", "ended_at", "candidates", "turn")
+        vals = await self.store.reply_fields(fb_reply_id, *names)
+        if vals[0] is None:
+            raise ProtocolError("unknown_reply", f"reply {fb_reply_id!r} does not exist: use the reply_id from "
+                                "reply_start (or the `id` of a chat completion)", ref)
+        reply = dict(zip(names, vals))
+        if reply["user_id"] != user.user_id:
+            raise ProtocolError("forbidden", f"reply {fb_reply_id!r} belongs to another user: feedback refused "
+                                "and not recorded", ref)
+        return reply
+
+    async def record(self, fb: Feedback, user: User, now: float | None = None) -> tuple[bool, dict]:
+        """Validate and store. Returns (duplicate, stored event fields)."""
+        now = now or time.time()
+        reply = await self._reply_for(fb.reply_id, user, fb.feedback_id)
+        if fb.kind == "choose":
+            cands = json.loads(reply["candidates"]) if reply["candidates"] else []
+            if fb.value == fb.reply_id or fb.reply_id not in cands or fb.value not in cands:
+                raise ProtocolError("bad_value", "choose must name two different candidates of one turn: reply_id = "
+                                    f"the chosen one, value = the other (candidates of this turn: {cands or 'none'})",
+                                    fb.feedback_id)
+        if fb.kind == "dwell":
+            age_ms = (now - float(reply["queued_at"])) * 1000
+            if fb.value > age_ms + DWELL_SLACK_MS:
+                raise ProtocolError("bad_value", f"dwell of {fb.value} ms is longer than reply {fb.reply_id!r} has "
+                                    f"existed ({age_ms:.0f} ms)", fb.feedback_id)
+        since_end = (now - float(reply["ended_at"])) * 1000 if reply["ended_at"] else None
+        fields = {
+            "event_id": "ev_" + secrets.token_hex(10), "kind": fb.kind, "value": fb.value,
+            "feedback_id": fb.feedback_id, "reply_id": fb.reply_id, "session_id": reply["session_id"],
+            "user_id": user.user_id, "adapter_version": reply["adapter_version"],
+            "client_time": fb.client_time, "server_time": repr(now),
+            "since_reply_end_ms": None if since_end is None else round(since_end),
+        }
+        created, _ = await self.store.record_once(f"{user.user_id}:{fb.feedback_id}", fields)
+        if created and fb.kind == "choose":
+            # the chosen candidate becomes the session's answer for that turn
+            await self.store.set_history_turn(reply["session_id"], int(reply["turn"]), fb.reply_id)
+        return (not created), fields
+
+    async def record_continuation(self, user: User, previous_reply_id: str, now: float | None = None) -> bool:
+        """The user wrote again after `previous_reply_id`: stored once per reply, whichever
+        server process or connection sees the next message first."""
+        now = now or time.time()
+        vals = await self.store.reply_fields(previous_reply_id, "session_id", "adapter_version", "ended_at")
+        if vals[0] is None:
+            return False
+        gap = now - float(vals[2]) if vals[2] else None
+        created, _ = await self.store.record_once(f"derived:continuation:{previous_reply_id}", {
+            "event_id": "ev_" + secrets.token_hex(10), "kind": "continuation",
+            "value": None if gap is None else round(gap, 3), "reply_id": previous_reply_id,
+            "session_id": vals[0], "user_id": user.user_id, "adapter_version": vals[1],
+            "server_time": repr(now), "derived": 1,
+        })
+        return created

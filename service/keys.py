@@ -1,0 +1,67 @@
+"""Redis key names, in one place. Pure: no Redis import.
+
+Every key carries the deployment prefix (REWARDLOOP_PREFIX, default `rl:`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "rl:"
+
+    # streams
+    @property
+    def events(self) -> str:
+        """Stream of every turn, reply and feedback event (consumer group `rewarders`)."""
+        return self.prefix + "events"
+
+    @property
+    def rewards(self) -> str:
+        """Stream of final rewards, read by the learner."""
+        return self.prefix + "rewards"
+
+    def reply(self, reply_id: str) -> str:
+        """Hash: everything about one generated reply (prompt, tokens, log-probs, version, times)."""
+        return f"{self.prefix}reply:{reply_id}"
+
+    def session(self, session_id: str) -> str:
+        """List of reply ids that form the session's history, in turn order."""
+        return f"{self.prefix}session:{session_id}"
+
+    def session_meta(self, session_id: str) -> str:
+        """Hash: user_id, created, last_active, turns."""
+        return f"{self.prefix}session_meta:{session_id}"
+
+    def session_replies(self, session_id: str) -> str:
+        """List of every reply id generated in the session (candidates and regenerations too)."""
+        return f"{self.prefix}session_replies:{session_id}"
+
+    @property
+    def sessions(self) -> str:
+        """Sorted set session_id -> created time."""
+        return self.prefix + "sessions"
+
+    def user_sessions(self, user_id: str) -> str:
+        """Sorted set of one user's sessions -> created time."""
+        return f"{self.prefix}user_sessions:{user_id}"
+
+    def feedback_id(self, feedback_id: str) -> str:
+        """Idempotency record of one client feedback id."""
+        return f"{self.prefix}fb:{feedback_id}"
+
+    def reward(self, reply_id: str) -> str:
+        """Ledger entry of one reply."""
+        return f"{self.prefix}reward:{reply_id}"
+
+    @property
+    def adapters(self) -> str:
+        return self.prefix + "adapters"
+
+    @property
+    def adapters_changed(self) -> str:
+        return self.prefix + "adapters:changed"
+
+    def scan_pattern(self) -> str:
+        return self.prefix + "*"

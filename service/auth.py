@@ -40,7 +40,7 @@ def new_user_id() -> str:
 def create_token(secret: str, user_id: str, ttl_s: int, opt_out: bool = False, now: float | None = None) -> str:
     if not user_id or len(user_id) > 128:
         raise ValueError(f"user id must be 1..128 characters, got {user_id!r}")
-    payload = {"u": user_id, "exp": int((now or time.time()) + ttl_s)}
+    payload = {"u": user_id, "exp": int((time.time() if now is None else now) + ttl_s)}
     if opt_out:
         payload["opt"] = 1
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
@@ -55,13 +55,13 @@ def verify_token(secret: str, token: str | None, now: float | None = None) -> Us
     if len(parts) != 3 or parts[0] != "v1":
         raise TokenError("malformed token: expected v1.<payload>.<signature>; get a new one from POST /api/session")
     want = _b64(hmac.new(secret.encode(), parts[1].encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(want, parts[2]):
+    if not hmac.compare_digest(want.encode(), parts[2].encode()):
         raise TokenError("token signature is invalid (forged, or signed with another secret); get a new one")
     try:
         payload = json.loads(_unb64(parts[1]))
         user = User(str(payload["u"]), float(payload["exp"]), bool(payload.get("opt")))
     except (ValueError, KeyError, TypeError):
         raise TokenError("token payload is unreadable; get a new one from POST /api/session") from None
-    if user.expires_at < (now or time.time()):
+    if user.expires_at < (time.time() if now is None else now):
         raise TokenError("token expired; get a new one from POST /api/session")
     return user

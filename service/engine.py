@@ -92,6 +92,13 @@ class _Sequence:
     first_token_at: float | None = None
 
 
+def cache_argument_name(model) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache`; support both."""
+    import inspect
+    base = getattr(model, "get_base_model", lambda: model)()
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 class Engine:
     def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None):
         self.model = model
@@ -104,6 +111,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.steps = 0
         self.active_count = 0
+        self._cache_arg = cache_argument_name(model)
 
     @staticmethod
     def _default_stop_ids(tok) -> set[int]:
@@ -183,9 +191,9 @@ class Engine:
 
     def _forward(self, seq: _Sequence, ids: list[int]) -> torch.Tensor:
         self.activate_adapter(seq.request.adapter)
-        inp = torch.tensor([ids], device=self.device)
-        out = self.model(input_ids=inp, past_key_values=seq.cache, use_cache=True)
-        seq.cache = out.past_key_values
+        inp = torch.tensor([ids], device=self.device)  # [1, T]
+        out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self._cache_arg: seq.cache})
+        seq.cache = getattr(out, self._cache_arg)
         return out.logits[0, -1]  # [V]
 
     def _step_one(self, seq: _Sequence) -> None:

@@ -65,7 +65,7 @@ def _str(frame: dict, name: str, required: bool = True, max_len: int = MAX_ID_LE
     v = frame.get(name)
     if v is None:
         if required:
-            raise ProtocolError("missing_field", f"field {name!r} is required for a {frame.get('type')} frame")
+            raise ProtocolError("missing_field", f"field {name!r} is required for a {frame.get('type', 'feedback')} frame")
         return None
     if not isinstance(v, str) or not v or len(v) > max_len:
         raise ProtocolError("bad_value", f"field {name!r} must be a non-empty string of at most {max_len} characters")
@@ -90,7 +90,7 @@ def parse_client_frame(raw: str | bytes, max_bytes: int):
         if not isinstance(text, str) or not text.strip():
             raise ProtocolError("missing_field", "user_message needs a non-empty 'text'")
         cands = frame.get("candidates", 1)
-        if cands not in (1, 2) or isinstance(cands, bool):
+        if type(cands) is not int or cands not in (1, 2):
             raise ProtocolError("bad_value", f"'candidates' must be 1 or 2, got {cands!r}")
         return UserMessage(text=text, client_msg_id=_str(frame, "client_msg_id"),
                            session_id=_str(frame, "session_id", required=False), candidates=cands)
@@ -136,7 +136,7 @@ def _feedback_value(kind: str, value):
             raise ProtocolError("bad_value", f"rating value must be an integer 1..5, got {value!r}")
         return int(value)
     if kind == "choose":
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN:
             raise ProtocolError("bad_value", "choose needs 'reply_id' = the chosen candidate and 'value' = the "
                                 "other candidate's reply id")
         return value

@@ -59,13 +59,16 @@ class Settings:
     def __post_init__(self):
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
-        if self.temperature < 0:
+        if not 0 <= self.temperature < float("inf"):
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r} (REWARDLOOP_TEMPERATURE)")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r} (REWARDLOOP_MAX_NEW_TOKENS)")
         if self.context_budget <= self.max_new_tokens:
             raise ValueError(f"context_budget ({self.context_budget}) must exceed max_new_tokens "
                              f"({self.max_new_tokens}): REWARDLOOP_CONTEXT_BUDGET")
+        if not self.feedback_rate > 0 or self.feedback_burst < 1:
+            raise ValueError(f"feedback_rate must be > 0 and feedback_burst >= 1, got {self.feedback_rate!r} and "
+                             f"{self.feedback_burst!r} (REWARDLOOP_FEEDBACK_RATE / REWARDLOOP_FEEDBACK_BURST)")
         if not 0 <= self.candidate_share <= 1:
             raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
                              "(REWARDLOOP_CANDIDATE_SHARE)")

@@ -102,7 +102,7 @@ class PageHinkleyConfig:
     delta: float = field(default=0.1, metadata={"help": (
         "Magnitude tolerance (stream units): mean shifts smaller than delta never accumulate. "
         "Set it to half the smallest shift worth an alarm (0.1 for a 0.2 reward shift).")})
-    threshold: float = field(default=40.0, metadata={"help": (
+    threshold: float = field(default=36.0, metadata={"help": (
         "lambda (stream units): alarm when the cumulative deviation beyond delta exceeds it. "
         "Higher means fewer false alarms and slower detection.")})
     min_samples: int = field(default=100, metadata={"help": (
@@ -125,10 +125,10 @@ class PageHinkleyConfig:
 
 @dataclass(frozen=True)
 class CusumConfig:
-    k: float = field(default=0.1, metadata={"help": (
+    k: float = field(default=0.15, metadata={"help": (
         "Reference value (allowance) in standard deviations: standardized shifts smaller than "
         "k never accumulate. Set it to half the smallest shift worth an alarm.")})
-    threshold: float = field(default=45.0, metadata={"help": (
+    threshold: float = field(default=48.0, metadata={"help": (
         "h, in standard deviations: alarm when a one-sided cumulative sum exceeds it. "
         "Higher means fewer false alarms and slower detection.")})
     warmup: int = field(default=1000, metadata={"help": (

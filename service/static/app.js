@@ -181,15 +181,16 @@
     conn.ready = true; everReady = true; backoff = BACKOFF_MIN; helloFailures = 0;
     if (m.session_id) { sessionId = String(m.session_id); lsSet(LS.session, sessionId); }
     setStatus("connected");
+    ui.status.title = "";
     for (const f of Object.values(outboxRead())) sendFrame(f);  // same feedback_id: server dedups
     flushPending();
   }
 
   function onServerError(m) {
-    if (!conn.ready && conn.helloSession) {
-      // The hello was refused while resuming: the stored session is likely gone, so start fresh.
-      lsDel(LS.session); sessionId = null;
-      reconnectNow();
+    if (!conn.ready && (m.code === "unauthorized" || m.code === "not_ready")) {
+      // Recovered by the close that follows (4401: new token; 1013: retry later): no toast.
+      ui.status.title = m.message || m.code;
+      return;
     }
     if (m.ref != null) {
       outboxRemove(m.ref);  // the server has judged this feedback; retrying would not help

@@ -34,10 +34,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from worker.drift import DETECTORS, make_detector  # noqa: E402
 
-KIND_WEIGHTS = (0.60, 0.15, 0.25)  # thumbs, rating, implicit-only
-# (value, probability) per kind for a good and a bad reply
+# (value, probability) per kind of feedback, for a good and a bad reply
 GOOD = ([(1.0, 1.0)], [(0.5, 0.5), (1.0, 0.5)], [(0.3, 0.7), (0.8, 0.3)])
 BAD = ([(-1.0, 1.0)], [(-1.0, 1 / 3), (-0.5, 1 / 3), (0.0, 1 / 3)], [(-0.5, 0.5), (0.0, 0.5)])
+# share of replies whose feedback is a thumb, a rating, implicit signals only
+SCENARIOS = {
+    "mixture": (0.60, 0.15, 0.25),
+    # thumbs only: the largest variance a [-1, 1] reward with this mean can have (1 - mean^2),
+    # hence the worst case for PageHinkley, whose thresholds are in reward units
+    "thumbs": (1.0, 0.0, 0.0),
+}
 NOISE_STD = 0.1
 BASE_P_GOOD = 0.6
 NO_THRESHOLD = 1e12  # finite (configs refuse inf) and far above any statistic we can reach
@@ -52,29 +58,28 @@ def _clipped_normal_mean(v: float, s: float) -> float:
     return -cdf(a) + inside + (1 - cdf(b))
 
 
-def _conditional_mean(table) -> float:
+def _conditional_mean(weights, table) -> float:
     return sum(w * sum(p * _clipped_normal_mean(v, NOISE_STD) for v, p in kind)
-               for w, kind in zip(KIND_WEIGHTS, table))
+               for w, kind in zip(weights, table))
 
 
-MEAN_GOOD, MEAN_BAD = _conditional_mean(GOOD), _conditional_mean(BAD)
+def mean_reward(weights, p_good: float) -> float:
+    good, bad = _conditional_mean(weights, GOOD), _conditional_mean(weights, BAD)
+    return bad + p_good * (good - bad)
 
 
-def mean_reward(p_good: float) -> float:
-    return MEAN_BAD + p_good * (MEAN_GOOD - MEAN_BAD)
-
-
-def p_good_for_mean(target: float) -> float:
-    p = (target - MEAN_BAD) / (MEAN_GOOD - MEAN_BAD)
+def p_good_for_mean(weights, target: float) -> float:
+    good, bad = _conditional_mean(weights, GOOD), _conditional_mean(weights, BAD)
+    p = (target - bad) / (good - bad)
     if not 0 <= p <= 1:
         raise ValueError(f"mean reward {target:.3f} is out of reach of the simulation")
     return p
 
 
-def simulate(rng: np.random.Generator, p_good: np.ndarray) -> np.ndarray:
+def simulate(rng: np.random.Generator, weights, p_good: np.ndarray) -> np.ndarray:
     """One reward per entry of p_good (the probability that reply is good)."""
     n = p_good.size
-    kind = rng.choice(3, size=n, p=KIND_WEIGHTS)
+    kind = rng.choice(3, size=n, p=weights)
     good = rng.random(n) < p_good
     u = rng.random(n)
     values = np.empty(n)
@@ -90,14 +95,14 @@ def simulate(rng: np.random.Generator, p_good: np.ndarray) -> np.ndarray:
     return np.clip(values + rng.normal(0.0, NOISE_STD, n), -1.0, 1.0)
 
 
-def false_alarms(name: str, params: dict, runs: int, events: int, seed: int,
+def false_alarms(name: str, params: dict, weights, runs: int, events: int, seed: int,
                  target_far: float) -> dict:
     base = make_detector(name, **params)
     probe_params = {**asdict(base.config), "threshold": NO_THRESHOLD}
     rng = np.random.default_rng([seed, 1])
     max_stats, stds = [], []
     for _ in range(runs):
-        xs = simulate(rng, np.full(events, BASE_P_GOOD))
+        xs = simulate(rng, weights, np.full(events, BASE_P_GOOD))
         stds.append(float(xs.std()))
         detector = make_detector(name, **probe_params)
         peak = 0.0
@@ -114,17 +119,17 @@ def false_alarms(name: str, params: dict, runs: int, events: int, seed: int,
             "max_statistic_p50": float(np.median(peaks)), "stream_std": float(np.mean(stds))}
 
 
-def delays(name: str, params: dict, runs: int, shift: float, change_at: int,
+def delays(name: str, params: dict, weights, runs: int, shift: float, change_at: int,
            horizon: int, seed: int) -> dict:
     p_before = BASE_P_GOOD
-    p_after = p_good_for_mean(mean_reward(BASE_P_GOOD) + shift)
+    p_after = p_good_for_mean(weights, mean_reward(weights, BASE_P_GOOD) + shift)
     want = "rise" if shift > 0 else "drop"
     p_good = np.where(np.arange(change_at + horizon) < change_at, p_before, p_after)
     rng = np.random.default_rng([seed, 2, int(shift > 0)])
     found, early, wrong, missed = [], 0, 0, 0
     for _ in range(runs):
         detector = make_detector(name, **params)
-        for i, x in enumerate(simulate(rng, p_good).tolist()):
+        for i, x in enumerate(simulate(rng, weights, p_good).tolist()):
             result = detector.update(x)
             if result is None:
                 continue
@@ -173,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="events after the change before a run counts as missed")
     parser.add_argument("--target-far", type=float, default=0.01,
                         help="false-alarm rate for the suggested threshold (default 0.01)")
+    parser.add_argument("--scenario", choices=list(SCENARIOS), default="mixture",
+                        help="feedback mix: mixture (thumbs, ratings, implicit) or thumbs only "
+                             "(largest variance, worst case for PageHinkley)")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS),
                         choices=list(DETECTORS), help="which detectors (default all)")
     parser.add_argument("--param", action="append", default=[], metavar="DET.FIELD=VALUE",
@@ -183,26 +191,31 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_params(args.param)
 
     started = time.perf_counter()
+    weights = SCENARIOS[args.scenario]
+    mean = mean_reward(weights, BASE_P_GOOD)
     report = {"seed": args.seed, "simulation": {
-        "kind_weights": dict(zip(("thumbs", "rating", "implicit"), KIND_WEIGHTS)),
-        "noise_std": NOISE_STD, "p_good": BASE_P_GOOD, "mean": mean_reward(BASE_P_GOOD),
-        "p_good_after_drop": p_good_for_mean(mean_reward(BASE_P_GOOD) - abs(args.shift)),
-        "p_good_after_rise": p_good_for_mean(mean_reward(BASE_P_GOOD) + abs(args.shift))},
+        "scenario": args.scenario,
+        "kind_weights": dict(zip(("thumbs", "rating", "implicit"), weights)),
+        "noise_std": NOISE_STD, "p_good": BASE_P_GOOD, "mean": mean,
+        "events": args.events, "shift": abs(args.shift), "change_at": args.change_at,
+        "horizon": args.horizon,
+        "p_good_after_drop": p_good_for_mean(weights, mean - abs(args.shift)),
+        "p_good_after_rise": p_good_for_mean(weights, mean + abs(args.shift))},
         "detectors": {}}
     for name in args.detectors:
         params = overrides[name]
         config = asdict(make_detector(name, **params).config)
         entry = {"config": config,
-                 "stable": false_alarms(name, params, args.runs, args.events, args.seed,
+                 "stable": false_alarms(name, params, weights, args.runs, args.events, args.seed,
                                         args.target_far)}
         for label, shift in (("drop", -abs(args.shift)), ("rise", abs(args.shift))):
-            entry[label] = delays(name, params, args.runs, shift, args.change_at,
+            entry[label] = delays(name, params, weights, args.runs, shift, args.change_at,
                                   args.horizon, args.seed)
         report["detectors"][name] = entry
     report["seconds"] = round(time.perf_counter() - started, 1)
 
     sim = report["simulation"]
-    print(f"stream: mean {sim['mean']:.3f}, std "
+    print(f"{args.scenario} stream: mean {sim['mean']:.3f}, std "
           f"{next(iter(report['detectors'].values()))['stable']['stream_std']:.3f}; "
           f"{args.runs} runs, {args.events} stable events, change of +/-{abs(args.shift)} "
           f"at event {args.change_at}, seed {args.seed}")

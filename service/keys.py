@@ -63,5 +63,30 @@ class Keys:
     def adapters_changed(self) -> str:
         return self.prefix + "adapters:changed"
 
+    # --- reward workers (worker/) ---------------------------------------------------------
+    @property
+    def pairs(self) -> str:
+        """Stream of preference pairs (chosen_id, rejected_id, source) for DPO-style training."""
+        return self.prefix + "pairs"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of events that failed too often, with the error."""
+        return self.prefix + "dead_letters"
+
+    def lock(self, name: str) -> str:
+        """A named lock (beat leadership, learner runs)."""
+        return f"{self.prefix}lock:{name}"
+
+    def user(self, user_id: str) -> str:
+        """Hash of per-user flags: anomaly weight and reason, opt-out."""
+        return f"{self.prefix}user:{user_id}"
+
+    # --- learner and hot swap (learner/, service/) -----------------------------------------
+    @property
+    def adapter_history(self) -> str:
+        """Stream of every publish, promotion, rollback and swap, with who and why."""
+        return self.prefix + "adapters:history"
+
     def scan_pattern(self) -> str:
         return self.prefix + "*"

@@ -54,6 +54,17 @@ class Settings:
     feedback_burst: int = _help("REWARDLOOP_FEEDBACK_BURST: feedback frames one connection may send at once.", 50)
     candidate_share: float = _help(
         "REWARDLOOP_CANDIDATE_SHARE: share of turns answered with two candidates to choose from (0..1).", 0.0)
+    # --- worker / learner / hot swap / operators (used by later parts) ---
+    reward_config: Path | None = _help(
+        "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
+    update_every_s: int = _help("REWARDLOOP_UPDATE_EVERY: seconds between learner-trigger checks.", 300)
+    min_samples: int = _help("REWARDLOOP_MIN_SAMPLES: new final rewards needed before a learner run.", 64)
+    publish_mode: str = _help("REWARDLOOP_PUBLISH_MODE: 'canary' (new adapters serve a share of sessions first) "
+                              "or 'stable' (new adapters serve everyone at once).", "canary")
+    canary_share: float = _help("REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1).",
+                                0.1)
+    max_resident: int = _help("REWARDLOOP_MAX_RESIDENT: most adapter versions loaded in one server.", 3)
+    alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
     token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
 
     def __post_init__(self):
@@ -72,6 +83,11 @@ class Settings:
         if not 0 <= self.candidate_share <= 1:
             raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
                              "(REWARDLOOP_CANDIDATE_SHARE)")
+        if self.publish_mode not in ("canary", "stable"):
+            raise ValueError(f"publish_mode must be canary or stable, got {self.publish_mode!r} "
+                             "(REWARDLOOP_PUBLISH_MODE)")
+        if not 0 <= self.canary_share <= 1:
+            raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
         if not 1 <= self.port <= 65535:
@@ -87,7 +103,7 @@ class Settings:
         env = os.environ if env is None else env
         values = {}
         for f in dataclasses.fields(cls):
-            raw = env.get("REWARDLOOP_" + ("MODEL_CACHE" if f.name == "model_cache_dir" else f.name.upper()))
+            raw = env.get(env_name(f.name))
             if raw is None or raw == "" and f.name != "system_prompt":
                 continue
             values[f.name] = _convert(f, raw)
@@ -103,6 +119,13 @@ class Settings:
                 v = "***"
             rows.append((f.name, str(v), f.metadata["help"]))
         return rows
+
+
+_ENV_NAMES = {"model_cache_dir": "REWARDLOOP_MODEL_CACHE", "update_every_s": "REWARDLOOP_UPDATE_EVERY"}
+
+
+def env_name(field_name: str) -> str:
+    return _ENV_NAMES.get(field_name, "REWARDLOOP_" + field_name.upper())
 
 
 def _convert(f: dataclasses.Field, raw: str):

@@ -5,10 +5,12 @@ events) and the detection delay (events after a step change of +/- --shift in me
 until the first alarm). Prints a table and, with --json, writes the numbers to a file.
 
 Simulated reward of one reply (a stand-in for real feedback): the reply is "good" with
-probability p (0.6 when stable); it got a thumb (60%: good +1, bad -1), a rating (15%: good
-4-5, bad 1-3, mapped (r-3)/2) or only implicit signals (25%: good continuation 0.3 maybe plus
-copy 0.5, bad regenerate -0.5 or nothing); plus N(0, 0.1) dwell noise; clipped to [-1, 1].
-The mean is linear in p, so a shift of exactly --shift is a change of p computed in closed form.
+probability p (0.6 when stable); it got a thumb (good +1, bad -1), a rating (good 4-5, bad 1-3,
+mapped (r-3)/2) or only implicit signals (good continuation 0.3 maybe plus copy 0.5, bad
+regenerate -0.5 or nothing); plus N(0, 0.1) dwell noise; clipped to [-1, 1]. --scenario
+mixture: 60% thumbs, 15% ratings, 25% implicit; thumbs: thumbs only (the worst case for
+PageHinkley, see worker/drift.py). The mean is linear in p, so a shift of exactly --shift is a
+change of p computed in closed form.
 
 False-alarm runs use the real detectors with the threshold removed and record each run's
 largest statistic once armed: before its first alarm a detector behaves the same whatever its
@@ -17,6 +19,7 @@ gives the false-alarm rate at the configured threshold and the threshold for --t
 from one pass.
 
     .venv/bin/python bench/drift_calibration.py --runs 400 --seed 0 --json drift.json
+    .venv/bin/python bench/drift_calibration.py --scenario thumbs --param page_hinkley.threshold=36
 """
 
 from __future__ import annotations

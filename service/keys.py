@@ -82,11 +82,60 @@ class Keys:
         """Hash of per-user flags: anomaly weight and reason, opt-out."""
         return f"{self.prefix}user:{user_id}"
 
+    def reward_signals(self, reply_id: str) -> str:
+        """Hash event_id -> signal JSON of one reply: HSETNX makes each event count once."""
+        return f"{self.prefix}reward_signals:{reply_id}"
+
+    @property
+    def rewards_pending(self) -> str:
+        """Sorted set reply_id -> due time (ended_at + wait window) of replies not yet final."""
+        return self.prefix + "rewards:pending"
+
+    def user_votes(self, user_id: str) -> str:
+        """List of one user's recent votes (JSON [kind, value, seconds after reply end]), newest first."""
+        return f"{self.prefix}user_votes:{user_id}"
+
+    @property
+    def worker_stats(self) -> str:
+        """Hash of reward-worker counters (events, signals, late signals, dead letters, task runs)."""
+        return self.prefix + "worker:stats"
+
+    @property
+    def worker_errors(self) -> str:
+        """Hash events stream id -> last processing error, until the entry is acked or dead-lettered."""
+        return self.prefix + "worker:errors"
+
     # --- learner and hot swap (learner/, service/) -----------------------------------------
     @property
     def adapter_history(self) -> str:
         """Stream of every publish, promotion, rollback and swap, with who and why."""
         return self.prefix + "adapters:history"
+
+    @property
+    def learn_cursor(self) -> str:
+        """String: id of the last `rewards` stream entry a learner run consumed (published or
+        rejected); runs read after it. Absent: start from the beginning of the stream."""
+        return self.prefix + "learn:cursor"
+
+    @property
+    def learn_pairs_cursor(self) -> str:
+        """String: id of the last `pairs` stream entry a learner run consumed."""
+        return self.prefix + "learn:pairs_cursor"
+
+    @property
+    def learn_fence(self) -> str:
+        """Counter: fencing tokens of learner runs (INCR per attempt); the lock holds the token."""
+        return self.prefix + "learn:fence"
+
+    @property
+    def learn_lock(self) -> str:
+        """The learner-run lock (SET NX PX with the run's fencing token)."""
+        return self.lock("learner")
+
+    @property
+    def learn_last_run(self) -> str:
+        """Hash: outcome of the last learner run (state, version, reason, samples, finished_at)."""
+        return self.prefix + "learn:last_run"
 
     def scan_pattern(self) -> str:
         return self.prefix + "*"

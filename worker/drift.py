@@ -89,7 +89,7 @@ def _finite_value(detector: str, x: Any) -> float:
     # one NaN would poison the running sums forever, so reject it at the door
     try:
         value = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{detector}.update(x={x!r}): x must be a finite number") from None
     if not math.isfinite(value):
         raise ValueError(f"{detector}.update(x={x!r}): x must be a finite number")
@@ -291,8 +291,8 @@ class _SequentialDetector:
     def _step(self, x: float, index: int) -> DriftResult | None:
         raise NotImplementedError
 
-    def _alarm(self, direction: str, side: _Side, index: int,
-               mean_before: float) -> DriftResult:
+    def _alarm(self, direction: str, side: _Side, index: int, mean_before: float,
+               **extra: Any) -> DriftResult:
         state = self._state
         after_n = state.n - side.n0
         mean_after = (state.sum_x - side.sum0) / after_n if after_n else mean_before
@@ -300,7 +300,7 @@ class _SequentialDetector:
         evidence = {"mean_before": mean_before, "mean_after": mean_after,
                     "shift": mean_after - mean_before, "change_index": change_index,
                     "events_since_change": after_n, "events_in_regime": state.n,
-                    "config": asdict(self.config)}
+                    "config": asdict(self.config), **extra}
         subject = self.metric if self.version is None else f"{self.metric} of version {self.version}"
         verb = "dropped" if direction == "drop" else "rose"
         hint = ("check the replies served since then and consider rolling back"
@@ -381,9 +381,7 @@ class Cusum(_SequentialDetector):
         side, direction = (s.down, "drop") if s.down.stat >= s.up.stat else (s.up, "rise")
         if side.stat <= cfg.threshold:
             return None
-        result = self._alarm(direction, side, index, s.ref_mean)
-        result.evidence["reference_std"] = s.ref_std
-        return result
+        return self._alarm(direction, side, index, s.ref_mean, reference_std=s.ref_std)
 
 
 # ---------------------------------------------------------------- version comparison

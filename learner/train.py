@@ -1,0 +1,217 @@
+"""One LoRA update on logged, rewarded replies: readable top to bottom.
+
+    model   = base model + LoRA (continued from the stable adapter when there is one)
+    ref     = the same model with the adapter disabled (the base model, for the KL penalty)
+    for each epoch, for each mini-batch of replies:
+        logp      token log-probs at temperature 1            (SFT, KL, KTO, DPO)
+        samp_logp token log-probs under the SAME temperature/top-p the reply was sampled with,
+                  comparable to the behavior log-probs recorded at generation (PG ratio)
+        loss      = pg + kl + sft (+ kto + dpo), weights from TrainConfig.losses
+        AdamW step with gradient clipping
+
+Greedy replies (temperature 0) were drawn from a point mass: their behavior log-prob is 0 and no
+importance ratio exists, so they are left out of the policy gradient and still count for the
+SFT, KL and KTO terms.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from learner.config import TrainConfig
+from learner.dataset import Dataset, Pair, Sample
+from learner.losses import (advantages, clipped_pg_loss, dpo_loss, kl_penalty, kto_loss, sequence_logprobs,
+                            sft_loss, total_loss)
+from service.sampling import SamplingParams, processed_logprobs
+
+log = logging.getLogger(__name__)
+
+# log-prob given to a logged token that now falls outside the top-p nucleus: the new policy
+# would never sample it; a finite floor keeps ratios and sums finite (and has no gradient).
+OUTSIDE_NUCLEUS_LOGP = -30.0
+
+
+def wrap_with_lora(base: torch.nn.Module, cfg: TrainConfig, parent_dir: Path | None):
+    """PeftModel with trainable LoRA weights: the parent adapter's, or a fresh one."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    torch.manual_seed(cfg.seed)  # fresh LoRA init (A random, B zero) is reproducible
+    if parent_dir is not None:
+        return PeftModel.from_pretrained(base, str(parent_dir), is_trainable=True)
+    lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B,L] prompts left-padded to P, replies right-padded to T; L = P + T
+    attention_mask: torch.Tensor  # [B,L]
+    position_ids: torch.Tensor  # [B,L] counting from each row's first real token
+    targets: torch.Tensor  # [B,T] reply token ids (pad where mask is 0)
+    mask: torch.Tensor  # [B,T] 1 on real reply tokens
+    behavior: torch.Tensor  # [B,T] recorded behavior log-probs (0 on padding)
+    rewards: torch.Tensor  # [B]
+    params: list[SamplingParams]  # [B] sampling params each reply was drawn with
+    prompt_len: int  # P
+
+
+def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Batch:
+    """Left-pad prompts so every reply starts at column P: reply logits are one slice."""
+    P = max(len(s.prompt_ids) for s in samples)
+    T = max(len(s.reply_ids) for s in samples)
+    B = len(samples)
+    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.float32)
+    behavior = torch.zeros((B, T), dtype=torch.float32)
+    for b, s in enumerate(samples):
+        p, t = len(s.prompt_ids), len(s.reply_ids)
+        ids[b, P - p:P] = torch.tensor(s.prompt_ids)
+        ids[b, P:P + t] = torch.tensor(s.reply_ids)
+        attn[b, P - p:P + t] = 1
+        mask[b, :t] = 1
+        behavior[b, :t] = torch.tensor(s.behavior_logp, dtype=torch.float32)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [B,L]
+    return Batch(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+                 targets=ids[:, P:].to(device), mask=mask.to(device), behavior=behavior.to(device),
+                 rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32, device=device),
+                 params=[s.params for s in samples], prompt_len=P)
+
+
+def reply_logits(model, batch: Batch) -> torch.Tensor:
+    """[B,T,V] logits; position t predicts reply token t."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    P, T = batch.prompt_len, batch.targets.shape[1]
+    return out.logits[:, P - 1:P - 1 + T]
+
+
+def sampling_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[B,T] log-probs of the reply tokens under each reply's own sampling distribution.
+
+    Same semantics as service.sampling.processed_logprobs (temperature, then the top-p nucleus
+    renormalised), but differentiable: the nucleus membership comes from processed_logprobs
+    (a hard choice, no gradient), the renormalised log-softmax over it carries the gradient.
+    Greedy rows are 0 (they take no part in the ratio).
+    """
+    rows = []
+    for b, p in enumerate(batch.params):
+        tgt = batch.targets[b].unsqueeze(-1)  # [T,1]
+        if p.greedy:
+            rows.append(torch.zeros_like(batch.behavior[b]))
+            continue
+        lp = torch.log_softmax(logits[b].float() / p.temperature, dim=-1)  # [T,V]
+        if p.top_p < 1.0:
+            with torch.no_grad():
+                keep = torch.isfinite(processed_logprobs(logits[b].detach(), p))  # [T,V]
+            lp = lp - torch.logsumexp(lp.masked_fill(~keep, float("-inf")), dim=-1, keepdim=True)
+            inside = keep.gather(-1, tgt).squeeze(-1)  # [T]
+        else:
+            inside = torch.ones_like(batch.mask[b], dtype=torch.bool)
+        tok = lp.gather(-1, tgt).squeeze(-1)  # [T]
+        tok = torch.where(inside, tok, torch.full_like(tok, OUTSIDE_NUCLEUS_LOGP))
+        rows.append(tok * batch.mask[b])
+    return torch.stack(rows)  # [B,T]
+
+
+def _dpo_part(model, pairs: list[Pair], pad_id: int, device, beta: float) -> tuple[torch.Tensor, dict]:
+    """DPO on a mini-batch of pairs: chosen rows first, then rejected rows, in one forward."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    with torch.no_grad(), model.disable_adapter():
+        ref = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask).sum(-1)  # [2K]
+    pol = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask).sum(-1)  # [2K]
+    k = len(pairs)
+    return dpo_loss(pol[:k], pol[k:], ref[:k], ref[k:], beta=beta)
+
+
+def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
+          progress: bool = True) -> dict:
+    """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats."""
+    w = cfg.losses
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # one baseline for the whole run: a mini-batch of only good replies still gets pushed up
+    baseline = sum(s.reward for s in data.train) / len(data.train)
+    n_batches = math.ceil(len(data.train) / cfg.minibatch_size)
+    stats: dict = {"steps": 0, "baseline": baseline, "first": None, "last": None}
+    step_times: list[float] = []
+
+    model.train()
+    bar = tqdm(total=cfg.epochs * n_batches, desc="train", unit="step", disable=not progress, mininterval=0.5)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(data.train), generator=gen).tolist()
+        for i in range(n_batches):
+            t0 = time.perf_counter()
+            mb = [data.train[j] for j in order[i * cfg.minibatch_size:(i + 1) * cfg.minibatch_size]]
+            batch = collate(mb, pad_id, device)
+
+            # reference: the base model, i.e. this model with the adapter switched off
+            with torch.no_grad(), model.disable_adapter():
+                ref_logp = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask)  # [B,T]
+
+            logits = reply_logits(model, batch)  # [B,T,V]
+            logp = sequence_logprobs(logits, batch.targets, batch.mask)  # [B,T] temperature 1
+            parts, step = {}, {}
+            if w.pg > 0:
+                # importance ratio against the recorded behavior log-probs; greedy rows masked out
+                samp_logp = sampling_logprobs(logits, batch)  # [B,T]
+                sampled = torch.tensor([not p.greedy for p in batch.params], device=device)  # [B]
+                pg_mask = batch.mask * sampled.unsqueeze(-1)  # [B,T]
+                adv = advantages(batch.rewards, baseline=baseline)  # [B]
+                parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps)
+                step.update(pg_stats)
+            if w.kl > 0:
+                parts["kl"] = kl_penalty(logp, ref_logp, batch.mask)
+            if w.sft > 0:
+                parts["sft"] = sft_loss(logp, batch.mask, batch.rewards >= cfg.sft_threshold)
+            if w.kto > 0:
+                parts["kto"], kto_stats = kto_loss(logp.sum(-1), ref_logp.sum(-1), batch.rewards > 0,
+                                                   beta=cfg.kto_beta)
+                step.update({f"kto_{k}": v for k, v in kto_stats.items()})
+            if w.dpo > 0:
+                if data.pairs:
+                    k = cfg.minibatch_size
+                    chunk = [data.pairs[(i * k + j) % len(data.pairs)] for j in range(min(k, len(data.pairs)))]
+                    parts["dpo"], dpo_stats = _dpo_part(model, chunk, pad_id, device, cfg.dpo_beta)
+                    step.update({f"dpo_{k}": v for k, v in dpo_stats.items()})
+                else:
+                    parts["dpo"] = (logp * 0.0).sum()  # no pairs this run: the term is 0
+            loss = total_loss(parts, w)
+
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            opt.step()
+
+            step.update({name: float(t.detach()) for name, t in parts.items()})
+            step.update(loss=float(loss.detach()), grad_norm=float(grad_norm), epoch=epoch)
+            stats["first"] = stats["first"] or step
+            stats["last"] = step
+            stats["steps"] += 1
+            step_times.append(time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{step['loss']:.4f}", refresh=False)
+            bar.update(1)
+    bar.close()
+    model.eval()
+    stats["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
+    stats["samples"] = len(data.train)
+    return stats
+
+
+@torch.no_grad()
+def reply_logprob_sums(model, samples: list[Sample], pad_id: int, device: torch.device,
+                       batch_size: int = 8) -> list[float]:
+    """Temperature-1 log-probability of each whole reply under `model` (for tests and reports)."""
+    out: list[float] = []
+    for i in range(0, len(samples), batch_size):
+        batch = collate(samples[i:i + batch_size], pad_id, device)
+        logp = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask)  # [B,T]
+        out += logp.sum(-1).tolist()
+    return out

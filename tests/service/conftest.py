@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.model_fixtures import train_parrot
+
+CHROMIUM = "/usr/bin/chromium"
+XSS_REPLY = "<script>alert(1)</script> & <b>bold</b>"
+
+
+@pytest.fixture(scope="session")
+def xss_model(models_dir, tmp_path_factory):
+    """A real model that answers every prompt with an HTML/JS string."""
+    return train_parrot(models_dir, tmp_path_factory.mktemp("parrot") / "xss", XSS_REPLY)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no /usr/bin/chromium: `make browser-deps` (or apt-get install chromium) enables browser tests")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    yield pg
+    ctx.close()

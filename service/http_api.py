@@ -5,6 +5,7 @@ import json
 import time
 
 from fastapi import APIRouter, Request
+from redis.exceptions import RedisError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .auth import TokenError, User, create_token, new_user_id, verify_token
@@ -182,4 +183,7 @@ async def post_feedback(request: Request):
     except ProtocolError as err:
         status = {"unknown_reply": 404, "forbidden": 403}.get(err.code, 400)
         raise ApiError(status, err.code, err.message) from None
+    except RedisError:
+        raise ApiError(503, "unavailable", "storage is unavailable for a moment; nothing was recorded: "
+                       "retry in a few seconds with the same feedback_id") from None
     return {"feedback_id": fb.feedback_id, "duplicate": duplicate, "status": "stored"}

@@ -17,6 +17,7 @@ import random
 import time
 
 from fastapi import WebSocket, WebSocketDisconnect
+from redis.exceptions import RedisError
 
 from .auth import TokenError, User, verify_token
 from .chat import ChatService, ReplyPlan, TurnRefused
@@ -72,10 +73,17 @@ class ChatConnection:
                 except KeyError:  # a binary frame: starlette looks for 'text'
                     await self.send(server_error("bad_json", "binary frames are not accepted: send JSON text"))
                     continue
+                frame = None
                 try:
-                    await self.handle(parse_client_frame(raw, self.settings.max_message_bytes))
+                    frame = parse_client_frame(raw, self.settings.max_message_bytes)
+                    await self.handle(frame)
                 except ProtocolError as err:
                     await self.send(err.frame())
+                except RedisError as exc:  # Redis away for a moment: say so; the client retries
+                    log.warning("redis unavailable while handling a frame: %s", exc)
+                    ref = getattr(frame, "feedback_id", None) or getattr(frame, "client_msg_id", None)
+                    await self.send(server_error("unavailable", "storage is unavailable for a moment; nothing "
+                                                 "was recorded: retry in a few seconds (same feedback_id)", ref))
                 if self.state is State.CLOSED:
                     return
         except WebSocketDisconnect:

@@ -192,7 +192,11 @@
       ui.status.title = m.message || m.code;
       return;
     }
-    if (m.ref != null) {
+    if (m.ref != null && (m.code === "unavailable" || m.code === "rate_limited")) {
+      // Not judged, only not stored yet: keep it in the outbox and send it again shortly.
+      const frame = outboxRead()[m.ref];
+      if (frame) setTimeout(() => sendFrame(frame), m.code === "unavailable" ? 2000 : 1000);
+    } else if (m.ref != null) {
       outboxRemove(m.ref);  // the server has judged this feedback; retrying would not help
       const bubble = userBubbles.get(m.ref);
       if (bubble) bubble.classList.add("failed");

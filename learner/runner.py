@@ -1,0 +1,160 @@
+"""One learner run: lock, build the dataset, train, gate, publish or reject, advance the cursor.
+
+The lock is a Redis key set with NX PX to a fencing token (INCR of a counter), kept alive by a
+heartbeat thread. The commit (registry.commit) re-checks the token atomically, so a run whose
+lock expired -- paused too long, or its heartbeat died -- cannot publish, even if it does not
+know it lost the lock. A run killed at any point leaves the registry and the cursor as they
+were: nothing is written to Redis before that commit.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from learner import gate
+from learner.config import TrainConfig, load_train_config
+from learner.dataset import build_dataset
+from learner.registry import Registry
+from service.keys import Keys
+from service.settings import Settings
+from worker.reward_config import RewardConfig, config_hash, load_reward_config
+
+log = logging.getLogger(__name__)
+
+# extend PX only while the key still holds our token; delete likewise
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+@dataclass
+class RunResult:
+    state: str  # published | rejected | skipped | busy | lost_lock | dry_run
+    version: int | None = None
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+class LearnerLock:
+    """Redis lock with a fencing token and a heartbeat."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, ttl_s: float):
+        self.r, self.k, self.ttl_ms = r, keys, int(ttl_s * 1000)
+        self.token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+
+    def acquire(self) -> bool:
+        token = str(self.r.incr(self.k.learn_fence))
+        if not self.r.set(self.k.learn_lock, token, nx=True, px=self.ttl_ms):
+            return False
+        self.token = token
+        self._thread = threading.Thread(target=self._beat, name="learner-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not self._renew(keys=[self.k.learn_lock], args=[self.token, self.ttl_ms]):
+                    log.warning("learner lock lost (token %s); this run will not publish", self.token)
+                    return
+            except redis.RedisError as exc:  # transient: the next beat retries; the commit re-checks anyway
+                log.warning("learner lock heartbeat failed: %s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self.token:
+            self._release(keys=[self.k.learn_lock], args=[self.token])
+
+
+def held(r: redis.Redis, keys: Keys) -> bool:
+    return bool(r.exists(keys.learn_lock))
+
+
+def run_once(settings: Settings, cfg: TrainConfig | None = None, reward_cfg: RewardConfig | None = None,
+             dry_run: bool = False, progress: bool = True, by: str = "learner",
+             on_trained=None) -> RunResult:
+    """One learner run. `on_trained(model)` is called between training and the gate (diagnostics
+    and tests, e.g. to corrupt weights)."""
+    cfg = cfg or load_train_config(settings.train_config)
+    reward_cfg = reward_cfg or load_reward_config(settings.reward_config)
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    keys = Keys(settings.prefix)
+    lock = LearnerLock(r, keys, settings.learn_lock_ttl_s)
+    try:
+        if not lock.acquire():
+            return RunResult("busy", reason="another learner run holds the lock")
+        result = _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by, on_trained)
+        if not dry_run:
+            r.hset(keys.learn_last_run, mapping={"state": result.state, "version": result.version or "",
+                                                 "reason": result.reason, "finished_at": time.time()})
+        return result
+    finally:
+        lock.release()
+        r.close()
+
+
+def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by, on_trained) -> RunResult:
+    import torch
+
+    from learner.modeling import load_model
+    from learner.train import train, wrap_with_lora
+
+    registry = Registry(r, keys, settings.data_dir)
+    if not dry_run:
+        for name in registry.clean_orphans():
+            log.info("removed %s left by an interrupted run", name)
+    state = registry.state()
+    data = build_dataset(r, keys, cfg, reward_cfg, state["next_version"], with_pairs=cfg.losses.dpo > 0)
+    log.info("dataset: %s", data.stats())
+    if len(data.train) < cfg.min_samples:
+        return RunResult("skipped", reason=f"{len(data.train)} training samples after filtering, need "
+                                           f"{cfg.min_samples} (TrainConfig.min_samples)", stats=data.stats())
+
+    t0 = time.time()
+    loaded = load_model(settings.model, settings.models_dir, settings.device)
+    parent, parent_dir = registry.stable_dir()
+    model = wrap_with_lora(loaded.model, cfg, parent_dir)
+    model.eval()
+    pad_id = loaded.tokenizer.pad_token_id
+    parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
+    log.info("training on %d samples from parent %s", len(data.train), parent)
+    train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress)
+    if on_trained is not None:
+        on_trained(model)
+    verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device)
+    log.info("gate: %s %s %s", verdict.reason, verdict.stats, verdict.notes)
+
+    version = state["next_version"] + 1
+    manifest = {
+        "version": version, "parent": parent, "base_model": loaded.model_id,
+        "state": "published" if verdict.passed else "rejected",
+        "reason": "" if verdict.passed else verdict.reason,
+        "created": time.time(), "train_seconds": time.time() - t0,
+        "samples_used": len(data.train), "holdout": len(data.holdout), "dataset": data.stats(),
+        "reward_config_hash": config_hash(reward_cfg),
+        "stream_range": [data.train[0].stream_id if data.train else None, data.last_id],
+        "training": train_stats, "gate": {"passed": verdict.passed, "reason": verdict.reason,
+                                          "stats": verdict.stats, "notes": verdict.notes},
+        "config": cfg.to_dict(), "torch": torch.__version__,
+    }
+    if dry_run:
+        return RunResult("dry_run", version=None, reason=verdict.reason, stats=manifest)
+
+    mode = (settings.publish_mode if verdict.passed else "reject")
+    staged = registry.stage(model, manifest)
+    manifest = registry.manifest_of(staged)
+    ok, why = registry.commit(staged, manifest, lock.token, mode, settings.canary_share,
+                              data.last_id, data.last_pair_id, by)
+    if not ok:
+        log.warning("run not committed: %s", why)
+        return RunResult("lost_lock", reason=why, stats=manifest)
+    return RunResult(manifest["state"], version=version, reason=manifest["reason"], stats=manifest)

@@ -1,0 +1,98 @@
+"""End to end: chat and feedback through the websocket -> real Celery workers -> the final
+reward ledger, the rewards stream and preference pairs. Tiny model, real Redis, no mocks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, Chat
+from tests.worker.conftest import wait_for
+from worker.rewards import GUARD_COMPONENTS
+
+pytestmark = pytest.mark.integration
+
+WAIT_WINDOW_S = 10.0
+
+
+def entry(rdb, prefix, rid) -> dict:
+    return rdb.hgetall(f"{prefix}reward:{rid}")
+
+
+def user_components(e: dict) -> dict:
+    return {k: round(v, 6) for k, v in json.loads(e["components"]).items() if k not in GUARD_COMPONENTS}
+
+
+def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, procs, worker_env, reward_toml):
+    env = worker_env(REWARDLOOP_REWARD_CONFIG=reward_toml(wait_window_s=WAIT_WINDOW_S),
+                     REWARDLOOP_WORKER_ABANDON_IDLE_S=3)
+    procs.start(env, "worker")
+    procs.start(env, "beat")
+    srv = server_factory(prefix=prefix)
+
+    chat = Chat(srv, srv.token("erin"))
+    a = chat.ask("hello there")["start"]["reply_id"]
+    assert chat.feedback(a, "thumbs", 1)["type"] == "ack"
+    assert chat.feedback(a, "thumbs", -1)["type"] == "ack"       # a change of mind: the last one counts
+    assert chat.feedback(a, "copy")["type"] == "ack"
+    b = chat.ask("tell me more")["start"]["reply_id"]             # continuation for a
+    assert chat.feedback(b, "rating", 5)["type"] == "ack"
+    c1 = chat.ask("give me two options", candidates=2)["start"]["reply_id"]  # continuation for b
+    c2 = chat.collect()["start"]["reply_id"]
+    assert chat.feedback(c1, "choose", c2)["type"] == "ack"
+    e = chat.ask("and now?")["start"]["reply_id"]                 # continuation for c1
+    assert chat.feedback(e, "regenerate")["type"] == "ack"
+    e2 = chat.collect()["start"]
+    assert e2["replaces"] == e
+    e2 = e2["reply_id"]
+    assert chat.feedback(e2, "thumbs", 1)["type"] == "ack"        # the regeneration was kept: a pair
+
+    finn = Chat(srv, srv.token("finn"))                            # asks once, then walks away
+    f = finn.ask("hi")["start"]["reply_id"]
+
+    replies = [a, b, c1, c2, e, e2, f]
+    wait_for(lambda: all(entry(rdb, prefix, r).get("state") == "rewarded" for r in replies), 60,
+             "every reply's final reward", procs)
+    expected = {
+        a: {"thumbs": -1.0, "copy": 0.5, "continuation": 0.3},
+        b: {"rating": 1.0, "continuation": 0.3},
+        c1: {"choose": 1.0, "continuation": 0.3},
+        c2: {"choose": -1.0},
+        e: {"regenerate": -0.5},
+        e2: {"thumbs": 1.0},
+        f: {"abandon": -0.1},
+    }
+    stream = {fl["reply_id"]: fl for _, fl in rdb.xrange(f"{prefix}rewards")}
+    for rid, comps in expected.items():
+        got = entry(rdb, prefix, rid)
+        assert user_components(got) == comps, (rid, got)
+        total = max(-1.0, min(1.0, sum(json.loads(got["components"]).values())))
+        assert float(got["reward"]) == pytest.approx(total)
+        assert float(stream[rid]["reward"]) == pytest.approx(total)
+        assert stream[rid]["user_id"] == ("finn" if rid == f else "erin")
+        assert stream[rid]["state"] == "rewarded" and stream[rid]["config_hash"] == got["config_hash"]
+        assert set(stream[rid]) >= {"session_id", "adapter_version", "user_weight", "opt_out", "finalized_at"}
+    assert len(rdb.xrange(f"{prefix}rewards")) == len(replies)  # one final reward per reply
+    # finn's session ended (abandoned): its reward was final before the wait window
+    fe = entry(rdb, prefix, f)
+    assert float(fe["finalized_at"]) - float(fe["ended_at"]) < WAIT_WINDOW_S
+    pairs = {(p["chosen_id"], p["rejected_id"], p["source"]) for _, p in rdb.xrange(f"{prefix}pairs")}
+    assert pairs == {(c1, c2, "choose"), (e2, e, "regenerate")}
+
+    # feedback after finalization is recorded as late and changes nothing
+    before = entry(rdb, prefix, a)["reward"]
+    assert chat.feedback(a, "thumbs", 1)["type"] == "ack"
+    wait_for(lambda: entry(rdb, prefix, a).get("late_signals") == "1", 20, "the late signal", procs)
+    assert entry(rdb, prefix, a)["reward"] == before
+    assert len(rdb.xrange(f"{prefix}rewards")) == len(replies)
+
+    out = subprocess.run([sys.executable, "-m", "service.cli", "rewards", "show", a], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for needle in ("state rewarded", "thumbs        -1.000", "copy          +0.500", "continuation  +0.300",
+                   "late     1 signal(s)"):
+        assert needle in out.stdout, out.stdout
+    chat.close()
+    finn.close()

@@ -1,0 +1,129 @@
+"""Simulated users with a hidden preference, chatting with a live rewardloop server.
+
+The hidden preference (configurable, never shown to the system): a user likes a reply that is
+short (at most `liked_words` words and finished by itself, not cut at max_new_tokens) and, when
+the question has a known answer, mentions it; a reply that rambles (cut off, or longer than
+`ramble_words`) gets a thumbs down. Pleased users copy the reply now and then and ask the next
+question in the same session (a continuation signal); displeased users leave.
+
+`judge` is pure (no I/O), so the bench scores offline generations with the very same taste.
+"""
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+QUESTIONS: list[tuple[str, str | None]] = [
+    ("What is the capital of France?", "paris"), ("What is 2 + 2?", "4"), ("What colour is the sky?", "blue"),
+    ("How many legs does a spider have?", "8"), ("What is the opposite of hot?", "cold"),
+    ("Which planet do we live on?", "earth"), ("What do bees make?", "honey"),
+    ("What is frozen water called?", "ice"), ("Name the largest ocean.", "pacific"),
+    ("How many days are in a week?", "7"), ("What gas do plants breathe in?", "carbon"),
+    ("What is the first letter of the alphabet?", "a"), ("Say hello in one word.", "hello"),
+    ("What is the capital of Italy?", "rome"), ("How many hours are in a day?", "24"),
+    ("What animal says meow?", "cat"),
+]
+NUMBER_WORDS = {"4": "four", "8": "eight", "7": "seven", "24": "twenty"}
+
+
+@dataclass(frozen=True)
+class Preference:
+    liked_words: int = 30  # a reply this short (or shorter) that ended by itself can be liked
+    ramble_words: int = 60  # longer than this is rambling
+    need_answer: bool = True  # liked replies must mention the known answer, when there is one
+    copy_prob: float = 0.3  # a pleased user copies the reply this often
+
+
+@dataclass(frozen=True)
+class Verdict:
+    thumbs: int | None  # +1, -1 or None (no opinion)
+    pleased: bool
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())
+
+
+def judge(pref: Preference, question: str, answer: str | None, reply: str, finish_reason: str) -> Verdict:
+    """The hidden taste: short + answered -> thumbs up; rambling or cut off -> thumbs down."""
+    w = words(reply)
+    answered = answer is None or answer in w or NUMBER_WORDS.get(answer, "\0") in w or \
+        (len(answer) > 2 and answer in reply.lower())
+    if finish_reason != "stop" or len(w) > pref.ramble_words or not w:
+        return Verdict(-1, False)
+    if len(w) <= pref.liked_words and (answered or not pref.need_answer):
+        return Verdict(+1, True)
+    return Verdict(None, False)
+
+
+def thumbs_reward(v: Verdict) -> float:
+    return float(v.thumbs or 0)
+
+
+@dataclass
+class Turn:
+    reply_id: str
+    adapter_version: str
+    question: str
+    text: str
+    finish_reason: str
+    verdict: Verdict
+
+
+@dataclass
+class SimUser:
+    user_id: str
+    pref: Preference
+    seed: int
+    max_turns: int = 3
+    turns: list[Turn] = field(default_factory=list)
+
+    def converse(self, server, n_sessions: int) -> None:
+        """n_sessions conversations over the websocket: ask, judge, give feedback, go on or leave."""
+        from tests.helpers import Chat  # the test suite's small websocket client
+        rng = random.Random(self.seed)
+        for _ in range(n_sessions):
+            chat = Chat(server, server.token(self.user_id))
+            try:
+                for _ in range(self.max_turns):
+                    question, answer = rng.choice(QUESTIONS)
+                    got = chat.ask(question)
+                    end = got["end"]
+                    v = judge(self.pref, question, answer, got["text"], end["finish_reason"])
+                    rid = got["start"]["reply_id"]
+                    self.turns.append(Turn(rid, got["start"].get("adapter_version", "base"), question, got["text"],
+                                           end["finish_reason"], v))
+                    if v.thumbs is not None:
+                        chat.feedback(rid, "thumbs", v.thumbs)
+                    if v.pleased and rng.random() < self.pref.copy_prob:
+                        chat.feedback(rid, "copy")
+                    if not v.pleased:
+                        break  # leave: no continuation signal for this reply
+            finally:
+                chat.close()
+
+
+def run_users(server, users: list[SimUser], n_sessions: int, timeout: float = 900) -> list[Turn]:
+    """All users chat at once (the server batches them); returns every turn."""
+    errors: list[BaseException] = []
+    for u in users:
+        u.turns = []  # one round's turns
+
+    def go(u: SimUser):
+        try:
+            u.converse(server, n_sessions)
+        except Exception as exc:  # reported after the join: one broken user must not hang the bench
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(u,), daemon=True) for u in users]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(1.0, timeout - (time.monotonic() - t0)))
+    if errors:
+        raise RuntimeError(f"{len(errors)} simulated user(s) failed, first: {errors[0]!r}")
+    return [t for u in users for t in u.turns]

@@ -1,0 +1,58 @@
+"""`make up` smoke test: it starts, /readyz turns ready, Ctrl-C stops everything."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import MODELS, REPO, free_port, http
+
+pytestmark = pytest.mark.integration
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_make_up_starts_everything_and_ctrl_c_stops_it(tmp_path, models_dir):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDLOOP_")}
+    env.update(REWARDLOOP_MODEL="tiny-random", REWARDLOOP_PORT=str(port), REWARDLOOP_DATA_DIR=str(tmp_path),
+               REWARDLOOP_MODEL_CACHE=str(MODELS), REWARDLOOP_MAX_NEW_TOKENS="8", PYTHONUNBUFFERED="1")
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        # its own process group, like a terminal: Ctrl-C reaches make and everything under it
+        proc = subprocess.Popen(["make", "--no-print-directory", "up"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        url_line = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r"rewardloop is up: (\S+)\s+\(Redis (\S+);", log.read_text())
+            if m:
+                url_line = m
+                break
+            time.sleep(0.5)
+        assert url_line, log.read_text()[-3000:]
+        assert url_line.group(1) == f"http://127.0.0.1:{port}/"
+        assert http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200
+        redis_port = int(url_line.group(2).rsplit(":", 1)[1].split("/")[0])
+        assert port_open(redis_port)
+        assert (tmp_path / "redis" / "appendonly.aof").exists() or (tmp_path / "redis" / "appendonlydir").exists()
+        os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C
+        proc.wait(60)
+        time.sleep(0.5)
+        assert not port_open(port), "the server still listens after Ctrl-C"
+        assert not port_open(redis_port), "the embedded Redis still runs after Ctrl-C"
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)          # nothing of the group is left
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -91,32 +91,54 @@ def reply_logits(model, batch: Batch) -> torch.Tensor:
     return out.logits[:, P - 1:P - 1 + T]
 
 
+def nucleus_keep(logp: torch.Tensor, top_p: float, k: int = 256) -> torch.Tensor:
+    """[N,V] bool: which tokens the top-p nucleus of `logp` [N,V] keeps.
+
+    Same rule as service.sampling.processed_logprobs (keep a token when the mass of the tokens
+    ranked above it is below top_p), without sorting the whole vocabulary: a top-k usually
+    holds the nucleus of a trained model; rows where it does not (flat distributions) fall
+    back to processed_logprobs' full sort.
+    """
+    k = min(k, logp.shape[-1])
+    top_lp, top_idx = logp.topk(k, dim=-1)  # [N,k] sorted, largest first
+    probs = top_lp.exp()
+    keep_sorted = (probs.cumsum(-1) - probs) < top_p  # [N,k]
+    keep = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, top_idx, keep_sorted)  # [N,V]
+    spill = keep_sorted[:, -1] if k < logp.shape[-1] else torch.zeros_like(keep_sorted[:, -1])  # [N]
+    if bool(spill.any()):  # the nucleus goes past the top-k: sort those rows
+        exact = processed_logprobs(logp[spill], SamplingParams(temperature=1.0, top_p=top_p))
+        keep[spill] = torch.isfinite(exact)
+    return keep
+
+
 def sampling_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """[B,T] log-probs of the reply tokens under each reply's own sampling distribution.
 
     Same semantics as service.sampling.processed_logprobs (temperature, then the top-p nucleus
-    renormalised), but differentiable: the nucleus membership comes from processed_logprobs
-    (a hard choice, no gradient), the renormalised log-softmax over it carries the gradient.
-    Greedy rows are 0 (they take no part in the ratio).
+    renormalised), but differentiable: nucleus membership is a hard choice (no gradient), the
+    log-softmax renormalised over the nucleus carries the gradient. Rows sharing sampling
+    params are processed together. Greedy rows are 0 (they take no part in the ratio).
     """
-    rows = []
+    out = torch.zeros_like(batch.behavior)  # [B,T]
+    groups: dict[tuple[float, float], list[int]] = {}
     for b, p in enumerate(batch.params):
-        tgt = batch.targets[b].unsqueeze(-1)  # [T,1]
-        if p.greedy:
-            rows.append(torch.zeros_like(batch.behavior[b]))
-            continue
-        lp = torch.log_softmax(logits[b].float() / p.temperature, dim=-1)  # [T,V]
-        if p.top_p < 1.0:
+        if not p.greedy:
+            groups.setdefault((p.temperature, p.top_p), []).append(b)
+    for (temperature, top_p), rows in groups.items():
+        idx = torch.tensor(rows, device=logits.device)
+        lp = torch.log_softmax(logits[idx].float() / temperature, dim=-1)  # [G,T,V]
+        tgt = batch.targets[idx].unsqueeze(-1)  # [G,T,1]
+        inside = torch.ones_like(batch.mask[idx], dtype=torch.bool)  # [G,T]
+        if top_p < 1.0:
+            G, T, V = lp.shape
             with torch.no_grad():
-                keep = torch.isfinite(processed_logprobs(logits[b].detach(), p))  # [T,V]
+                keep = nucleus_keep(lp.detach().reshape(G * T, V), top_p).reshape(G, T, V)
             lp = lp - torch.logsumexp(lp.masked_fill(~keep, float("-inf")), dim=-1, keepdim=True)
-            inside = keep.gather(-1, tgt).squeeze(-1)  # [T]
-        else:
-            inside = torch.ones_like(batch.mask[b], dtype=torch.bool)
-        tok = lp.gather(-1, tgt).squeeze(-1)  # [T]
+            inside = keep.gather(-1, tgt).squeeze(-1)  # [G,T]
+        tok = lp.gather(-1, tgt).squeeze(-1)  # [G,T]
         tok = torch.where(inside, tok, torch.full_like(tok, OUTSIDE_NUCLEUS_LOGP))
-        rows.append(tok * batch.mask[b])
-    return torch.stack(rows)  # [B,T]
+        out = out.index_put((idx,), tok * batch.mask[idx])
+    return out  # [B,T]
 
 
 def _dpo_part(model, pairs: list[Pair], pad_id: int, device, beta: float) -> tuple[torch.Tensor, dict]:

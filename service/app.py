@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admin_api import router as admin_router
 from .http_api import ApiError, error_response, router
 from .runtime import Runtime
 from .ws import ChatConnection
@@ -25,12 +26,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Model loading is slow and blocking: do it off the event loop so /healthz answers meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, runtime.start)
+        watcher = asyncio.create_task(runtime.watcher.run(), name="adapter-watcher")
         yield
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await runtime.stop()
 
     app = FastAPI(title="rewardloop", lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(router)
+    app.include_router(admin_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from .auth import User
 from .engine import EndEvent, Engine, GenerationRequest, TokenEvent
@@ -55,9 +55,23 @@ class ReplyResult:
 
 class ChatService:
     def __init__(self, engine: Engine, store: ChatStore, tokenizer, settings: Settings, model_id: str,
-                 route: Callable[[str], str] | None = None):
+                 watcher=None, metrics=None):
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
-        self.route = route or (lambda session_id: "base")
+        self.watcher, self.metrics = watcher, metrics
+
+    def route(self, session_id: str) -> str:
+        return self.watcher.route(session_id) if self.watcher else "base"
+
+    def check_pinned(self, version: str | None) -> str | None:
+        """A request may pin a version (debugging, replay); it must be loaded here."""
+        if version is None:
+            return None
+        version = str(version).removeprefix("v") if str(version) != "base" else "base"
+        if version == "base" or (self.watcher and self.watcher.servable(version)):
+            return version
+        loaded = ", ".join(["base"] + (self.watcher.loaded() if self.watcher else []))
+        raise TurnRefused("unknown_version", f"adapter version {version!r} is not loaded on this server "
+                          f"(loaded: {loaded}); see `rewardloop adapters list`")
 
     # --- prompt -----------------------------------------------------------------------
     def encode(self, messages: list[dict]) -> list[int]:
@@ -120,6 +134,8 @@ class ChatService:
         text = ""
         async for event in plan.handle:
             if isinstance(event, TokenEvent):
+                if not ids and self.watcher:
+                    self.watcher.first_token(plan.adapter_version)
                 ids.append(event.token_id)
                 logprobs.append(event.logprob)
                 text += event.text
@@ -128,6 +144,11 @@ class ChatService:
                 text = self.tok.decode(ids, skip_special_tokens=True)  # exact, even if the tail was held back
                 await self.store.save_reply(self._record(plan, ids, logprobs, text, event),
                                             in_history=plan.in_history, history_index=plan.history_index)
+                if self.metrics:
+                    self.metrics.replies.labels(api=plan.api, finish_reason=event.finish_reason).inc()
+                    self.metrics.tokens.inc(event.n_tokens)
+                    if event.first_token_at:
+                        self.metrics.ttft.observe(event.first_token_at - event.queued_at)
                 yield event
 
     def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent) -> dict:

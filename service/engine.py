@@ -111,6 +111,8 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.steps = 0
         self.active_count = 0
+        self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
+        self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
         self._cache_arg = cache_argument_name(model)
 
     @staticmethod
@@ -165,7 +167,10 @@ class Engine:
             if item[0] == "gen":
                 _, request, handle, queued_at = item
                 gen = torch.Generator(device="cpu").manual_seed(request.params.seed)
-                self._active.append(_Sequence(request, handle, queued_at, gen))
+                seq = _Sequence(request, handle, queued_at, gen)
+                name = request.adapter or "base"
+                self.refs[name] = self.refs.get(name, 0) + 1   # released in _finish, on every exit path
+                self._active.append(seq)
             elif item[0] == "call":
                 _, fn, fut = item
                 if fut.set_running_or_notify_cancel():
@@ -185,8 +190,10 @@ class Engine:
         self.steps += 1
 
     def activate_adapter(self, name: str | None) -> None:
-        """Hook for adapter routing: make `name` (None = base) the active weights."""
-        if name not in (None, "base"):
+        """Make `name` (None = base) the active weights; engine thread only."""
+        if self.adapters is not None:
+            self.adapters.activate(name)
+        elif name not in (None, "base"):
             raise KeyError(f"adapter {name!r} is not loaded on this server")
 
     def _forward(self, seq: _Sequence, ids: list[int]) -> torch.Tensor:
@@ -217,6 +224,8 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if seq in self._active:
             self._active.remove(seq)
+            name = seq.request.adapter or "base"
+            self.refs[name] -= 1
         seq.cache = None  # free the KV cache now, not when the handle is collected
         seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error))
 

@@ -125,8 +125,11 @@ async def chat_completions(request: Request):
         params = runtime.chat.default_params(
             seed=body.get("seed"), temperature=body.get("temperature"), top_p=body.get("top_p"),
             max_new_tokens=body.get("max_completion_tokens") or body.get("max_tokens"))
+        model = str(body.get("model") or "")
+        pinned = runtime.chat.check_pinned(body.get("adapter_version") or (model.rsplit("@", 1)[1]
+                                                                           if "@" in model else None))
         session_id = (await runtime.store.create_session(user.user_id)).session_id
-        plan = runtime.chat.plan_messages(user, session_id, messages, params)
+        plan = runtime.chat.plan_messages(user, session_id, messages, params, adapter_version=pinned)
     except (TurnRefused, TypeError) as err:
         raise ApiError(400, getattr(err, "code", "bad_value"), str(err)) from None
     created = int(time.time())

@@ -137,5 +137,10 @@ class Keys:
         """Hash: outcome of the last learner run (state, version, reason, samples, finished_at)."""
         return self.prefix + "learn:last_run"
 
+    @property
+    def adapter_swaps(self) -> str:
+        """Stream of swap results reported by each server (loaded / refused, how long)."""
+        return self.prefix + "adapters:swaps"
+
     def scan_pattern(self) -> str:
         return self.prefix + "*"

@@ -45,6 +45,7 @@ class UserMessage:
     client_msg_id: str
     session_id: str | None = None
     candidates: int = 1
+    adapter_version: str | None = None   # pin a version (debugging, replay)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ def parse_client_frame(raw: str | bytes, max_bytes: int):
         if type(cands) is not int or cands not in (1, 2):
             raise ProtocolError("bad_value", f"'candidates' must be 1 or 2, got {cands!r}")
         return UserMessage(text=text, client_msg_id=_str(frame, "client_msg_id"),
-                           session_id=_str(frame, "session_id", required=False), candidates=cands)
+                           session_id=_str(frame, "session_id", required=False), candidates=cands,
+                           adapter_version=_str(frame, "adapter_version", required=False))
     if kind == "feedback":
         return parse_feedback(frame)
     if kind == "stop":

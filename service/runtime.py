@@ -16,6 +16,7 @@ from .chat import ChatService
 from .engine import Engine
 from .feedback import FeedbackService
 from .keys import Keys
+from .metrics import ServerMetrics
 from .settings import Settings
 from .store import ChatStore
 
@@ -60,6 +61,8 @@ class Runtime:
     store: ChatStore | None = None
     chat: ChatService | None = None
     feedback: FeedbackService | None = None
+    watcher: object = None
+    metrics: ServerMetrics | None = None
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> "Runtime":
@@ -74,7 +77,13 @@ class Runtime:
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device)
         self.engine.start()
-        self.chat = ChatService(self.engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id)
+        from .swap import AdapterWatcher
+        self.metrics = ServerMetrics()
+        self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
+                                      Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
+                                      metrics=self.metrics)
+        self.chat = ChatService(self.engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
+                                watcher=self.watcher, metrics=self.metrics)
         log.info("model %s ready on %s", self.loaded.model_id, self.loaded.device)
 
     async def stop(self) -> None:

@@ -147,17 +147,21 @@ class ChatConnection:
         n = msg.candidates
         if n == 1 and self.settings.candidate_share > 0 and random.random() < self.settings.candidate_share:
             n = 2
-        await self._start_turn(msg.text, n, client_msg_id=msg.client_msg_id)
+        try:
+            pinned = self.chat.check_pinned(msg.adapter_version)
+        except TurnRefused as err:
+            raise ProtocolError(err.code, err.message, msg.client_msg_id) from None
+        await self._start_turn(msg.text, n, client_msg_id=msg.client_msg_id, adapter_version=pinned)
 
     async def _start_turn(self, text: str, n: int, *, client_msg_id=None, replaces=None,
-                          history_index=None, upto_turn=None) -> None:
+                          history_index=None, upto_turn=None, adapter_version=None) -> None:
         plans = []
         try:
             for i in range(n):
                 params = self.chat.default_params()
                 plans.append(await self.chat.plan_session_turn(
                     self.user, self.session_id, text, params=params, upto_turn=upto_turn,
-                    client_msg_id=client_msg_id, replaces=replaces,
+                    client_msg_id=client_msg_id, replaces=replaces, adapter_version=adapter_version,
                     in_history=(i == 0), history_index=history_index))
         except TurnRefused as err:
             raise ProtocolError(err.code, err.message, client_msg_id) from None

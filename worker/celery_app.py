@@ -32,9 +32,9 @@ OPTIONAL_TASK_MODULES = ("learner.tasks",)  # another part's tasks; absent or br
 app = Celery("rewardloop")
 
 
-def _task_modules() -> list[str]:
+def _task_modules(optional: bool) -> list[str]:
     mods = ["worker.tasks"]
-    for name in OPTIONAL_TASK_MODULES:
+    for name in OPTIONAL_TASK_MODULES if optional else ():
         try:
             if importlib.util.find_spec(name) is None:
                 log.info("%s not installed: its tasks are skipped", name)
@@ -46,8 +46,10 @@ def _task_modules() -> list[str]:
     return mods
 
 
-def configure(settings: Settings) -> Celery:
-    """Bind `app` to this deployment. Call once, at the entry point, before starting anything."""
+def configure(settings: Settings, learner_tasks: bool = True) -> Celery:
+    """Bind `app` to this deployment. Call once, at the entry point, before starting anything.
+    learner_tasks=False skips importing learner.tasks (torch, seconds): beat only sends by name,
+    and a worker that does not consume the `learn` queue never runs them."""
     global _settings
     if not settings.redis_url:
         raise ValueError("REWARDLOOP_REDIS_URL is not set")
@@ -69,7 +71,7 @@ def configure(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule=build_schedule(settings),
         beat_max_loop_interval=1.0,  # the leader lock is renewed every tick
-        include=_task_modules(),
+        include=_task_modules(learner_tasks),
     )
     importlib.import_module("worker.tasks")
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sys
 import time
@@ -66,7 +67,10 @@ def cmd_worker(args, settings: Settings) -> int:
         print(f"rewardloop worker: --concurrency must be >= 1, got {args.concurrency}", file=sys.stderr)
         return 2
     from .celery_app import configure
-    app = configure(settings)
+    app = configure(settings, learner_tasks=queues.LEARN in args.queues.split(","))
+    if args.loglevel.upper() == "INFO":  # one line per task twice a second drowns everything else
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     app.worker_main(["worker", "-Q", args.queues, "-c", str(args.concurrency), "--loglevel", args.loglevel,
                      "-n", f"rewardloop-{secrets.token_hex(3)}@%h", "--without-gossip", "--without-mingle"])
     return 0
@@ -77,7 +81,8 @@ def cmd_beat(args, settings: Settings) -> int:
         return 2
     from .celery_app import configure
     from .leader import LeaderScheduler
-    app = configure(settings)
+    app = configure(settings, learner_tasks=False)
+    logging.getLogger("celery.beat").setLevel(logging.WARNING)  # "Sending due task" every second
     app.Beat(scheduler=LeaderScheduler, loglevel="INFO", max_interval=1.0).run()
     return 0
 

@@ -6,6 +6,7 @@ import logging
 import secrets
 import socket
 
+import redis
 from celery.beat import Scheduler
 
 from .celery_app import runtime
@@ -26,7 +27,12 @@ class LeaderScheduler(Scheduler):
 
     def _hold_lock(self) -> bool:
         rt = runtime()
-        held = rt.ledger.acquire_or_renew(LOCK, self.token, rt.settings.beat_lock_ttl_s)
+        try:
+            held = rt.ledger.acquire_or_renew(LOCK, self.token, rt.settings.beat_lock_ttl_s)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # unsure whether we still lead: send nothing (a missed tick is harmless, a doubled one is not)
+            log.warning("beat %s: Redis unreachable (%s); not sending until it answers", self.token, exc)
+            held = False
         if held != self.leader:
             log.info("beat %s: %s", self.token, "leader: sending periodic tasks" if held else
                      "standby: another beat holds the lock")

@@ -54,6 +54,7 @@ class RewardLedger:
         self._dead = client.register_script(lua.DEAD_LETTER)
         self._acquire = client.register_script(lua.ACQUIRE_OR_RENEW)
         self._release = client.register_script(lua.RELEASE)
+        self._forget = client.register_script(lua.FORGET_CONSUMER)
         self._record_once = client.register_script(_RECORD_ONCE)
 
     # --- the events stream and its consumer group -----------------------------------------
@@ -88,6 +89,15 @@ class RewardLedger:
         """Take over entries idle longer than min_idle_ms (their worker died or failed on them)."""
         reply = self.r.xautoclaim(self.k.events, GROUP, consumer, min_idle_ms, "0-0", count=count)
         return [(sid, f) for sid, f in reply[1] if f is not None]  # None: trimmed away meanwhile
+
+    def prune_consumers(self, idle_ms: int) -> int:
+        """Forget consumers (worker processes) idle that long with nothing pending: restarts
+        would otherwise grow the group's consumer list forever."""
+        gone = 0
+        for c in self.r.xinfo_consumers(self.k.events, GROUP):
+            if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms:
+                gone += int(self._forget(keys=[self.k.events], args=[GROUP, c["name"]]))
+        return gone
 
     def dead_letter(self, entry: PendingEntry, reason: str) -> bool:
         """Park an event that failed `entry.deliveries` times, with its last error; ack it."""

@@ -20,13 +20,14 @@ return 1
 # Record one signal of one reply, once per event id; a signal for a final reply is late.
 # KEYS: signals hash, reward hash, pairs stream, user votes list, stats hash
 # ARGV: event_id, signal json, pair json ('' = none), vote json ('' = none)
-# -> 0 duplicate, 1 recorded, 2 recorded as late
+# -> 0 duplicate, 1 recorded, 2 recorded as late (the entry gets late=1, late_signals+1)
 APPLY_SIGNAL = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 local result = 1
 local state = redis.call('HGET', KEYS[2], 'state')
 if state and state ~= 'pending' then
   redis.call('HINCRBY', KEYS[2], 'late_signals', 1)
+  redis.call('HSET', KEYS[2], 'late', 1)
   redis.call('HINCRBY', KEYS[5], 'late_signals', 1)
   result = 2
 end
@@ -80,4 +81,12 @@ return 0
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# Forget a consumer only if it holds nothing pending (deleting one with pending entries would
+# drop them from the group). KEYS: events stream   ARGV: group, consumer
+FORGET_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """

@@ -24,6 +24,7 @@ from .signals import Event, PoisonEvent, choose_pair, parse_event, reply_facts, 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+CONSUMER_FORGET_S = 3600  # a consumer (worker process) silent this long with nothing pending is gone
 FINALIZE_RETRIES = 5
 
 
@@ -61,13 +62,15 @@ def handle_event(ledger: RewardLedger, cfg: RewardConfig, ev: Event, now: float)
         _open_entry(ledger, cfg, ev.reply_id, ev, now)
         return
     pair, vote = choose_pair(ev), vote_of(ev)
+    new_vote = False
     for reply_id, signal in signals_of(ev):
         _open_entry(ledger, cfg, reply_id, ev, now)  # a second worker may hold the `reply` event
         result = ledger.apply_signal(reply_id, ev.user_id, signal, pair, vote)
+        new_vote |= bool(vote) and result > 0
         pair = vote = None  # the pair and the vote travel with the first signal only
         if result == 2:
             log.info("late %s on final reply %s: recorded, reward unchanged", ev.kind, reply_id)
-    if vote_of(ev):
+    if new_vote:
         _update_user_weight(ledger, cfg, ev.user_id, now)
     if ev.kind == "abandon":  # abandonment means the session ended: its rewards are due now
         ledger.end_session(ev.session_id, now)
@@ -191,6 +194,7 @@ def reclaim_stale(ledger: RewardLedger, cfg: RewardConfig, consumer: str, idle_s
         if entry.deliveries >= max_deliveries:
             if ledger.dead_letter(entry, f"not acked after {entry.deliveries} deliveries"):
                 log.error("event %s dead-lettered after %d deliveries", entry.stream_id, entry.deliveries)
+    ledger.prune_consumers(CONSUMER_FORGET_S * 1000)
     entries = ledger.autoclaim(consumer, idle_ms, BATCH)
     if entries:
         log.info("reclaimed %d stale event(s)", len(entries))

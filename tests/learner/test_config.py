@@ -39,3 +39,14 @@ def test_file_then_overrides(tmp_path):
     assert cfg.lora.target_modules == ("q_proj",)
     with pytest.raises(ValueError, match="unknown learner setting"):
         load_train_config(None, ["learning_rate=1"])
+
+
+@pytest.mark.parametrize("scale", [5.0, 0.05])  # peaked (top-k path) and flat (full-sort fallback)
+def test_nucleus_keep_matches_the_sampler(scale):
+    import torch
+
+    from learner.train import nucleus_keep
+    from service.sampling import SamplingParams, processed_logprobs
+    logp = torch.log_softmax(torch.randn(16, 2000, generator=torch.Generator().manual_seed(0)) * scale, -1)
+    expected = torch.isfinite(processed_logprobs(logp, SamplingParams(temperature=1.0, top_p=0.9)))
+    assert torch.equal(nucleus_keep(logp, 0.9, k=64), expected)

@@ -1,30 +1,294 @@
+"""Feedback from the chat page in headless Chromium, against a real server and real Redis:
+every button ends up as exactly one acknowledged event in the `events` stream, dwell counts
+only the time a reply is actually seen, and the outbox carries feedback over drops and reloads."""
+from __future__ import annotations
+
+import json
 import time
+
 import pytest
+
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-def test_probe(server, page, rdb):
+FINISHED = "article[data-reply-id][data-finish-reason]"
+FEEDBACK_KINDS = ("thumbs", "rating", "copy", "regenerate", "choose", "dwell")
+
+
+# ---------- helpers ----------
+def wait_until(fn, timeout: float = 20, what: str = "condition"):
+    """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def events(server, rdb, **match) -> list[dict]:
+    return [f for _, f in rdb.xrange(f"{server.prefix}events") if all(f.get(k) == v for k, v in match.items())]
+
+
+def feedback_events(server, rdb, reply_id: str) -> list[dict]:
+    return [e for e in events(server, rdb, reply_id=reply_id) if e["kind"] in FEEDBACK_KINDS]
+
+
+def open_chat(page, server) -> list[dict]:
+    """Load the page, wait for `ready`; returns the (growing) list of frames the page received."""
+    received: list[dict] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: received.append(json.loads(p))))
     page.goto(server.url + "/")
     page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
-    page.get_by_test_id("input").fill("hi")
+    return received
+
+
+def send(page, text: str) -> None:
+    page.get_by_test_id("input").fill(text)
     page.get_by_test_id("input").press("Enter")
-    page.wait_for_selector("article[data-reply-id][data-finish-reason]", timeout=60_000)
-    rid = page.locator("article[data-reply-id]").last.get_attribute("data-reply-id")
-    print("vis", page.evaluate("document.visibilityState"), page.evaluate(f"rlDwell('{rid}')"))
-    cdp = page.context.new_cdp_session(page)
-    win = cdp.send("Browser.getWindowForTarget")
-    print(win)
-    try:
-        cdp.send("Browser.setWindowBounds", {"windowId": win["windowId"], "bounds": {"windowState": "minimized"}})
-    except Exception as e:
-        print("ERR", e)
-    time.sleep(0.5)
-    print("minimized", page.evaluate("document.visibilityState"), page.evaluate(f"rlDwell('{rid}')"))
-    time.sleep(1)
-    print("minimized", page.evaluate("document.visibilityState"), page.evaluate(f"rlDwell('{rid}')"))
-    cdp.send("Browser.setWindowBounds", {"windowId": win["windowId"], "bounds": {"windowState": "normal"}})
+
+
+def ask(page, text: str) -> str:
+    """Send a message; return the reply_id of the new finished reply."""
+    before = page.locator(FINISHED).count()
+    send(page, text)
+    page.wait_for_function(f"document.querySelectorAll({FINISHED!r}).length > {before}", timeout=60_000)
+    return page.locator(FINISHED).last.get_attribute("data-reply-id")
+
+
+def reply(page, reply_id: str):
+    return page.locator(f"article[data-reply-id='{reply_id}']")
+
+
+def outbox(page) -> dict:
+    return page.evaluate("rl.outbox()")
+
+
+def wait_outbox_empty(page, timeout: float = 20) -> None:
+    wait_until(lambda: outbox(page) == {}, timeout, "the outbox to drain (every feedback acked)")
+
+
+def pressed(locator) -> str | None:
+    return locator.get_attribute("aria-pressed")
+
+
+# ---------- 1. thumbs, rating, copy ----------
+def test_thumbs_rating_and_copy_are_stored_in_order_and_acked(server, page, rdb):
+    received = open_chat(page, server)
+    rid = ask(page, "Hello there")
+    art = reply(page, rid)
+    up, down = art.get_by_test_id("thumb-up"), art.get_by_test_id("thumb-down")
+    assert (pressed(up), pressed(down)) == ("false", "false")
+
+    up.click()
+    assert (pressed(up), pressed(down)) == ("true", "false")
+    down.click()  # a changed mind: the pressed state moves, and it is a second event
+    assert (pressed(up), pressed(down)) == ("false", "true")
+    art.get_by_test_id("star-4").click()
+    assert [pressed(art.get_by_test_id(f"star-{n}")) for n in range(1, 6)] == ["false"] * 3 + ["true", "false"]
+    assert art.locator(".star.filled").count() == 4
+    art.get_by_test_id("copy").click()
+
+    wait_outbox_empty(page)
+    evs = wait_until(lambda: (lambda e: e if len(e) >= 4 else None)(feedback_events(server, rdb, rid)),
+                     what="four feedback events in Redis")
+    assert [(e["kind"], e.get("value")) for e in evs] == [("thumbs", "1"), ("thumbs", "-1"), ("rating", "4"),
+                                                          ("copy", None)]
+    user_id = next(f for f in received if f["type"] == "ready")["user_id"]
+    session_id = page.evaluate("rl.sessionId()")
+    assert all(e["user_id"] == user_id and e["session_id"] == session_id for e in evs)
+    assert all(e["adapter_version"] == art.get_by_test_id("version").text_content() for e in evs)
+    # every stored feedback was acknowledged to the page, once, with its own feedback_id
+    acked = [f["feedback_id"] for f in received if f["type"] == "ack"]
+    ids = [e["feedback_id"] for e in evs]
+    assert len(set(ids)) == 4 and sorted(acked) == sorted(ids)
+    assert page.errors == []
+
+
+# ---------- 2. regenerate ----------
+def test_regenerate_streams_a_new_reply_that_replaces_the_old_one(server, page, rdb):
+    received = open_chat(page, server)
+    old = ask(page, "tell me a joke")
+    reply(page, old).get_by_test_id("regenerate").click()
+
+    new_art = page.locator(f"{FINISHED}:not([data-reply-id='{old}'])")
+    new_art.wait_for(timeout=60_000)
+    new = new_art.get_attribute("data-reply-id")
+    start = next(f for f in received if f["type"] == "reply_start" and f["reply_id"] == new)
+    assert start["replaces"] == old                       # the server streamed it as a replacement
+    assert reply(page, old).get_attribute("data-replaced") == "true"
+    assert reply(page, old).get_by_test_id("regenerated").count() == 1
+    # the new reply sits right after the one it replaces, in the same turn
+    assert page.locator("article[data-reply-id]").evaluate_all("els => els.map(e => e.dataset.replyId)") == [old, new]
+    assert new_art.get_by_test_id("reply-text").text_content() == rdb.hget(f"{server.prefix}reply:{new}", "text")
+
+    assert rdb.hget(f"{server.prefix}reply:{new}", "replaces") == old
+    [ev] = [e for e in feedback_events(server, rdb, old) if e["kind"] == "regenerate"]
+    assert ev["session_id"] == page.evaluate("rl.sessionId()")
+    assert rdb.lrange(f"{server.prefix}session:{ev['session_id']}", 0, -1) == [new]
+    wait_outbox_empty(page)
+    assert page.errors == []
+
+
+# ---------- 3. compare two candidates ----------
+def test_compare_then_choose_the_second_candidate(server, page, rdb):
+    received = open_chat(page, server)
+    page.get_by_test_id("compare").check()
+    send(page, "pick one")
+    pair = page.locator(".row.pair")
+    page.wait_for_function("document.querySelectorAll('.row.pair article[data-finish-reason]').length === 2",
+                           timeout=60_000)
+    first, second = pair.locator("article").evaluate_all("els => els.map(e => e.dataset.replyId)")
+    start = next(f for f in received if f["type"] == "reply_start")
+    assert start["candidates"] == [first, second]         # page columns follow the server's order
+    sid = page.evaluate("rl.sessionId()")
+    history = f"{server.prefix}session:{sid}"
+    assert rdb.lrange(history, 0, -1) == [first]
+
+    reply(page, second).get_by_test_id("choose").click()
+    assert pressed(reply(page, second).get_by_test_id("choose")) == "true"
+    assert pressed(reply(page, first).get_by_test_id("choose")) == "false"
+    assert "chosen" in reply(page, second).get_attribute("class")
+    assert "dimmed" in reply(page, first).get_attribute("class")
+
+    wait_outbox_empty(page)
+    [ev] = [e for e in feedback_events(server, rdb, second) if e["kind"] == "choose"]
+    assert ev["value"] == first and ev["session_id"] == sid
+    assert rdb.lrange(history, 0, -1) == [second]           # the chosen one is the conversation now
+    assert page.errors == []
+
+
+# ---------- 4. dwell ----------
+def _dwell_events(server, rdb, rid):
+    return [e for e in feedback_events(server, rdb, rid) if e["kind"] == "dwell"]
+
+
+def test_dwell_stops_counting_when_the_reply_scrolls_out_of_view(server, page, rdb):
+    open_chat(page, server)
+    rid = ask(page, "something to read")
+    time.sleep(1.5)                                           # in view: counts
+    page.evaluate("""() => {
+        const t = document.querySelector('#transcript');
+        const spacer = document.createElement('div');
+        spacer.style.minHeight = '6000px';  // later content, far taller than the viewport
+        t.append(spacer);
+        t.scrollTop = t.scrollHeight;
+    }""")
+    box = reply(page, rid).bounding_box()
+    assert box is None or box["y"] + box["height"] < 0        # really scrolled away
+    time.sleep(1.5)                                           # out of view: must not count
+    visible = page.evaluate(f"rlDwell({rid!r})")
+    assert 1000 <= visible <= 2600, visible
     time.sleep(0.3)
-    print("back", page.evaluate("document.visibilityState"), page.evaluate(f"rlDwell('{rid}')"))
-    r = page.evaluate("""() => { const s = rl.socket; s.close(); document.querySelector('[data-testid=thumb-up]').click(); return [s.readyState, rl.outbox()]; }""")
-    print(r)
+    assert page.evaluate(f"rlDwell({rid!r})") == visible     # frozen while out of view
+    assert _dwell_events(server, rdb, rid) == []            # nothing reported before a flush
+
+    page.evaluate("rlFlushDwell()")
+    wait_outbox_empty(page)
+    [ev] = wait_until(lambda: _dwell_events(server, rdb, rid), what="the dwell event")
+    assert ev["value"] == str(visible)
+
+    # back in view: the clock runs again, and the next flush reports only the increment
+    page.evaluate("document.querySelector('#transcript').scrollTop = 0")
+    time.sleep(0.6)
+    page.evaluate("rlFlushDwell()")
+    wait_outbox_empty(page)
+    evs = wait_until(lambda: (lambda e: e if len(e) == 2 else None)(_dwell_events(server, rdb, rid)),
+                     what="a second dwell event")
+    assert 200 <= float(evs[1]["value"]) <= 2000
+    assert page.errors == []
+
+
+HIDE = """() => {
+    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+    Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+SHOW = """() => {
+    delete document.visibilityState; delete document.hidden;
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def test_dwell_stops_counting_while_the_tab_is_hidden(server, page, rdb):
+    # Headless Chromium keeps a page 'visible' behind another tab or in a minimized window (checked:
+    # bring_to_front and Browser.setWindowBounds minimized both leave it visible), so the page is
+    # told it is hidden the way a browser tells it: visibilityState plus a visibilitychange event.
+    open_chat(page, server)
+    rid = ask(page, "another thing to read")
     time.sleep(1.5)
-    print(page.evaluate("[rl.socket && rl.socket.readyState, rl.outbox()]"))
+    page.evaluate(HIDE)
+    assert page.evaluate("document.visibilityState") == "hidden"
+    # going hidden reports what was seen so far (the tab may never come back)
+    [ev] = wait_until(lambda: _dwell_events(server, rdb, rid), what="the dwell event sent on hide")
+    time.sleep(1.5)                                           # hidden: must not count
+    visible = page.evaluate(f"rlDwell({rid!r})")
+    assert 1000 <= visible <= 2600, visible
+    assert ev["value"] == str(visible)
+    page.evaluate("rlFlushDwell()")                          # nothing new was seen: nothing sent
+    wait_outbox_empty(page)
+    assert len(_dwell_events(server, rdb, rid)) == 1
+
+    page.evaluate(SHOW)
+    time.sleep(0.5)
+    assert page.evaluate(f"rlDwell({rid!r})") >= visible + 300   # visible again: counting resumed
+    assert page.errors == []
+
+
+# ---------- 5. outbox ----------
+CLOSE_AND_THUMB = """(replyId) => {
+    rl.socket.close();   // the connection drops; the click lands before any reconnect
+    document.querySelector(`article[data-reply-id="${replyId}"] [data-testid=thumb-up]`).click();
+    return rl.outbox();
+}"""
+
+
+def test_feedback_given_while_disconnected_is_delivered_once_after_reconnect(server, page, rdb):
+    open_chat(page, server)
+    rid = ask(page, "hello")
+    held = page.evaluate(CLOSE_AND_THUMB, rid)
+    [(fid, frame)] = held.items()
+    assert frame["kind"] == "thumbs" and frame["value"] == 1 and frame["reply_id"] == rid
+
+    page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
+    wait_outbox_empty(page)
+    [ev] = wait_until(lambda: events(server, rdb, feedback_id=fid), what="the held feedback in Redis")
+    assert ev["kind"] == "thumbs" and ev["value"] == "1" and ev["reply_id"] == rid
+    time.sleep(0.3)
+    assert len(events(server, rdb, feedback_id=fid)) == 1
+    assert pressed(reply(page, rid).get_by_test_id("thumb-up")) == "true"
+    assert page.errors == []
+
+
+def test_a_reload_with_a_full_outbox_sends_it_once(server, page, rdb):
+    # Route the page's websocket through Playwright: pass-through, or (blocked) a socket that opens
+    # but never answers hello, so feedback stays in the outbox for as long as the test needs.
+    mode = {"blocked": False}
+    page.route_web_socket("**/ws/chat", lambda ws: None if mode["blocked"] else ws.connect_to_server())
+    open_chat(page, server)
+    rid = ask(page, "hello")
+
+    mode["blocked"] = True
+    page.evaluate("rl.socket.close()")
+    page.wait_for_function("rl.socket && rl.socket.readyState === WebSocket.OPEN", timeout=20_000)
+    reply(page, rid).get_by_test_id("thumb-down").click()
+    [(fid, frame)] = outbox(page).items()
+    assert frame["kind"] == "thumbs" and frame["value"] == -1
+    time.sleep(0.5)
+    assert events(server, rdb, feedback_id=fid) == []       # not delivered: the outbox holds it
+
+    mode["blocked"] = False
+    page.reload()
+    page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
+    wait_outbox_empty(page)
+    [ev] = wait_until(lambda: events(server, rdb, feedback_id=fid), what="the reloaded outbox in Redis")
+    assert ev["kind"] == "thumbs" and ev["value"] == "-1" and ev["reply_id"] == rid
+
+    # an ack lost on the way: the same frame back in the outbox is re-sent, and stored only once
+    page.evaluate("(f) => localStorage.setItem('rl_outbox', JSON.stringify({[f.feedback_id]: f}))", frame)
+    page.reload()
+    page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
+    wait_outbox_empty(page)
+    assert len(events(server, rdb, feedback_id=fid)) == 1
+    assert page.errors == []

@@ -96,3 +96,30 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
         assert needle in out.stdout, out.stdout
     chat.close()
     finn.close()
+
+
+def test_a_user_voting_like_a_bot_is_weighted_down_visibly(rdb, prefix, procs, worker_env, reward_toml):
+    from tests.worker.conftest import add_replies, feedback_event, reply_event
+    env = worker_env(REWARDLOOP_REWARD_CONFIG=reward_toml(wait_window_s=0.5))
+    bot = add_replies(rdb, prefix, 6, user="bot", session="s_bot")
+    human = add_replies(rdb, prefix, 1, user="human", session="s_human")
+    with rdb.pipeline(transaction=False) as p:
+        for i, rid in enumerate(bot):  # six thumbs up, each 0.2 s after the reply ended: nobody reads that fast
+            p.xadd(f"{prefix}events", reply_event(rid, "bot", "s_bot"))
+            p.xadd(f"{prefix}events", feedback_event(rid, "thumbs", 1, f"ev_b{i}", "bot", "s_bot", since_ms=200))
+        p.xadd(f"{prefix}events", reply_event(human[0], "human", "s_human"))
+        p.xadd(f"{prefix}events", feedback_event(human[0], "thumbs", 1, "ev_h", "human", "s_human", since_ms=9000))
+        p.execute()
+    procs.start(env, "worker")
+    procs.start(env, "beat")
+    wait_for(lambda: all(entry(rdb, prefix, r).get("state") == "rewarded" for r in bot + human), 60,
+             "the rewards", procs)
+    user = rdb.hgetall(f"{prefix}user:bot")
+    assert float(user["anomaly_weight"]) == 0.25 and "all positive" in user["anomaly_reason"]
+    last = entry(rdb, prefix, bot[-1])
+    assert float(last["reward"]) == 0.25 and float(last["user_weight"]) == 0.25
+    assert last["anomaly_reason"] == user["anomaly_reason"]
+    assert any("user weight 0.25" in line for line in json.loads(last["explain"]))
+    assert float(entry(rdb, prefix, human[0])["reward"]) == 1.0
+    stream = {f["reply_id"]: f for _, f in rdb.xrange(f"{prefix}rewards")}
+    assert stream[bot[-1]]["user_weight"] == "0.25" and stream[human[0]]["user_weight"] == "1.0"

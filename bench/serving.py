@@ -1,0 +1,89 @@
+"""Serving benchmark: time to first token and decode tokens/s over the websocket, side by
+side with plain `model.generate` on the same prompt in the same run (ratio).
+
+    python bench/serving.py [--model smollm2] [--tokens 64] [--runs 3] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import live_server, mean, table, write_json
+
+PROMPT = "Explain in a few sentences why the sky is blue."
+
+
+def over_websocket(srv, runs: int) -> list[dict]:
+    from tests.helpers import Chat
+    out = []
+    for i in range(runs):
+        chat = Chat(srv, srv.token(f"bench{i}"))   # a fresh session each run: same prompt length
+        t0 = time.perf_counter()
+        chat.send({"type": "user_message", "text": PROMPT, "client_msg_id": f"b{i}"})
+        chat.recv_type("reply_start")
+        first = None
+        while True:
+            f = chat.recv()
+            if f["type"] == "token" and first is None:
+                first = time.perf_counter()
+            if f["type"] == "reply_end":
+                end, n = time.perf_counter(), f["n_tokens"]
+                break
+        chat.close()
+        out.append({"ttft_s": first - t0, "tokens": n, "decode_tok_s": (n - 1) / (end - first)})
+    return out
+
+
+def plain_generate(model: str, models_dir, device: str, tokens: int, runs: int, system: str) -> list[dict]:
+    import torch
+    from learner.modeling import load_model
+    lm = load_model(model, models_dir, device)
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": PROMPT}]
+    text = lm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(lm.device)
+    out = []
+    with torch.no_grad():
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            lm.model.generate(ids, max_new_tokens=1, do_sample=False)
+            ttft = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            gen = lm.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            total = time.perf_counter() - t0
+            n = gen.shape[1] - ids.shape[1]
+            out.append({"ttft_s": ttft, "tokens": n, "decode_tok_s": (n - 1) / max(total - ttft, 1e-9)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random | a model folder")
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = ap.parse_args()
+    from tests.helpers import MODELS
+    from service.settings import Settings
+    system = Settings().system_prompt
+    # Greedy with a stop-free budget so both sides decode the same number of tokens.
+    with live_server(args.model, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
+                     REWARDLOOP_DEVICE=args.device) as (srv, _):
+        over_websocket(srv, 1)                      # warm-up
+        ws = over_websocket(srv, args.runs)
+    direct = plain_generate(args.model, MODELS, args.device, args.tokens, args.runs, system)
+    rows = []
+    for name, runs in (("websocket (rewardloop)", ws), ("model.generate", direct)):
+        rows.append({"path": name, "ttft_ms": mean([r["ttft_s"] for r in runs]) * 1000,
+                     "decode_tok_s": mean([r["decode_tok_s"] for r in runs]),
+                     "tokens": mean([r["tokens"] for r in runs])})
+    rows.append({"path": "ratio ws/generate", "ttft_ms": rows[0]["ttft_ms"] / rows[1]["ttft_ms"],
+                 "decode_tok_s": rows[0]["decode_tok_s"] / rows[1]["decode_tok_s"]})
+    print(f"\nserving benchmark: model={args.model} device={args.device} tokens={args.tokens} runs={args.runs}")
+    print(table(rows, ["path", "ttft_ms", "decode_tok_s", "tokens"]))
+    path = write_json("serving", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

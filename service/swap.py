@@ -1,0 +1,149 @@
+"""Hot swap: keep this server's resident adapter versions and routing in line with the
+registry (`{prefix}adapters`), without touching a stream in flight.
+
+Triggers: a notice on `{prefix}adapters:changed`, and a periodic re-read, so a missed
+message or a restart still converges. Validation runs in a worker thread; loading and
+unloading run on the engine thread between decode steps. A stream keeps the version it
+started with (the engine holds a reference count per version until the stream ends).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from .adapters import AdapterInvalid, AdapterSlots, validate_adapter
+from .keys import Keys
+from .routing import Routing, desired_versions
+
+log = logging.getLogger(__name__)
+
+
+class AdapterWatcher:
+    def __init__(self, redis: aredis.Redis, keys: Keys, engine, model_id: str, adapters_dir: Path,
+                 max_resident: int = 3, resync_s: float = 5.0, metrics=None):
+        self.r, self.k, self.engine, self.model_id = redis, keys, engine, model_id
+        self.dir = Path(adapters_dir)
+        self.max_resident, self.resync_s, self.metrics = max_resident, resync_s, metrics
+        self.slots = AdapterSlots(engine)
+        engine.adapters = self.slots
+        self.routing = Routing()
+        self.refused: dict[str, str] = {}       # version -> why it may not be served
+        self.published_at: dict[str, float] = {}
+        self.first_served: set[str] = set()
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._module_names = {n for n, _ in engine.model.named_modules()}
+        self._lock = asyncio.Lock()
+
+    # --- what chat uses ---------------------------------------------------------------
+    def route(self, session_id: str) -> str:
+        return self.routing.version_for(session_id)
+
+    def loaded(self) -> list[str]:
+        return list(self.slots.loaded)
+
+    def servable(self, version: str) -> bool:
+        return version == "base" or version in self.slots.loaded
+
+    def first_token(self, version: str) -> None:
+        """Called when a reply on `version` streams its first token: publish -> served latency."""
+        if version in self.first_served or version not in self.published_at:
+            return
+        self.first_served.add(version)
+        if self.metrics:
+            self.metrics.publish_to_first_token.observe(time.time() - self.published_at[version])
+
+    # --- loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        pubsub = self.r.pubsub()
+        while True:
+            try:
+                await pubsub.subscribe(self.k.adapters_changed)
+                await self.reconcile()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.resync_s)
+                    if msg and msg.get("type") == "message":
+                        self._note_publish(msg.get("data"))
+                    await self.reconcile()
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except RedisError as exc:  # Redis away for a moment: keep serving what is loaded
+                log.warning("adapter watcher: redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def _note_publish(self, data) -> None:
+        try:
+            notice = json.loads(data)
+        except (TypeError, ValueError):
+            return
+        if notice.get("event") == "publish" and notice.get("version"):
+            self.published_at.setdefault(str(notice["version"]), float(notice.get("at") or time.time()))
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            h = {k.decode(): v.decode() for k, v in (await self.r.hgetall(self.k.adapters)).items()}
+            stable, canary = h.get("stable", "base") or "base", h.get("canary", "")
+            share = float(h.get("canary_share", 0) or 0)
+            versions = json.loads(h.get("versions", "{}") or "{}")
+            for v, entry in versions.items():
+                if entry.get("created"):
+                    self.published_at.setdefault(v, float(entry["created"]))
+            want = desired_versions(stable, canary, h.get("rollback_target", ""), self.max_resident)
+            for v in want:
+                if v not in self.slots.loaded and v not in self.refused:
+                    await self._load(v)
+            # Serve only what is loaded: an invalid new stable leaves the old one serving.
+            new_stable = stable if self.servable(stable) else self.routing.stable
+            new_canary = canary if canary and self.servable(canary) else ""
+            routing = Routing(new_stable, new_canary, share if new_canary else 0.0)
+            if routing != self.routing:
+                log.info("routing: stable=%s canary=%s share=%.2f", routing.stable, routing.canary or "-",
+                         routing.canary_share)
+                self.routing = routing
+            keep = set(want) | {routing.stable, routing.canary}
+            for v in list(self.slots.loaded):
+                if v not in keep:
+                    if await asyncio.wrap_future(self.engine.call(lambda v=v: self.slots.unload(v))):
+                        log.info("unloaded adapter %s", v)
+            if self.metrics:
+                self.metrics.resident.set(len(self.slots.loaded))
+
+    async def _load(self, version: str) -> None:
+        folder = self.dir / f"v{int(version)}" if version.isdigit() else self.dir / version
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(validate_adapter, folder, self.model_id, self._module_names)
+            await asyncio.wrap_future(self.engine.call(lambda: self.slots.load(version, folder)))
+        except (AdapterInvalid, OSError, ValueError, RuntimeError, KeyError) as exc:
+            reason = str(exc)
+            self.refused[version] = reason
+            log.error("adapter %s refused: %s; serving goes on unchanged", version, reason)
+            await self._record("swap", version, "refused", reason, time.perf_counter() - t0)
+            return
+        took = time.perf_counter() - t0
+        log.info("adapter %s loaded in %.0f ms", version, took * 1000)
+        await self._record("swap", version, "loaded", "", took)
+
+    async def _record(self, event: str, version: str, result: str, reason: str, seconds: float) -> None:
+        if self.metrics:
+            self.metrics.swaps.labels(result=result).inc()
+            if result == "loaded":
+                self.metrics.swap_seconds.observe(seconds)
+        await self.r.xadd(self.k.adapter_swaps, {"event": event, "version": version, "result": result,
+                                                 "reason": reason, "server": self.server_id,
+                                                 "seconds": f"{seconds:.4f}", "at": repr(time.time())},
+                          maxlen=10000, approximate=True)
+
+    def status(self) -> dict:
+        return {"server": self.server_id, "routing": dataclasses.asdict(self.routing), "loaded": self.loaded(),
+                "refused": self.refused,
+                "refs": {k: v for k, v in self.engine.refs.items()}}

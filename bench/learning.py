@@ -64,18 +64,28 @@ def start_stack(args, work: Path) -> tuple[dict, list, ServerProc, str, object]:
         embedded = EmbeddedRedis(work / "redis")
         url = embedded.start()
     reward_toml = work / "reward.toml"
-    reward_toml.write_text(f"wait_window_s = {args.reward_wait}\ncontinuation_window_s = 60.0\n")
+    # a few simulated users: let one user fill up to half a batch (the default cap is 0.25)
+    reward_toml.write_text(f"wait_window_s = {args.reward_wait}\ncontinuation_window_s = 60.0\n"
+                           "max_user_share = 0.5\n")
     env = base_env(url, "bench:", work / "data", REWARDLOOP_MODEL=args.model,
                    REWARDLOOP_MAX_NEW_TOKENS=args.max_new_tokens, REWARDLOOP_REWARD_CONFIG=reward_toml,
                    REWARDLOOP_UPDATE_EVERY=100000, REWARDLOOP_PUBLISH_MODE="stable",
                    REWARDLOOP_WORKER_EVENTS_EVERY_S=1, REWARDLOOP_WORKER_FINALIZE_EVERY_S=1)
     (work / "data").mkdir(parents=True, exist_ok=True)
     procs = []
-    for cmd in (["worker", "--queues", "rewards,ops"], ["beat"]):
-        log = open(work / f"{cmd[0]}.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", *cmd], env=env, cwd=REPO,
-                                      stdout=log, stderr=subprocess.STDOUT))
-    server = ServerProc(env, free_port(), work / "server.log", prefix="bench:").start(timeout=300)
+    try:
+        for cmd in (["worker", "--queues", "rewards,ops"], ["beat"]):
+            log = open(work / f"{cmd[0]}.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", *cmd], env=env, cwd=REPO,
+                                          stdout=log, stderr=subprocess.STDOUT))
+        server = ServerProc(env, free_port(), work / "server.log", prefix="bench:").start(timeout=300)
+    except BaseException:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(15)
+        if embedded is not None:
+            embedded.stop()
+        raise
     return env, procs, server, url, embedded
 
 
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random | a model folder")
     p.add_argument("--rounds", type=int, default=3, help="chat-then-train rounds")
-    p.add_argument("--users", type=int, default=6, help="simulated users chatting at once")
+    p.add_argument("--users", type=int, default=8, help="simulated users chatting at once")
     p.add_argument("--sessions", type=int, default=2, help="conversations per user per round")
     p.add_argument("--max-turns", type=int, default=3, help="turns a pleased user goes on for")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -196,15 +206,17 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.time()
     work = Path(tempfile.mkdtemp(prefix="rl-bench-learning-"))
-    env, procs, server, url, embedded = start_stack(args, work)
+    env, procs, server, url, embedded = start_stack(args, work)  # stopped in the finally below
     keys = Keys("bench:")
     r = redis.Redis.from_url(url, decode_responses=True)
     settings = Settings(redis_url=url, prefix="bench:", data_dir=work / "data", model_cache_dir=MODELS,
-                        model=args.model, device="cpu", publish_mode="stable", min_samples=1)
+                        model=args.model, device="cpu", publish_mode="stable", min_samples=1,
+                        reward_config=work / "reward.toml")
     cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=4, holdout_share=0.2,
                       kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0)
     pref = Preference()
     rounds = []
+    served: dict[str, list[float]] = {}  # version -> the simulated users' verdicts on what it served
     try:
         users = [SimUser(f"sim{i}", pref, seed=args.seed * 1000 + i, max_turns=args.max_turns)
                  for i in range(args.users)]
@@ -213,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             for u in users:
                 u.seed += 7919  # new questions every round
             turns = run_users(server, users, args.sessions)
+            for t in turns:
+                served.setdefault(t.adapter_version, []).append(thumbs_reward(t.verdict))
             t_chat = time.time() - t0
             judged = {t.reply_id for t in turns if t.verdict.thumbs is not None}  # others may get no reward at all
             finals = wait_for_rewards(r, keys, judged, timeout=60 + 2 * args.reward_wait)
@@ -230,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         online: dict[str, dict] = {}
         ledger: dict[str, list[float]] = {}
         for _, e in r.xrange(keys.rewards):
-            ledger.setdefault(e.get("adapter_version", "base"), []).append(float(e["reward"]))
-        for v, vals in ledger.items():
-            online[v] = {"ledger_reward": mean_ci(vals)}
+            if e.get("state") in ("rewarded", "defaulted") and e.get("reward"):  # 'excluded' has no reward
+                ledger.setdefault(e.get("adapter_version", "base"), []).append(float(e["reward"]))
+        for v in sorted(set(ledger) | set(served)):
+            online[v] = {"ledger_reward": mean_ci(ledger.get(v, [])), "user_verdict": mean_ci(served.get(v, []))}
         reg = Registry(r, keys, settings.data_dir)
         versions = ["base"] + [v for v in sorted(reg.state()["versions"], key=int)
                                if reg.state()["versions"][v]["state"] == "published"]
@@ -241,15 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         for proc in procs:
             proc.terminate()
             proc.wait(15)
+        r.close()
+        if embedded is not None:
+            embedded.stop()
     offline = {}
     for v in versions:
         folder = None if v == "base" else reg.version_dir(v)
         offline[v] = mean_ci(offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.seed))
         print(f"offline {v:>5}: mean {offline[v]['mean']:+.3f}  95% CI [{offline[v]['ci'][0]:+.3f}, "
               f"{offline[v]['ci'][1]:+.3f}]  n={offline[v]['n']}", flush=True)
-    r.close()
-    if embedded is not None:
-        embedded.stop()
 
     report = {"model": args.model, "args": vars(args), "preference": pref.__dict__, "rounds": rounds,
               "online": online, "offline": offline, "trl_kto": trl_comparison(),

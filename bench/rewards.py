@@ -161,10 +161,9 @@ def main() -> int:
             # interleaved repeats: a noisy neighbour on a shared machine hits every count alike
             all_runs = [throughput(r, env, k, args.events, logdir, args.events_every)
                         for _ in range(args.repeat) for k in counts]
-            runs = [{"workers": k, "events": args.events // 2 * 2,
-                     "events_per_s": statistics.median(x["events_per_s"] for x in all_runs if x["workers"] == k),
-                     "runs_events_per_s": [x["events_per_s"] for x in all_runs if x["workers"] == k]}
-                    for k in counts]
+            per_count = {k: [x["events_per_s"] for x in all_runs if x["workers"] == k] for k in counts}
+            runs = [{"workers": k, "events": args.events // 2 * 2, "events_per_s": round(statistics.median(v), 1),
+                     "runs_events_per_s": v} for k, v in per_count.items()]
             lat = None if args.skip_latency else latency(r, env, args.samples, args.gap, logdir)
         finally:
             r.close()

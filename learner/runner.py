@@ -18,7 +18,7 @@ import redis
 from learner import gate
 from learner.config import TrainConfig, load_train_config
 from learner.dataset import build_dataset
-from learner.registry import Registry
+from learner.registry import Registry, RegistryError
 from service.keys import Keys
 from service.settings import Settings
 from worker.reward_config import RewardConfig, config_hash, load_reward_config
@@ -84,6 +84,9 @@ def run_once(settings: Settings, cfg: TrainConfig | None = None, reward_cfg: Rew
              on_trained=None) -> RunResult:
     """One learner run. `on_trained(model)` is called between training and the gate (diagnostics
     and tests, e.g. to corrupt weights)."""
+    if not settings.redis_url:
+        raise ValueError("run_once needs settings.redis_url (REWARDLOOP_REDIS_URL); `rewardloop train` "
+                         "starts an embedded Redis when it is unset")
     cfg = cfg or load_train_config(settings.train_config)
     reward_cfg = reward_cfg or load_reward_config(settings.reward_config)
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -122,6 +125,12 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     t0 = time.time()
     loaded = load_model(settings.model, settings.models_dir, settings.device)
     parent, parent_dir = registry.stable_dir()
+    if parent_dir is not None:
+        parent_base = registry.manifest(parent).get("base_model")
+        if parent_base != loaded.model_id:
+            raise RegistryError(f"stable version {parent} was trained on {parent_base}, this learner loads "
+                                f"{loaded.model_id} (REWARDLOOP_MODEL); roll back to base first "
+                                "(`rewardloop adapters rollback base`) or use the same model")
     model = wrap_with_lora(loaded.model, cfg, parent_dir)
     model.eval()
     pad_id = loaded.tokenizer.pad_token_id

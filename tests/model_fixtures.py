@@ -48,3 +48,66 @@ def train_parrot(models_dir: Path, out_dir: Path, reply: str, steps: int = 150, 
     tok.save_pretrained(tmp)
     tmp.rename(out_dir)
     return out_dir
+
+
+def train_parrot_adapter(models_dir: Path, reply: str, steps: int = 120, seed: int = 0, rank: int = 8):
+    """A LoRA adapter (PeftModel) on the tiny model whose greedy answer is `reply`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from learner.modeling import ensure_tiny
+    src = ensure_tiny(models_dir)
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(src)
+    base = AutoModelForCausalLM.from_pretrained(src)
+    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], lora_dropout=0.0))
+    target = tok(reply, add_special_tokens=False)["input_ids"]
+    rows = []
+    for p in PROMPTS:
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}]
+        prompt = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False)["input_ids"]
+        rows.append((prompt, target))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    model.train()
+    for step in range(steps):
+        prompt, tgt = rows[step % len(rows)]
+        ids = torch.tensor([prompt + tgt])
+        labels = torch.tensor([[-100] * len(prompt) + tgt])
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return model
+
+
+def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_model: str, mode: str = "stable",
+                    canary_share: float = 0.5, tamper=None) -> str:
+    """Publish a PeftModel through the real registry (lock, stage, commit) as the learner does.
+    `tamper(folder)` may damage the staged files first (corrupt/NaN adapters for refusal tests)."""
+    import time as _time
+
+    import redis as _redis
+
+    from learner.registry import Registry
+    from learner.runner import LearnerLock
+    from service.keys import Keys
+    r = _redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    reg = Registry(r, keys, data_dir)
+    lock = LearnerLock(r, keys, ttl_s=60)
+    assert lock.acquire(), "learner lock busy"
+    try:
+        version = reg.state()["next_version"] + 1
+        manifest = {"version": version, "parent": reg.state()["stable"], "base_model": base_model,
+                    "state": "published", "reason": "", "created": _time.time(), "samples_used": 0}
+        staged = reg.stage(model, manifest)
+        if tamper is not None:
+            tamper(staged)
+        manifest = reg.manifest_of(staged)
+        ok, why = reg.commit(staged, manifest, lock.token, mode, canary_share, None, None, "test")
+        assert ok, why
+        return str(version)
+    finally:
+        lock.release()
+        r.close()

@@ -5,7 +5,6 @@ import json
 import time
 
 import pytest
-import redis
 
 from learner.registry import Registry, RegistryError, sha256_file
 from learner.runner import LearnerLock

@@ -147,3 +147,11 @@ def test_second_run_continues_from_the_stable_adapter(settings, keys, r, logged)
     assert result.state == "published" and result.version == 2
     assert result.stats["parent"] == "1"
     assert result.stats["samples_used"] < 12  # only the new rewards: the cursor moved
+
+
+def test_dry_run_trains_and_gates_but_changes_nothing(settings, keys, r, logged):
+    write_logged(r, keys, logged, reward)
+    result = run_once(settings, QUICK, dry_run=True, progress=False)
+    assert result.state == "dry_run" and result.stats["gate"]["passed"]
+    assert result.stats["training"]["steps"] >= 1
+    assert_untouched(r, keys, settings)

@@ -90,3 +90,28 @@ def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, 
     assert r.get(keys.learn_cursor) == stream_ids[-1]
     assert [h["event"] for h in reg.history()] == ["publish"]
     r.close()
+
+
+def test_kto_dpo_and_greedy_rows_train_without_nans(tiny, logged):
+    """Every objective at once, greedy replies mixed in: finite losses, each term reported."""
+    from learner.dataset import Dataset, Pair
+    from learner.losses import LossWeights
+    from learner.train import train, wrap_with_lora
+    from learner.modeling import load_model
+
+    greedy = make_logged(tiny, 2, n_tokens=4, params=SamplingParams(temperature=0.0, top_p=1.0), tag="g")
+    samples = as_samples(logged[:6] + greedy, lambda i: 1.0 if favoured(i) else -1.0)
+    pairs = [Pair(chosen=a, rejected=b, source="choose")
+             for a, b in zip(as_samples(logged[6:8]), as_samples(make_logged(tiny, 2, tag="p")))]
+    # the pairs above answer different prompts; give each rejected reply its chosen one's prompt
+    pairs = [Pair(p.chosen, Sample(**{**p.rejected.__dict__, "prompt_ids": p.chosen.prompt_ids}), p.source)
+             for p in pairs]
+    cfg = TrainConfig(lr=1e-3, minibatch_size=4, losses=LossWeights(pg=1.0, kl=0.1, sft=0.1, kto=0.5, dpo=0.5))
+    fresh = load_model("tiny-random", tiny.path.parent, device="cpu")
+    model = wrap_with_lora(fresh.model, cfg, None)
+    data = Dataset(train=samples, holdout=[], pairs=pairs, last_id=None, last_pair_id=None)
+    stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
+    assert stats["steps"] == 2
+    for key in ("pg", "kl", "sft", "kto", "dpo", "loss", "dpo_reward_accuracy", "kto_chosen_reward"):
+        assert key in stats["last"] and torch.isfinite(torch.tensor(stats["last"][key])), key
+    assert all(torch.isfinite(p).all() for p in model.parameters())

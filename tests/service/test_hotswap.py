@@ -1,0 +1,194 @@
+"""Hot swap with two real server processes, real Redis and two real LoRA adapters whose
+greedy outputs differ ("alpha alpha ..." and "bravo bravo ...")."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from service.routing import session_bucket
+from tests.helpers import ADMIN, Chat, http
+from tests.model_fixtures import publish_adapter, train_parrot_adapter
+
+pytestmark = pytest.mark.integration
+TINY_ID = "rewardloop/tiny-random-llama"
+
+
+@pytest.fixture(scope="module")
+def parrots(models_dir):
+    return {"alpha": train_parrot_adapter(models_dir, " alpha" * 10, steps=90),
+            "bravo": train_parrot_adapter(models_dir, " bravo" * 10, steps=90, seed=1)}
+
+
+@pytest.fixture
+def pair(server_factory, tmp_path, redis_url):
+    """Two servers sharing one prefix and one data dir (the adapters volume)."""
+    prefix, data = f"hs{time.monotonic_ns() % 10 ** 8}:", tmp_path / "shared"
+    data.mkdir()
+    env = dict(REWARDLOOP_DATA_DIR=data, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=600,
+               REWARDLOOP_CONTEXT_BUDGET=2048)
+    servers = [server_factory(prefix, **env), server_factory(prefix, **env)]
+    publish = lambda model, **kw: publish_adapter(redis_url, prefix, data, model, TINY_ID, **kw)  # noqa: E731
+    return servers, publish, data
+
+
+def status(server) -> dict:
+    code, body = http("GET", server.url + "/admin/adapters", token=ADMIN)
+    assert code == 200, body
+    return body["server"]
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_stable(servers, version):
+    for s in servers:
+        wait_for(lambda s=s: status(s)["routing"]["stable"] == version, what=f"stable={version} on {s.url}")
+
+
+def ask_ids(server, user, text="hello", **extra) -> tuple[str, str]:
+    r = Chat(server, server.token(user)).ask(text, **extra)
+    return r["text"], r["start"]["adapter_version"]
+
+
+def test_a_stream_keeps_its_version_while_the_next_request_gets_the_new_one(pair, parrots, rdb):
+    servers, publish, _ = pair
+    v1 = publish(parrots["alpha"])
+    wait_stable(servers, v1)
+    reference, version = ask_ids(servers[0], "ref")
+    assert version == v1 and reference.split()[:3] == ["alpha"] * 3
+
+    chat = Chat(servers[0], servers[0].token("streamer"))
+    chat.send({"type": "user_message", "text": "hello", "client_msg_id": "long"})
+    start = chat.recv_type("reply_start")
+    assert start["adapter_version"] == v1
+    chat.recv_type("token")
+    v2 = publish(parrots["bravo"])
+    wait_stable(servers, v2)
+    # the swap happened while the v1 stream was still running
+    assert status(servers[0])["refs"].get(v1, 0) == 1
+    text = ""
+    while True:
+        f = chat.recv()
+        if f["type"] == "token":
+            text += f["text"]
+        elif f["type"] == "reply_end":
+            break
+    stored = rdb.hgetall(f"{servers[0].prefix}reply:{start['reply_id']}")
+    assert stored["adapter_version"] == v1
+    assert stored["text"] == reference          # exactly v1's greedy output, to the last token
+    for s in servers:                            # every server now serves v2
+        text, version = ask_ids(s, f"after-{s.port}")
+        assert version == v2 and text.split()[:3] == ["bravo"] * 3
+    assert status(servers[0])["refs"].get(v1, 0) == 0
+
+
+def test_rollback_and_canary_split(pair, parrots):
+    servers, publish, _ = pair
+    v1 = publish(parrots["alpha"])
+    v2 = publish(parrots["bravo"])
+    wait_stable(servers, v2)
+    code, notice = http("POST", servers[0].url + "/admin/adapters/rollback", {"reason": "test"}, token=ADMIN)
+    assert code == 200 and notice["stable"] == v1
+    wait_stable(servers, v1)
+    for s in servers:
+        text, version = ask_ids(s, f"rb-{s.port}")
+        assert version == v1 and text.split()[0] == "alpha"
+    # v2 as a 50% canary: sessions split by the hash of their id, on every server alike
+    v3 = publish(parrots["bravo"], mode="canary", canary_share=0.5)
+    for s in servers:
+        wait_for(lambda s=s: status(s)["routing"]["canary"] == v3, what="canary routing")
+    seen = set()
+    for i in range(8):
+        s = servers[i % 2]
+        chat = Chat(s, s.token(f"canary{i}"))
+        expected = v3 if session_bucket(chat.session_id) < 0.5 else v1
+        first = chat.ask("hello")
+        second = chat.ask("hello again")
+        assert first["start"]["adapter_version"] == second["start"]["adapter_version"] == expected
+        assert first["text"].split()[0] == ("bravo" if expected == v3 else "alpha")
+        seen.add(expected)
+    assert seen == {v1, v3}
+    # a request may pin a loaded version explicitly
+    pinned = Chat(servers[1], servers[1].token("pin")).ask("hello", adapter_version="base")
+    assert pinned["start"]["adapter_version"] == "base"
+
+
+def _corrupt(folder: Path):
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def _nan(folder: Path):
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, weights)
+    from learner.registry import sha256_file
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"] = sha256_file(weights)      # a consistent checksum: only the values are bad
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _other_base(folder: Path):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["base_model"] = "someone/else-7b"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("tamper, reason", [(_corrupt, "checksum"), (_nan, "NaN"), (_other_base, "base model")])
+def test_invalid_adapters_are_refused_and_serving_goes_on(pair, parrots, rdb, tamper, reason):
+    servers, publish, _ = pair
+    v1 = publish(parrots["alpha"])
+    wait_stable(servers, v1)
+    bad = publish(parrots["bravo"], tamper=tamper)
+    for s in servers:
+        refused = wait_for(lambda s=s: status(s)["refused"].get(bad), what="refusal")
+        assert reason in refused
+        assert status(s)["routing"]["stable"] == v1
+        text, version = ask_ids(s, f"after-bad-{s.port}")
+        assert version == v1 and text.split()[0] == "alpha"
+    swaps = [f for _, f in rdb.xrange(f"{servers[0].prefix}adapters:swaps") if f["version"] == bad]
+    assert len(swaps) == 2 and all(f["result"] == "refused" for f in swaps)
+
+
+def test_reference_counts_and_unloading(pair, parrots):
+    servers, publish, _ = pair
+    srv = servers[0]
+    v1 = publish(parrots["alpha"])
+    wait_stable(servers, v1)
+    # stop: the count returns to zero
+    chat = Chat(srv, srv.token("refs"))
+    chat.send({"type": "user_message", "text": "hello", "client_msg_id": "a"})
+    start = chat.recv_type("reply_start")
+    chat.recv_type("token")
+    assert status(srv)["refs"].get(v1) == 1
+    chat.send({"type": "stop", "reply_id": start["reply_id"]})
+    chat.recv_type("reply_end")
+    assert status(srv)["refs"].get(v1) == 0
+    # a stream holds v1 while three newer versions push it out of the resident set
+    chat.send({"type": "user_message", "text": "hello", "client_msg_id": "b"})
+    chat.recv_type("reply_start")
+    chat.recv_type("token")
+    newest = [publish(parrots["bravo"]) for _ in range(3)]
+    wait_stable(servers, newest[-1])
+    st = status(srv)
+    assert v1 in st["loaded"] and st["refs"].get(v1) == 1   # still streaming: not unloaded
+    chat.close()                                            # disconnect mid-reply
+    wait_for(lambda: status(srv)["refs"].get(v1) == 0, what="refs back to 0 after disconnect")
+    wait_for(lambda: v1 not in status(srv)["loaded"], what="v1 unloaded once unused")
+    assert len(status(srv)["loaded"]) <= 3

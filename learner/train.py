@@ -174,9 +174,11 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
             mb = [data.train[j] for j in order[i * cfg.minibatch_size:(i + 1) * cfg.minibatch_size]]
             batch = collate(mb, pad_id, device)
 
-            # reference: the base model, i.e. this model with the adapter switched off
-            with torch.no_grad(), model.disable_adapter():
-                ref_logp = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask)  # [B,T]
+            # reference: the base model, i.e. this model with the adapter switched off (KL, KTO only)
+            ref_logp = None
+            if w.kl > 0 or w.kto > 0:
+                with torch.no_grad(), model.disable_adapter():
+                    ref_logp = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask)  # [B,T]
 
             logits = reply_logits(model, batch)  # [B,T,V]
             logp = sequence_logprobs(logits, batch.targets, batch.mask)  # [B,T] temperature 1

@@ -36,6 +36,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.include_router(router)
     app.include_router(admin_router)
+    from .dev_api import router as dev_router  # sessions for developers, /api/opt-out
+    app.include_router(dev_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

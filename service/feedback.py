@@ -14,21 +14,54 @@ from .store import ChatStore
 DWELL_SLACK_MS = 5_000
 
 
+REPLY_FIELDS = ("user_id", "session_id", "adapter_version", "queued_at", "ended_at", "candidates", "turn")
+
+
+class ReplyFactsCache:
+    """The facts feedback validation needs never change once a reply is logged, and a page
+    sends many feedbacks per reply: keep them briefly in memory to save a Redis round trip.
+    Short TTL, so a forgotten user's replies stop validating soon after."""
+
+    def __init__(self, ttl_s: float = 30.0, max_items: int = 50_000):
+        self.ttl_s, self.max_items = ttl_s, max_items
+        self._items: dict[str, tuple[float, dict]] = {}
+
+    def get(self, reply_id: str, now: float) -> dict | None:
+        hit = self._items.get(reply_id)
+        if hit and now - hit[0] < self.ttl_s:
+            return hit[1]
+        return None
+
+    def put(self, reply_id: str, facts: dict, now: float) -> None:
+        if len(self._items) >= self.max_items:  # drop the oldest half; cheap and rare
+            for key in list(self._items)[: self.max_items // 2]:
+                del self._items[key]
+        self._items[reply_id] = (now, facts)
+
+
 class FeedbackService:
-    def __init__(self, store: ChatStore):
+    def __init__(self, store: ChatStore, cache: ReplyFactsCache | None = None):
         self.store = store
+        self.cache = cache or ReplyFactsCache()
 
     async def _reply_for(self, fb_reply_id: str, user: User, ref: str) -> dict:
-        names = ("user_id", "session_id", "adapter_version", "queued_at", "ended_at", "candidates", "turn")
-        vals = await self.store.reply_fields(fb_reply_id, *names)
-        if vals[0] is None:
-            raise ProtocolError("unknown_reply", f"reply {fb_reply_id!r} does not exist: use the reply_id from "
-                                "reply_start (or the `id` of a chat completion)", ref)
-        reply = dict(zip(names, vals))
+        now = time.monotonic()
+        reply = self.cache.get(fb_reply_id, now)
+        if reply is None:
+            reply = await self._load_reply(fb_reply_id, ref)
+            self.cache.put(fb_reply_id, reply, now)
         if reply["user_id"] != user.user_id:
             raise ProtocolError("forbidden", f"reply {fb_reply_id!r} belongs to another user: feedback refused "
                                 "and not recorded", ref)
         return reply
+
+    async def _load_reply(self, fb_reply_id: str, ref: str) -> dict:
+        names = REPLY_FIELDS
+        vals = await self.store.reply_fields(fb_reply_id, *names)
+        if vals[0] is None:
+            raise ProtocolError("unknown_reply", f"reply {fb_reply_id!r} does not exist: use the reply_id from "
+                                "reply_start (or the `id` of a chat completion)", ref)
+        return dict(zip(names, vals))
 
     async def record(self, fb: Feedback, user: User, now: float | None = None) -> tuple[bool, dict]:
         """Validate and store. Returns (duplicate, stored event fields)."""

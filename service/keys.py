@@ -142,5 +142,45 @@ class Keys:
         """Stream of swap results reported by each server (loaded / refused, how long)."""
         return self.prefix + "adapters:swaps"
 
+    # --- developers and privacy (service/sessions.py, service/privacy.py) -----------------
+    @property
+    def forgotten_users(self) -> str:
+        """Sorted set user_id -> time `rewardloop users forget` removed the user's data. The
+        tombstone itself is the `forgotten` field of `user:{user_id}` (what the learner checks)."""
+        return self.prefix + "users:forgotten"
+
+    # --- operators: series, drift monitor, alarms (worker/ops_store.py is the only writer) -----
+    def ops_bucket(self, step_s: int, start: int) -> str:
+        """Hash "{counter}|{version}" -> number: one minute (step 60) or hour (3600) of the series."""
+        return f"{self.prefix}ops:b{step_s}:{start}"
+
+    def ops_cursor(self, stream: str) -> str:
+        """String: id of the last entry of `stream` (rewards | events) folded into the series."""
+        return f"{self.prefix}ops:cursor:{stream}"
+
+    @property
+    def ops_totals(self) -> str:
+        """Hash "{counter}|{version}" -> all-time sums (Prometheus counters and histograms)."""
+        return self.prefix + "ops:totals"
+
+    def ops_version_rewards(self, version: str) -> str:
+        """List of the latest rewarded values of one adapter version (newest last, capped)."""
+        return f"{self.prefix}ops:vrewards:{version}"
+
+    @property
+    def ops_detectors(self) -> str:
+        """Hash metric -> JSON state of its sequential drift detector (worker/drift.py to_dict)."""
+        return self.prefix + "ops:detectors"
+
+    @property
+    def ops_verdicts(self) -> str:
+        """Hash version -> JSON of the last parent-vs-child comparison of that version."""
+        return self.prefix + "ops:verdicts"
+
+    @property
+    def ops_alarms(self) -> str:
+        """Stream of drift alarms (at, detector, metric, version, direction, message, evidence, action)."""
+        return self.prefix + "ops:alarms"
+
     def scan_pattern(self) -> str:
         return self.prefix + "*"

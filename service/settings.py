@@ -94,6 +94,29 @@ class Settings:
         "REWARDLOOP_BEAT_LOCK_TTL_S: the scheduling beat holds a Redis lock this long, renewed every tick; "
         "another beat takes over when it lapses.", 10.0)
 
+    # --- operators: time series and drift monitor (worker/drift_task.py, /ops) ---
+    ops_every_s: float = _help(
+        "REWARDLOOP_OPS_EVERY_S: seconds between beat's 'fold new rewards/events into the per-minute series and "
+        "check drift' task; the worst extra delay of a drift alarm.", 15.0)
+    ops_minute_retention_s: float = _help(
+        "REWARDLOOP_OPS_MINUTE_RETENTION_S: per-minute buckets are kept this long (default 24 h).", 86400.0)
+    ops_hour_retention_s: float = _help(
+        "REWARDLOOP_OPS_HOUR_RETENTION_S: per-hour buckets (the downsampled series) are kept this long "
+        "(default 30 days).", 30 * 86400.0)
+    drift_policy: str = _help(
+        "REWARDLOOP_DRIFT_POLICY: 'rollback' (default: when the newest version's reward is significantly below "
+        "its parent's, roll back to the parent automatically) or 'alert' (record and send the alarm only).",
+        "rollback")
+    drift_min_samples: int = _help(
+        "REWARDLOOP_DRIFT_MIN_SAMPLES: rewarded replies needed on both the new version and its parent before "
+        "they are compared.", 50)
+    drift_alpha: float = _help(
+        "REWARDLOOP_DRIFT_ALPHA: significance level of the one-sided 'new version is worse' test, in (0, 0.5).",
+        0.01)
+    drift_min_effect: float = _help(
+        "REWARDLOOP_DRIFT_MIN_EFFECT: smallest drop of the mean reward (reward units) that counts as worse.",
+        0.05)
+
     def __post_init__(self):
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
@@ -133,6 +156,24 @@ class Settings:
         if self.beat_lock_ttl_s < 2.0:  # beat ticks at least every second
             raise ValueError(f"beat_lock_ttl_s ({self.beat_lock_ttl_s}) must be >= 2 s so the leader can renew "
                              "it between ticks (REWARDLOOP_BEAT_LOCK_TTL_S)")
+        for name in ("ops_every_s", "ops_minute_retention_s", "ops_hour_retention_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
+                                 f"({env_name(name)})")
+        if self.ops_hour_retention_s < self.ops_minute_retention_s:
+            raise ValueError(f"ops_hour_retention_s ({self.ops_hour_retention_s}) must be >= ops_minute_retention_s "
+                             f"({self.ops_minute_retention_s}): REWARDLOOP_OPS_HOUR_RETENTION_S")
+        if self.drift_policy not in ("rollback", "alert"):
+            raise ValueError(f"drift_policy must be rollback or alert, got {self.drift_policy!r} "
+                             "(REWARDLOOP_DRIFT_POLICY)")
+        if self.drift_min_samples < 2:
+            raise ValueError(f"drift_min_samples must be >= 2, got {self.drift_min_samples!r} "
+                             "(REWARDLOOP_DRIFT_MIN_SAMPLES)")
+        if not 0 < self.drift_alpha < 0.5:
+            raise ValueError(f"drift_alpha must be in (0, 0.5), got {self.drift_alpha!r} (REWARDLOOP_DRIFT_ALPHA)")
+        if not 0 <= self.drift_min_effect < float("inf"):
+            raise ValueError(f"drift_min_effect must be >= 0, got {self.drift_min_effect!r} "
+                             "(REWARDLOOP_DRIFT_MIN_EFFECT)")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
 

@@ -33,7 +33,7 @@ app = Celery("rewardloop")
 
 
 def _task_modules(optional: bool) -> list[str]:
-    mods = ["worker.tasks"]
+    mods = ["worker.tasks", "worker.drift_task"]
     for name in OPTIONAL_TASK_MODULES if optional else ():
         try:
             if importlib.util.find_spec(name) is None:
@@ -74,6 +74,7 @@ def configure(settings: Settings, learner_tasks: bool = True) -> Celery:
         include=_task_modules(learner_tasks),
     )
     importlib.import_module("worker.tasks")
+    importlib.import_module("worker.drift_task")
     return app
 
 

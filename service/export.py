@@ -1,0 +1,120 @@
+"""Logged sessions -> training data files TRL reads. Pure: session details in, rows out.
+
+Formats (one JSON object per line; `datasets.load_dataset("json", data_files=FILE)` loads each):
+
+* ``jsonl`` -- the raw log: one session per line, every reply with its prompt ids, token ids,
+  behavior log-probs, feedback events and reward (what `sessions show --json --raw` prints).
+* ``sft``   -- ``{"messages": [...prompt messages, {"role": "assistant", ...}]}`` for each
+  reply kept in the conversation (not a discarded candidate or a replaced regeneration) that
+  finished normally; ``--reply-min-reward`` keeps only replies rewarded at least that much.
+* ``kto``   -- ``{"prompt": [...messages], "completion": [{"role": "assistant", ...}],
+  "label": bool}`` for each reply with a final reward from real user signals (state
+  `rewarded`, reward != 0): label = reward > 0.
+* ``dpo``   -- ``{"prompt": [...messages], "chosen": [{assistant}], "rejected": [{assistant}]}``
+  for each preference pair (a pick between two candidates, a regeneration then kept, from the
+  feedback events and the workers' pairs stream) whose two replies answer the same prompt.
+
+The prompt is the conversation exactly as served (system message and the turns that fit),
+as a conversational messages list. With ``meta=True`` rows also carry reply_id, session_id,
+adapter_version and reward.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+FORMATS = ("jsonl", "sft", "kto", "dpo")
+GOOD_FINISH = ("stop", "length")
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _reward(rep: dict) -> float | None:
+    rw = rep.get("reward") or {}
+    return rw.get("reward") if rw.get("state") in ("rewarded", "defaulted") else None
+
+
+def _usable(rep: dict) -> bool:
+    return (not rep.get("missing") and isinstance(rep.get("prompt_messages"), list)
+            and rep.get("finish_reason") in GOOD_FINISH and bool((rep.get("text") or "").strip())
+            and not int(rep.get("opt_out") or 0))
+
+
+def _meta(rep: dict) -> dict:
+    return {"reply_id": rep["reply_id"], "session_id": rep.get("session_id"),
+            "adapter_version": rep.get("adapter_version"), "reward": _reward(rep)}
+
+
+def sft_rows(session: dict, reply_min_reward: float | None = None, meta: bool = False) -> Iterator[dict]:
+    for rep in session["replies"]:
+        if not (_usable(rep) and rep.get("in_history")):
+            continue
+        r = _reward(rep)
+        if reply_min_reward is not None and (r is None or r < reply_min_reward):
+            continue
+        row = {"messages": rep["prompt_messages"] + _assistant(rep["text"])}
+        yield {**row, **_meta(rep)} if meta else row
+
+
+def kto_rows(session: dict, meta: bool = False) -> Iterator[dict]:
+    for rep in session["replies"]:
+        rw = rep.get("reward") or {}
+        if not _usable(rep) or rw.get("state") != "rewarded" or not rw.get("reward"):
+            continue
+        row = {"prompt": rep["prompt_messages"], "completion": _assistant(rep["text"]),
+               "label": bool(rw["reward"] > 0)}
+        yield {**row, **_meta(rep)} if meta else row
+
+
+def preference_pairs(session: dict) -> list[tuple[str, str, str]]:
+    """[(chosen_id, rejected_id, source)] from choose events and the pairs stream, deduplicated."""
+    found: dict[tuple[str, str], str] = {}
+    for rep in session["replies"]:
+        for ev in rep.get("events", []):
+            if ev["kind"] == "choose" and ev.get("role") != "rejected" and isinstance(ev.get("value"), str):
+                found.setdefault((rep["reply_id"], ev["value"]), "choose")
+    for p in session.get("pairs", []):
+        found.setdefault((p["chosen_id"], p["rejected_id"]), p.get("source", ""))
+    return [(c, r, s) for (c, r), s in found.items()]
+
+
+def dpo_rows(session: dict, meta: bool = False) -> Iterator[dict]:
+    by_id = {rep["reply_id"]: rep for rep in session["replies"]}
+    for chosen_id, rejected_id, source in preference_pairs(session):
+        c, r = by_id.get(chosen_id), by_id.get(rejected_id)
+        if c is None or r is None or not (_usable(c) and _usable(r)):
+            continue
+        if c["prompt_messages"] != r["prompt_messages"]:
+            continue  # not answers to the same prompt: no preference between them
+        row = {"prompt": c["prompt_messages"], "chosen": _assistant(c["text"]), "rejected": _assistant(r["text"])}
+        if meta:
+            row.update(chosen_id=chosen_id, rejected_id=rejected_id, session_id=session["session_id"],
+                       source=source)
+        yield row
+
+
+def rows(sessions: Iterable[dict], fmt: str, reply_min_reward: float | None = None,
+         meta: bool = False) -> Iterator[dict]:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    for s in sessions:
+        if fmt == "jsonl":
+            yield s
+        elif fmt == "sft":
+            yield from sft_rows(s, reply_min_reward, meta)
+        elif fmt == "kto":
+            yield from kto_rows(s, meta)
+        else:
+            yield from dpo_rows(s, meta)
+
+
+def write_jsonl(path, items: Iterable[dict]) -> int:
+    """Write one JSON object per line; returns the count. Empty file when there is nothing."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+            n += 1
+    return n

@@ -1,0 +1,124 @@
+"""The ops monitor against a real Redis (no Celery): idempotent folding into minute/hour
+buckets, the version comparison, automatic rollback with its reason, and the webhook."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from learner.registry import Registry
+from service.keys import Keys
+from service.settings import Settings
+from worker.drift_task import fold, ops_tick
+from worker.ops_store import HOUR, MINUTE, OpsStore
+
+pytestmark = pytest.mark.integration
+
+
+def seed_registry(rdb, keys: Keys, stable: str, canary: str = "") -> None:
+    now = time.time()
+    versions = {"1": {"version": 1, "state": "published", "parent": "base", "created": now - 100},
+                "2": {"version": 2, "state": "published", "parent": "1", "created": now - 50}}
+    rdb.hset(keys.adapters, mapping={"stable": stable, "canary": canary, "canary_share": "0.5",
+                                     "rollback_target": "base", "next_version": "2", "versions": json.dumps(versions)})
+
+
+def add_rewards(rdb, keys: Keys, version: str, values: list[float], at: float) -> None:
+    for i, v in enumerate(values):
+        rid = f"r{version}_{i}_{time.monotonic_ns()}"
+        rdb.hset(keys.reply(rid), mapping={"ended_at": repr(at - 30), "text": "a b c"})
+        rdb.xadd(keys.rewards, {"reply_id": rid, "adapter_version": version, "state": "rewarded",
+                                "reward": repr(v), "finalized_at": repr(at)})
+
+
+@pytest.fixture
+def hook():
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_port}/hook", got
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_fold_is_idempotent_and_fills_minute_and_hour_buckets(rdb, prefix):
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    at = time.time()
+    add_rewards(rdb, keys, "1", [1.0, 0.0, -1.0], at)
+    rdb.xadd(keys.events, {"kind": "reply", "reply_id": "x", "adapter_version": "1", "server_time": repr(at)})
+    rdb.xadd(keys.events, {"kind": "thumbs", "value": "1", "reply_id": "x", "adapter_version": "1",
+                           "server_time": repr(at)})
+    res = fold(store, at)
+    assert (res.rewards, res.events) == (3, 2)
+    again = fold(store, at)
+    assert (again.rewards, again.events) == (0, 0)  # the cursor moved with the increments
+    minute = rdb.hgetall(keys.ops_bucket(MINUTE, int(at // 60 * 60)))
+    hour = rdb.hgetall(keys.ops_bucket(HOUR, int(at // 3600 * 3600)))
+    assert float(minute["reward_n|1"]) == float(hour["reward_n|1"]) == 3.0
+    assert float(minute["thumbs_up|1"]) == 1.0 and float(minute["events|*"]) == 2.0
+    assert float(minute["latency_sum|1"]) == pytest.approx(90.0, abs=0.01)
+    assert 0 < rdb.ttl(keys.ops_bucket(MINUTE, int(at // 60 * 60))) <= 86400
+    assert store.version_rewards("1") == [1.0, 0.0, -1.0]
+    assert float(store.totals()["latency_le_30|*"]) == 3.0
+
+
+def test_a_worse_canary_is_rolled_back_once_with_the_evidence(rdb, prefix, hook):
+    url, posted = hook
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    seed_registry(rdb, keys, stable="1", canary="2")
+    settings = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=10, alert_webhook=url)
+    registry = Registry(rdb, keys, "/nonexistent")
+    at = time.time()
+    add_rewards(rdb, keys, "1", [1.0, 0.5, 1.0, 0.8, 1.0] * 4, at)
+    add_rewards(rdb, keys, "2", [1.0, -1.0, 1.0, 0.5] * 2, at)  # only 8: not enough yet
+    out = ops_tick(store, registry, settings, at)
+    assert out["rollback"] is None and registry.state()["canary"] == "2"
+    assert store.verdicts()["2"]["reason"] == "insufficient_samples"
+
+    add_rewards(rdb, keys, "2", [-1.0, -0.5, -1.0, -1.0] * 4, at)
+    out = ops_tick(store, registry, settings, at)
+    assert out["rollback"] == "rolled back to 1"
+    state = registry.state()
+    assert (state["stable"], state["canary"]) == ("1", "")
+    last = registry.history(1)[0]
+    assert last["event"] == "rollback" and last["by"] == "drift-monitor"
+    assert "reward of version 2" in last["reason"] and "p=" in last["reason"]
+    alarms = store.alarms()
+    assert len(alarms) == 1 and alarms[0]["detector"] == "welch" and alarms[0]["version"] == "2"
+    assert alarms[0]["evidence"]["child"]["n"] == 24 and alarms[0]["since"] <= alarms[0]["until"]
+    assert posted and posted[0]["alarm"]["action"] == "rolled back to 1"
+
+    # an operator promotes it again on purpose: the monitor does not overrule them
+    registry.move("promote", "2", by="op", reason="I know better")
+    assert ops_tick(store, registry, settings, at)["rollback"] is None
+    assert registry.state()["stable"] == "2" and len(store.alarms()) == 1
+
+
+def test_alert_policy_only_alerts_and_a_dead_webhook_does_not_crash(rdb, prefix):
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    seed_registry(rdb, keys, stable="2")
+    settings = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=5, drift_policy="alert",
+                        alert_webhook="http://127.0.0.1:9/nothing-listens")
+    registry = Registry(rdb, keys, "/nonexistent")
+    add_rewards(rdb, keys, "1", [1.0, 0.9] * 5, time.time())
+    add_rewards(rdb, keys, "2", [-1.0, -0.9] * 5, time.time())
+    out = ops_tick(store, registry, settings)
+    assert out["rollback"] == "alert" and registry.state()["stable"] == "2"
+    assert store.alarms()[0]["action"] == "alert"

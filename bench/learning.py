@@ -16,7 +16,7 @@ TRL's KTOTrainer on the same logged data is compared when `trl` is installed; ot
 JSON says why it was skipped. JSON goes to --out; a PNG chart to --png (matplotlib when
 installed, else a small built-in bar-chart writer).
 
-    .venv/bin/python bench/learning.py                       # smollm2, about 8 minutes on 2 cores
+    .venv/bin/python bench/learning.py                       # smollm2: 6.5 min on a busy 2-core box
     .venv/bin/python bench/learning.py --model tiny-random --rounds 2 --users 4
 """
 from __future__ import annotations
@@ -189,14 +189,14 @@ def _tiny_png(path: Path, rows: list[tuple[str, dict]], w: int = 480, h: int = 2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random | a model folder")
-    p.add_argument("--rounds", type=int, default=3, help="chat-then-train rounds")
-    p.add_argument("--users", type=int, default=8, help="simulated users chatting at once")
-    p.add_argument("--sessions", type=int, default=2, help="conversations per user per round")
-    p.add_argument("--max-turns", type=int, default=3, help="turns a pleased user goes on for")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--rounds", type=int, default=2, help="chat-then-train rounds")
+    p.add_argument("--users", type=int, default=6, help="simulated users chatting at once")
+    p.add_argument("--sessions", type=int, default=1, help="conversations per user per round")
+    p.add_argument("--max-turns", type=int, default=2, help="turns a pleased user goes on for")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-3, help="bigger than the learner default: few steps")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--eval", type=int, default=32, help="offline replies judged per version")
+    p.add_argument("--eval", type=int, default=16, help="offline replies judged per version")
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--seed", type=int, default=0)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(redis_url=url, prefix="bench:", data_dir=work / "data", model_cache_dir=MODELS,
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
                         reward_config=work / "reward.toml")
-    cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=4, holdout_share=0.2,
+    cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=2, holdout_share=0.2,
                       kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0)
     pref = Preference()
     rounds = []

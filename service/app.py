@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admin_api import router as admin_router
 from .http_api import ApiError, error_response, router
+from .ops_api import install as install_ops
 from .runtime import Runtime
 from .ws import ChatConnection
 
@@ -36,6 +37,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.include_router(router)
     app.include_router(admin_router)
+    install_ops(app, runtime)  # /ops page + API, reward/drift figures on /metrics
     from .dev_api import router as dev_router  # sessions for developers, /api/opt-out
     app.include_router(dev_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-PARTS = ("worker.cli", "learner.cli", "service.dev_cli")
+PARTS = ("worker.cli", "learner.cli", "service.dev_cli", "worker.ops_cli")
 HANDLERS: dict = {}
 UP_EXTRA: list[list[str]] = []
 

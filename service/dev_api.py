@@ -44,8 +44,9 @@ async def list_sessions(request: Request):
     from .sessions import SessionFilter
     q = request.query_params
     try:
-        flt = SessionFilter(user=q.get("user") or None, since=_float(request, "since"), adapter=q.get("adapter") or None,
-                            min_reward=_float(request, "min_reward"), limit=int(q.get("limit") or 50))
+        flt = SessionFilter(user=q.get("user") or None, since=_float(request, "since"),
+                            adapter=q.get("adapter") or None, min_reward=_float(request, "min_reward"),
+                            limit=int(q.get("limit") or 50))
     except ValueError as exc:
         raise ApiError(400, "bad_value", str(exc)) from None
     return {"sessions": await asyncio.to_thread(_log(request).list, flt)}

@@ -168,8 +168,9 @@ def cmd_sessions(args, settings: Settings) -> int:
               f"{'adapters':<10} {'rewarded':>8} {'mean':>7}  note")
         for s in rows:
             print(f"{s['session_id']:<24} {s['user_id'][:18]:<18} {_clock(s['created']):<17} "
-                  f"{_clock(s['last_active']):<17} {s['turns']:>5} {s['replies']:>7} {','.join(s['adapters'])[:10]:<10} "
-                  f"{s['rewarded']:>8} {_r(s['mean_reward']):>7}  {s['excluded'] or ''}")
+                  f"{_clock(s['last_active']):<17} {s['turns']:>5} {s['replies']:>7} "
+                  f"{','.join(s['adapters'])[:10]:<10} {s['rewarded']:>8} {_r(s['mean_reward']):>7}  "
+                  f"{s['excluded'] or ''}")
         return 0
     if args.sessions_command == "show":
         sid = _session_id(log, args.session_id)
@@ -201,11 +202,13 @@ def _print_session(s: dict) -> None:
         for e in r.get("events", []):
             value = "" if e.get("value") is None else f" {e['value']}"
             role = " (this reply was the rejected one)" if e.get("role") == "rejected" else ""
-            print(f"  feedback {time.strftime('%H:%M:%S', time.gmtime(e['server_time'] or 0))} {e['kind']}{value}{role}")
+            at = time.strftime("%H:%M:%S", time.gmtime(e["server_time"] or 0))
+            print(f"  feedback {at} {e['kind']}{value}{role}")
         rw = r.get("reward")
         if rw:
             comps = ", ".join(f"{k} {v:+.3f}" for k, v in (rw.get("components") or {}).items())
-            print(f"  reward {rw.get('state')} {_r(rw.get('reward'))}   [{comps}]   config {rw.get('config_hash', '-')}")
+            print(f"  reward {rw.get('state')} {_r(rw.get('reward'))}   [{comps}]   "
+                  f"config {rw.get('config_hash', '-')}")
         else:
             print("  reward -   (no ledger entry yet: is a worker running?)")
 
@@ -287,7 +290,8 @@ def _print_replay(out: dict) -> None:
         mark = "identical" if r["identical"] else "differs"
         print(f"\n--- turn {r['turn']}   reply {r['reply_id']}   {mark}")
         print(f"user:    {r['user_text']}")
-        print(f"served:  {r['served']['text']}   [v {r['served']['adapter_version']}, seed {r['served']['params']['seed']}]")
+        served = r["served"]
+        print(f"served:  {served['text']}   [v {served['adapter_version']}, seed {served['params']['seed']}]")
         print(f"replay:  {r['replay']['text']}   [v {out['version']}, seed {r['replay']['params']['seed']}]")
         lw = "-" if r["log_weight"] is None else f"{r['log_weight']:+.3f}"
         print(f"log p(served | v {out['version']}) {r['served_logp_under_replay']:.3f}   behavior "

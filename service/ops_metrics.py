@@ -9,6 +9,7 @@ import logging
 import time
 
 import redis
+from prometheus_client.utils import floatToGoString
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from worker import series
@@ -56,7 +57,7 @@ class OpsCollector:
         yield signals
 
         every = totals.get(series.ALL, {})
-        bounds = [(str(b), every.get(f"latency_le_{b}", 0.0)) for b in series.LATENCY_BUCKETS_S]
+        bounds = [(floatToGoString(b), every.get(f"latency_le_{b}", 0.0)) for b in series.LATENCY_BUCKETS_S]
         count = every.get("latency_count", 0.0)
         yield HistogramMetricFamily("rewardloop_reward_latency_seconds", "From a reply's end to its final reward",
                                     buckets=bounds + [("+Inf", count)], sum_value=every.get("latency_total", 0.0))

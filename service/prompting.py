@@ -25,14 +25,30 @@ def build_prompt(system: str, turns: list[tuple[str, str]], user_text: str,
     """
     head = [{"role": "system", "content": system}] if system else []
     tail = [{"role": "user", "content": user_text}]
-    for dropped in range(len(turns) + 1):
+
+    def attempt(dropped: int) -> Prompt:
         body = [m for u, a in turns[dropped:] for m in ({"role": "user", "content": u},
                                                           {"role": "assistant", "content": a})]
         messages = head + body + tail
-        n = count_tokens(messages)
-        if n <= budget:
-            return Prompt(messages, n, dropped)
-    return Prompt(messages, n, len(turns))
+        return Prompt(messages, count_tokens(messages), dropped)
+
+    # Fewer turns never need more tokens, so binary-search the fewest turns to drop:
+    # O(log n) tokenizations instead of one per dropped turn on long conversations.
+    best = attempt(0)
+    if best.n_tokens <= budget:
+        return best
+    lo, hi = 1, len(turns)          # invariant: dropping hi fits, unless nothing does
+    last = attempt(hi)
+    if last.n_tokens > budget:
+        return last
+    while lo < hi:
+        mid = (lo + hi) // 2
+        p = attempt(mid)
+        if p.n_tokens <= budget:
+            hi, last = mid, p
+        else:
+            lo = mid + 1
+    return last if last.dropped_turns == hi else attempt(hi)
 
 
 def fit_messages(messages: list[dict], count_tokens: Callable[[list[dict]], int], budget: int) -> Prompt:

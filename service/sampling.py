@@ -34,6 +34,25 @@ class SamplingParams:
         return asdict(self)
 
 
+# The nucleus is almost always far smaller than the vocabulary: look for it among the top
+# candidates first (a top-k is ~10x cheaper than sorting 49k logits on a CPU) and sort
+# everything only when those candidates do not reach top_p. Same result either way.
+_CANDIDATES = 256
+
+
+def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """logp: [..., V] -> (ids [..., k], renormalized log-probs [..., k]; -inf outside the nucleus)."""
+    k = min(_CANDIDATES, logp.shape[-1])
+    top_lp, top_ids = logp.topk(k, dim=-1)                      # sorted, descending
+    if k < logp.shape[-1] and bool((top_lp.exp().sum(-1) < top_p).any()):
+        top_lp, top_ids = logp.sort(dim=-1, descending=True)
+    probs = top_lp.exp()
+    # keep a token when the mass *before* it is below top_p (the first is always kept)
+    keep = (probs.cumsum(-1) - probs) < top_p
+    kept = top_lp.masked_fill(~keep, float("-inf"))
+    return top_ids, kept - torch.logsumexp(kept, dim=-1, keepdim=True)
+
+
 def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Log-probabilities of the sampling distribution.
 
@@ -46,23 +65,23 @@ def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Te
         return out.scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
     logp = torch.log_softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1.0:
-        sorted_lp, order = logp.sort(dim=-1, descending=True)
-        cum = sorted_lp.exp().cumsum(-1)
-        # keep a token when the mass *before* it is below top_p (the first is always kept)
-        keep_sorted = (cum - sorted_lp.exp()) < params.top_p
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        logp = torch.log_softmax(logp.masked_fill(~keep, float("-inf")), dim=-1)
+        ids, lp = _nucleus(logp, params.top_p)
+        logp = torch.full_like(logp, float("-inf")).scatter(-1, ids, lp)
     return logp
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None) -> tuple[int, float]:
     """logits: [V] -> (token id, behavior log-prob of that token)."""
-    logp = processed_logprobs(logits, params)
+    logits = logits.float()
     if params.greedy:
-        tok = int(logp.argmax())
-    else:
-        tok = int(torch.multinomial(logp.exp(), 1, generator=generator))
+        return int(logits.argmax()), 0.0
+    logp = torch.log_softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        ids, lp = _nucleus(logp, params.top_p)                 # [k], [k]
+        j = int(torch.multinomial(lp.exp(), 1, generator=generator))
+        return int(ids[j]), float(lp[j])
+    tok = int(torch.multinomial(logp.exp(), 1, generator=generator))
     return tok, float(logp[tok])
 
 

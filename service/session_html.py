@@ -8,7 +8,8 @@ from html import escape
 
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;max-width:70em}
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}
-.user{background:#f3f6ff}.model{white-space:pre-wrap}.dim{color:#666}.diff{background:#fff3f0}.same{background:#f0fff3}"""
+.user{background:#f3f6ff}.model{white-space:pre-wrap}.dim{color:#666}
+.diff{background:#fff3f0}.same{background:#f0fff3}"""
 
 
 def _t(ts) -> str:
@@ -45,7 +46,7 @@ def _reward(rw: dict | None) -> str:
 
 def session_page(s: dict) -> str:
     head = (f"<h1>Session {escape(s['session_id'])}</h1><p>user {escape(s['user_id'])} · created {_t(s['created'])}"
-            f" · last active {_t(s['last_active'])} · {s['turns']} turns, {s['replies']} replies · adapters "
+            f" · last active {_t(s['last_active'])} · {s['turns']} turns, {len(s['replies'])} replies · adapters "
             f"{escape(', '.join(s['adapters']) or '-')} · mean reward {_num(s['mean_reward'])}"
             + (f" · <b>{escape(s['excluded'])}</b>" if s.get("excluded") else "") + "</p>")
     rows = ["<tr><th>turn</th><th>user</th><th>reply</th><th>version</th><th>feedback</th><th>reward</th></tr>"]

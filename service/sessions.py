@@ -173,17 +173,18 @@ class SessionLog:
             return None
         with self.r.pipeline(transaction=False) as p:
             for rid in replies:
-                p.hget(self.k.reply(rid), "adapter_version")
+                p.hmget(self.k.reply(rid), "adapter_version", "opt_out")
                 p.hmget(self.k.reward(rid), "state", "reward")
             rows = p.execute()
-        versions = rows[0::2]
+        versions = [v for v, _ in rows[0::2]]
+        token_opt_out = any(o not in (None, "", "0") for _, o in rows[0::2])  # a token made with --opt-out
         rewards = [float(rw) for st, rw in rows[1::2] if st in ("rewarded", "defaulted") and rw not in (None, "")]
         user = meta.get("user_id", "")
         return {"session_id": session_id, "user_id": user, "created": float(meta.get("created", 0)),
                 "last_active": float(meta.get("last_active", 0)), "turns": len(history), "replies": len(replies),
                 "adapters": sorted({v for v in versions if v}, key=lambda v: (v != "base", v.zfill(8))),
                 "rewarded": len(rewards), "mean_reward": sum(rewards) / len(rewards) if rewards else None,
-                "excluded": self.excluded(user)}
+                "excluded": self.excluded(user) or ("opted out" if token_opt_out else None)}
 
     # --- one session ------------------------------------------------------------------
     def events(self, session_id: str, since: float) -> list[tuple[str, dict]]:

@@ -34,12 +34,17 @@ class Watch:
 
 
 def version_under_watch(state: Mapping[str, Any]) -> Watch | None:
-    """The canary if there is one, else the stable when it is a published version with a
-    parent (a version published straight to stable). None: nothing newer than its parent."""
+    """The canary if there is one, else the stable when it is the newest published version
+    (published straight to stable). A stable reached by a rollback or by promoting an older
+    version is an operator's choice, not a new version: None then."""
     versions = state.get("versions") or {}
+    published = [int(v) for v, e in versions.items() if v.isdigit() and e.get("state") == "published"]
+    newest = str(max(published)) if published else None
     for role in ("canary", "stable"):
         v = str(state.get(role) or "")
         entry = versions.get(v)
+        if role == "stable" and v != newest:
+            continue
         if v and v != "base" and entry and entry.get("state") == "published":
             parent = str(entry.get("parent") or "base")
             if parent != v:

@@ -107,13 +107,16 @@ def fold(store: OpsStore, now: float, batch: int = BATCH, max_batches: int = MAX
     return total
 
 
-def check_versions(store: OpsStore, registry, settings: Settings, now: float) -> dict | None:
+def check_versions(store: OpsStore, registry, settings: Settings, now: float, new_rewards: bool = True
+                   ) -> dict | None:
     """Compare the version under watch with its parent; act on a significant drop. Returns the
-    alarm it raised (None: nothing under watch, already judged, or no significant drop)."""
+    alarm it raised (None: nothing under watch, already judged, or no significant drop).
+    Without new rewards a version already compared with the same parent is not re-read."""
     from learner.registry import RegistryError
     state = registry.state()
     watch = version_under_watch(state)
-    if watch is None or store.verdicts().get(watch.version, {}).get("alarm"):
+    verdict = store.verdicts().get(watch.version, {}) if watch else {}
+    if watch is None or verdict.get("alarm") or (not new_rewards and verdict.get("parent") == watch.parent):
         return None
     result = compare_versions(store.version_rewards(watch.parent), store.version_rewards(watch.version),
                               min_samples=settings.drift_min_samples, alpha=settings.drift_alpha,
@@ -151,7 +154,8 @@ def ops_tick(store: OpsStore, registry, settings: Settings, now: float | None = 
     res = fold(store, now)
     for alarm in res.alarms:
         alerts.send(alarm, settings.alert_webhook)
-    version_alarm = check_versions(store, registry, settings, now)
+    store.snapshot_depths(now)
+    version_alarm = check_versions(store, registry, settings, now, new_rewards=res.rewards > 0)
     return {"rewards": res.rewards, "events": res.events, "alarms": len(res.alarms) + bool(version_alarm),
             "rollback": (version_alarm or {}).get("action")}
 

@@ -105,6 +105,20 @@ class OpsStore:
             self._xadd_alarm(p, alarm)
             p.execute()
 
+    def snapshot_depths(self, now: float) -> dict[str, int]:
+        """Write the current pending and dead-letter depths into this minute's and hour's
+        buckets (a gauge: the last write of the bucket wins)."""
+        depths = self.depths()
+        fields = {series.field("pending_depth", series.ALL): depths["pending"],
+                  series.field("dead_letters_depth", series.ALL): depths["dead_letters"]}
+        with self.r.pipeline(transaction=False) as p:
+            for step in (MINUTE, HOUR):
+                key = self.k.ops_bucket(step, series.floor_to(now, step))
+                p.hset(key, mapping=fields)
+                p.expire(key, self.ttl[step])
+            p.execute()
+        return depths
+
     def count(self, counter: str, n: float = 1.0) -> None:
         self.r.hincrbyfloat(self.k.ops_totals, series.field(counter, series.ALL), n)
 

@@ -225,6 +225,9 @@ def series(buckets: list[tuple[int, Mapping[str, str | float]]], step_s: int) ->
         "coverage": [r["coverage"] for r in overall_rows],
         "latency_s": [r["latency_s"] for r in overall_rows],
         "events_per_s": [p.get(ALL, {}).get("events", 0.0) / step_s for p in parsed],
+        # gauges sampled by the monitor each tick (last sample of the bucket; None: no tick then)
+        "pending": [p.get(ALL, {}).get("pending_depth") for p in parsed],
+        "dead_letters": [p.get(ALL, {}).get("dead_letters_depth") for p in parsed],
     }
 
 

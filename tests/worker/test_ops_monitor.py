@@ -90,6 +90,8 @@ def test_a_worse_canary_is_rolled_back_once_with_the_evidence(rdb, prefix, hook)
     out = ops_tick(store, registry, settings, at)
     assert out["rollback"] is None and registry.state()["canary"] == "2"
     assert store.verdicts()["2"]["reason"] == "insufficient_samples"
+    minute = rdb.hgetall(keys.ops_bucket(MINUTE, int(at // 60 * 60)))
+    assert minute["pending_depth|*"] == "0"  # the depth gauges are sampled every tick
 
     add_rewards(rdb, keys, "2", [-1.0, -0.5, -1.0, -1.0] * 4, at)
     out = ops_tick(store, registry, settings, at)
@@ -122,3 +124,27 @@ def test_alert_policy_only_alerts_and_a_dead_webhook_does_not_crash(rdb, prefix)
     out = ops_tick(store, registry, settings)
     assert out["rollback"] == "alert" and registry.state()["stable"] == "2"
     assert store.alarms()[0]["action"] == "alert"
+
+
+def test_drift_cli_prints_versions_with_sparklines_and_alarms(rdb, prefix, redis_url, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, base_env
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    seed_registry(rdb, keys, stable="1", canary="2")
+    settings = Settings(redis_url=redis_url, prefix=prefix, drift_min_samples=5)
+    now = time.time()
+    for minute in range(5):
+        add_rewards(rdb, keys, "1", [0.9, 1.0, 0.8], now - 300 + minute * 60)
+        add_rewards(rdb, keys, "2", [-0.9, -1.0], now - 300 + minute * 60)
+    assert ops_tick(store, Registry(rdb, keys, tmp_path), settings)["rollback"] == "rolled back to 1"
+    env = base_env(redis_url, prefix, tmp_path)
+    out = subprocess.run([sys.executable, "-m", "service.cli", "drift", "--minutes", "10"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if line[:1].isdigit()}
+    assert "+0.900" in rows["1"] and "15" in rows["1"] and "█" in rows["1"]
+    assert "-0.950" in rows["2"] and "rolled back to 1" in rows["2"] and "▁" in rows["2"]
+    assert "welch reward v2" in out.stdout and "stable 1" in out.stdout

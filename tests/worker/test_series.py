@@ -77,8 +77,10 @@ def test_version_under_watch_prefers_the_canary_and_needs_a_published_version():
                 "3": {"state": "rejected", "parent": "2"}}
     w = version_under_watch({"stable": "1", "canary": "2", "versions": versions})
     assert (w.version, w.parent, w.role) == ("2", "1", "canary")
-    w = version_under_watch({"stable": "1", "canary": "", "versions": versions})
-    assert (w.version, w.parent, w.role) == ("1", "base", "stable")
+    w = version_under_watch({"stable": "2", "canary": "", "versions": versions})
+    assert (w.version, w.parent, w.role) == ("2", "1", "stable")
+    # back on 1 after a rollback from 2: an operator's choice, not a new version to judge
+    assert version_under_watch({"stable": "1", "canary": "", "versions": versions}) is None
     assert version_under_watch({"stable": "base", "canary": "", "versions": versions}) is None
     assert version_under_watch({"stable": "base", "canary": "3", "versions": versions}) is None
 

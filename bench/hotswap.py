@@ -1,0 +1,159 @@
+"""Hot-swap benchmark: 8 concurrent streaming sessions over two server processes while 20
+adapter versions are published in a row. Reports swap apply time (p50/p95), publish -> first
+token on the new version (p95, across both servers), streams dropped or errored (must be 0),
+and token throughput during the swaps over throughput without swaps (same run).
+
+    python bench/hotswap.py [--model smollm2] [--versions 20] [--sessions 8] [--every 3]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+import websockets
+
+from common import pct, table, write_json
+from service.embedded_redis import EmbeddedRedis
+from tests.helpers import MODELS, ServerProc, base_env, free_port
+
+
+def random_adapters(model_name: str, n: int, rank: int):
+    """n LoRA adapters with small random weights (distinct outputs, realistic file sizes)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from learner.modeling import load_model
+    lm = load_model(model_name, MODELS, "cpu")
+    model = get_peft_model(lm.model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    for i in range(n):
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.002)
+        yield lm.model_id, model
+
+
+class Stats:
+    def __init__(self):
+        self.tokens = 0
+        self.errors = 0
+        self.finished = 0
+        self.first_token: dict[tuple[str, int], float] = {}  # (version, server port) -> time
+
+
+async def session_loop(srv, user: str, stats: Stats, stop: asyncio.Event) -> None:
+    async with websockets.connect(srv.ws_url, max_size=2 ** 22) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": srv.token(user)}))
+        while json.loads(await ws.recv())["type"] != "ready":
+            pass
+        i = 0
+        while not stop.is_set():
+            await ws.send(json.dumps({"type": "user_message", "text": f"Tell me a fact number {i}",
+                                      "client_msg_id": f"{user}-{i}"}))
+            i += 1
+            version = None
+            while True:
+                f = json.loads(await ws.recv())
+                if f["type"] == "reply_start":
+                    version = f["adapter_version"]
+                elif f["type"] == "token":
+                    stats.tokens += 1
+                    stats.first_token.setdefault((version, srv.port), time.time())
+                elif f["type"] == "reply_end":
+                    if f["finish_reason"] not in ("stop", "length"):
+                        stats.errors += 1
+                    stats.finished += 1
+                    break
+                elif f["type"] == "error":
+                    stats.errors += 1
+                    break
+
+
+async def drive(servers, sessions: int, seconds: float, stats: Stats) -> float:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(session_loop(servers[i % len(servers)], f"s{i}", stats, stop))
+             for i in range(sessions)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    t0 = time.perf_counter()
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random")
+    ap.add_argument("--versions", type=int, default=20, help="adapter versions published in a row")
+    ap.add_argument("--sessions", type=int, default=8, help="concurrent streaming sessions (over 2 servers)")
+    ap.add_argument("--every", type=float, default=3.0, help="seconds between publishes")
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank of the published adapters")
+    ap.add_argument("--tokens", type=int, default=32, help="max new tokens per reply")
+    args = ap.parse_args()
+    from tests.model_fixtures import publish_adapter
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as store:
+        data = Path(tmp) / "shared"
+        data.mkdir()
+        env = base_env(store.url, "hs:", data, REWARDLOOP_MODEL=args.model, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
+                       REWARDLOOP_TEMPERATURE=0.7, REWARDLOOP_FEEDBACK_BURST=1000)
+        env.pop("OMP_NUM_THREADS")
+        servers = [ServerProc(env, free_port(), Path(tmp) / f"s{i}.log", prefix="hs:").start(600) for i in range(2)]
+        try:
+            adapters = random_adapters(args.model, args.versions, args.rank)
+            base_stats = Stats()
+            base_secs = 2 * args.every * 3
+            asyncio.run(drive(servers, args.sessions, base_secs, base_stats))   # no swaps
+
+            swap_stats = Stats()
+            published: dict[str, float] = {}
+
+            def publisher():
+                for model_id, model in adapters:
+                    t = time.time()
+                    v = publish_adapter(store.url, "hs:", data, model, model_id, mode="stable")
+                    published[v] = t
+                    time.sleep(max(0.0, args.every - (time.time() - t)))
+
+            th = threading.Thread(target=publisher)
+            th.start()
+            t0 = time.time()
+            asyncio.run(drive(servers, args.sessions, args.versions * args.every + 2, swap_stats))
+            th.join()
+            swap_secs = time.time() - t0
+            r = redis.Redis.from_url(store.url, decode_responses=True)
+            swaps = [f for _, f in r.xrange("hs:adapters:swaps")]
+        finally:
+            for s in servers:
+                s.stop()
+    apply_ms = [float(f["seconds"]) * 1000 for f in swaps if f["result"] == "loaded"]
+    to_first = [(swap_stats.first_token[(v, s.port)] - t) * 1000 for v, t in published.items() for s in servers
+                if (v, s.port) in swap_stats.first_token]
+    base_rate = base_stats.tokens / base_secs
+    swap_rate = swap_stats.tokens / swap_secs
+    rows = [
+        {"figure": "swap apply (validate + load), p50 ms", "value": pct(apply_ms, 0.5)},
+        {"figure": "swap apply, p95 ms", "value": pct(apply_ms, 0.95)},
+        {"figure": "publish -> first token on new version, p50 ms", "value": pct(to_first, 0.5)},
+        {"figure": "publish -> first token on new version, p95 ms", "value": pct(to_first, 0.95)},
+        {"figure": "versions seen serving / expected", "value": f"{len(to_first)}/{2 * len(published)}"},
+        {"figure": "streams dropped or errored", "value": swap_stats.errors + base_stats.errors},
+        {"figure": "tokens/s without swaps", "value": base_rate},
+        {"figure": "tokens/s during swaps", "value": swap_rate},
+        {"figure": "throughput ratio swaps / no swaps", "value": swap_rate / base_rate if base_rate else None},
+    ]
+    print(f"\nhot-swap benchmark: model={args.model}, {args.sessions} sessions on 2 servers, "
+          f"{len(published)} versions every {args.every}s")
+    print(table(rows, ["figure", "value"]))
+    path = write_json("hotswap", {"args": vars(args), "rows": rows, "apply_ms": apply_ms,
+                                  "publish_to_first_token_ms": to_first})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+// The /ops page: polls /ops/api/state and draws it with uPlot (served from /static/vendor).
+// Auth is the rl_admin cookie set by /ops?token=...; every text goes in via textContent.
+"use strict";
+
+const POLL_MS = Number(new URLSearchParams(location.search).get("every") || 5) * 1000;
+const COLORS = ["#2f6fdf", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285", "#5c940d", "#c2255c"];
+const MARK = { alarm: "#e03131", rollback: "#f08c00", promote: "#2b8a3e", publish: "#37b24d", swap: "#adb5bd" };
+const charts = {};          // name -> {u, sig}
+window.opsCharts = charts;  // tests read the plotted data from here
+let state = null;
+let marks = [];
+
+const $ = (id) => document.getElementById(id);
+const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+const utc = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "–");
+
+function el(tag, text, attrs) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+function setStatus(text, error) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+async function api(method, url) {
+  const resp = await fetch(url, { method, credentials: "same-origin", headers: { "Content-Type": "application/json" } });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error((body.error && body.error.message) || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+// vertical lines for alarms, publishes, promotions, rollbacks and swaps, on every chart
+function markerPlugin() {
+  return {
+    hooks: {
+      draw: [(u) => {
+        const { ctx, bbox } = u;
+        ctx.save();
+        ctx.lineWidth = 1.5 * devicePixelRatio;
+        for (const m of marks) {
+          const x = u.valToPos(m.t, "x", true);
+          if (x < bbox.left || x > bbox.left + bbox.width) continue;
+          ctx.strokeStyle = MARK[m.kind] || "#868e96";
+          ctx.setLineDash(m.kind === "swap" ? [2, 4] : []);
+          ctx.beginPath();
+          ctx.moveTo(x, bbox.top);
+          ctx.lineTo(x, bbox.top + bbox.height);
+          ctx.stroke();
+        }
+        ctx.restore();
+      }],
+    },
+  };
+}
+
+function draw(name, series, data, yRange) {
+  const sig = series.map((s) => s.label).join("|");
+  const box = $("chart-" + name);
+  const [min, max] = [state.since, state.now];
+  let c = charts[name];
+  if (!c || c.sig !== sig) {
+    if (c) c.u.destroy();
+    const opts = {
+      width: Math.max(560, box.clientWidth || 600), height: 220, plugins: [markerPlugin()],
+      scales: { x: { time: true, min, max }, y: yRange ? { range: yRange } : {} },
+      series: [{}].concat(series), axes: [{}, { size: 55 }],
+    };
+    c = charts[name] = { u: new uPlot(opts, data, box), sig };
+  } else {
+    c.u.setData(data, false);
+    c.u.setScale("x", { min, max });
+  }
+}
+
+function drawCharts() {
+  const s = state.series;
+  const rewardSeries = [];
+  const rewardData = [s.t];
+  Object.entries(s.versions).forEach(([v, col], i) => {
+    const stroke = COLORS[i % COLORS.length];
+    rewardSeries.push({ label: `v ${v}`, stroke, width: 2, spanGaps: false, points: { show: true } },
+      { label: `v ${v} lo`, stroke, dash: [4, 4], width: 1 }, { label: `v ${v} hi`, stroke, dash: [4, 4], width: 1 });
+    rewardData.push(col.mean, col.lo, col.hi);
+  });
+  draw("reward", rewardSeries, rewardData, [-1, 1]);
+  const names = Object.keys(s.signals);
+  draw("signals", names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: true } })),
+    [s.t].concat(names.map((n) => s.signals[n])));
+  draw("coverage", [{ label: "coverage", stroke: COLORS[2], width: 2, points: { show: true } }], [s.t, s.coverage], [0, 1]);
+  draw("latency", [{ label: "latency s", stroke: COLORS[3], width: 2, points: { show: true } }], [s.t, s.latency_s]);
+  draw("events", [{ label: "events/s", stroke: COLORS[5], width: 2, points: { show: true } }], [s.t, s.events_per_s]);
+  draw("depths", [{ label: "pending", stroke: COLORS[4], width: 2, points: { show: true } },
+    { label: "dead letters", stroke: "#e03131", width: 2, points: { show: true } }], [s.t, s.pending, s.dead_letters]);
+}
+
+function tiles() {
+  const box = $("tiles");
+  box.replaceChildren();
+  const last = (arr) => { for (let i = arr.length - 1; i >= 0; i--) if (arr[i] !== null) return arr[i]; return null; };
+  const items = [
+    ["pending rewards", state.depths.pending], ["dead letters", state.depths.dead_letters],
+    ["coverage", fmt(last(state.series.coverage), 2)], ["latency s", fmt(last(state.series.latency_s), 1)],
+    ["alarms in window", state.alarms.length],
+  ];
+  for (const [label, value] of items) {
+    const t = el("div", null, { class: "tile" });
+    t.append(el("b", value), el("span", label));
+    box.append(t);
+  }
+  const p = state.pointers;
+  $("pointers").textContent = `stable ${p.stable}` + (p.canary ? ` · canary ${p.canary} (${Math.round(p.canary_share * 100)}%)` : "");
+}
+
+async function move(url, what) {
+  if (!confirm(what + "?")) return;
+  try {
+    const notice = await api("POST", url);
+    setStatus(`${notice.event}: stable ${notice.stable}${notice.canary ? ", canary " + notice.canary : ""}`);
+  } catch (err) {
+    setStatus(`${what} failed: ${err.message}`, true);
+  }
+  await refresh();
+}
+
+function adapters() {
+  const body = $("adapters").tBodies[0];
+  body.replaceChildren();
+  for (const a of state.adapters) {
+    const tr = el("tr", null, { class: a.role === "stable" ? "stable" : "", "data-version": a.version });
+    const verdict = a.verdict ? (a.verdict.action || a.verdict.reason || "") : "";
+    for (const cell of [a.version, a.parent || "–", a.state, a.role || "", a.samples, fmt(a.mean_reward),
+      a.ci95[0] === null ? "–" : `${fmt(a.ci95[0])} … ${fmt(a.ci95[1])}`, verdict]) tr.append(el("td", cell));
+    const td = el("td");
+    if (a.state === "published" && a.role !== "stable") {
+      const b = el("button", "Promote", { type: "button", class: "promote", "data-version": a.version });
+      b.onclick = () => move(`/admin/adapters/${encodeURIComponent(a.version)}/promote`, `Promote version ${a.version} to stable`);
+      td.append(b);
+    }
+    tr.append(td);
+    body.append(tr);
+  }
+  const d = $("detectors").tBodies[0];
+  d.replaceChildren();
+  for (const r of state.detectors) {
+    const tr = el("tr");
+    for (const cell of [r.metric, r.detector, fmt(r.statistic, 2), fmt(r.threshold, 1), r.armed ? "yes" : "warming up", r.events]) tr.append(el("td", cell));
+    d.append(tr);
+  }
+}
+
+function timeline() {
+  const rows = [];
+  for (const a of state.alarms) rows.push({ t: a.at, kind: "alarm", what: `alarm: ${a.detector} ${a.metric}${a.direction ? " " + a.direction : ""}`,
+    version: a.version, by: a.action || "", details: a.message, since: a.since, until: a.until });
+  for (const h of state.timeline.history) rows.push({ t: Number(h.at), kind: h.event, what: h.event, version: h.version, by: h.by, details: h.reason });
+  for (const s of state.timeline.swaps) rows.push({ t: Number(s.at), kind: "swap", what: `swap ${s.result}`, version: s.version, by: s.server, details: s.reason || `${fmt(s.seconds * 1000, 0)} ms` });
+  rows.sort((a, b) => b.t - a.t);
+  marks = rows.filter((r) => r.t >= state.since).map((r) => ({ t: r.t, kind: r.kind }));
+  const body = $("timeline").tBodies[0];
+  body.replaceChildren();
+  for (const r of rows.slice(0, 200)) {
+    const tr = el("tr", null, { class: r.kind === "alarm" ? "alarm" : "" });
+    for (const cell of [utc(r.t), r.what, r.version || "", r.by || "", r.details || ""]) tr.append(el("td", cell));
+    const td = el("td");
+    if (r.kind === "alarm") {
+      const q = new URLSearchParams({ since: String(r.since || state.since), until: String(r.until || r.t) });
+      td.append(el("a", "sessions in window", { href: `/admin/sessions?${q}`, class: "sessions" }));
+    }
+    tr.append(td);
+    body.append(tr);
+  }
+}
+
+async function refresh() {
+  try {
+    state = await api("GET", `/ops/api/state?minutes=${$("window").value}`);
+  } catch (err) {
+    setStatus(`cannot load: ${err.message}`, true);
+    return;
+  }
+  timeline();
+  tiles();
+  adapters();
+  drawCharts();
+  setStatus(`updated ${utc(state.now)} UTC`);
+}
+
+$("window").onchange = refresh;
+$("rollback").onclick = () => move("/admin/adapters/rollback", "Roll back (drop the canary, else back to the previous stable)");
+refresh();
+setInterval(refresh, POLL_MS);

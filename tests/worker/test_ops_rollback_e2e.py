@@ -1,0 +1,105 @@
+"""End to end: simulated users on the websocket like the base model and dislike a newly
+published adapter; a real Celery worker + beat finalize the rewards, the ops monitor raises
+an alarm within the documented delay, POSTs it to the webhook, rolls the version back and the
+registry history says why. Tiny model, real Redis, no mocks."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from tests.helpers import Chat
+from tests.model_fixtures import publish_adapter, train_parrot_adapter
+from tests.worker.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+TINY_ID = "rewardloop/tiny-random-llama"
+WAIT_WINDOW_S = 1.0
+OPS_EVERY_S = 1.0
+MIN_SAMPLES = 6
+# worst case after the last vote: wait window + finalize period (1 s) + ops period + task
+# queueing; generous for 2 busy cores
+DETECTION_BOUND_S = 30.0
+
+
+@pytest.fixture
+def webhook():
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/alerts", got
+    srv.shutdown()
+    srv.server_close()
+
+
+def users_vote(srv, names: list[str], vote: int, expect_version: str) -> list[str]:
+    """Each user asks twice (the second message is a continuation of the first) and votes on both."""
+    replies = []
+    for name in names:
+        chat = Chat(srv, srv.token(name))
+        for text in ("hello", "tell me more"):
+            r = chat.ask(text)
+            assert r["start"]["adapter_version"] == expect_version, r["start"]
+            assert chat.feedback(r["start"]["reply_id"], "thumbs", vote)["type"] == "ack"
+            replies.append(r["start"]["reply_id"])
+        chat.close()
+    return replies
+
+
+def test_a_worse_published_version_is_rolled_back_automatically(server_factory, models_dir, rdb, redis_url, prefix,
+                                                               procs, worker_env, reward_toml, webhook, tmp_path):
+    hook_url, posted = webhook
+    env = worker_env(REWARDLOOP_REWARD_CONFIG=reward_toml(wait_window_s=WAIT_WINDOW_S),
+                     REWARDLOOP_OPS_EVERY_S=OPS_EVERY_S, REWARDLOOP_DRIFT_MIN_SAMPLES=MIN_SAMPLES,
+                     REWARDLOOP_ALERT_WEBHOOK=hook_url)
+    procs.start(env, "worker", "--queues", "rewards,ops")
+    procs.start(env, "beat")
+    data = tmp_path / "adapters-volume"
+    data.mkdir()
+    srv = server_factory(prefix=prefix, REWARDLOOP_DATA_DIR=data, REWARDLOOP_TEMPERATURE=0)
+    adapters = f"{prefix}adapters"
+
+    base_replies = users_vote(srv, ["ann", "bob", "cat", "dan"], +1, "base")
+    wait_for(lambda: sum(1 for _, f in rdb.xrange(f"{prefix}rewards") if f["state"] == "rewarded")
+             >= len(base_replies), 60, "the base replies' final rewards", procs)
+
+    model = train_parrot_adapter(models_dir, " no", steps=3)  # any valid adapter: the users decide
+    version = publish_adapter(redis_url, prefix, data, model, TINY_ID, mode="stable")
+    assert rdb.hget(adapters, "stable") == version
+    wait_for(lambda: Chat(srv, srv.token("probe")).ask("hi")["start"]["adapter_version"] == version, 60,
+             "the server serving the new version", procs, every=0.5)
+
+    users_vote(srv, ["eve", "fay", "gus", "hal"], -1, version)
+    last_vote = time.time()
+    wait_for(lambda: rdb.hget(adapters, "stable") == "base", DETECTION_BOUND_S, "the automatic rollback", procs,
+             every=0.2)
+    took = time.time() - last_vote
+    assert took < DETECTION_BOUND_S
+
+    last = [f for _, f in rdb.xrevrange(f"{prefix}adapters:history") if f["event"] == "rollback"][0]
+    assert last["by"] == "drift-monitor" and last["stable"] == "base"
+    assert f"reward of version {version}" in last["reason"] and "< parent base" in last["reason"]
+    alarms = [f for _, f in rdb.xrange(f"{prefix}ops:alarms") if f["detector"] == "welch"]
+    assert len(alarms) == 1 and alarms[0]["version"] == version
+    assert alarms[0]["action"] == "rolled back to base"
+    evidence = json.loads(alarms[0]["evidence"])
+    assert evidence["child"]["n"] >= MIN_SAMPLES and evidence["child"]["mean"] < 0 < evidence["parent"]["mean"]
+    wait_for(lambda: any(p["alarm"]["version"] == version for p in posted), 10, "the webhook POST", procs)
+    # the servers follow the pointer: new sessions are back on the base model
+    wait_for(lambda: Chat(srv, srv.token("after")).ask("hi")["start"]["adapter_version"] == "base", 30,
+             "serving the parent again", procs, every=0.5)
+    print(f"drift alarm + rollback {took:.1f} s after the last vote")
+

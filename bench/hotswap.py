@@ -102,7 +102,7 @@ def main() -> None:
         data.mkdir()
         env = base_env(store.url, "hs:", data, REWARDLOOP_MODEL=args.model, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
                        REWARDLOOP_TEMPERATURE=0.7, REWARDLOOP_FEEDBACK_BURST=1000)
-        env.pop("OMP_NUM_THREADS")
+        # two servers on this machine: one intra-op thread each, or they fight over the cores
         servers = [ServerProc(env, free_port(), Path(tmp) / f"s{i}.log", prefix="hs:").start(600) for i in range(2)]
         try:
             adapters = random_adapters(args.model, args.versions, args.rank)
@@ -131,6 +131,7 @@ def main() -> None:
         finally:
             for s in servers:
                 s.stop()
+    print("versions seen:", sorted({v for v, _ in swap_stats.first_token}), "published:", sorted(published))
     apply_ms = [float(f["seconds"]) * 1000 for f in swaps if f["result"] == "loaded"]
     to_first = [(swap_stats.first_token[(v, s.port)] - t) * 1000 for v, t in published.items() for s in servers
                 if (v, s.port) in swap_stats.first_token]

@@ -45,14 +45,15 @@ def _entry_time(sid: str, fields: dict, name: str) -> float:
         return int(sid.split("-")[0]) / 1000.0  # the stream id is the append time
 
 
-def fold_once(store: OpsStore, now: float, batch: int = BATCH) -> FoldResult | None:
+def fold_once(store: OpsStore, now: float, batch: int = BATCH, detector_params: dict | None = None
+              ) -> FoldResult | None:
     """Fold up to `batch` new entries of each stream; None when another fold won the race."""
     old = store.cursors()
     rewards = store.read_after("rewards", old["rewards"], batch)
     events = store.read_after("events", old["events"], batch)
     if not rewards and not events:
         return FoldResult()
-    facts = store.reply_facts([f.get("reply_id", "") for _, f in rewards] +
+    facts = store.reply_facts([f.get("reply_id", "") for _, f in rewards],
                               [f.get("reply_id", "") for _, f in events if f.get("kind") == "dwell"])
     buckets: dict = {}
     totals: dict[str, float] = {}
@@ -81,7 +82,7 @@ def fold_once(store: OpsStore, now: float, batch: int = BATCH) -> FoldResult | N
         words = facts.get(f.get("reply_id", ""), (None, 0))[1]
         put(ts, series.event_increments(f, words))
         values.extend((m, v, ts) for m, v in series.detector_values(f, words))
-    states, fired = run_detectors(store.detector_states(), values)
+    states, fired = run_detectors(store.detector_states(), values, detector_params)
     alarms = [{"at": now, "detector": r.detector, "metric": r.metric, "version": r.version or "",
                "direction": r.direction, "statistic": r.statistic, "threshold": r.threshold,
                "message": r.message, "evidence": r.evidence, "since": since, "until": until, "action": "alert"}
@@ -93,10 +94,13 @@ def fold_once(store: OpsStore, now: float, batch: int = BATCH) -> FoldResult | N
     return FoldResult(len(rewards), len(events), alarms)
 
 
-def fold(store: OpsStore, now: float, batch: int = BATCH, max_batches: int = MAX_BATCHES) -> FoldResult:
+def fold(store: OpsStore, now: float, batch: int = BATCH, max_batches: int = MAX_BATCHES,
+         detector_params: dict | None = None) -> FoldResult:
+    """Fold until caught up (or max_batches). detector_params: Cusum config fields for new
+    detectors (default: worker/drift.py's calibrated defaults)."""
     total = FoldResult()
     for _ in range(max_batches):
-        res = fold_once(store, now, batch)
+        res = fold_once(store, now, batch, detector_params)
         if res is None:  # another fold moved the cursors: it does this work
             break
         total.rewards += res.rewards

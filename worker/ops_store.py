@@ -41,22 +41,25 @@ class OpsStore:
     def read_after(self, stream: str, cursor: str, count: int) -> list[tuple[str, dict]]:
         return self.r.xrange(self._stream_key(stream), f"({cursor}" if cursor != "0-0" else "-", "+", count=count)
 
-    def reply_facts(self, reply_ids: Iterable[str]) -> dict[str, tuple[float | None, int]]:
-        """reply_id -> (ended_at, word count of the text), for latency and the dwell ratio."""
-        ids = list(dict.fromkeys(reply_ids))
+    def reply_facts(self, reply_ids: Iterable[str], text_ids: Iterable[str] = ()
+                    ) -> dict[str, tuple[float | None, int]]:
+        """reply_id -> (ended_at, word count of the text): the end for the reward latency, the
+        words (read only for `text_ids`: replies with a dwell event) for the dwell ratio."""
+        with_text = set(text_ids)
+        ids = list(dict.fromkeys([*reply_ids, *with_text]))
         if not ids:
             return {}
         with self.r.pipeline(transaction=False) as p:
             for rid in ids:
-                p.hmget(self.k.reply(rid), "ended_at", "text")
+                p.hmget(self.k.reply(rid), *(("ended_at", "text") if rid in with_text else ("ended_at",)))
             rows = p.execute()
         out = {}
-        for rid, (ended, text) in zip(ids, rows):
+        for rid, row in zip(ids, rows):
             try:
-                ended_at = float(ended) if ended else None
+                ended_at = float(row[0]) if row[0] else None
             except ValueError:
                 ended_at = None
-            out[rid] = (ended_at, len((text or "").split()))
+            out[rid] = (ended_at, len((row[1] or "").split()) if len(row) > 1 else 0)
         return out
 
     def commit_fold(self, old: Mapping[str, str], new: Mapping[str, str], buckets: Mapping[tuple[int, int], dict],

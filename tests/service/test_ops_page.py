@@ -117,6 +117,7 @@ def test_metrics_parse_and_follow_prometheus_conventions(ops_server):
         assert used and used <= sample_names | set(families), (path.name, used - sample_names)
 
 
+@pytest.mark.browser
 def test_ops_page_charts_and_buttons_in_chromium(ops_server, page, rdb, prefix, tmp_path):
     page.on("dialog", lambda d: d.accept())
     page.goto(ops_server.url + "/ops?token=" + ADMIN)

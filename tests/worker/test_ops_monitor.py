@@ -63,14 +63,18 @@ def test_fold_is_idempotent_and_fills_minute_and_hour_buckets(rdb, prefix):
     rdb.xadd(keys.events, {"kind": "reply", "reply_id": "x", "adapter_version": "1", "server_time": repr(at)})
     rdb.xadd(keys.events, {"kind": "thumbs", "value": "1", "reply_id": "x", "adapter_version": "1",
                            "server_time": repr(at)})
+    rdb.hset(keys.reply("x"), mapping={"text": "one two three four", "ended_at": repr(at)})
+    rdb.xadd(keys.events, {"kind": "dwell", "value": "2087", "reply_id": "x", "adapter_version": "1",
+                           "server_time": repr(at)})  # 4 words at 230 wpm = 1.043 s expected
     res = fold(store, at)
-    assert (res.rewards, res.events) == (3, 2)
+    assert (res.rewards, res.events) == (3, 3)
     again = fold(store, at)
     assert (again.rewards, again.events) == (0, 0)  # the cursor moved with the increments
     minute = rdb.hgetall(keys.ops_bucket(MINUTE, int(at // 60 * 60)))
     hour = rdb.hgetall(keys.ops_bucket(HOUR, int(at // 3600 * 3600)))
     assert float(minute["reward_n|1"]) == float(hour["reward_n|1"]) == 3.0
-    assert float(minute["thumbs_up|1"]) == 1.0 and float(minute["events|*"]) == 2.0
+    assert float(minute["thumbs_up|1"]) == 1.0 and float(minute["events|*"]) == 3.0
+    assert float(minute["dwell_sum|1"]) == pytest.approx(2.0, rel=1e-3)
     assert float(minute["latency_sum|1"]) == pytest.approx(90.0, abs=0.01)
     assert 0 < rdb.ttl(keys.ops_bucket(MINUTE, int(at // 60 * 60))) <= 86400
     assert store.version_rewards("1") == [1.0, 0.0, -1.0]
@@ -148,3 +152,21 @@ def test_drift_cli_prints_versions_with_sparklines_and_alarms(rdb, prefix, redis
     assert "+0.900" in rows["1"] and "15" in rows["1"] and "█" in rows["1"]
     assert "-0.950" in rows["2"] and "rolled back to 1" in rows["2"] and "▁" in rows["2"]
     assert "welch reward v2" in out.stdout and "stable 1" in out.stdout
+
+
+def test_a_sequential_detector_alarm_is_stored_counted_and_resumes_across_folds(rdb, prefix):
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    params = {"warmup": 30, "threshold": 5.0, "k": 0.5}
+    at = time.time()
+    add_rewards(rdb, keys, "1", [1.0, 0.6, 0.8] * 10, at - 120)
+    assert fold(store, at, detector_params=params).alarms == []
+    state = store.detector_states()["reward"]
+    assert state["detector"]["detector"] == "cusum" and state["detector"]["index"] == 30  # persisted
+    add_rewards(rdb, keys, "1", [-1.0] * 10, at - 60)
+    alarms = fold(store, at, detector_params=params).alarms
+    assert [(a["detector"], a["metric"], a["direction"]) for a in alarms] == [("cusum", "reward", "drop")]
+    assert alarms[0]["since"] == pytest.approx(at - 120) and alarms[0]["until"] == pytest.approx(at - 60)
+    stored = store.alarms()
+    assert stored[0]["evidence"]["mean_after"] == -1.0 and stored[0]["action"] == "alert"
+    assert float(store.totals()["alarms:cusum:reward|*"]) == 1.0

@@ -23,21 +23,25 @@ from service.embedded_redis import EmbeddedRedis
 from tests.helpers import MODELS, ServerProc, base_env, free_port
 
 
-def random_adapters(model_name: str, n: int, rank: int):
-    """n LoRA adapters with small random weights (distinct outputs, realistic file sizes)."""
+def random_adapters(model_name: str, n: int, rank: int, out: Path) -> tuple[str, list[Path]]:
+    """Save n LoRA adapters with small random weights (distinct outputs, realistic file
+    sizes) before measuring, so publishing during the run costs only a copy and a commit."""
     import torch
     from peft import LoraConfig, get_peft_model
     from learner.modeling import load_model
     lm = load_model(model_name, MODELS, "cpu")
     model = get_peft_model(lm.model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    folders = []
     for i in range(n):
         torch.manual_seed(i)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.002)
-        yield lm.model_id, model
+        folders.append(out / f"a{i}")
+        model.save_pretrained(str(folders[-1]))
+    return lm.model_id, folders
 
 
 class Stats:
@@ -105,18 +109,18 @@ def main() -> None:
         # two servers on this machine: one intra-op thread each, or they fight over the cores
         servers = [ServerProc(env, free_port(), Path(tmp) / f"s{i}.log", prefix="hs:").start(600) for i in range(2)]
         try:
-            adapters = random_adapters(args.model, args.versions, args.rank)
+            model_id, folders = random_adapters(args.model, args.versions, args.rank, Path(tmp))
             base_stats = Stats()
-            base_secs = 2 * args.every * 3
+            base_secs = args.versions * args.every / 2
             asyncio.run(drive(servers, args.sessions, base_secs, base_stats))   # no swaps
 
             swap_stats = Stats()
             published: dict[str, float] = {}
 
             def publisher():
-                for model_id, model in adapters:
+                for folder in folders:
                     t = time.time()
-                    v = publish_adapter(store.url, "hs:", data, model, model_id, mode="stable")
+                    v = publish_adapter(store.url, "hs:", data, folder, model_id, mode="stable")
                     published[v] = t
                     time.sleep(max(0.0, args.every - (time.time() - t)))
 

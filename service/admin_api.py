@@ -36,7 +36,8 @@ def _registry(request: Request):
 @router.get("/metrics")
 async def metrics(request: Request):
     runtime = rt(request)
-    body = runtime.metrics.render() if runtime.metrics else b""
+    # rendering reads Redis (ops collector) with a blocking client: keep it off the event loop
+    body = await asyncio.to_thread(runtime.metrics.render) if runtime.metrics else b""
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -81,6 +81,17 @@ def train_parrot_adapter(models_dir: Path, reply: str, steps: int = 120, seed: i
     return model
 
 
+class _Saved:
+    """A PEFT folder already on disk, staged like a model (save_pretrained copies it)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def save_pretrained(self, dest: str) -> None:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy(self.folder / name, Path(dest) / name)
+
+
 def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_model: str, mode: str = "stable",
                     canary_share: float = 0.5, tamper=None) -> str:
     """Publish a PeftModel through the real registry (lock, stage, commit) as the learner does.
@@ -101,7 +112,7 @@ def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_mod
         version = reg.state()["next_version"] + 1
         manifest = {"version": version, "parent": reg.state()["stable"], "base_model": base_model,
                     "state": "published", "reason": "", "created": _time.time(), "samples_used": 0}
-        staged = reg.stage(model, manifest)
+        staged = reg.stage(_Saved(model) if isinstance(model, (str, Path)) else model, manifest)
         if tamper is not None:
             tamper(staged)
         manifest = reg.manifest_of(staged)

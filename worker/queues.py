@@ -2,7 +2,7 @@
 
 rewards  feedback events -> ledger -> final rewards (many workers may share it)
 learn    learner runs (one worker, concurrency 1: one training run at a time)
-ops      housekeeping: abandoned sessions, reclaiming stale events
+ops      housekeeping: abandoned sessions, reclaiming stale events, the drift monitor
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ ROUTES = {
     "worker.tasks.finalize_due": {"queue": REWARDS},
     "worker.tasks.derive_abandonment": {"queue": OPS},
     "worker.tasks.reclaim_stale": {"queue": OPS},
+    "worker.drift_task.*": {"queue": OPS},
     "learner.tasks.*": {"queue": LEARN},
 }
 

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping
 
 from worker.drift import DriftResult, detector_from_dict, make_detector
 
-SEQUENTIAL_METRICS = ("reward", "thumbs_up", "rating", "dwell_ratio")
+SEQUENTIAL_METRICS = ("reward", "thumbs_up", "rating", "dwell_ratio", "continuation_rate", "regenerate_rate",
+                      "copy_rate", "abandon_rate")
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,8 @@ def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: fl
             "adapter_version": entry.get("adapter_version", ""), "state": state,
             "reward": "" if reward is None else repr(reward), "config_hash": chash, "user_weight": repr(weight),
             "opt_out": entry.get("opt_out", "0"), "finalized_at": repr(now),
+            # which components fired: lets the drift monitor follow per-reply signal rates
+            "components": ",".join(sorted(breakdown.components)),
         }
         done = ledger.finalize(reply_id, len(signals), ledger_fields, stream_fields, _regenerate_pair(entry, signals))
         if done >= 0:

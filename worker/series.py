@@ -20,6 +20,7 @@ READING_WPM = 230.0  # same default as worker/reward_config.py: expected reading
 DWELL_RATIO_CAP = 10.0  # one tab left open for an hour must not dominate a minute's mean
 LATENCY_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # reward latency histogram
 FINAL_STATES = ("rewarded", "defaulted", "excluded")
+PER_REPLY_SIGNALS = ("continuation", "regenerate", "copy", "abandon")  # 0/1 per final reply
 SIGNAL_KINDS = ("thumbs", "rating", "continuation", "regenerate", "copy", "dwell", "abandon")
 
 # name -> (numerator counter, denominator counter): the signal mix shown on /ops
@@ -130,7 +131,11 @@ def detector_values(fields: Mapping[str, str], words: int | None = None,
     """(metric, value) pairs one entry feeds to the sequential drift detectors."""
     if stream == "rewards":
         reward = _num(fields.get("reward"))
-        return [("reward", reward)] if fields.get("state") == "rewarded" and reward is not None else []
+        out = [("reward", reward)] if fields.get("state") == "rewarded" and reward is not None else []
+        if "components" in fields:  # per-reply rates of the implicit signals, once the reply is final
+            fired = set(filter(None, fields["components"].split(",")))
+            out += [(f"{kind}_rate", float(kind in fired)) for kind in PER_REPLY_SIGNALS]
+        return out
     kind, value = fields.get("kind", ""), _num(fields.get("value"))
     if value is None:
         return []

@@ -96,3 +96,13 @@ def test_detectors_persist_between_batches_and_report_the_window():
     result, since, until = alarms[0]
     assert result.direction == "drop" and since == 0.0 and 100.0 <= until < 120.0
     assert states2["reward"]["since"] == until  # the detector restarted there
+
+
+def test_final_rewards_feed_per_reply_signal_rates_to_the_detectors():
+    from worker.series import detector_values
+    fields = {"state": "rewarded", "reward": "0.8", "components": "continuation,copy,thumbs"}
+    values = dict(detector_values(fields, stream="rewards"))
+    assert values == {"reward": 0.8, "continuation_rate": 1.0, "regenerate_rate": 0.0, "copy_rate": 1.0,
+                      "abandon_rate": 0.0}
+    excluded = dict(detector_values({"state": "excluded", "reward": "", "components": "abandon"}, stream="rewards"))
+    assert "reward" not in excluded and excluded["abandon_rate"] == 1.0

@@ -6,12 +6,13 @@ activating and unloading never race a forward pass.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 import torch
+
+from learner.registry import sha256_file  # the same digest the registry writes into manifests
 
 log = logging.getLogger(__name__)
 WEIGHTS = "adapter_model.safetensors"
@@ -19,14 +20,6 @@ WEIGHTS = "adapter_model.safetensors"
 
 class AdapterInvalid(ValueError):
     """The adapter must not be served; the message says why."""
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_rank: int = 256) -> dict:
@@ -40,7 +33,7 @@ def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_ra
         config = json.loads((folder / "adapter_config.json").read_text())
     except ValueError as exc:
         raise AdapterInvalid(f"{folder}: unreadable JSON ({exc})") from None
-    digest = sha256_of(folder / WEIGHTS)
+    digest = sha256_file(folder / WEIGHTS)
     if digest != manifest.get("sha256"):
         raise AdapterInvalid(f"checksum mismatch: weights hash to {digest[:12]}…, manifest says "
                              f"{str(manifest.get('sha256'))[:12]}… (corrupt or tampered file)")

@@ -8,15 +8,21 @@ websocket -> events -> reward ledger -> final rewards. The learner runs in this 
 
 Reported per adapter version, with 95% confidence intervals:
   online   the simulated users' verdicts (+1 / 0 / -1) on replies the server actually served
-           with that version (needs the servers' hot swap; otherwise everything is 'base'), and
+           with that version (after a publish the bench waits up to 60 s for the server to report the
+           hot swap, so the next round chats with the new version), and
            the mean final reward the ledger gave them;
   offline  fresh replies to the bench questions generated here with base + that adapter, judged
            by the same hidden taste (independent of hot swap).
-TRL's KTOTrainer on the same logged data is compared when `trl` is installed; otherwise the
-JSON says why it was skipped. JSON goes to --out; a PNG chart to --png (matplotlib when
-installed, else a small built-in bar-chart writer).
+TRL's KTOTrainer (bench/trl_baseline.py) is trained on the very samples the learner trained on,
+with the same LoRA shape, epochs, learning rate and mini-batch size, from the base model; its
+adapter is judged offline like the versions and (--kto-online) published and served for one more
+round of the same simulated users. Without `trl` (pip install -e '.[bench]') the JSON says why it
+was skipped. For each: reward lift per 1,000 feedback events (offline mean minus base mean, per
+training sample used, x1000) and learner seconds per sample. JSON goes to --out; a PNG chart to
+--png: offline reward, lift per 1,000 events and seconds per sample, one panel each (matplotlib when
+installed, else a small built-in bar-chart writer; grey base, blue rewardloop, orange KTO).
 
-    .venv/bin/python bench/learning.py                       # smollm2: 6.5 min on a busy 2-core box
+    .venv/bin/python bench/learning.py                       # smollm2 (+ the KTO baseline)
     .venv/bin/python bench/learning.py --model tiny-random --rounds 2 --users 4
 """
 from __future__ import annotations
@@ -35,13 +41,17 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from bench import trl_baseline  # noqa: E402
+from bench.common import table  # noqa: E402
 from bench.simusers import QUESTIONS, Preference, SimUser, judge, run_users, thumbs_reward  # noqa: E402
 from learner.config import TrainConfig  # noqa: E402
+from learner.dataset import build_dataset  # noqa: E402
 from learner.registry import Registry  # noqa: E402
 from learner.runner import run_once  # noqa: E402
 from service.keys import Keys  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.helpers import MODELS, REPO, ServerProc, base_env, free_port  # noqa: E402
+from worker.reward_config import load_reward_config  # noqa: E402
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -103,6 +113,18 @@ def wait_for_rewards(r, keys: Keys, reply_ids: set[str], timeout: float) -> dict
     return found
 
 
+def wait_for_swap(r, keys: Keys, version: str, timeout: float = 60.0) -> str:
+    """Wait until the server reports loading (or refusing) `version`; returns the result or 'timeout'."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, e in r.xrevrange(keys.adapter_swaps, count=50):
+            if e.get("version") == version and e.get("result") in ("loaded", "refused"):
+                time.sleep(1.0)  # routing moves right after the load, in the same reconcile
+                return e["result"]
+        time.sleep(0.5)
+    return "timeout"
+
+
 def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int) -> list[float]:
     """Judge fresh replies to the bench questions from base (+ adapter) with the hidden taste."""
     import torch
@@ -133,51 +155,113 @@ def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_toke
     return scores
 
 
-def trl_comparison() -> dict:
+def trl_missing() -> str | None:
+    """Why the KTOTrainer baseline cannot run here, or None."""
     try:
+        import datasets  # noqa: F401
         import trl  # noqa: F401
-    except ImportError:
-        return {"skipped": "trl is not installed (pip install trl datasets) -- KTOTrainer comparison not run"}
-    return {"skipped": "trl is installed but the KTOTrainer comparison is not implemented in this bench yet"}
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install -e '.[bench]') -- KTOTrainer comparison not run"
+    return None
 
 
-def png_chart(path: Path, rows: list[tuple[str, dict]]) -> None:
-    """Bar chart of mean reward per version (with CI whiskers), rewards in [-1, 1]."""
+def lift(version: dict, base: dict, events: int) -> dict:
+    """Offline mean minus base mean (95% CI, independent samples) and the same per 1,000 feedback events."""
+    if version["mean"] is None or base["mean"] is None:
+        return {"lift": None, "lift_ci": [None, None], "per_1k_events": None, "per_1k_ci": [None, None]}
+    d = version["mean"] - base["mean"]
+    half = math.hypot(version["ci"][1] - version["mean"], base["ci"][1] - base["mean"])
+    k = 1000 / events if events else None
+    return {"lift": d, "lift_ci": [d - half, d + half], "per_1k_events": d * k if k else None,
+            "per_1k_ci": [(d - half) * k, (d + half) * k] if k else [None, None]}
+
+
+def comparison_table(base: dict, base_online: dict, rows: list[dict]) -> str:
+    """Versions (events cumulative over learner rounds) and the KTO baseline against the base model."""
+    def ci(lo, hi):
+        return "" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+
+    def verdict(v):
+        return "" if v["mean"] is None else f"{v['mean']:+.2f} (n={v['n']})"
+    out = [{"version": "base", "trainer": "-", "events": 0, "offline mean": base["mean"],
+            "95% CI": ci(*base["ci"]), "online verdict": verdict(base_online)}]
+    for c in rows:
+        out.append({"version": c["version"], "trainer": c["trainer"], "events": c["events"],
+                    "offline mean": c["offline"]["mean"], "95% CI": ci(*c["offline"]["ci"]), "lift": c["lift"],
+                    "lift/1k events": c["per_1k_events"], "lift/1k 95% CI": ci(*c["per_1k_ci"]),
+                    "train s/sample": c["train_s_per_sample"], "wall s/sample": c["wall_s_per_sample"],
+                    "online verdict": verdict(c["online_verdict"])})
+    return table(out, ["version", "trainer", "events", "offline mean", "95% CI", "lift", "lift/1k events",
+                       "lift/1k 95% CI", "train s/sample", "wall s/sample", "online verdict"])
+
+
+COLOURS = {"base": (150, 150, 150), "rewardloop": (74, 123, 208), "trl KTOTrainer": (230, 140, 40)}
+
+
+def chart_panels(offline: dict, comparison: list[dict]) -> list[dict]:
+    """Three bar panels: offline mean reward (incl. base), reward lift per 1,000 feedback events, and
+    learner training seconds per sample; `scale` is the value drawn at full height."""
+    def bar(name, trainer, mean, ci):
+        return {"name": name, "colour": COLOURS[trainer], "mean": mean, "ci": ci}
+    label = {c["version"]: c["version"] if c["version"] == "kto" else f"v{c['version']}" for c in comparison}
+    reward = [bar("base", "base", offline["base"]["mean"], offline["base"]["ci"])] + [
+        bar(label[c["version"]], c["trainer"], c["offline"]["mean"], c["offline"]["ci"]) for c in comparison]
+    per_1k = [bar(label[c["version"]], c["trainer"], c["per_1k_events"], c["per_1k_ci"]) for c in comparison]
+    secs = [bar(label[c["version"]], c["trainer"], c["train_s_per_sample"], [None, None]) for c in comparison]
+    def scale(bars):
+        return max([abs(x) for b in bars for x in [b["mean"], *b["ci"]] if x is not None] + [1e-9])
+    return [{"title": "mean reward (offline, hidden taste)", "bars": reward, "scale": 1.0},
+            {"title": "reward lift per 1,000 feedback events", "bars": per_1k, "scale": scale(per_1k)},
+            {"title": "learner training seconds per sample", "bars": secs, "scale": scale(secs)}]
+
+
+def png_chart(path: Path, panels: list[dict]) -> None:
+    """One bar panel per metric, CI whiskers where there is one; grey base, blue rewardloop, orange KTO."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return _tiny_png(path, rows)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    means = [r["mean"] or 0 for _, r in rows]
-    errs = [[(r["mean"] or 0) - (r["ci"][0] or 0) for _, r in rows], [(r["ci"][1] or 0) - (r["mean"] or 0) for _, r in rows]]
-    ax.bar([name for name, _ in rows], means, yerr=errs, capsize=4, color="#4a7bd0")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylim(-1, 1)
-    ax.set_ylabel("mean reward (offline, hidden taste)")
+        return _tiny_png(path, panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.6 * len(panels)))
+    for ax, panel in zip(axes, panels):
+        bars = panel["bars"]
+        means = [b["mean"] or 0 for b in bars]
+        errs = [[m - (b["ci"][0] if b["ci"][0] is not None else m) for m, b in zip(means, bars)],
+                [(b["ci"][1] if b["ci"][1] is not None else m) - m for m, b in zip(means, bars)]]
+        ax.bar([b["name"] for b in bars], means, yerr=errs, capsize=4,
+               color=["#%02x%02x%02x" % b["colour"] for b in bars])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(panel["title"], fontsize=9)
+    axes[0].set_ylim(-1, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def _tiny_png(path: Path, rows: list[tuple[str, dict]], w: int = 480, h: int = 240) -> None:
-    """Dependency-free PNG: one blue bar per version (left to right), black zero line, red CI whiskers."""
+def _tiny_png(path: Path, panels: list[dict], w: int = 480, ph: int = 160) -> None:
+    """Dependency-free PNG: the panels stacked top to bottom, bars left to right in each (value /
+    panel scale, zero line in the middle), black zero lines, red CI whiskers, grey panel rules."""
+    h = ph * len(panels)
     px = [[(255, 255, 255)] * w for _ in range(h)]
-    y_of = lambda v: int(round((1 - (max(-1.0, min(1.0, v)) + 1) / 2) * (h - 1)))  # noqa: E731
-    slot = w // max(1, len(rows))
-    for i, (_, r) in enumerate(rows):
-        if r["mean"] is None:
-            continue
-        x0, x1 = i * slot + slot // 4, i * slot + 3 * slot // 4
-        ya, yb = sorted((y_of(0), y_of(r["mean"])))
-        for y in range(ya, yb + 1):
-            for x in range(x0, x1):
-                px[y][x] = (74, 123, 208)
-        lo, hi = sorted((y_of(r["ci"][0]), y_of(r["ci"][1])))
-        for y in range(lo, hi + 1):
-            px[y][(x0 + x1) // 2] = (200, 30, 30)
-    for x in range(w):
-        px[y_of(0)][x] = (0, 0, 0)
+    for k, panel in enumerate(panels):
+        top, sc = k * ph, panel["scale"]
+        y_of = lambda v: top + 4 + int(round((1 - (max(-1.0, min(1.0, v / sc)) + 1) / 2) * (ph - 9)))  # noqa: E731
+        slot = w // max(1, len(panel["bars"]))
+        for i, b in enumerate(panel["bars"]):
+            if b["mean"] is None:
+                continue
+            x0, x1 = i * slot + slot // 4, i * slot + 3 * slot // 4
+            ya, yb = sorted((y_of(0), y_of(b["mean"])))
+            for y in range(ya, yb + 1):
+                for x in range(x0, x1):
+                    px[y][x] = b["colour"]
+            if b["ci"][0] is not None:
+                lo, hi = sorted((y_of(b["ci"][0]), y_of(b["ci"][1])))
+                for y in range(lo, hi + 1):
+                    px[y][(x0 + x1) // 2] = (200, 30, 30)
+        for x in range(w):
+            px[y_of(0)][x] = (0, 0, 0)
+            px[top][x] = (200, 200, 200)
     raw = b"".join(b"\x00" + bytes(c for p in row for c in p) for row in px)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -200,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
+    p.add_argument("--kto-online", action=argparse.BooleanOptionalAction, default=True,
+                   help="also publish the KTO adapter and let the simulated users chat with it for one round")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "learning.json"))
     p.add_argument("--png", default=str(REPO / "bench" / "results" / "learning.png"))
     args = p.parse_args(argv)
@@ -214,8 +301,15 @@ def main(argv: list[str] | None = None) -> int:
                         reward_config=work / "reward.toml")
     cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=2, holdout_share=0.2,
                       kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0)
+    reward_cfg = load_reward_config(settings.reward_config)
     pref = Preference()
     rounds = []
+    used: list = []  # every sample a committed learner run trained on, in order (the KTO data)
+    runs: dict[str, dict] = {}  # version -> cumulative events and learner seconds up to that version
+    spent = {"events": 0, "train_s": 0.0, "wall_s": 0.0}
+    kto: dict = {"skipped": trl_missing()} if trl_missing() else {}
+    if args.no_kto:
+        kto = {"skipped": "--no-kto"}
     served: dict[str, list[float]] = {}  # version -> the simulated users' verdicts on what it served
     try:
         users = [SimUser(f"sim{i}", pref, seed=args.seed * 1000 + i, max_turns=args.max_turns)
@@ -230,13 +324,29 @@ def main(argv: list[str] | None = None) -> int:
             t_chat = time.time() - t0
             judged = {t.reply_id for t in turns if t.verdict.thumbs is not None}  # others may get no reward at all
             finals = wait_for_rewards(r, keys, judged, timeout=60 + 2 * args.reward_wait)
+            reg = Registry(r, keys, settings.data_dir)
+            # what this run will read: same cursor, filters and split as inside run_once
+            snapshot = build_dataset(r, keys, cfg, reward_cfg, reg.state()["next_version"])
             res = run_once(settings, cfg, progress=True, by="bench")
+            took, swap = [], None
+            if res.state == "published":
+                swap = wait_for_swap(r, keys, str(res.version))  # the next round chats with it
+            if res.state in ("published", "rejected"):
+                took = trl_baseline.used_by_run(snapshot, (res.stats.get("stream_range") or [None, None])[1])
+                training = res.stats.get("training") or {}
+                spent["events"] += res.stats.get("samples_used") or len(took)
+                spent["train_s"] += (training.get("seconds_per_step") or 0) * training.get("steps", 0)
+                spent["wall_s"] += res.stats.get("train_seconds") or 0
+                used += took
+                runs[str(res.version)] = dict(spent)
             rounds.append({"round": k, "turns": len(turns), "final_rewards": len(finals),
                            "served": sorted({t.adapter_version for t in turns}), "chat_s": t_chat,
                            "verdict": mean_ci([thumbs_reward(t.verdict) for t in turns]),
                            "learner": {"state": res.state, "version": res.version, "reason": res.reason,
                                        "seconds_per_step": (res.stats.get("training") or {}).get("seconds_per_step"),
                                        "train_s": res.stats.get("train_seconds"),
+                                       "samples_used": res.stats.get("samples_used"), "kto_rows": len(took),
+                                       "server_swap": swap,
                                        "gate": (res.stats.get("gate") or {}).get("stats")}})
             print(f"round {k}: {len(turns)} turns ({t_chat:.0f}s), {len(finals)} final rewards, verdict mean "
                   f"{rounds[-1]['verdict']['mean']:+.2f}; learner {res.state} v{res.version} {res.reason}", flush=True)
@@ -251,6 +361,32 @@ def main(argv: list[str] | None = None) -> int:
         reg = Registry(r, keys, settings.data_dir)
         versions = ["base"] + [v for v in sorted(reg.state()["versions"], key=int)
                                if reg.state()["versions"][v]["state"] == "published"]
+        if not kto and not used:
+            kto = {"skipped": "the learner trained on no samples, so there is nothing to train KTO on"}
+        if not kto:
+            print(f"trl KTOTrainer: training on the learner's {len(used)} samples", flush=True)
+            try:
+                kto = trl_baseline.train_kto(args.model, MODELS, used, cfg, work / "kto", progress=True)
+            except Exception as exc:  # keep the rounds' results; the JSON says what broke
+                import traceback
+                traceback.print_exc()
+                kto = {"failed": f"{type(exc).__name__}: {exc}"}
+        if "adapter_dir" in kto:
+            print(f"trl KTOTrainer: {kto['steps']} steps, {kto['train_s']:.1f}s training, loss "
+                  f"{kto['first_loss']} -> {kto['last_loss']}, logged ids re-tokenized equal: prompts "
+                  f"{kto['token_match']['prompt']:.0%}, replies {kto['token_match']['completion']:.0%}", flush=True)
+            if args.kto_online:
+                kto["online_version"] = v_kto = trl_baseline.publish(url, "bench:", settings.data_dir,
+                                                                     Path(kto["adapter_dir"]), kto["base_model"])
+                kto["online_swap"] = wait_for_swap(r, keys, v_kto)
+                for u in users:
+                    u.seed += 7919
+                turns = run_users(server, users, args.sessions)
+                kto["online_served"] = sorted({t.adapter_version for t in turns})
+                kto["online"] = {"user_verdict": mean_ci([thumbs_reward(t.verdict) for t in turns
+                                                          if t.adapter_version == v_kto])}
+                print(f"trl KTOTrainer online (as v{v_kto}): served by {kto['online_served']}, verdict mean "
+                      f"{kto['online']['user_verdict']['mean']}", flush=True)
     finally:
         server.stop()
         for proc in procs:
@@ -260,20 +396,45 @@ def main(argv: list[str] | None = None) -> int:
         if embedded is not None:
             embedded.stop()
     offline = {}
+    if "adapter_dir" in kto:
+        versions.append("kto")
     for v in versions:
-        folder = None if v == "base" else reg.version_dir(v)
+        folder = None if v == "base" else Path(kto["adapter_dir"]) if v == "kto" else reg.version_dir(v)
         offline[v] = mean_ci(offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.seed))
         print(f"offline {v:>5}: mean {offline[v]['mean']:+.3f}  95% CI [{offline[v]['ci'][0]:+.3f}, "
               f"{offline[v]['ci'][1]:+.3f}]  n={offline[v]['n']}", flush=True)
 
+    comparison = []
+    for v in versions[1:]:
+        cost = runs.get(v, {}) if v != "kto" else {"events": kto["samples"], "train_s": kto["train_s"],
+                                                   "wall_s": kto["wall_s"]}
+        n = cost.get("events") or 0
+        served_v = (kto.get("online") if v == "kto" else online.get(v)) or {}
+        comparison.append({"version": v, "trainer": "trl KTOTrainer" if v == "kto" else "rewardloop",
+                           "events": n, "offline": offline[v], **lift(offline[v], offline["base"], n),
+                           "online_verdict": served_v.get("user_verdict", mean_ci([])),
+                           "train_s_per_sample": cost["train_s"] / n if n else None,
+                           "wall_s_per_sample": cost["wall_s"] / n if n else None})
+    print(comparison_table(offline["base"], (online.get("base") or {}).get("user_verdict", mean_ci([])),
+                           comparison))
     report = {"model": args.model, "args": vars(args), "preference": pref.__dict__, "rounds": rounds,
-              "online": online, "offline": offline, "trl_kto": trl_comparison(),
+              "online": online, "offline": offline, "trl_kto": kto, "comparison": comparison,
+              "chart": chart_panels(offline, comparison),
+              "definitions": {
+                  "events": "training samples (final rewards) used: rewardloop cumulative over its runs up to "
+                            "that version; KTO the union of them all",
+                  "lift": "offline mean reward minus the base model's (95% CI from both intervals)",
+                  "per_1k_events": "lift / events * 1000",
+                  "train_s_per_sample": "seconds inside the optimisation loop / events (rewardloop: steps x "
+                                        "seconds_per_step; KTO: trainer.train())",
+                  "wall_s_per_sample": "whole learner run / events (rewardloop: model load, training, gate; "
+                                       "KTO: model load, dataset preparation, training, saving)"},
               "hot_swap_seen": any(v != "base" for rd in rounds for v in rd["served"]),
               "seconds": time.time() - t_start}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
-    png_chart(Path(args.png), [(v, offline[v]) for v in versions])
+    png_chart(Path(args.png), report["chart"])
     print(f"wrote {out} and {args.png} in {report['seconds']:.0f}s")
     if not report["hot_swap_seen"]:
         print("note: the server served only 'base' -- no hot swap observed; the offline table carries the result")

@@ -209,10 +209,13 @@ class Engine:
         tok, logprob = sample_token(seq.next_logits, seq.request.params, seq.generator)
         if seq.first_token_at is None:
             seq.first_token_at = time.time()
-        if tok in self.stop_ids:
-            return self._finish(seq, "stop")
         seq.ids.append(tok)
-        text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)
+        if tok in self.stop_ids:
+            # The stop token is logged with its log-prob (the learner must learn when to
+            # stop too) but carries no text.
+            seq.handle._emit(TokenEvent(tok, logprob, ""))
+            return self._finish(seq, "stop")
+        text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)  # the stop token is never here
         delta = ""
         if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
             delta, seq.text = text[len(seq.text):], text

@@ -1,0 +1,135 @@
+"""TRL's KTOTrainer as a baseline for bench/learning.py: the same logged samples the learner
+trained on, the same LoRA shape and optimiser settings, a fresh adapter on the base model.
+
+What is "the same data": before each learner run the bench snapshots the dataset that run will
+build (learner.dataset.build_dataset, same cursor, same filters, same user-share cap, same
+held-out split); after the run, the snapshot's training samples up to the run's last stream id
+are the samples it trained on. KTO rows are those samples decoded to text (prompt = the
+chat-templated prompt as served, completion = the reply), label = reward > 0; after TRL has
+prepared them, its token ids are replaced by the logged ones (prompt ids as served, reply ids +
+EOS), so both trainers see the very same tokens. `token_match` says how many rows TRL's own
+re-tokenization had got back exactly (decoding and re-encoding is not always the identity).
+
+Known differences, recorded in the JSON rather than hidden:
+  * TRL ends every completion with the EOS token; the learner trains on the reply tokens only
+    (the stop token is not logged), so a reply cut at max_new_tokens gets an EOS it never had.
+  * KTO keeps its data order (sequential sampling pairs each row with a neighbour for the KL
+    estimate); the learner shuffles. KTO trains once on everything; the learner trains one
+    round at a time, each run continuing the previous adapter.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from learner.config import TrainConfig
+from learner.dataset import Dataset, Sample
+
+
+def stream_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def used_by_run(snapshot: Dataset, last_id: str | None) -> list[Sample]:
+    """Training samples of the snapshot the run actually read (stream id <= its last id)."""
+    if last_id is None:
+        return []
+    return [s for s in snapshot.train if stream_key(s.stream_id) <= stream_key(last_id)]
+
+
+def kto_rows(samples: list[Sample], tok) -> list[dict]:
+    """TRL's unpaired-preference format, standard (text) flavour."""
+    return [{"prompt": tok.decode(s.prompt_ids, skip_special_tokens=False),
+             "completion": tok.decode(s.reply_ids, skip_special_tokens=False),
+             "label": bool(s.reward > 0)} for s in samples]
+
+
+def _token_match(trainer, samples: list[Sample], eos_id: int) -> dict:
+    """Share of rows whose prompt / completion TRL tokenized back to the logged ids (+ its EOS)."""
+    rows = list(zip(trainer.train_dataset, samples))
+    prompt = sum(row["prompt_ids"] == s.prompt_ids for row, s in rows)
+    completion = sum(row["completion_ids"] in (s.reply_ids + [eos_id], s.reply_ids) for row, s in rows)
+    return {"prompt": prompt / max(1, len(rows)), "completion": completion / max(1, len(rows))}
+
+
+def use_logged_ids(trainer, samples: list[Sample], eos_id: int, batch_size: int) -> None:
+    """Swap TRL's tokenization of the rows for the logged ids, KL completions rotated within each
+    batch exactly as KTOTrainer._prepare_dataset does."""
+    ds = trainer.train_dataset
+    if len(ds) != len(samples):
+        raise RuntimeError(f"TRL kept {len(ds)} of {len(samples)} rows (max_length too small?)")
+    completions = [s.reply_ids + [eos_id] for s in samples]
+    kl = []
+    for i in range(0, len(completions), batch_size):
+        chunk = completions[i:i + batch_size]
+        kl += [chunk[-1]] + chunk[:-1]
+    ds = ds.remove_columns([c for c in ("prompt_ids", "completion_ids", "KL_completion_ids") if c in ds.column_names])
+    ds = ds.add_column("prompt_ids", [s.prompt_ids for s in samples]).add_column("completion_ids", completions)
+    if trainer.calculate_KL:
+        ds = ds.add_column("KL_completion_ids", kl)
+    trainer.train_dataset = ds
+
+
+def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: TrainConfig, out_dir: Path,
+              progress: bool = False) -> dict:
+    """Train a LoRA adapter with trl.KTOTrainer on `samples`; save it to out_dir; return stats."""
+    import datasets
+    import torch
+    import trl
+    from peft import LoraConfig
+    from trl import KTOConfig, KTOTrainer
+
+    from learner.modeling import load_model
+    t_wall = time.perf_counter()
+    loaded = load_model(model_name, models_dir, device="cpu")
+    tok = loaded.tokenizer
+    rows = kto_rows(samples, tok)
+    n_good = sum(r["label"] for r in rows)
+    # no truncation, as in the learner (replies are already cut to max_reply_tokens); +1 for the EOS
+    max_length = max(len(s.prompt_ids) + len(s.reply_ids) for s in samples) + 1
+    args = KTOConfig(
+        output_dir=str(out_dir / "trainer"), per_device_train_batch_size=cfg.minibatch_size,
+        num_train_epochs=cfg.epochs, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.grad_clip if cfg.grad_clip > 0 else 1e9, lr_scheduler_type="constant", warmup_steps=0,
+        beta=cfg.kto_beta, max_length=max_length, seed=cfg.seed,
+        disable_dropout=False,  # keep the LoRA dropout the learner trains with
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=not progress,
+        dataloader_num_workers=0)
+    lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    trainer = KTOTrainer(model=loaded.model, ref_model=None, args=args, processing_class=tok,
+                         train_dataset=datasets.Dataset.from_list(rows), peft_config=lora)
+    token_match = _token_match(trainer, samples, tok.eos_token_id)
+    use_logged_ids(trainer, samples, tok.eos_token_id, args.per_device_train_batch_size)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    train_s = time.perf_counter() - t0
+    trainer.model.save_pretrained(str(out_dir / "adapter"))
+    wall_s = time.perf_counter() - t_wall
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "trl": trl.__version__, "torch": torch.__version__, "adapter_dir": str(out_dir / "adapter"),
+        "base_model": loaded.model_id, "samples": len(samples), "desirable": n_good,
+        "undesirable": len(samples) - n_good, "steps": result.global_step, "train_s": train_s, "wall_s": wall_s,
+        "train_s_per_sample": train_s / len(samples), "wall_s_per_sample": wall_s / len(samples),
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "token_match": token_match, "token_ids": "logged (prompt as served; reply + EOS)",
+        "kto_config": {"per_device_train_batch_size": args.per_device_train_batch_size,
+                       "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
+                       "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+                       "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", str(args.lr_scheduler_type)),
+                       "beta": args.beta,
+                       "max_length": args.max_length, "loss_type": args.loss_type,
+                       "desirable_weight": args.desirable_weight, "undesirable_weight": args.undesirable_weight,
+                       "disable_dropout": args.disable_dropout, "seed": args.seed},
+        "lora": {"r": lora.r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout,
+                 "target_modules": sorted(lora.target_modules)},
+    }
+
+
+def publish(redis_url: str, prefix: str, data_dir: Path, adapter_dir: Path, base_model: str) -> str:
+    """Put the KTO adapter through the real registry as the stable version (the server hot-swaps to it)."""
+    from tests.model_fixtures import publish_adapter
+    return publish_adapter(redis_url, prefix, data_dir, Path(adapter_dir), base_model, mode="stable")

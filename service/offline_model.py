@@ -15,6 +15,7 @@ computes exactly what the learner's gate computes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,10 @@ class OfflineModel:
     # --- generation (the server's own path) -------------------------------------------
     def generate(self, prompt_ids: list[int], params: SamplingParams, version: str) -> Generated:
         self.ensure(version)
-        return asyncio.run(self._generate(prompt_ids, params, version))
+        # A fresh event loop in a helper thread: the caller may already run one (a notebook,
+        # Playwright's sync API in tests), and asyncio.run refuses to nest.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._generate(prompt_ids, params, version)).result()
 
     async def _generate(self, prompt_ids, params, version) -> Generated:
         handle = self.engine.submit(GenerationRequest(list(prompt_ids), params, None if version == "base" else version))

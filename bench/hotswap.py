@@ -136,7 +136,9 @@ def main() -> None:
             for s in servers:
                 s.stop()
     print("versions seen:", sorted({v for v, _ in swap_stats.first_token}), "published:", sorted(published))
-    apply_ms = [float(f["seconds"]) * 1000 for f in swaps if f["result"] == "loaded"]
+    loaded = [f for f in swaps if f["result"] == "loaded"]
+    apply_ms = [float(f["seconds"]) * 1000 for f in loaded]
+    part = {k: [float(f[k]) * 1000 for f in loaded if k in f] for k in ("validate_s", "engine_wait_s", "load_s")}
     to_first = [(swap_stats.first_token[(v, s.port)] - t) * 1000 for v, t in published.items() for s in servers
                 if (v, s.port) in swap_stats.first_token]
     base_rate = base_stats.tokens / base_secs
@@ -144,6 +146,9 @@ def main() -> None:
     rows = [
         {"figure": "swap apply (validate + load), p50 ms", "value": pct(apply_ms, 0.5)},
         {"figure": "swap apply, p95 ms", "value": pct(apply_ms, 0.95)},
+        {"figure": "  of which validate (sha256, finite), p50 ms", "value": pct(part["validate_s"], 0.5)},
+        {"figure": "  of which waiting for a decode step, p50 ms", "value": pct(part["engine_wait_s"], 0.5)},
+        {"figure": "  of which load on the engine thread, p50 ms", "value": pct(part["load_s"], 0.5)},
         {"figure": "publish -> first token on new version, p50 ms", "value": pct(to_first, 0.5)},
         {"figure": "publish -> first token on new version, p95 ms", "value": pct(to_first, 0.95)},
         {"figure": "versions seen serving / expected", "value": f"{len(to_first)}/{2 * len(published)}"},

@@ -120,9 +120,19 @@ class AdapterWatcher:
     async def _load(self, version: str) -> None:
         folder = self.dir / f"v{int(version)}" if version.isdigit() else self.dir / version
         t0 = time.perf_counter()
+        timing = {}
+
+        def load_on_engine():
+            t = time.perf_counter()
+            self.slots.load(version, folder)
+            timing["load_s"] = time.perf_counter() - t
+
         try:
             await asyncio.to_thread(validate_adapter, folder, self.model_id, self._module_names)
-            await asyncio.wrap_future(self.engine.call(lambda: self.slots.load(version, folder)))
+            timing["validate_s"] = time.perf_counter() - t0
+            queued = time.perf_counter()
+            await asyncio.wrap_future(self.engine.call(load_on_engine))
+            timing["engine_wait_s"] = time.perf_counter() - queued - timing.get("load_s", 0.0)
         except (AdapterInvalid, OSError, ValueError, RuntimeError, KeyError) as exc:
             reason = str(exc)
             self.refused[version] = reason
@@ -130,17 +140,20 @@ class AdapterWatcher:
             await self._record("swap", version, "refused", reason, time.perf_counter() - t0)
             return
         took = time.perf_counter() - t0
-        log.info("adapter %s loaded in %.0f ms", version, took * 1000)
-        await self._record("swap", version, "loaded", "", took)
+        log.info("adapter %s loaded in %.0f ms (validate %.0f, wait for the engine %.0f, load %.0f)", version,
+                 took * 1000, timing["validate_s"] * 1000, timing["engine_wait_s"] * 1000, timing["load_s"] * 1000)
+        await self._record("swap", version, "loaded", "", took, timing)
 
-    async def _record(self, event: str, version: str, result: str, reason: str, seconds: float) -> None:
+    async def _record(self, event: str, version: str, result: str, reason: str, seconds: float,
+                      timing: dict | None = None) -> None:
         if self.metrics:
             self.metrics.swaps.labels(result=result).inc()
             if result == "loaded":
                 self.metrics.swap_seconds.observe(seconds)
         await self.r.xadd(self.k.adapter_swaps, {"event": event, "version": version, "result": result,
                                                  "reason": reason, "server": self.server_id,
-                                                 "seconds": f"{seconds:.4f}", "at": repr(time.time())},
+                                                 "seconds": f"{seconds:.4f}", "at": repr(time.time()),
+                                                 **{k: f"{v:.4f}" for k, v in (timing or {}).items()}},
                           maxlen=10000, approximate=True)
 
     def status(self) -> dict:

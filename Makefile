@@ -46,8 +46,14 @@ test: install browser-deps  ## run the whole suite (unit, integration with real 
 unit: install  ## only the fast tests (no Redis, no server)
 	$(PY) -m pytest -m "not integration and not browser and not slow" $(PYTEST_ARGS)
 
-bench: install  ## run the benchmarks (tables printed, JSON in bench/results/)
+bench: install  ## run every benchmark (tables printed, JSON in bench/results/; about 30 min on 2 cores)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/serving.py
+	$(PY) bench/feedback.py
+	$(PY) bench/rewards.py
+	$(PY) bench/hotswap.py
+	$(PY) bench/drift_calibration.py
+	$(PY) bench/learning.py
 
 clean:  ## remove the data dir (Redis data, adapters, model cache)
 	rm -rf var

@@ -58,46 +58,98 @@ def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_ra
     return manifest
 
 
+def _shape_signature(folder: Path) -> str:
+    """What must match for one adapter's weights to be copied into another's slot."""
+    cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
+    targets = cfg.get("target_modules") or []
+    return json.dumps({"r": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "rslora": cfg.get("use_rslora", False),
+                       "dora": cfg.get("use_dora", False), "bias": cfg.get("bias", "none"),
+                       "targets": sorted([targets] if isinstance(targets, str) else targets)}, sort_keys=True)
+
+
 class AdapterSlots:
-    """Engine-thread-only bookkeeping of the LoRA versions loaded into the model."""
+    """Engine-thread-only bookkeeping of the LoRA versions loaded into the model.
+
+    Versions live in PEFT adapter *slots* ("slot0", "slot1", ...). A slot freed by an
+    unloaded version is kept and reused by the next version of the same shape: copying
+    weights in place takes milliseconds, where building new LoRA modules takes far longer.
+    """
+
+    MAX_FREE = 2  # free slots kept for reuse; beyond that they are deleted
 
     def __init__(self, engine):
         self.engine = engine
-        self.loaded: dict[str, Path] = {}
-        self.active: str | None = None  # None = base (adapter layers disabled)
-        self._layers_on = False
-
-    @property
-    def peft(self) -> bool:
-        return bool(self.loaded)
+        self.loaded: dict[str, Path] = {}     # version -> folder
+        self.slot_of: dict[str, str] = {}     # version -> PEFT adapter name
+        self.shape: dict[str, str] = {}       # slot -> shape signature
+        self.free: list[str] = []             # slots no version uses
+        self.active: str | None = None        # None = base (adapter layers disabled)
+        self.reused = 0
+        self._next = 0
 
     def load(self, version: str, folder: Path) -> None:
         from peft import PeftModel
         if version in self.loaded:
             return
-        if not self.loaded and not isinstance(self.engine.model, PeftModel):
-            self.engine.model = PeftModel.from_pretrained(self.engine.model, str(folder), adapter_name=version,
-                                                          is_trainable=False)
+        sig = _shape_signature(folder)
+        slot = next((s for s in self.free if self.shape[s] == sig), None)
+        if slot is not None and self._copy_into(slot, folder):
+            self.free.remove(slot)
+            self.reused += 1
         else:
-            self.engine.model.load_adapter(str(folder), adapter_name=version, is_trainable=False)
-        self.engine.model.eval()
+            slot = f"slot{self._next}"
+            self._next += 1
+            if not isinstance(self.engine.model, PeftModel):
+                self.engine.model = PeftModel.from_pretrained(self.engine.model, str(folder), adapter_name=slot,
+                                                              is_trainable=False)
+            else:
+                self.engine.model.load_adapter(str(folder), adapter_name=slot, is_trainable=False)
+            self.engine.model.eval()
+            self.shape[slot] = sig
+        self.slot_of[version] = slot
         self.loaded[version] = Path(folder)
         self.active = "?"  # force the next activate() to set state explicitly
 
+    def _copy_into(self, slot: str, folder: Path) -> bool:
+        """Overwrite a free slot's LoRA weights with the file's; False if they do not line up."""
+        from safetensors.torch import load_file
+        tensors = load_file(Path(folder) / WEIGHTS)
+        params = {n: p for n, p in self.engine.model.named_parameters() if f".{slot}." in n}
+        if len(params) != len(tensors):
+            return False
+        pairs = []
+        for key, tensor in tensors.items():
+            head, leaf = key.rsplit(".", 1)          # PEFT saves names without the adapter name
+            param = params.get(f"{head}.{slot}.{leaf}")
+            if param is None or param.shape != tensor.shape:
+                return False
+            pairs.append((param, tensor))
+        with torch.no_grad():
+            for param, tensor in pairs:
+                param.copy_(tensor.to(param.dtype))
+        return True
+
     def unload(self, version: str) -> bool:
-        """Drop a version; refused (False) while a stream uses it."""
+        """Free a version's slot; refused (False) while a stream uses it."""
         if version not in self.loaded or self.engine.refs.get(version, 0) > 0:
             return False
-        if len(self.loaded) == 1:
-            # PEFT cannot delete its last adapter; keep it, disabled, until another arrives.
-            self.activate(None)
-            return False
-        others = [v for v in self.loaded if v != version]
-        self.engine.model.set_adapter(others[0])
-        self.engine.model.delete_adapter(version)
+        slot = self.slot_of.pop(version)
         del self.loaded[version]
+        self.free.append(slot)
         self.active = "?"
+        while len(self.free) > self.MAX_FREE:
+            self._delete(self.free.pop(0))
         return True
+
+    def _delete(self, slot: str) -> None:
+        model = self.engine.model
+        keep = next(iter(self.slot_of.values()), None) or next((s for s in self.free), None)
+        if keep is None:  # PEFT cannot delete its last adapter: keep it, disabled
+            self.free.append(slot)
+            return
+        model.set_adapter(keep)
+        model.delete_adapter(slot)
+        del self.shape[slot]
 
     def activate(self, version: str | None) -> None:
         version = None if version in (None, "base") else version
@@ -105,7 +157,7 @@ class AdapterSlots:
             return
         if version is not None and version not in self.loaded:
             raise KeyError(f"adapter version {version} is not loaded on this server")
-        if not self.loaded:
+        if not self.shape:  # nothing was ever loaded: the plain model is the base
             self.active = None
             return
         model = self.engine.model
@@ -113,5 +165,5 @@ class AdapterSlots:
             model.base_model.disable_adapter_layers()
         else:
             model.base_model.enable_adapter_layers()
-            model.set_adapter(version)
+            model.set_adapter(self.slot_of[version])
         self.active = version

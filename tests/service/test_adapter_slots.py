@@ -1,0 +1,76 @@
+"""Adapter slots on the engine's model: a freed slot is reused by copying weights in place,
+and the reused slot computes exactly what a freshly loaded adapter computes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from learner.modeling import load_model
+from service.adapters import AdapterSlots
+
+
+class _Engine:  # the two attributes AdapterSlots uses; its methods run on the caller's thread here
+    def __init__(self, model):
+        self.model, self.refs = model, {}
+
+
+def _save_random_adapter(models_dir, folder, seed, rank=4):
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model("tiny-random", models_dir, "cpu").model,
+                           LoraConfig(r=rank, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(models_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slots")
+    return [_save_random_adapter(models_dir, root / f"a{i}", seed=i, rank=4 if i < 3 else 8) for i in range(4)]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_a_freed_slot_is_reused_and_matches_a_fresh_load(models_dir, adapters):
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    engine = _Engine(load_model("tiny-random", models_dir, "cpu").model)
+    slots = AdapterSlots(engine)
+    base = _logits(engine.model, ids)
+    slots.load("1", adapters[0])
+    slots.load("2", adapters[1])
+    assert slots.unload("1") and slots.free == ["slot0"]
+    slots.load("3", adapters[2])                       # same shape: copied into slot0
+    assert slots.reused == 1 and slots.slot_of["3"] == "slot0" and not slots.free
+
+    fresh = PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model, str(adapters[2]))
+    slots.activate("3")
+    assert torch.allclose(_logits(engine.model, ids), _logits(fresh, ids), atol=1e-6)
+    slots.activate(None)
+    assert torch.allclose(_logits(engine.model, ids), base, atol=1e-6)
+    slots.activate("2")
+    assert not torch.allclose(_logits(engine.model, ids), base, atol=1e-3)
+
+
+def test_a_different_shape_gets_a_new_slot_and_a_busy_version_stays(models_dir, adapters):
+    engine = _Engine(load_model("tiny-random", models_dir, "cpu").model)
+    slots = AdapterSlots(engine)
+    slots.load("1", adapters[0])
+    engine.refs["1"] = 1                               # a stream still uses it
+    assert slots.unload("1") is False and "1" in slots.loaded
+    engine.refs["1"] = 0
+    assert slots.unload("1")
+    slots.load("4", adapters[3])                       # rank 8: cannot reuse the rank-4 slot
+    assert slots.reused == 0 and slots.slot_of["4"] == "slot1"
+    cfg = json.loads((adapters[3] / "adapter_config.json").read_text())
+    assert cfg["r"] == 8
+    with pytest.raises(KeyError, match="not loaded"):
+        slots.activate("1")

@@ -230,7 +230,7 @@ def png_chart(path: Path, panels: list[dict]) -> None:
         errs = [[m - (b["ci"][0] if b["ci"][0] is not None else m) for m, b in zip(means, bars)],
                 [(b["ci"][1] if b["ci"][1] is not None else m) - m for m, b in zip(means, bars)]]
         ax.bar([b["name"] for b in bars], means, yerr=errs, capsize=4,
-               color=["#%02x%02x%02x" % b["colour"] for b in bars])
+               color=["#%02x%02x%02x" % tuple(b["colour"]) for b in bars])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(panel["title"], fontsize=9)
     axes[0].set_ylim(-1, 1)

@@ -62,7 +62,9 @@ def users_vote(srv, names: list[str], vote: int, expect_version: str) -> list[st
 def test_a_worse_published_version_is_rolled_back_automatically(server_factory, models_dir, rdb, redis_url, prefix,
                                                                procs, worker_env, reward_toml, webhook, tmp_path):
     hook_url, posted = webhook
-    env = worker_env(REWARDLOOP_REWARD_CONFIG=reward_toml(wait_window_s=WAIT_WINDOW_S),
+    # Guards off: the tiny model's greedy text (e.g. only newlines) must not decide; the users do.
+    env = worker_env(REWARDLOOP_REWARD_CONFIG=reward_toml(wait_window_s=WAIT_WINDOW_S, empty_weight=0.0,
+                                                          truncated_weight=0.0, repetition_weight=0.0),
                      REWARDLOOP_OPS_EVERY_S=OPS_EVERY_S, REWARDLOOP_DRIFT_MIN_SAMPLES=MIN_SAMPLES,
                      REWARDLOOP_ALERT_WEBHOOK=hook_url)
     procs.start(env, "worker", "--queues", "rewards,ops")

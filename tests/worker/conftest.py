@@ -115,3 +115,28 @@ def feedback_event(rid: str, kind: str, value, event_id: str, user: str = "u1", 
     return {"event_id": event_id, "kind": kind, "value": str(value), "feedback_id": "f" + event_id, "reply_id": rid,
             "session_id": session, "user_id": user, "adapter_version": "base", "server_time": repr(time.time()),
             "since_reply_end_ms": str(since_ms)}
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP endpoint that records the JSON alerts POSTed to it: (url, received list)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/alerts", got
+    srv.shutdown()
+    srv.server_close()

@@ -5,9 +5,7 @@ registry history says why. Tiny model, real Redis, no mocks."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -23,26 +21,6 @@ MIN_SAMPLES = 6
 # worst case after the last vote: wait window + finalize period (1 s) + ops period + task
 # queueing; generous for 2 busy cores
 DETECTION_BOUND_S = 30.0
-
-
-@pytest.fixture
-def webhook():
-    got: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}/alerts", got
-    srv.shutdown()
-    srv.server_close()
 
 
 def users_vote(srv, names: list[str], vote: int, expect_version: str) -> list[str]:

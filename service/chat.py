@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from .auth import User
-from .engine import EndEvent, Engine, GenerationRequest, TokenEvent
+from .engine import EndEvent, Engine, GenerationRequest, TextTail, TokenEvent
 from .prompting import Prompt, build_prompt, fit_messages
 from .sampling import SamplingParams
 from .settings import Settings
@@ -122,7 +122,7 @@ class ChatService:
                          self.encode(prompt.messages), params, version, **extra)
 
     # --- generation -----------------------------------------------------------------
-    async def stream(self, plan: ReplyPlan) -> AsyncIterator[TokenEvent | EndEvent]:
+    async def stream(self, plan: ReplyPlan) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
         """Yield token events, then log the reply, then yield the EndEvent.
 
         The caller cancels with `plan.handle.cancel()`; the engine then ends the stream
@@ -141,7 +141,9 @@ class ChatService:
                 text += event.text
                 yield event
             else:
-                text = self.tok.decode(ids, skip_special_tokens=True)  # exact, even if the tail was held back
+                if event.text_tail:  # streamed text + tail == the logged text, always
+                    yield TextTail(event.text_tail)
+                text = self.tok.decode(ids, skip_special_tokens=True)
                 await self.store.save_reply(self._record(plan, ids, logprobs, text, event),
                                             in_history=plan.in_history, history_index=plan.history_index)
                 if self.metrics:

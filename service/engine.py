@@ -41,6 +41,13 @@ class EndEvent:
     first_token_at: float | None
     ended_at: float
     error: str | None = None
+    text_tail: str = ""  # text held back at the last token (half a UTF-8 character): sent before the end
+
+
+@dataclass
+class TextTail:
+    """The last piece of a reply's text that no token event carried."""
+    text: str
 
 
 @dataclass
@@ -230,7 +237,9 @@ class Engine:
             name = seq.request.adapter or "base"
             self.refs[name] -= 1
         seq.cache = None  # free the KV cache now, not when the handle is collected
-        seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error))
+        tail = self.tokenizer.decode(seq.ids, skip_special_tokens=True)[len(seq.text):] if seq.ids else ""
+        seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error,
+                                  text_tail=tail))
 
     # --- scoring (tests, replay, evaluation) ----------------------------------------
     def score(self, prompt_ids: list[int], reply_ids: list[int], adapter: str | None = None) -> torch.Tensor:

@@ -56,12 +56,11 @@ class FeedbackService:
         return reply
 
     async def _load_reply(self, fb_reply_id: str, ref: str) -> dict:
-        names = REPLY_FIELDS
-        vals = await self.store.reply_fields(fb_reply_id, *names)
+        vals = await self.store.reply_fields(fb_reply_id, *REPLY_FIELDS)
         if vals[0] is None:
             raise ProtocolError("unknown_reply", f"reply {fb_reply_id!r} does not exist: use the reply_id from "
                                 "reply_start (or the `id` of a chat completion)", ref)
-        return dict(zip(names, vals))
+        return dict(zip(REPLY_FIELDS, vals))
 
     async def record(self, fb: Feedback, user: User, now: float | None = None) -> tuple[bool, dict]:
         """Validate and store. Returns (duplicate, stored event fields)."""

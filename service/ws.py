@@ -49,7 +49,6 @@ class ChatConnection:
         self.bucket = TokenBucket(settings.feedback_rate, settings.feedback_burst)
         self.current: list[ReplyPlan] = []      # replies of the turn being streamed
         self.task: asyncio.Task | None = None
-        self.last_reply_end: float | None = None
 
     async def send(self, frame: dict) -> None:
         if self.state is State.CLOSED:
@@ -195,7 +194,6 @@ class ChatConnection:
             if self.state is State.CLOSED:
                 plan.handle.cancel()
             if isinstance(event, EndEvent):
-                self.last_reply_end = event.ended_at
                 await self.send({"type": "reply_end", "reply_id": plan.reply_id,
                                  "finish_reason": event.finish_reason, "n_tokens": event.n_tokens})
             elif event.text:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+import psutil
 import redis
 import websockets
 
@@ -86,18 +87,23 @@ def main() -> None:
     per = args.events // args.clients
     with live_server("tiny-random", REWARDLOOP_FEEDBACK_RATE=1e6, REWARDLOOP_FEEDBACK_BURST=10 ** 6,
                      REWARDLOOP_MAX_NEW_TOKENS=4) as (srv, store):
+        server_cpu, client_cpu = psutil.Process(srv.proc.pid), psutil.Process()
+        cpu0 = (sum(server_cpu.cpu_times()[:2]), sum(client_cpu.cpu_times()[:2]))
         acked, lat, secs = asyncio.run(over_websocket(srv, args.clients, per, args.window))
+        cpu_us = [(sum(p.cpu_times()[:2]) - c) / max(acked, 1) * 1e6 for p, c in zip((server_cpu, client_cpu), cpu0)]
         r = redis.Redis.from_url(store.url, decode_responses=True)
         stored = sum(1 for _, f in r.xrange("bench:events") if f.get("kind") == "dwell")
         raw = raw_xadd(store.url, args.events)
     sent = per * args.clients
     ws_rate = acked / secs
     rows = [{"path": "websocket feedback (acked, fsync always)", "events_s": ws_rate,
-             "p50_ms": pct(lat, 0.5) * 1000, "p99_ms": pct(lat, 0.99) * 1000},
+             "p50_ms": pct(lat, 0.5) * 1000, "p99_ms": pct(lat, 0.99) * 1000,
+             "server_cpu_us_per_event": cpu_us[0], "client_cpu_us_per_event": cpu_us[1]},
             {"path": "redis-py XADD, pipelined x100", "events_s": raw},
             {"path": "ratio websocket / raw XADD", "events_s": ws_rate / raw}]
     print(f"\nfeedback benchmark: {args.clients} clients, window {args.window}, {sent} events")
-    print(table(rows, ["path", "events_s", "p50_ms", "p99_ms"]))
+    print(table(rows, ["path", "events_s", "p50_ms", "p99_ms", "server_cpu_us_per_event",
+                       "client_cpu_us_per_event"]))
     print(f"\ncount check: sent={sent} acknowledged={acked} stored={stored} -> "
           f"{'OK' if sent == acked == stored else 'MISMATCH'}")
     path = write_json("feedback", {"args": vars(args), "rows": rows, "sent": sent, "acked": acked,

@@ -45,7 +45,9 @@ def cmd_serve(args, settings: Settings) -> int:
             print(f"rewardloop serve: {exc}", file=sys.stderr)
             return 2
         app = create_app(Runtime.create(settings, url))
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20)
+        # Frames are small JSON (a token, an ack): compressing each costs more CPU than it saves.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20,
+                    ws_per_message_deflate=False)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from typing import Awaitable
 
 from .auth import User
 from .protocol import Feedback, ProtocolError
@@ -64,6 +65,13 @@ class FeedbackService:
 
     async def record(self, fb: Feedback, user: User, now: float | None = None) -> tuple[bool, dict]:
         """Validate and store. Returns (duplicate, stored event fields)."""
+        return await (await self.submit(fb, user, now))
+
+    async def submit(self, fb: Feedback, user: User, now: float | None = None) -> Awaitable[tuple[bool, dict]]:
+        """Validate now (raises ProtocolError) and queue the write in arrival order; the
+        returned awaitable gives (duplicate, fields) once the event is durable. The
+        websocket reads the next frame meanwhile, so one connection's feedback is
+        written in batches instead of one round trip per event."""
         now = now or time.time()
         reply = await self._reply_for(fb.reply_id, user, fb.feedback_id)
         if fb.kind == "choose":
@@ -85,7 +93,11 @@ class FeedbackService:
             "client_time": fb.client_time, "server_time": repr(now),
             "since_reply_end_ms": None if since_end is None else round(since_end),
         }
-        created, _ = await self.store.record_once(f"{user.user_id}:{fb.feedback_id}", fields)
+        stored = self.store.submit_once(f"{user.user_id}:{fb.feedback_id}", fields)
+        return self._when_stored(fb, reply, fields, stored)
+
+    async def _when_stored(self, fb: Feedback, reply: dict, fields: dict, stored) -> tuple[bool, dict]:
+        created, _ = await stored
         if created and fb.kind == "choose":
             # the chosen candidate becomes the session's answer for that turn
             await self.store.set_history_turn(reply["session_id"], int(reply["turn"]), fb.reply_id)

@@ -2,6 +2,7 @@
 talks to Redis). One writer per key: the server owns sessions, replies and events."""
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -9,17 +10,29 @@ from dataclasses import dataclass
 
 import redis.asyncio as aredis
 
+from .group_commit import GroupCommit
 from .keys import Keys
 
-# Idempotent event append: the feedback id record and the stream entry are written in
-# one atomic step, so a retry can never store a second copy, and with appendfsync
-# always the reply to this script means the event is on disk.
+# Idempotent event append, for a batch of events in one call: each event's id record and
+# stream entry are written in one atomic step, so a retry can never store a second copy,
+# and with appendfsync always the reply to this script means the events are on disk.
+# KEYS = [stream, id key 1, id key 2, ...]; ARGV = [ttl, n1, n1 field/value strings, n2, ...]
+# Returns [created1, stream id1, created2, stream id2, ...].
 _RECORD_ONCE = """
-local prev = redis.call('GET', KEYS[1])
-if prev then return {0, prev} end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
-return {1, id}
+local out, pos, ttl = {}, 2, tonumber(ARGV[1])
+for i = 2, #KEYS do
+  local n = tonumber(ARGV[pos])
+  local prev = redis.call('GET', KEYS[i])
+  if prev then
+    out[#out + 1] = 0; out[#out + 1] = prev
+  else
+    local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, pos + 1, pos + n))
+    redis.call('SET', KEYS[i], id, 'EX', ttl)
+    out[#out + 1] = 1; out[#out + 1] = id
+  end
+  pos = pos + n + 1
+end
+return out
 """
 
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -51,6 +64,7 @@ class ChatStore:
         self.r = redis
         self.k = keys
         self._record_once = redis.register_script(_RECORD_ONCE)
+        self._events = GroupCommit(self._record_many)
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -122,8 +136,20 @@ class ChatStore:
     async def add_event(self, fields: dict) -> str:
         return (await self.r.xadd(self.k.events, dict(zip(*[iter(_flat(fields))] * 2)))).decode()
 
+    def submit_once(self, idempotency_key: str, fields: dict) -> asyncio.Future:
+        """Queue an idempotent event append now; the future gives (True, stream id) when
+        stored, (False, first stream id) for a repeat. Concurrent appends share one call."""
+        return self._events.submit((idempotency_key, fields))
+
     async def record_once(self, idempotency_key: str, fields: dict) -> tuple[bool, str]:
-        """(True, stream id) when stored now; (False, first stream id) for a repeat."""
-        created, sid = await self._record_once(keys=[self.k.feedback_id(idempotency_key), self.k.events],
-                                               args=[IDEMPOTENCY_TTL_S, *_flat(fields)])
-        return bool(created), sid.decode() if isinstance(sid, bytes) else str(sid)
+        return await self.submit_once(idempotency_key, fields)
+
+    async def _record_many(self, items) -> list[tuple[bool, str]]:
+        keys, args = [self.k.events], [IDEMPOTENCY_TTL_S]
+        for idempotency_key, fields in items:
+            flat = _flat(fields)
+            keys.append(self.k.feedback_id(idempotency_key))
+            args += [len(flat), *flat]
+        out = await self._record_once(keys=keys, args=args)
+        return [(bool(out[i]), out[i + 1].decode() if isinstance(out[i + 1], bytes) else str(out[i + 1]))
+                for i in range(0, len(out), 2)]

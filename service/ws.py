@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 30
 
 
+def unavailable_error(ref: str | None) -> dict:
+    return server_error("unavailable", "storage is unavailable for a moment; nothing was recorded: retry in a "
+                        "few seconds (same feedback_id)", ref)
+
+
 class State(enum.Enum):
     AWAIT_HELLO = "await_hello"
     READY = "ready"
@@ -49,6 +54,7 @@ class ChatConnection:
         self.bucket = TokenBucket(settings.feedback_rate, settings.feedback_burst)
         self.current: list[ReplyPlan] = []      # replies of the turn being streamed
         self.task: asyncio.Task | None = None
+        self.pending_acks: set[asyncio.Task] = set()   # feedback being written; acked when durable
 
     async def send(self, frame: dict) -> None:
         if self.state is State.CLOSED:
@@ -81,8 +87,7 @@ class ChatConnection:
                 except RedisError as exc:  # Redis away for a moment: say so; the client retries
                     log.warning("redis unavailable while handling a frame: %s", exc)
                     ref = getattr(frame, "feedback_id", None) or getattr(frame, "client_msg_id", None)
-                    await self.send(server_error("unavailable", "storage is unavailable for a moment; nothing "
-                                                 "was recorded: retry in a few seconds (same feedback_id)", ref))
+                    await self.send(unavailable_error(ref))
                 if self.state is State.CLOSED:
                     return
         except WebSocketDisconnect:
@@ -214,10 +219,28 @@ class ChatConnection:
                                 fb.feedback_id)
         if fb.kind == "regenerate":
             self._require_idle()
-        duplicate, _ = await self.feedback.record(fb, self.user)
+        stored = await self.feedback.submit(fb, self.user)
+        if fb.kind not in ("regenerate", "choose"):
+            # Acked when durable while this loop reads on: a client with several feedbacks
+            # in flight gets them written together (the write order is already fixed).
+            task = asyncio.create_task(self._ack_when_stored(fb.feedback_id, stored))
+            self.pending_acks.add(task)
+            task.add_done_callback(self.pending_acks.discard)
+            return
+        # These change what happens next on this connection (a new reply, the history): in order.
+        duplicate, _ = await stored
         await self.send({"type": "ack", "feedback_id": fb.feedback_id, "duplicate": duplicate})
         if fb.kind == "regenerate" and not duplicate:
             await self._regenerate(fb.reply_id)
+
+    async def _ack_when_stored(self, feedback_id: str, stored) -> None:
+        try:
+            duplicate, _ = await stored
+        except RedisError as exc:
+            log.warning("redis unavailable while storing feedback: %s", exc)
+            await self.send(unavailable_error(feedback_id))
+            return
+        await self.send({"type": "ack", "feedback_id": feedback_id, "duplicate": duplicate})
 
     async def _regenerate(self, old_reply_id: str) -> None:
         """A new reply to the same user message; it takes the old one's place in the history."""

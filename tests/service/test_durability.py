@@ -51,3 +51,44 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path, models_dir):
     finally:
         srv.stop()
         store.stop()
+
+
+def test_pipelined_feedback_acked_before_kill_9_is_all_there(tmp_path, models_dir):
+    """Many feedbacks in flight on one connection (written in batches): Redis dies mid-way.
+    Each feedback gets exactly one answer; every ack is on disk; the rest say 'unavailable'."""
+    store = EmbeddedRedis(tmp_path / "data")
+    store.start()
+    srv = ServerProc(base_env(store.url, "dur:", tmp_path / "data", REWARDLOOP_FEEDBACK_BURST=5000,
+                              REWARDLOOP_FEEDBACK_RATE=5000), free_port(), tmp_path / "server.log",
+                     prefix="dur:").start()
+    try:
+        chat = Chat(srv, srv.token("nina"))
+        reply_id = chat.ask("hello")["start"]["reply_id"]
+        sent = [f"p{i}" for i in range(1500)]
+        for fid in sent:
+            chat.send({"type": "feedback", "feedback_id": fid, "reply_id": reply_id, "kind": "dwell", "value": 5})
+        answers: dict[str, str] = {}
+        while len(answers) < 100:
+            f = chat.recv()
+            answers[f.get("feedback_id") or f.get("ref")] = f["type"]
+        store.kill()
+        while len(answers) < len(sent):
+            f = chat.recv(timeout=30)
+            fid = f.get("feedback_id") or f.get("ref")
+            assert fid not in answers, f"two answers for {fid}"
+            assert f["type"] == "ack" or f["code"] == "unavailable", f
+            answers[fid] = f["type"]
+        acked = [fid for fid in sent if answers[fid] == "ack"]
+        assert 100 <= len(acked)
+        restarted = EmbeddedRedis(tmp_path / "data", port=store.port)
+        restarted.start()
+        try:
+            r = redis.Redis.from_url(restarted.url, decode_responses=True)
+            stored = [f["feedback_id"] for _, f in r.xrange("dur:events") if f.get("kind") == "dwell"]
+            assert set(acked) <= set(stored)                       # nothing acknowledged is lost
+            assert stored == [fid for fid in sent if fid in set(stored)]   # stored in the order sent, once each
+        finally:
+            restarted.stop()
+    finally:
+        srv.stop()
+        store.stop()

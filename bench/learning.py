@@ -176,6 +176,21 @@ def lift(version: dict, base: dict, events: int) -> dict:
             "per_1k_ci": [(d - half) * k, (d + half) * k] if k else [None, None]}
 
 
+def paired_difference(scores: dict, ours: list[str], runs: dict, kto: dict) -> dict | None:
+    """The last rewardloop version against KTO on the same questions, reply by reply: a paired
+    interval is far tighter than comparing two independent means."""
+    if not ours or "kto" not in scores:
+        return None
+    v = ours[-1]
+    diffs = [a - b for a, b in zip(scores[v], scores["kto"])]
+    ours_lift = (sum(scores[v]) - sum(scores["base"])) / len(diffs)
+    kto_lift = (sum(scores["kto"]) - sum(scores["base"])) / len(diffs)
+    ours_per_1k = ours_lift * 1000 / max(runs.get(v, {}).get("events") or 1, 1)
+    kto_per_1k = kto_lift * 1000 / max(kto.get("samples") or 1, 1)
+    return {"version": v, "difference": mean_ci(diffs),
+            "lift_per_1k_ratio": round(ours_per_1k / kto_per_1k, 3) if kto_per_1k > 0 else None}
+
+
 def comparison_table(base: dict, base_online: dict, rows: list[dict]) -> str:
     """Versions (events cumulative over learner rounds) and the KTO baseline against the base model."""
     def ci(lo, hi):
@@ -395,12 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         r.close()
         if embedded is not None:
             embedded.stop()
-    offline = {}
+    offline, scores = {}, {}
     if "adapter_dir" in kto:
         versions.append("kto")
     for v in versions:
         folder = None if v == "base" else Path(kto["adapter_dir"]) if v == "kto" else reg.version_dir(v)
-        offline[v] = mean_ci(offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.seed))
+        scores[v] = offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.seed)
+        offline[v] = mean_ci(scores[v])
         print(f"offline {v:>5}: mean {offline[v]['mean']:+.3f}  95% CI [{offline[v]['ci'][0]:+.3f}, "
               f"{offline[v]['ci'][1]:+.3f}]  n={offline[v]['n']}", flush=True)
 
@@ -417,8 +433,15 @@ def main(argv: list[str] | None = None) -> int:
                            "wall_s_per_sample": cost["wall_s"] / n if n else None})
     print(comparison_table(offline["base"], (online.get("base") or {}).get("user_verdict", mean_ci([])),
                            comparison))
+    head_to_head = paired_difference(scores, [v for v in versions if v not in ("base", "kto")], runs, kto)
+    if head_to_head:
+        print(f"head to head, same questions: v{head_to_head['version']} minus KTO = "
+              f"{head_to_head['difference']['mean']:+.3f} (95% CI [{head_to_head['difference']['ci'][0]:+.3f}, "
+              f"{head_to_head['difference']['ci'][1]:+.3f}], n={head_to_head['difference']['n']}); lift/1k "
+              f"events ratio {head_to_head['lift_per_1k_ratio']}", flush=True)
     report = {"model": args.model, "args": vars(args), "preference": pref.__dict__, "rounds": rounds,
-              "online": online, "offline": offline, "trl_kto": kto, "comparison": comparison,
+              "online": online, "offline": offline, "offline_scores": scores, "trl_kto": kto,
+              "comparison": comparison, "head_to_head": head_to_head,
               "chart": chart_panels(offline, comparison),
               "definitions": {
                   "events": "training samples (final rewards) used: rewardloop cumulative over its runs up to "

@@ -6,13 +6,13 @@ activating and unloading never race a forward pass.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from learner.registry import sha256_file  # the same digest the registry writes into manifests
 
 log = logging.getLogger(__name__)
 WEIGHTS = "adapter_model.safetensors"
@@ -22,8 +22,17 @@ class AdapterInvalid(ValueError):
     """The adapter must not be served; the message says why."""
 
 
-def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_rank: int = 256) -> dict:
-    """Check a version folder before it may be loaded; returns its manifest."""
+@dataclass(frozen=True)
+class ValidAdapter:
+    """A version folder that passed validation, with the weights it was checked on: the
+    engine copies exactly these (one read of the file, and no window for it to change)."""
+    manifest: dict
+    config: dict
+    tensors: dict[str, torch.Tensor]
+
+
+def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_rank: int = 256) -> ValidAdapter:
+    """Check a version folder before it may be loaded."""
     folder = Path(folder)
     for name in ("manifest.json", "adapter_config.json", WEIGHTS):
         if not (folder / name).exists():
@@ -33,7 +42,8 @@ def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_ra
         config = json.loads((folder / "adapter_config.json").read_text())
     except ValueError as exc:
         raise AdapterInvalid(f"{folder}: unreadable JSON ({exc})") from None
-    digest = sha256_file(folder / WEIGHTS)
+    raw = (folder / WEIGHTS).read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()   # the registry's sha256_file digest, from the bytes in hand
     if digest != manifest.get("sha256"):
         raise AdapterInvalid(f"checksum mismatch: weights hash to {digest[:12]}…, manifest says "
                              f"{str(manifest.get('sha256'))[:12]}… (corrupt or tampered file)")
@@ -51,16 +61,20 @@ def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_ra
     missing = [t for t in targets if t not in leaves and t != "all-linear"]
     if missing:
         raise AdapterInvalid(f"target modules {missing} do not exist in {model_id}")
-    from safetensors.torch import load_file
-    for name, tensor in load_file(folder / WEIGHTS).items():
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+    try:
+        tensors = load_safetensors(raw)
+    except (SafetensorError, ValueError) as exc:
+        raise AdapterInvalid(f"{folder / WEIGHTS} is not a readable safetensors file ({exc})") from None
+    for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise AdapterInvalid(f"weight {name} has NaN or infinite values")
-    return manifest
+    return ValidAdapter(manifest, config, tensors)
 
 
-def _shape_signature(folder: Path) -> str:
+def _shape_signature(cfg: dict) -> str:
     """What must match for one adapter's weights to be copied into another's slot."""
-    cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
     targets = cfg.get("target_modules") or []
     return json.dumps({"r": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "rslora": cfg.get("use_rslora", False),
                        "dora": cfg.get("use_dora", False), "bias": cfg.get("bias", "none"),
@@ -87,13 +101,18 @@ class AdapterSlots:
         self.reused = 0
         self._next = 0
 
-    def load(self, version: str, folder: Path) -> None:
+    def load(self, version: str, folder: Path, valid: ValidAdapter | None = None) -> None:
+        """Load a version; `valid` (from validate_adapter) saves reading the folder again."""
         from peft import PeftModel
         if version in self.loaded:
             return
-        sig = _shape_signature(folder)
+        if valid is None:
+            from safetensors.torch import load_file
+            valid = ValidAdapter({}, json.loads((Path(folder) / "adapter_config.json").read_text()),
+                                 load_file(Path(folder) / WEIGHTS))
+        sig = _shape_signature(valid.config)
         slot = next((s for s in self.free if self.shape[s] == sig), None)
-        if slot is not None and self._copy_into(slot, folder):
+        if slot is not None and self._copy_into(slot, valid.tensors):
             self.free.remove(slot)
             self.reused += 1
         else:
@@ -110,10 +129,8 @@ class AdapterSlots:
         self.loaded[version] = Path(folder)
         self.active = "?"  # force the next activate() to set state explicitly
 
-    def _copy_into(self, slot: str, folder: Path) -> bool:
-        """Overwrite a free slot's LoRA weights with the file's; False if they do not line up."""
-        from safetensors.torch import load_file
-        tensors = load_file(Path(folder) / WEIGHTS)
+    def _copy_into(self, slot: str, tensors: dict[str, torch.Tensor]) -> bool:
+        """Overwrite a free slot's LoRA weights with these; False if they do not line up."""
         params = {n: p for n, p in self.engine.model.named_parameters() if f".{slot}." in n}
         if len(params) != len(tensors):
             return False

@@ -156,7 +156,9 @@ class Engine:
         torch.set_grad_enabled(False)
         while not self._stopping.is_set():
             self._drain_inbox(block=not self._active)
-            for seq in list(self._active):
+            for i, seq in enumerate(list(self._active)):
+                if i:  # an adapter load waits one step, not a whole round of every stream
+                    self._drain_inbox(block=False)
                 self._advance(seq)
             self.active_count = len(self._active)
         for seq in self._active:

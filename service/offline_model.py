@@ -95,10 +95,10 @@ class OfflineModel:
             raise VersionUnavailable(f"version {version} has no folder at {folder}: set REWARDLOOP_DATA_DIR to the "
                                      "data directory the learner publishes into (see `rewardloop adapters list`)")
         try:
-            validate_adapter(folder, self.model_id, self._module_names)
+            valid = validate_adapter(folder, self.model_id, self._module_names)
         except AdapterInvalid as exc:
             raise VersionUnavailable(f"version {version} cannot be loaded: {exc}") from None
-        self.engine.call(lambda: self.slots.load(version, folder)).result()
+        self.engine.call(lambda: self.slots.load(version, folder, valid)).result()
 
     # --- generation (the server's own path) -------------------------------------------
     def generate(self, prompt_ids: list[int], params: SamplingParams, version: str) -> Generated:

@@ -122,13 +122,15 @@ class AdapterWatcher:
         t0 = time.perf_counter()
         timing = {}
 
+        valid = None
+
         def load_on_engine():
             t = time.perf_counter()
-            self.slots.load(version, folder)
+            self.slots.load(version, folder, valid)
             timing["load_s"] = time.perf_counter() - t
 
         try:
-            await asyncio.to_thread(validate_adapter, folder, self.model_id, self._module_names)
+            valid = await asyncio.to_thread(validate_adapter, folder, self.model_id, self._module_names)
             timing["validate_s"] = time.perf_counter() - t0
             queued = time.perf_counter()
             await asyncio.wrap_future(self.engine.call(load_on_engine))

@@ -74,3 +74,41 @@ def test_a_different_shape_gets_a_new_slot_and_a_busy_version_stays(models_dir, 
     assert cfg["r"] == 8
     with pytest.raises(KeyError, match="not loaded"):
         slots.activate("1")
+
+
+def _with_manifest(folder, model_id):
+    from learner.registry import sha256_file
+    manifest = {"sha256": sha256_file(folder / "adapter_model.safetensors"), "base_model": model_id}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_validation_reads_the_weights_once_and_hands_them_to_the_load(models_dir, adapters, tmp_path):
+    import shutil
+
+    from service.adapters import AdapterInvalid, validate_adapter
+    loaded = load_model("tiny-random", models_dir, "cpu")
+    names = {n for n, _ in loaded.model.named_modules()}
+    folder = _with_manifest(adapters[0], loaded.model_id)
+    valid = validate_adapter(folder, loaded.model_id, names)
+    assert valid.manifest["base_model"] == loaded.model_id and valid.config["r"] == 4
+    engine = _Engine(loaded.model)
+    slots = AdapterSlots(engine)
+    slots.load("1", folder, valid)
+    slots.unload("1")
+    # the reused slot takes the validated tensors, not the file: damage the file after validation
+    other = _with_manifest(adapters[1], loaded.model_id)
+    valid2 = validate_adapter(other, loaded.model_id, names)
+    reference = PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model, str(other)).eval()
+    broken = tmp_path / "broken"
+    shutil.copytree(other, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not weights")
+    slots.load("2", broken, valid2)
+    assert slots.reused == 1
+    slots.activate("2")
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    assert torch.allclose(_logits(engine.model, ids), _logits(reference, ids), atol=1e-5)
+    # a file that is not safetensors at all, with a matching checksum, is refused with a reason
+    _with_manifest(broken, loaded.model_id)
+    with pytest.raises(AdapterInvalid, match="not a readable safetensors file"):
+        validate_adapter(broken, loaded.model_id, names)

@@ -1,5 +1,5 @@
 """Hot swap with two real server processes, real Redis and two real LoRA adapters whose
-greedy outputs differ ("alpha alpha ..." and "bravo bravo ...")."""
+greedy outputs differ ("alpha alpha ..." and "beta beta ...")."""
 from __future__ import annotations
 
 import json
@@ -20,8 +20,9 @@ TINY_ID = "rewardloop/tiny-random-llama"
 
 @pytest.fixture(scope="module")
 def parrots(models_dir):
+    # one token per word: a two-token word ("bravo") does not train reliably on the tiny model
     return {"alpha": train_parrot_adapter(models_dir, " alpha" * 10, steps=90),
-            "bravo": train_parrot_adapter(models_dir, " bravo" * 10, steps=90, seed=1)}
+            "beta": train_parrot_adapter(models_dir, " beta" * 10, steps=90, seed=1)}
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_a_stream_keeps_its_version_while_the_next_request_gets_the_new_one(pair
     start = chat.recv_type("reply_start")
     assert start["adapter_version"] == v1
     chat.recv_type("token")
-    v2 = publish(parrots["bravo"])
+    v2 = publish(parrots["beta"])
     wait_stable(servers, v2)
     # the swap happened while the v1 stream was still running
     assert status(servers[0])["refs"].get(v1, 0) == 1
@@ -90,14 +91,14 @@ def test_a_stream_keeps_its_version_while_the_next_request_gets_the_new_one(pair
     assert stored["text"] == reference          # exactly v1's greedy output, to the last token
     for s in servers:                            # every server now serves v2
         text, version = ask_ids(s, f"after-{s.port}")
-        assert version == v2 and text.split()[:3] == ["bravo"] * 3
+        assert version == v2 and text.split()[:3] == ["beta"] * 3
     assert status(servers[0])["refs"].get(v1, 0) == 0
 
 
 def test_rollback_and_canary_split(pair, parrots):
     servers, publish, _ = pair
     v1 = publish(parrots["alpha"])
-    v2 = publish(parrots["bravo"])
+    v2 = publish(parrots["beta"])
     wait_stable(servers, v2)
     code, notice = http("POST", servers[0].url + "/admin/adapters/rollback", {"reason": "test"}, token=ADMIN)
     assert code == 200 and notice["stable"] == v1
@@ -106,7 +107,7 @@ def test_rollback_and_canary_split(pair, parrots):
         text, version = ask_ids(s, f"rb-{s.port}")
         assert version == v1 and text.split()[0] == "alpha"
     # v2 as a 50% canary: sessions split by the hash of their id, on every server alike
-    v3 = publish(parrots["bravo"], mode="canary", canary_share=0.5)
+    v3 = publish(parrots["beta"], mode="canary", canary_share=0.5)
     for s in servers:
         wait_for(lambda s=s: status(s)["routing"]["canary"] == v3, what="canary routing")
     seen = set()
@@ -117,7 +118,7 @@ def test_rollback_and_canary_split(pair, parrots):
         first = chat.ask("hello")
         second = chat.ask("hello again")
         assert first["start"]["adapter_version"] == second["start"]["adapter_version"] == expected
-        assert first["text"].split()[0] == ("bravo" if expected == v3 else "alpha")
+        assert first["text"].split()[0] == ("beta" if expected == v3 else "alpha")
         seen.add(expected)
     assert seen == {v1, v3}
     # a request may pin a loaded version explicitly
@@ -155,7 +156,7 @@ def test_invalid_adapters_are_refused_and_serving_goes_on(pair, parrots, rdb, ta
     servers, publish, _ = pair
     v1 = publish(parrots["alpha"])
     wait_stable(servers, v1)
-    bad = publish(parrots["bravo"], tamper=tamper)
+    bad = publish(parrots["beta"], tamper=tamper)
     for s in servers:
         refused = wait_for(lambda s=s: status(s)["refused"].get(bad), what="refusal")
         assert reason in refused
@@ -184,7 +185,7 @@ def test_reference_counts_and_unloading(pair, parrots):
     chat.send({"type": "user_message", "text": "hello", "client_msg_id": "b"})
     chat.recv_type("reply_start")
     chat.recv_type("token")
-    newest = [publish(parrots["bravo"]) for _ in range(3)]
+    newest = [publish(parrots["beta"]) for _ in range(3)]
     wait_stable(servers, newest[-1])
     st = status(srv)
     assert v1 in st["loaded"] and st["refs"].get(v1) == 1   # still streaming: not unloaded

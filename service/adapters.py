@@ -100,6 +100,7 @@ class AdapterSlots:
         self.active: str | None = None        # None = base (adapter layers disabled)
         self.reused = 0
         self._next = 0
+        self._layers: list | None = None     # PEFT's LoRA layers, found once per change of slots
 
     def load(self, version: str, folder: Path, valid: ValidAdapter | None = None) -> None:
         """Load a version; `valid` (from validate_adapter) saves reading the folder again."""
@@ -124,6 +125,7 @@ class AdapterSlots:
             else:
                 self.engine.model.load_adapter(str(folder), adapter_name=slot, is_trainable=False)
             self.engine.model.eval()
+            self._layers = None
             self.shape[slot] = sig
         self.slot_of[version] = slot
         self.loaded[version] = Path(folder)
@@ -166,6 +168,7 @@ class AdapterSlots:
             return
         model.set_adapter(keep)
         model.delete_adapter(slot)
+        self._layers = None
         del self.shape[slot]
 
     def activate(self, version: str | None) -> None:
@@ -177,10 +180,33 @@ class AdapterSlots:
         if not self.shape:  # nothing was ever loaded: the plain model is the base
             self.active = None
             return
-        model = self.engine.model
-        if version is None:
-            model.base_model.disable_adapter_layers()
-        else:
-            model.base_model.enable_adapter_layers()
-            model.set_adapter(self.slot_of[version])
+        slot = None if version is None else self.slot_of[version]
+        if not self._switch(slot):
+            model = self.engine.model
+            if slot is None:
+                model.base_model.disable_adapter_layers()
+            else:
+                model.base_model.enable_adapter_layers()
+                model.set_adapter(slot)
         self.active = version
+
+    def _switch(self, slot: str | None) -> bool:
+        """Point every LoRA layer at `slot` (None = adapters off) by setting the two fields
+        its forward reads. PEFT's own set_adapter also flips requires_grad on every LoRA
+        weight, ~20 ms a switch on SmolLM2, paid on every step when streams on two versions
+        interleave; serving runs without gradients, so this skips that. False (use PEFT's
+        way) if this PEFT version keeps the state elsewhere."""
+        if self._layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+            self._layers = [m for m in self.engine.model.modules() if isinstance(m, BaseTunerLayer)]
+        if not self._layers or not all(hasattr(m, "_active_adapter") and hasattr(m, "_disable_adapters")
+                                        for m in self._layers[:1]):
+            return False
+        for layer in self._layers:
+            layer._disable_adapters = slot is None
+            if slot is not None:
+                layer._active_adapter = [slot]
+        if slot is not None:
+            self.engine.model.base_model.active_adapter = slot
+        probe = self._layers[0]
+        return probe.disable_adapters == (slot is None) and (slot is None or probe.active_adapters == [slot])

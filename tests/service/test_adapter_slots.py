@@ -112,3 +112,22 @@ def test_validation_reads_the_weights_once_and_hands_them_to_the_load(models_dir
     _with_manifest(broken, loaded.model_id)
     with pytest.raises(AdapterInvalid, match="not a readable safetensors file"):
         validate_adapter(broken, loaded.model_id, names)
+
+
+def test_switching_versions_step_by_step_computes_what_each_version_alone_computes(models_dir, adapters):
+    """Streams on different versions interleave step by step: every switch (the fast path
+    that skips PEFT's requires_grad bookkeeping) must give exactly that version's logits."""
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    engine = _Engine(load_model("tiny-random", models_dir, "cpu").model)
+    slots = AdapterSlots(engine)
+    base = _logits(engine.model, ids)
+    for v, folder in (("1", adapters[0]), ("2", adapters[1]), ("4", adapters[3])):
+        slots.load(v, folder)
+    alone = {v: _logits(PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model,
+                                                  str(folder)).eval(), ids)
+             for v, folder in (("1", adapters[0]), ("2", adapters[1]), ("4", adapters[3]))}
+    alone[None] = base
+    for v in ["1", "2", None, "4", "1", None, "2", "4", "2"]:
+        slots.activate(v)
+        assert torch.allclose(_logits(engine.model, ids), alone[v], atol=1e-6), f"after switching to {v}"
+    assert slots._layers, "the fast switch found PEFT's LoRA layers"

@@ -1,11 +1,14 @@
 """Serving benchmark: time to first token and decode tokens/s over the websocket, side by
-side with plain `model.generate` on the same prompt in the same run (ratio).
+side with plain `model.generate` on the same prompt in the same run (ratio); then total
+tokens/s of N concurrent streams with batched decode steps against one forward pass per
+stream (REWARDLOOP_MAX_BATCH=1), same run.
 
-    python bench/serving.py [--model smollm2] [--tokens 64] [--runs 3] [--device cpu]
+    python bench/serving.py [--model smollm2] [--tokens 64] [--runs 3] [--device cpu] [--streams 8]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 
@@ -35,6 +38,34 @@ def over_websocket(srv, runs: int) -> list[dict]:
     return out
 
 
+async def concurrent_streams(srv, streams: int) -> dict:
+    """`streams` sessions ask at once; total streamed tokens / wall time, and mean TTFT."""
+    import asyncio
+
+    import websockets
+
+    async def one(i):
+        async with websockets.connect(srv.ws_url, max_size=2 ** 22) as ws:
+            await ws.send(json.dumps({"type": "hello", "token": srv.token(f"c{i}")}))
+            while json.loads(await ws.recv())["type"] != "ready":
+                pass
+            t0 = time.perf_counter()
+            await ws.send(json.dumps({"type": "user_message", "text": PROMPT, "client_msg_id": f"c{i}"}))
+            first = None
+            while True:
+                f = json.loads(await ws.recv())
+                if f["type"] == "token" and first is None:
+                    first = time.perf_counter() - t0
+                if f["type"] == "reply_end":
+                    return f["n_tokens"], first
+
+    t0 = time.perf_counter()
+    done = await asyncio.gather(*[one(i) for i in range(streams)])
+    wall = time.perf_counter() - t0
+    return {"tok_s": sum(n for n, _ in done) / wall, "ttft_ms": mean([f for _, f in done]) * 1000,
+            "wall_s": wall}
+
+
 def plain_generate(model: str, models_dir, device: str, tokens: int, runs: int, system: str) -> list[dict]:
     import torch
     from learner.modeling import load_model
@@ -62,6 +93,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--streams", type=int, default=8, help="concurrent streams for the batching comparison")
     args = ap.parse_args()
     from tests.helpers import MODELS
     from service.settings import Settings
@@ -71,6 +103,11 @@ def main() -> None:
                      REWARDLOOP_DEVICE=args.device) as (srv, _):
         over_websocket(srv, 1)                      # warm-up
         ws = over_websocket(srv, args.runs)
+        batched = asyncio.run(concurrent_streams(srv, args.streams))
+    with live_server(args.model, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
+                     REWARDLOOP_DEVICE=args.device, REWARDLOOP_MAX_BATCH=1) as (srv, _):
+        over_websocket(srv, 1)                      # warm-up
+        one_by_one = asyncio.run(concurrent_streams(srv, args.streams))
     direct = plain_generate(args.model, MODELS, args.device, args.tokens, args.runs, system)
     rows = []
     for name, runs in (("websocket (rewardloop)", ws), ("model.generate", direct)):
@@ -81,7 +118,13 @@ def main() -> None:
                  "decode_tok_s": rows[0]["decode_tok_s"] / rows[1]["decode_tok_s"]})
     print(f"\nserving benchmark: model={args.model} device={args.device} tokens={args.tokens} runs={args.runs}")
     print(table(rows, ["path", "ttft_ms", "decode_tok_s", "tokens"]))
-    path = write_json("serving", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct})
+    conc = [{"engine": "batched decode steps", **batched}, {"engine": "one forward per stream", **one_by_one},
+            {"engine": "ratio batched / one by one", "tok_s": batched["tok_s"] / one_by_one["tok_s"],
+             "ttft_ms": batched["ttft_ms"] / one_by_one["ttft_ms"]}]
+    print(f"\n{args.streams} concurrent streams, total tokens/s and mean time to first token")
+    print(table(conc, ["engine", "tok_s", "ttft_ms", "wall_s"]))
+    path = write_json("serving", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct,
+                                  "concurrent": conc})
     print(f"\nwrote {path}")
 
 

@@ -4,9 +4,10 @@ The asyncio side only submits requests and receives events; every model call,
 and later every adapter load, happens on this thread between decode steps, so
 there is no model call on the event loop and no global `set_adapter` race.
 
-Scheduling is per step: each active sequence advances one token per round, so
-streams interleave fairly and a cancelled one frees its slot at the next step.
-(A batched step can replace `_step_one` without changing the interface.)
+Scheduling is per round: each active sequence advances one token per round, so
+streams interleave fairly and a cancelled one frees its slot at the next step. The
+tokens of a round are fed back in one batched forward per adapter version
+(`batching.py`); prefill runs one prompt at a time.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .batching import batchable, decode_step
 from .sampling import SamplingParams, sample_token
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,8 @@ def cache_argument_name(model) -> str:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None):
+    def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
+                 max_batch: int = 32):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -116,7 +119,9 @@ class Engine:
         self._active: list[_Sequence] = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self.steps = 0
+        self.steps = 0                  # tokens sampled
+        self.batched_rows = 0           # of which fed back in a batched forward
+        self.max_batch = max_batch
         self.active_count = 0
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
         self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
@@ -156,13 +161,45 @@ class Engine:
         torch.set_grad_enabled(False)
         while not self._stopping.is_set():
             self._drain_inbox(block=not self._active)
-            for i, seq in enumerate(list(self._active)):
-                if i:  # an adapter load waits one step, not a whole round of every stream
-                    self._drain_inbox(block=False)
-                self._advance(seq)
+            self._round()
             self.active_count = len(self._active)
         for seq in self._active:
             self._finish(seq, "cancelled")
+
+    def _round(self) -> None:
+        """Every active sequence gets one token: prefill the new ones (one at a time), sample
+        a token for each, then feed those tokens back in one batched forward per adapter
+        version. Adapter loads queued meanwhile run between these pieces, so a load waits
+        for one forward pass, not for a whole round."""
+        decode: dict[str | None, list[tuple[_Sequence, int]]] = {}
+        for i, seq in enumerate(list(self._active)):
+            if i:
+                self._drain_inbox(block=False)
+            if seq.handle.cancelled.is_set():
+                self._finish(seq, "cancelled")
+                continue
+            try:
+                if seq.next_logits is None:  # prefill
+                    seq.next_logits = self._forward(seq, seq.request.prompt_ids)
+                tok = self._sample(seq)
+            except Exception as exc:
+                self._fail([seq], exc)
+                continue
+            if tok is not None:
+                decode.setdefault(seq.request.adapter, []).append((seq, tok))
+        for adapter, group in decode.items():
+            self._drain_inbox(block=False)
+            for start in range(0, len(group), self.max_batch):
+                chunk = group[start:start + self.max_batch]
+                try:
+                    self._decode(adapter, chunk)
+                except Exception as exc:
+                    self._fail([seq for seq, _ in chunk], exc)
+
+    def _fail(self, seqs: list[_Sequence], exc: Exception) -> None:
+        log.exception("generation failed")
+        for seq in seqs:
+            self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
 
     def _drain_inbox(self, block: bool) -> None:
         while True:
@@ -188,16 +225,6 @@ class Engine:
                     except Exception as exc:  # handed to the caller, who decides
                         fut.set_exception(exc)
 
-    def _advance(self, seq: _Sequence) -> None:
-        if seq.handle.cancelled.is_set():
-            return self._finish(seq, "cancelled")
-        try:
-            self._step_one(seq)
-        except Exception as exc:
-            log.exception("generation failed")
-            return self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
-        self.steps += 1
-
     def activate_adapter(self, name: str | None) -> None:
         """Make `name` (None = base) the active weights; engine thread only."""
         if self.adapters is not None:
@@ -212,26 +239,41 @@ class Engine:
         seq.cache = getattr(out, self._cache_arg)
         return out.logits[0, -1]  # [V]
 
-    def _step_one(self, seq: _Sequence) -> None:
-        if seq.next_logits is None:  # prefill
-            seq.next_logits = self._forward(seq, seq.request.prompt_ids)
+    def _sample(self, seq: _Sequence) -> int | None:
+        """Sample and emit the next token; None when the sequence ended here."""
         tok, logprob = sample_token(seq.next_logits, seq.request.params, seq.generator)
         if seq.first_token_at is None:
             seq.first_token_at = time.time()
         seq.ids.append(tok)
+        self.steps += 1
         if tok in self.stop_ids:
             # The stop token is logged with its log-prob (the learner must learn when to
             # stop too) but carries no text.
             seq.handle._emit(TokenEvent(tok, logprob, ""))
-            return self._finish(seq, "stop")
+            self._finish(seq, "stop")
+            return None
         text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)  # the stop token is never here
         delta = ""
         if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
             delta, seq.text = text[len(seq.text):], text
         seq.handle._emit(TokenEvent(tok, logprob, delta))
         if len(seq.ids) >= seq.request.params.max_new_tokens:
-            return self._finish(seq, "length")
-        seq.next_logits = self._forward(seq, [tok])
+            self._finish(seq, "length")
+            return None
+        return tok
+
+    def _decode(self, adapter: str | None, group: list[tuple[_Sequence, int]]) -> None:
+        """Feed each sequence its sampled token: one forward pass for the whole group."""
+        caches = [seq.cache for seq, _ in group]
+        if len(group) == 1 or not batchable(caches):
+            for seq, tok in group:
+                seq.next_logits = self._forward(seq, [tok])
+            return
+        self.activate_adapter(adapter)
+        logits = decode_step(self.model, self._cache_arg, caches, [tok for _, tok in group], self.device)
+        for (seq, _), row in zip(group, logits):
+            seq.next_logits = row
+        self.batched_rows += len(group)
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if seq in self._active:

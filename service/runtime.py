@@ -75,7 +75,8 @@ class Runtime:
         self.feedback = FeedbackService(self.store)
         log.info("loading model %s", self.settings.model)
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
-        self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device)
+        self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
+                             max_batch=self.settings.max_batch)
         self.engine.start()
         from .swap import AdapterWatcher
         self.metrics = ServerMetrics()

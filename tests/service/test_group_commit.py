@@ -12,6 +12,14 @@ from service.keys import Keys
 from service.store import ChatStore
 
 
+def run_async(coro):
+    """asyncio.run on a thread of its own: the Playwright fixtures keep an event loop
+    running on the main thread for the whole session."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class Recorder:
     """A flush that remembers its batches and can be made to fail once."""
 
@@ -35,7 +43,7 @@ def test_concurrent_submits_share_flushes_and_keep_order():
         futs = [gc.submit(i) for i in range(120)]
         results = await asyncio.gather(*futs)
         return flush, gc, results
-    flush, gc, results = asyncio.run(run())
+    flush, gc, results = run_async(run())
     assert results == [f"r{i}" for i in range(120)]
     assert [x for b in flush.batches for x in b] == list(range(120))       # order kept across batches
     assert [len(b) for b in flush.batches] == [50, 50, 20]                 # batches capped at max_batch
@@ -49,7 +57,7 @@ def test_a_lone_submit_is_written_at_once():
         first = await gc.submit("a")
         second = await gc.submit("b")
         return flush, first, second
-    flush, first, second = asyncio.run(run())
+    flush, first, second = run_async(run())
     assert (first, second) == ("ra", "rb") and flush.batches == [["a"], ["b"]]
 
 
@@ -60,7 +68,7 @@ def test_a_failed_batch_fails_each_of_its_writers_and_the_next_batch_still_runs(
         flush.fail_next = ConnectionError("redis away")
         futs = [gc.submit(i) for i in range(5)]
         return await asyncio.gather(*futs, return_exceptions=True), flush
-    results, flush = asyncio.run(run())
+    results, flush = run_async(run())
     assert all(isinstance(r, ConnectionError) for r in results[:3])
     assert results[3:] == ["r3", "r4"] and flush.batches == [[3, 4]]
 
@@ -75,7 +83,7 @@ def test_batched_record_once_against_real_redis(redis_url, prefix, rdb):
         batches = store._events.batches
         await client.aclose()
         return out, batches
-    out, batches = asyncio.run(run())
+    out, batches = run_async(run())
     created = [c for c, _ in out]
     assert created == [True] * 150 + [False] * 50            # a repeat id, even within one batch, is stored once
     assert [sid for _, sid in out[150:]] == [sid for _, sid in out[:50]]   # a repeat names the first copy

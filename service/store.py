@@ -38,6 +38,21 @@ return out
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 
+def record_once_call(stream: str, items: list[tuple[str, list[str]]]) -> tuple[list[str], list]:
+    """KEYS and ARGV of _RECORD_ONCE for [(idempotency key, flat field/value list), ...]."""
+    keys, args = [stream], [IDEMPOTENCY_TTL_S]
+    for id_key, flat in items:
+        keys.append(id_key)
+        args += [len(flat), *flat]
+    return keys, args
+
+
+def record_once_results(out: list) -> list[tuple[bool, str]]:
+    """[(created, stream id)] per item, from _RECORD_ONCE's flat reply."""
+    return [(bool(out[i]), out[i + 1].decode() if isinstance(out[i + 1], bytes) else str(out[i + 1]))
+            for i in range(0, len(out), 2)]
+
+
 @dataclass(frozen=True)
 class SessionMeta:
     session_id: str
@@ -145,11 +160,6 @@ class ChatStore:
         return await self.submit_once(idempotency_key, fields)
 
     async def _record_many(self, items) -> list[tuple[bool, str]]:
-        keys, args = [self.k.events], [IDEMPOTENCY_TTL_S]
-        for idempotency_key, fields in items:
-            flat = _flat(fields)
-            keys.append(self.k.feedback_id(idempotency_key))
-            args += [len(flat), *flat]
-        out = await self._record_once(keys=keys, args=args)
-        return [(bool(out[i]), out[i + 1].decode() if isinstance(out[i + 1], bytes) else str(out[i + 1]))
-                for i in range(0, len(out), 2)]
+        keys, args = record_once_call(self.k.events, [(self.k.feedback_id(key), _flat(fields))
+                                                      for key, fields in items])
+        return record_once_results(await self._record_once(keys=keys, args=args))

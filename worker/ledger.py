@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from service.keys import Keys
-from service.store import _RECORD_ONCE, IDEMPOTENCY_TTL_S  # same idempotent append as the server's
+from service.store import _RECORD_ONCE, record_once_call, record_once_results  # the server's idempotent append
 
 from . import ledger_lua as lua
 
@@ -191,9 +191,9 @@ class RewardLedger:
 
     def record_abandon(self, reply_id: str, fields: dict) -> bool:
         """Append one `abandon` event for the reply, at most once ever (like the server's feedback)."""
-        created, _ = self._record_once(keys=[self.k.feedback_id(f"derived:abandon:{reply_id}"), self.k.events],
-                                       args=[IDEMPOTENCY_TTL_S, *_flat(fields)])
-        return bool(created)
+        keys, args = record_once_call(self.k.events, [(self.k.feedback_id(f"derived:abandon:{reply_id}"),
+                                                       _flat(fields))])
+        return record_once_results(self._record_once(keys=keys, args=args))[0][0]
 
     # --- counters and the beat lock ----------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:

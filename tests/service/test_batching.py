@@ -24,8 +24,8 @@ def _prefill(model, arg, ids):
     return getattr(out, arg), int(out.logits[0, -1].argmax())
 
 
+@torch.no_grad()   # not set_grad_enabled(False): that would leak into later tests that train
 def test_a_batched_step_equals_each_sequence_alone(tiny):
-    torch.set_grad_enabled(False)
     model, arg = tiny.model, cache_argument_name(tiny.model)
     prompts = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23, 24, 25]]   # different lengths
     alone, batched = [], []

@@ -186,7 +186,7 @@ def main() -> None:
     print(table(rows, ["figure", "value"]))
     path = write_json("hotswap", {"args": vars(args), "rows": rows, "apply_ms": apply_ms,
                                   "publish_to_first_token_ms": to_first,
-                                  "publish_to_everywhere_ms": to_everywhere})
+                                  "publish_to_everywhere_ms": to_everywhere, "swaps": loaded})
     print(f"\nwrote {path}")
 
 

@@ -27,6 +27,11 @@ from .routing import Routing, desired_versions
 log = logging.getLogger(__name__)
 
 
+def _log_failure(fut) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("could not prepare a spare adapter slot: %s", fut.exception())
+
+
 class AdapterWatcher:
     def __init__(self, redis: aredis.Redis, keys: Keys, engine, model_id: str, adapters_dir: Path,
                  max_resident: int = 3, resync_s: float = 5.0, metrics=None):
@@ -42,6 +47,7 @@ class AdapterWatcher:
         self.server_id = f"{socket.gethostname()}:{os.getpid()}"
         self._module_names = {n for n, _ in engine.model.named_modules()}
         self._lock = asyncio.Lock()
+        self._keep: set[str] = set()            # versions the last reconcile wants resident
 
     # --- what chat uses ---------------------------------------------------------------
     def route(self, session_id: str) -> str:
@@ -69,10 +75,18 @@ class AdapterWatcher:
                 await pubsub.subscribe(self.k.adapters_changed)
                 await self.reconcile()
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.resync_s)
+                    # A version still streaming could not be unloaded: look again soon, so its
+                    # slot is free for the next version (a copy in place, not a new slot).
+                    waiting = bool(self._unwanted())
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=0.5 if waiting else self.resync_s)
                     if msg and msg.get("type") == "message":
                         self._note_publish(msg.get("data"))
-                    await self.reconcile()
+                        await self.reconcile()
+                    elif waiting:
+                        await self._release_unused()
+                    else:
+                        await self.reconcile()
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise
@@ -109,13 +123,22 @@ class AdapterWatcher:
                 log.info("routing: stable=%s canary=%s share=%.2f", routing.stable, routing.canary or "-",
                          routing.canary_share)
                 self.routing = routing
-            keep = set(want) | {routing.stable, routing.canary}
-            for v in list(self.slots.loaded):
-                if v not in keep:
-                    if await asyncio.wrap_future(self.engine.call(lambda v=v: self.slots.unload(v))):
-                        log.info("unloaded adapter %s", v)
-            if self.metrics:
-                self.metrics.resident.set(len(self.slots.loaded))
+            self._keep = set(want) | {routing.stable, routing.canary}
+            await self._unload(self._unwanted())
+
+    def _unwanted(self) -> list[str]:
+        return [v for v in self.slots.loaded if v not in self._keep]
+
+    async def _release_unused(self) -> None:
+        async with self._lock:
+            await self._unload(self._unwanted())
+
+    async def _unload(self, versions: list[str]) -> None:
+        for v in versions:   # refused (kept) while a stream still uses it
+            if await asyncio.wrap_future(self.engine.call(lambda v=v: self.slots.unload(v))):
+                log.info("unloaded adapter %s", v)
+        if self.metrics:
+            self.metrics.resident.set(len(self.slots.loaded))
 
     async def _load(self, version: str) -> None:
         folder = self.dir / f"v{int(version)}" if version.isdigit() else self.dir / version
@@ -142,6 +165,8 @@ class AdapterWatcher:
             await self._record("swap", version, "refused", reason, time.perf_counter() - t0)
             return
         took = time.perf_counter() - t0
+        spare = self.engine.call(lambda: self.slots.add_spare(version))   # not awaited: after the swap
+        spare.add_done_callback(_log_failure)
         log.info("adapter %s loaded in %.0f ms (validate %.0f, wait for the engine %.0f, load %.0f)", version,
                  took * 1000, timing["validate_s"] * 1000, timing["engine_wait_s"] * 1000, timing["load_s"] * 1000)
         await self._record("swap", version, "loaded", "", took, timing)

@@ -131,3 +131,21 @@ def test_switching_versions_step_by_step_computes_what_each_version_alone_comput
         slots.activate(v)
         assert torch.allclose(_logits(engine.model, ids), alone[v], atol=1e-6), f"after switching to {v}"
     assert slots._layers, "the fast switch found PEFT's LoRA layers"
+
+
+def test_a_spare_slot_is_built_after_a_load_and_the_next_version_is_copied_into_it(models_dir, adapters):
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    engine = _Engine(load_model("tiny-random", models_dir, "cpu").model)
+    slots = AdapterSlots(engine)
+    slots.load("1", adapters[0])
+    spare = slots.add_spare("1")
+    assert spare is not None and slots.free == [spare]
+    assert slots.add_spare("1") is None                   # one free slot of that shape is enough
+    slots.load("2", adapters[1])                          # same shape: copied into the spare
+    assert slots.reused == 1 and slots.slot_of["2"] == spare
+    fresh = PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model, str(adapters[1])).eval()
+    slots.activate("2")
+    assert torch.allclose(_logits(engine.model, ids), _logits(fresh, ids), atol=1e-6)
+    slots.activate("1")                                   # the version the spare was built from is untouched
+    first = PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model, str(adapters[0])).eval()
+    assert torch.allclose(_logits(engine.model, ids), _logits(first, ids), atol=1e-6)

@@ -93,9 +93,12 @@ async def drive(servers, sessions: int, seconds: float, stats: Stats) -> float:
 
 
 def _serves(srv, version: str) -> bool:
+    """Serving `version`, with its slot pool built (building slots stalls decoding: not
+    something the no-swap phase should measure)."""
     from tests.helpers import ADMIN, http
     code, body = http("GET", srv.url + "/admin/adapters", token=ADMIN)
-    return code == 200 and body["server"]["routing"]["stable"] == version
+    st = body["server"] if code == 200 else {}
+    return code == 200 and st["routing"]["stable"] == version and st.get("slots") == st.get("slot_pool")
 
 
 def main() -> None:

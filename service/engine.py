@@ -7,7 +7,8 @@ there is no model call on the event loop and no global `set_adapter` race.
 Scheduling is per round: each active sequence advances one token per round, so
 streams interleave fairly and a cancelled one frees its slot at the next step. The
 tokens of a round are fed back in one batched forward per adapter version
-(`batching.py`); prefill runs one prompt at a time.
+(`batching.py`); prompts are prefilled one at a time, in chunks of at most
+`prefill_chunk` tokens per round.
 """
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class _Sequence:
     ids: list[int] = field(default_factory=list)
     cache: object = None
     next_logits: torch.Tensor | None = None
+    prefilled: int = 0          # prompt tokens already in the cache
     text: str = ""
     first_token_at: float | None = None
 
@@ -110,7 +112,7 @@ def cache_argument_name(model) -> str:
 
 class Engine:
     def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
-                 max_batch: int = 32):
+                 max_batch: int = 32, prefill_chunk: int = 256):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -122,6 +124,7 @@ class Engine:
         self.steps = 0                  # tokens sampled
         self.batched_rows = 0           # of which fed back in a batched forward
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self.active_count = 0
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
         self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
@@ -179,8 +182,8 @@ class Engine:
                 self._finish(seq, "cancelled")
                 continue
             try:
-                if seq.next_logits is None:  # prefill
-                    seq.next_logits = self._forward(seq, seq.request.prompt_ids)
+                if seq.next_logits is None and not self._prefill(seq):
+                    continue  # more of the prompt next round
                 tok = self._sample(seq)
             except Exception as exc:
                 self._fail([seq], exc)
@@ -238,6 +241,19 @@ class Engine:
         out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self._cache_arg: seq.cache})
         seq.cache = getattr(out, self._cache_arg)
         return out.logits[0, -1]  # [V]
+
+    def _prefill(self, seq: _Sequence) -> bool:
+        """Feed the next chunk of the prompt; True once all of it is in. A long prompt is
+        split so that no single forward pass holds up the other streams (or an adapter
+        load waiting between passes) for long."""
+        prompt = seq.request.prompt_ids
+        chunk = prompt[seq.prefilled:seq.prefilled + self.prefill_chunk]
+        logits = self._forward(seq, chunk)
+        seq.prefilled += len(chunk)
+        if seq.prefilled < len(prompt):
+            return False
+        seq.next_logits = logits
+        return True
 
     def _sample(self, seq: _Sequence) -> int | None:
         """Sample and emit the next token; None when the sequence ended here."""

@@ -82,7 +82,7 @@ class Runtime:
         self.metrics = ServerMetrics()
         self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
                                       Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, slots=self.settings.adapter_slots)
         self.chat = ChatService(self.engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
                                 watcher=self.watcher, metrics=self.metrics)
         log.info("model %s ready on %s", self.loaded.model_id, self.loaded.device)

@@ -70,6 +70,10 @@ class Settings:
         "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose "
         "lock expired cannot publish.", 120)
     max_resident: int = _help("REWARDLOOP_MAX_RESIDENT: most adapter versions loaded in one server.", 3)
+    adapter_slots: int = _help(
+        "REWARDLOOP_ADAPTER_SLOTS: LoRA slots kept built in one server (resident versions, older ones still "
+        "streaming, spares). A new version copied into a free slot swaps in milliseconds; building a slot "
+        "stalls decoding ~0.5 s. Each slot holds one adapter's weights in memory.", 8)
     max_batch: int = _help("REWARDLOOP_MAX_BATCH: most streams fed back in one batched decode step (1 = one "
                            "forward pass per stream).", 32)
     alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
@@ -124,6 +128,9 @@ class Settings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
         if not 0 <= self.temperature < float("inf"):
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r} (REWARDLOOP_TEMPERATURE)")
+        if self.adapter_slots < self.max_resident:
+            raise ValueError(f"adapter_slots ({self.adapter_slots}) must be >= max_resident ({self.max_resident}) "
+                             "(REWARDLOOP_ADAPTER_SLOTS, REWARDLOOP_MAX_RESIDENT)")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r} (REWARDLOOP_MAX_BATCH)")
         if self.max_new_tokens < 1:

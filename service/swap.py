@@ -34,11 +34,11 @@ def _log_failure(fut) -> None:
 
 class AdapterWatcher:
     def __init__(self, redis: aredis.Redis, keys: Keys, engine, model_id: str, adapters_dir: Path,
-                 max_resident: int = 3, resync_s: float = 5.0, metrics=None):
+                 max_resident: int = 3, resync_s: float = 5.0, metrics=None, slots: int = 8):
         self.r, self.k, self.engine, self.model_id = redis, keys, engine, model_id
         self.dir = Path(adapters_dir)
         self.max_resident, self.resync_s, self.metrics = max_resident, resync_s, metrics
-        self.slots = AdapterSlots(engine)
+        self.slots = AdapterSlots(engine, pool_size=max(slots, max_resident))
         engine.adapters = self.slots
         self.routing = Routing()
         self.refused: dict[str, str] = {}       # version -> why it may not be served
@@ -112,9 +112,11 @@ class AdapterWatcher:
                 if entry.get("created"):
                     self.published_at.setdefault(v, float(entry["created"]))
             want = desired_versions(stable, canary, h.get("rollback_target", ""), self.max_resident)
+            fresh = []
             for v in want:
                 if v not in self.slots.loaded and v not in self.refused:
                     await self._load(v)
+                    fresh.append(v)
             # Serve only what is loaded: an invalid new stable leaves the old one serving.
             new_stable = stable if self.servable(stable) else self.routing.stable
             new_canary = canary if canary and self.servable(canary) else ""
@@ -125,6 +127,12 @@ class AdapterWatcher:
                 self.routing = routing
             self._keep = set(want) | {routing.stable, routing.canary}
             await self._unload(self._unwanted())
+            if fresh and fresh[-1] in self.slots.loaded:
+                # Fill the slot pool after the swap (not awaited), one slot per engine call so
+                # streams move in between: later versions are then copies in place.
+                for _ in range(self.slots.pool_size - len(self.slots.shape)):
+                    spare = self.engine.call(lambda v=fresh[-1]: self.slots.add_spare(v))
+                    spare.add_done_callback(_log_failure)
 
     def _unwanted(self) -> list[str]:
         return [v for v in self.slots.loaded if v not in self._keep]
@@ -135,6 +143,8 @@ class AdapterWatcher:
 
     async def _unload(self, versions: list[str]) -> None:
         for v in versions:   # refused (kept) while a stream still uses it
+            if self.engine.refs.get(v, 0) > 0:   # a hint read off-thread; the engine re-checks
+                continue
             if await asyncio.wrap_future(self.engine.call(lambda v=v: self.slots.unload(v))):
                 log.info("unloaded adapter %s", v)
         if self.metrics:
@@ -165,8 +175,6 @@ class AdapterWatcher:
             await self._record("swap", version, "refused", reason, time.perf_counter() - t0)
             return
         took = time.perf_counter() - t0
-        spare = self.engine.call(lambda: self.slots.add_spare(version))   # not awaited: after the swap
-        spare.add_done_callback(_log_failure)
         log.info("adapter %s loaded in %.0f ms (validate %.0f, wait for the engine %.0f, load %.0f)", version,
                  took * 1000, timing["validate_s"] * 1000, timing["engine_wait_s"] * 1000, timing["load_s"] * 1000)
         await self._record("swap", version, "loaded", "", took, timing)
@@ -185,5 +193,5 @@ class AdapterWatcher:
 
     def status(self) -> dict:
         return {"server": self.server_id, "routing": dataclasses.asdict(self.routing), "loaded": self.loaded(),
-                "refused": self.refused,
+                "refused": self.refused, "slots": len(self.slots.shape), "slot_pool": self.slots.pool_size,
                 "refs": {k: v for k, v in self.engine.refs.items()}}

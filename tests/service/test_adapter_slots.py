@@ -136,11 +136,11 @@ def test_switching_versions_step_by_step_computes_what_each_version_alone_comput
 def test_a_spare_slot_is_built_after_a_load_and_the_next_version_is_copied_into_it(models_dir, adapters):
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     engine = _Engine(load_model("tiny-random", models_dir, "cpu").model)
-    slots = AdapterSlots(engine)
+    slots = AdapterSlots(engine, pool_size=2)
     slots.load("1", adapters[0])
     spare = slots.add_spare("1")
     assert spare is not None and slots.free == [spare]
-    assert slots.add_spare("1") is None                   # one free slot of that shape is enough
+    assert slots.add_spare("1") is None                   # the pool is full
     slots.load("2", adapters[1])                          # same shape: copied into the spare
     assert slots.reused == 1 and slots.slot_of["2"] == spare
     fresh = PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model, str(adapters[1])).eval()
@@ -149,3 +149,7 @@ def test_a_spare_slot_is_built_after_a_load_and_the_next_version_is_copied_into_
     slots.activate("1")                                   # the version the spare was built from is untouched
     first = PeftModel.from_pretrained(load_model("tiny-random", models_dir, "cpu").model, str(adapters[0])).eval()
     assert torch.allclose(_logits(engine.model, ids), _logits(first, ids), atol=1e-6)
+    # beyond the pool size, a freed slot is deleted rather than kept
+    slots.load("4", adapters[3])                          # rank 8: a new slot, the pool is now over size
+    assert len(slots.shape) == 3
+    assert slots.unload("1") and slots.free == [] and len(slots.shape) == 2

@@ -86,3 +86,24 @@ def test_concurrent_streams_are_batched_and_give_the_tokens_they_give_alone(tiny
     finally:
         engine.shutdown()
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_prompt_prefilled_in_chunks_gives_the_same_reply(tiny):
+    loop = asyncio.new_event_loop()
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    replies = []
+    try:
+        for chunk in (256, 3):
+            engine = Engine(tiny.model, tiny.tokenizer, torch.device("cpu"), stop_token_ids={-1}, prefill_chunk=chunk)
+            engine.start()
+            try:
+                req = GenerationRequest(list(range(3, 14)), SamplingParams(temperature=0.0, max_new_tokens=10, seed=1))
+                replies.append(_generate(engine, loop, [req])[0])
+            finally:
+                engine.shutdown()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+    (whole_toks, whole_lps), (chunked_toks, chunked_lps) = replies
+    assert chunked_toks == whole_toks and len(whole_toks) == 10
+    assert max(abs(a - b) for a, b in zip(whole_lps, chunked_lps)) < 1e-4

@@ -3,13 +3,12 @@ exactly once. Shared by the websocket and POST /v1/feedback."""
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Awaitable
 
 from .auth import User
 from .protocol import Feedback, ProtocolError
-from .store import ChatStore
+from .store import ChatStore, new_event_id
 
 # A page measures dwell with its own clock; allow this much skew before calling it impossible.
 DWELL_SLACK_MS = 5_000
@@ -87,7 +86,7 @@ class FeedbackService:
                                     f"existed ({age_ms:.0f} ms)", fb.feedback_id)
         since_end = (now - float(reply["ended_at"])) * 1000 if reply["ended_at"] else None
         fields = {
-            "event_id": "ev_" + secrets.token_hex(10), "kind": fb.kind, "value": fb.value,
+            "event_id": new_event_id(), "kind": fb.kind, "value": fb.value,
             "feedback_id": fb.feedback_id, "reply_id": fb.reply_id, "session_id": reply["session_id"],
             "user_id": user.user_id, "adapter_version": reply["adapter_version"],
             "client_time": fb.client_time, "server_time": repr(now),
@@ -112,7 +111,7 @@ class FeedbackService:
             return False
         gap = now - float(vals[2]) if vals[2] else None
         created, _ = await self.store.record_once(f"derived:continuation:{previous_reply_id}", {
-            "event_id": "ev_" + secrets.token_hex(10), "kind": "continuation",
+            "event_id": new_event_id(), "kind": "continuation",
             "value": None if gap is None else round(gap, 3), "reply_id": previous_reply_id,
             "session_id": vals[0], "user_id": user.user_id, "adapter_version": vals[1],
             "server_time": repr(now), "derived": 1,

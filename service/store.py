@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,21 +18,21 @@ from .keys import Keys
 # Idempotent event append, for a batch of events in one call: each event's id record and
 # stream entry are written in one atomic step, so a retry can never store a second copy,
 # and with appendfsync always the reply to this script means the events are on disk.
-# KEYS = [stream, id key 1, id key 2, ...]; ARGV = [ttl, n1, n1 field/value strings, n2, ...]
+# KEYS = [stream, id key 1, id key 2, ...]; ARGV = [ttl, JSON [[field, value, ...], ...]]
+# (one JSON argument instead of hundreds: packing arguments was a fifth of the server's time).
 # Returns [created1, stream id1, created2, stream id2, ...].
 _RECORD_ONCE = """
-local out, pos, ttl = {}, 2, tonumber(ARGV[1])
+local out, ttl = {}, tonumber(ARGV[1])
+local events = cjson.decode(ARGV[2])
 for i = 2, #KEYS do
-  local n = tonumber(ARGV[pos])
   local prev = redis.call('GET', KEYS[i])
   if prev then
     out[#out + 1] = 0; out[#out + 1] = prev
   else
-    local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, pos + 1, pos + n))
+    local id = redis.call('XADD', KEYS[1], '*', unpack(events[i - 1]))
     redis.call('SET', KEYS[i], id, 'EX', ttl)
     out[#out + 1] = 1; out[#out + 1] = id
   end
-  pos = pos + n + 1
 end
 return out
 """
@@ -40,11 +42,7 @@ IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 def record_once_call(stream: str, items: list[tuple[str, list[str]]]) -> tuple[list[str], list]:
     """KEYS and ARGV of _RECORD_ONCE for [(idempotency key, flat field/value list), ...]."""
-    keys, args = [stream], [IDEMPOTENCY_TTL_S]
-    for id_key, flat in items:
-        keys.append(id_key)
-        args += [len(flat), *flat]
-    return keys, args
+    return [stream, *(id_key for id_key, _ in items)], [IDEMPOTENCY_TTL_S, json.dumps([flat for _, flat in items])]
 
 
 def record_once_results(out: list) -> list[tuple[bool, str]]:
@@ -63,6 +61,16 @@ class SessionMeta:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
+
+
+_event_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _event_ids.seed(secrets.randbits(128)))  # no shared sequence
+
+
+def new_event_id() -> str:
+    """Unique, not secret (nothing is authorised by it): a seeded generator instead of an
+    os.urandom call per feedback, which showed up at thousands of events per second."""
+    return f"ev_{_event_ids.getrandbits(80):020x}"
 
 
 def _flat(fields: dict) -> list[str]:

@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pg-baseline", default="batch", choices=["batch", "zero"],
+                   help="the learner's policy-gradient baseline (TrainConfig.pg_baseline)")
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
                         reward_config=work / "reward.toml")
     cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=2, holdout_share=0.2,
-                      kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0,
+                      kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0, pg_baseline=args.pg_baseline,
                       **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
     pref = Preference()

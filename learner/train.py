@@ -160,7 +160,7 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # one baseline for the whole run: a mini-batch of only good replies still gets pushed up
-    baseline = sum(s.reward for s in data.train) / len(data.train)
+    baseline = sum(s.reward for s in data.train) / len(data.train) if cfg.pg_baseline == "batch" else 0.0
     n_batches = math.ceil(len(data.train) / cfg.minibatch_size)
     stats: dict = {"steps": 0, "baseline": baseline, "first": None, "last": None}
     step_times: list[float] = []

@@ -24,6 +24,7 @@ def test_defaults_and_every_field_has_help():
     ({"holdout_share": 0.95}, "TrainConfig.holdout_share"), ({"kl_budget": -1}, "TrainConfig.kl_budget"),
     ({"lora": {"rank": 0}}, "LoraSettings.rank"), ({"lora": {"dropout": 1.0}}, "LoraSettings.dropout"),
     ({"losses": {"kl": -0.1}}, "LossWeights.kl"), ({"sft_threshold": 2}, "TrainConfig.sft_threshold"),
+    ({"pg_baseline": "median"}, "TrainConfig.pg_baseline"),
 ])
 def test_bad_values_name_the_field_and_value(kwargs, field):
     with pytest.raises((ValueError, TypeError)) as err:

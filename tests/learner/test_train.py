@@ -115,3 +115,20 @@ def test_kto_dpo_and_greedy_rows_train_without_nans(tiny, logged):
     for key in ("pg", "kl", "sft", "kto", "dpo", "loss", "dpo_reward_accuracy", "kto_chosen_reward"):
         assert key in stats["last"] and torch.isfinite(torch.tensor(stats["last"][key])), key
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("choice, expected", [("batch", 0.75), ("zero", 0.0)])
+def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expected):
+    """'zero' keeps every good reply's advantage positive even in a run of only good replies."""
+    from learner.dataset import Dataset
+    from learner.losses import LossWeights
+    from learner.modeling import load_model
+    from learner.train import train, wrap_with_lora
+    rewards = {item.reply_id: 1.0 if k % 2 else 0.5 for k, item in enumerate(logged[:4])}   # all good, mean 0.75
+    samples = as_samples(logged[:4], lambda i: rewards[i.reply_id])
+    cfg = TrainConfig(lr=1e-4, minibatch_size=4, epochs=1, pg_baseline=choice,
+                      losses=LossWeights(pg=1.0, kl=0.0, sft=0.0))
+    model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
+    data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
+    stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
+    assert stats["baseline"] == pytest.approx(expected)

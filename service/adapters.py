@@ -103,7 +103,6 @@ class AdapterSlots:
 
     def load(self, version: str, folder: Path, valid: ValidAdapter | None = None) -> None:
         """Load a version; `valid` (from validate_adapter) saves reading the folder again."""
-        from peft import PeftModel
         if version in self.loaded:
             return
         if valid is None:
@@ -116,16 +115,7 @@ class AdapterSlots:
             self.free.remove(slot)
             self.reused += 1
         else:
-            slot = f"slot{self._next}"
-            self._next += 1
-            if not isinstance(self.engine.model, PeftModel):
-                self.engine.model = PeftModel.from_pretrained(self.engine.model, str(folder), adapter_name=slot,
-                                                              is_trainable=False)
-            else:
-                self.engine.model.load_adapter(str(folder), adapter_name=slot, is_trainable=False)
-            self.engine.model.eval()
-            self._layers = None
-            self.shape[slot] = sig
+            slot = self._build_slot(folder, sig)
         self.slot_of[version] = slot
         self.loaded[version] = Path(folder)
         self.active = "?"  # force the next activate() to set state explicitly
@@ -137,15 +127,24 @@ class AdapterSlots:
         watcher asks for this after a swap, one slot per engine call, off the swap's path."""
         if version not in self.loaded or len(self.shape) >= self.pool_size:
             return None
-        sig = self.shape[self.slot_of[version]]
+        slot = self._build_slot(self.loaded[version], self.shape[self.slot_of[version]])
+        self.free.append(slot)
+        self.active = "?"
+        return slot
+
+    def _build_slot(self, folder: Path, sig: str) -> str:
+        """New PEFT adapter modules named slotN, loaded from `folder` (the slow path)."""
+        from peft import PeftModel
         slot = f"slot{self._next}"
         self._next += 1
-        self.engine.model.load_adapter(str(self.loaded[version]), adapter_name=slot, is_trainable=False)
+        if not isinstance(self.engine.model, PeftModel):
+            self.engine.model = PeftModel.from_pretrained(self.engine.model, str(folder), adapter_name=slot,
+                                                          is_trainable=False)
+        else:
+            self.engine.model.load_adapter(str(folder), adapter_name=slot, is_trainable=False)
         self.engine.model.eval()
         self._layers = None
         self.shape[slot] = sig
-        self.free.append(slot)
-        self.active = "?"
         return slot
 
     def _copy_into(self, slot: str, tensors: dict[str, torch.Tensor]) -> bool:
@@ -216,8 +215,8 @@ class AdapterSlots:
         if self._layers is None:
             from peft.tuners.tuners_utils import BaseTunerLayer
             self._layers = [m for m in self.engine.model.modules() if isinstance(m, BaseTunerLayer)]
-        if not self._layers or not all(hasattr(m, "_active_adapter") and hasattr(m, "_disable_adapters")
-                                        for m in self._layers[:1]):
+        if not self._layers or not (hasattr(self._layers[0], "_active_adapter")
+                                    and hasattr(self._layers[0], "_disable_adapters")):
             return False
         for layer in self._layers:
             layer._disable_adapters = slot is None

@@ -73,7 +73,8 @@ def new_event_id() -> str:
     return f"ev_{_event_ids.getrandbits(80):020x}"
 
 
-def _flat(fields: dict) -> list[str]:
+def flat_fields(fields: dict) -> list[str]:
+    """[field, value, ...] as Redis stores them: None left out, non-strings as JSON."""
     out: list[str] = []
     for k, v in fields.items():
         if v is None:
@@ -133,7 +134,7 @@ class ChatStore:
         rid, sid = record["reply_id"], record["session_id"]
         now = time.time()
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.k.reply(rid), mapping=dict(zip(*[iter(_flat(record))] * 2)))
+            p.hset(self.k.reply(rid), mapping=dict(zip(*[iter(flat_fields(record))] * 2)))
             p.rpush(self.k.session_replies(sid), rid)
             if in_history:
                 if history_index is None:
@@ -157,7 +158,7 @@ class ChatStore:
 
     # --- events ---------------------------------------------------------------------
     async def add_event(self, fields: dict) -> str:
-        return (await self.r.xadd(self.k.events, dict(zip(*[iter(_flat(fields))] * 2)))).decode()
+        return (await self.r.xadd(self.k.events, dict(zip(*[iter(flat_fields(fields))] * 2)))).decode()
 
     def submit_once(self, idempotency_key: str, fields: dict) -> asyncio.Future:
         """Queue an idempotent event append now; the future gives (True, stream id) when
@@ -168,6 +169,6 @@ class ChatStore:
         return await self.submit_once(idempotency_key, fields)
 
     async def _record_many(self, items) -> list[tuple[bool, str]]:
-        keys, args = record_once_call(self.k.events, [(self.k.feedback_id(key), _flat(fields))
+        keys, args = record_once_call(self.k.events, [(self.k.feedback_id(key), flat_fields(fields))
                                                       for key, fields in items])
         return record_once_results(await self._record_once(keys=keys, args=args))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import redis
 
 from service.keys import Keys
-from service.store import _RECORD_ONCE, record_once_call, record_once_results  # the server's idempotent append
+from service.store import (_RECORD_ONCE, flat_fields,  # the server's idempotent append
+                           record_once_call, record_once_results)
 
 from . import ledger_lua as lua
 
@@ -26,14 +27,6 @@ VOTES_KEPT = 50
 def connect(url: str) -> redis.Redis:
     # RESP2 and str replies: stream and hash replies keep the shapes this module expects
     return redis.Redis.from_url(url, decode_responses=True, protocol=2, health_check_interval=30)
-
-
-def _flat(fields: dict) -> list[str]:
-    out: list[str] = []
-    for k, v in fields.items():
-        if v is not None:
-            out += [k, v if isinstance(v, str) else json.dumps(v)]
-    return out
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,7 @@ class RewardLedger:
         letter = {"stream_id": entry.stream_id, "kind": fields.get("kind", ""), "reply_id": fields.get("reply_id", ""),
                   "deliveries": entry.deliveries, "error": error, "event": fields, "dead_at": repr(time.time())}
         done = self._dead(keys=[self.k.events, self.k.dead_letters, self.k.worker_errors, self.k.worker_stats],
-                          args=[GROUP, entry.stream_id, json.dumps(_flat(letter))])
+                          args=[GROUP, entry.stream_id, json.dumps(flat_fields(letter))])
         return bool(done)
 
     def dead_letters(self, limit: int) -> list[tuple[str, dict]]:
@@ -123,7 +116,7 @@ class RewardLedger:
         """0 duplicate (already counted), 1 recorded, 2 recorded as late (the reply was final)."""
         keys = [self.k.reward_signals(reply_id), self.k.reward(reply_id), self.k.pairs, self.k.user_votes(user_id),
                 self.k.worker_stats]
-        args = [signal["event_id"], json.dumps(signal), json.dumps(_flat(pair)) if pair else "",
+        args = [signal["event_id"], json.dumps(signal), json.dumps(flat_fields(pair)) if pair else "",
                 json.dumps(vote) if vote else ""]
         return int(self._apply(keys=keys, args=args))
 
@@ -161,8 +154,8 @@ class RewardLedger:
         """1 finalized now, 0 already final, -1 a signal arrived meanwhile (recompute and retry)."""
         keys = [self.k.reward(reply_id), self.k.rewards_pending, self.k.reward_signals(reply_id), self.k.rewards,
                 self.k.pairs, self.k.worker_stats]
-        args = [reply_id, n_signals, json.dumps(_flat(ledger_fields)), json.dumps(_flat(stream_fields)),
-                json.dumps(_flat(pair)) if pair else ""]
+        args = [reply_id, n_signals, json.dumps(flat_fields(ledger_fields)), json.dumps(flat_fields(stream_fields)),
+                json.dumps(flat_fields(pair)) if pair else ""]
         return int(self._finalize(keys=keys, args=args))
 
     def entry(self, reply_id: str) -> dict:
@@ -192,7 +185,7 @@ class RewardLedger:
     def record_abandon(self, reply_id: str, fields: dict) -> bool:
         """Append one `abandon` event for the reply, at most once ever (like the server's feedback)."""
         keys, args = record_once_call(self.k.events, [(self.k.feedback_id(f"derived:abandon:{reply_id}"),
-                                                       _flat(fields))])
+                                                       flat_fields(fields))])
         return record_once_results(self._record_once(keys=keys, args=args))[0][0]
 
     # --- counters and the beat lock ----------------------------------------------------------

@@ -1,50 +1,165 @@
-"""One decode step for several sequences in a single forward pass.
+"""Decode steps for several sequences in one forward pass, over a KV cache kept stacked.
 
-Each sequence keeps its own KV cache (they start, stop and get cancelled at different
-times). For a step, the caches are left-padded to the longest and stacked; an attention
-mask hides the padding and each row gets its own position, so a row computes what that
-sequence alone would (up to float rounding). The new token's keys and values are then
-appended to each sequence's own cache.
+A `DecodeBatch` holds the keys and values of every sequence decoding on one adapter
+version, one row each, in buffers preallocated per layer ([rows, heads, tokens, dim],
+grown by doubling). Rows have different lengths and are right-padded: a step writes each
+row's new key/value at that row's own length (one column, in place), the attention mask
+hides each row's padding, and each row gets its own position, so a row computes what its
+sequence alone would (up to float rounding).
 
-On a CPU a decode step of a small model is bound by reading the weights, so eight rows
-cost little more than one: this is where concurrent streams gain throughput.
+Why not stack each sequence's own cache for every step: on a CPU that copy (plus
+`DynamicCache`'s `torch.cat` per appended token) grows with the context and was ~70 % of a
+step over eight 1k-token streams — slower than eight separate forwards. Here a step costs
+the weights read once plus attention over the rows; a sequence's cache is copied only when
+it joins (after its prefill) and when the row it leaves is refilled by the last row.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as F
+
+
+def _grown(size: int, need: int, floor: int) -> int:
+    while size < need:
+        size = max(size * 2, floor)
+    return size
 
 
 def batchable(caches: list) -> bool:
-    """Only plain full-attention dynamic caches are stacked; anything else (sliding
+    """Only plain full-attention dynamic caches join a batch; anything else (sliding
     windows, quantized or static caches) decodes one sequence at a time."""
     from transformers.cache_utils import DynamicLayer
     return all(hasattr(c, "layers") and c.layers and all(type(layer) is DynamicLayer for layer in c.layers)
                for c in caches)
 
 
-def _stack_left_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
-    """[1, H, L_i, D] each -> [B, H, length, D], zeros on the left."""
-    return torch.cat([F.pad(t, (0, 0, length - t.shape[-2], 0)) if t.shape[-2] < length else t for t in tensors])
+class DecodeBatch:
+    """The rows of the sequences decoding on one adapter version. Engine thread only."""
+
+    def __init__(self):
+        self.members: list[object] = []   # row i belongs to members[i]
+        self.lengths: list[int] = []      # tokens in row i's cache
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, member) -> bool:
+        return any(m is member for m in self.members)
+
+    def _ensure(self, rows: int, tokens: int, like: torch.Tensor, layers: int) -> None:
+        cur_rows, cur_tokens = (self._keys[0].shape[0], self._keys[0].shape[2]) if self._keys else (0, 0)
+        new_rows, new_tokens = _grown(cur_rows, rows, 4), _grown(cur_tokens, tokens, 64)
+        if (new_rows, new_tokens) == (cur_rows, cur_tokens):
+            return
+        _, heads, _, dim = like.shape
+        # zeros, not empty: a masked-out column still meets the values (0 * NaN is NaN)
+        fresh = [torch.zeros(new_rows, heads, new_tokens, dim, dtype=like.dtype, device=like.device)
+                 for _ in range(2 * layers)]
+        for old, new in zip(self._keys + self._values, fresh):
+            new[:cur_rows, :, :cur_tokens] = old
+        self._keys, self._values = fresh[:layers], fresh[layers:]
+
+    def add(self, member, cache) -> None:
+        """Copy a prefilled sequence's DynamicCache into a new last row."""
+        n = cache.get_seq_length()
+        first = cache.layers[0].keys
+        self._ensure(len(self.members) + 1, n + 1, first, len(cache.layers))
+        row = len(self.members)
+        for layer, k, v in zip(cache.layers, self._keys, self._values):
+            k[row, :, :n] = layer.keys[0]
+            v[row, :, :n] = layer.values[0]
+        self.members.append(member)
+        self.lengths.append(n)
+
+    def remove(self, member) -> None:
+        """Free member's row: the last row moves into it (one row copied, not the batch)."""
+        row = next(i for i, m in enumerate(self.members) if m is member)
+        last = len(self.members) - 1
+        if row != last:
+            n = self.lengths[last]
+            for k, v in zip(self._keys, self._values):
+                k[row, :, :n] = k[last, :, :n]
+                v[row, :, :n] = v[last, :, :n]
+            self.members[row], self.lengths[row] = self.members[last], self.lengths[last]
+        self.members.pop()
+        self.lengths.pop()
+        if not self.members:      # let the memory go with the last stream
+            self._keys, self._values = [], []
+
+    def step(self, model, cache_arg: str, feed: list[tuple[object, int]], max_rows: int, device) -> list:
+        """Feed members their tokens (`feed`: (member, token id) pairs), in forwards of at
+        most `max_rows` rows; returns next-token logits [V] in feed's order. A member
+        without a token this step gets a placeholder that is not kept (its length stays)."""
+        where = {id(m): i for i, (m, _) in enumerate(feed)}
+        out: list = [None] * len(feed)
+        for lo in range(0, len(self.members), max_rows):
+            hi = min(lo + max_rows, len(self.members))
+            idx = [where.get(id(m)) for m in self.members[lo:hi]]
+            if all(i is None for i in idx):
+                continue
+            toks = [0 if i is None else feed[i][1] for i in idx]
+            logits = self._forward(model, cache_arg, lo, hi, toks, device)
+            for row, i in enumerate(idx):
+                if i is not None:
+                    out[i] = logits[row]
+                    self.lengths[lo + row] += 1
+        return out
+
+    def _forward(self, model, cache_arg, lo, hi, toks, device) -> torch.Tensor:
+        lens = self.lengths[lo:hi]
+        width = max(lens) + 1
+        self._ensure(len(self.members), width, self._keys[0], len(self._keys))
+        mask = (torch.arange(width) <= torch.tensor(lens)[:, None]).long().to(device)   # real tokens + the new one
+        cache = _rows_cache_class()(self, lo, hi, lens)
+        res = model(input_ids=torch.tensor([[t] for t in toks], device=device), attention_mask=mask,
+                    position_ids=torch.tensor([[n] for n in lens], device=device),
+                    use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        return res.logits[:, -1]
 
 
-def decode_step(model, cache_arg: str, caches: list, tokens: list[int], device) -> torch.Tensor:
-    """Feed tokens[i] to the sequence owning caches[i]; returns next-token logits [B, V] and
-    appends the step's keys/values to every cache."""
-    from transformers.cache_utils import DynamicCache
-    lens = [c.get_seq_length() for c in caches]
-    longest = max(lens)
-    stacked = [(_stack_left_padded([c.layers[i].keys for c in caches], longest),
-                _stack_left_padded([c.layers[i].values for c in caches], longest))
-               for i in range(len(caches[0].layers))]
-    mask = torch.zeros(len(caches), longest + 1, dtype=torch.long, device=device)
-    for row, n in enumerate(lens):
-        mask[row, longest - n:] = 1                               # real tokens + the new one
-    out = model(input_ids=torch.tensor([[t] for t in tokens], device=device),
-                attention_mask=mask, position_ids=torch.tensor([[n] for n in lens], device=device),
-                use_cache=True, logits_to_keep=1, **{cache_arg: DynamicCache(stacked)})
-    grown = getattr(out, cache_arg)
-    for row, cache in enumerate(caches):
-        for layer, new in zip(cache.layers, grown.layers):
-            layer.update(new.keys[row:row + 1, :, -1:], new.values[row:row + 1, :, -1:])
-    return out.logits[:, -1]
+@functools.cache
+def _rows_cache_class():
+    """Defined on first use: importing transformers takes seconds, and only a loaded model
+    needs it."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class RowsLayer(CacheLayerMixin):
+        """One layer of rows [lo, hi) of a DecodeBatch, seen by the model as a cache whose
+        length is the widest row; update writes each row's new column in place."""
+        is_sliding = False
+        is_compileable = False
+
+        def __init__(self, keys, values, lo, hi, lens):
+            super().__init__()
+            self._k, self._v, self._lo, self._hi = keys, values, lo, hi
+            self._rows = torch.arange(lo, hi, device=keys.device)
+            self._cols = torch.tensor(lens, device=keys.device)
+            self._width = max(lens)
+            self.is_initialized = True
+
+        def lazy_initialization(self, key_states, value_states):  # the buffers already exist
+            pass
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self._k[self._rows, :, self._cols] = key_states[:, :, -1]
+            self._v[self._rows, :, self._cols] = value_states[:, :, -1]
+            w = self._width + 1
+            return self._k[self._lo:self._hi, :, :w], self._v[self._lo:self._hi, :, :w]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self._width + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return self._width
+
+        def get_max_length(self) -> int:
+            return -1
+
+    class RowsCache(Cache):
+        def __init__(self, batch, lo, hi, lens):
+            super().__init__(layers=[RowsLayer(k, v, lo, hi, lens) for k, v in zip(batch._keys, batch._values)])
+
+    return RowsCache

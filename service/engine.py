@@ -5,10 +5,10 @@ and later every adapter load, happens on this thread between decode steps, so
 there is no model call on the event loop and no global `set_adapter` race.
 
 Scheduling is per round: each active sequence advances one token per round, so
-streams interleave fairly and a cancelled one frees its slot at the next step. The
-tokens of a round are fed back in one batched forward per adapter version
-(`batching.py`); prompts are prefilled one at a time, in chunks of at most
-`prefill_chunk` tokens per round.
+streams interleave fairly and a cancelled one frees its slot at the next step. Prompts
+are prefilled one at a time, in chunks of at most `prefill_chunk` tokens per round; a
+prefilled sequence's cache then moves into the `DecodeBatch` of its adapter version, and
+the tokens of a round are fed back in one forward per version (`batching.py`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .batching import batchable, decode_step
+from .batching import DecodeBatch, batchable
 from .sampling import SamplingParams, sample_token
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def cache_argument_name(model) -> str:
 
 class Engine:
     def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
-                 max_batch: int = 32, prefill_chunk: int = 256):
+                 max_batch: int = 32, prefill_chunk: int = 128):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -128,6 +128,7 @@ class Engine:
         self.active_count = 0
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
         self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
+        self._batches: dict[str | None, DecodeBatch] = {}   # adapter version -> its decoding rows
         self._cache_arg = cache_argument_name(model)
 
     @staticmethod
@@ -192,12 +193,10 @@ class Engine:
                 decode.setdefault(seq.request.adapter, []).append((seq, tok))
         for adapter, group in decode.items():
             self._drain_inbox(block=False)
-            for start in range(0, len(group), self.max_batch):
-                chunk = group[start:start + self.max_batch]
-                try:
-                    self._decode(adapter, chunk)
-                except Exception as exc:
-                    self._fail([seq for seq, _ in chunk], exc)
+            try:
+                self._decode(adapter, group)
+            except Exception as exc:
+                self._fail([seq for seq, _ in group], exc)
 
     def _fail(self, seqs: list[_Sequence], exc: Exception) -> None:
         log.exception("generation failed")
@@ -253,6 +252,9 @@ class Engine:
         if seq.prefilled < len(prompt):
             return False
         seq.next_logits = logits
+        if batchable([seq.cache]):
+            self._batches.setdefault(seq.request.adapter, DecodeBatch()).add(seq, seq.cache)
+            seq.cache = None
         return True
 
     def _sample(self, seq: _Sequence) -> int | None:
@@ -279,23 +281,32 @@ class Engine:
         return tok
 
     def _decode(self, adapter: str | None, group: list[tuple[_Sequence, int]]) -> None:
-        """Feed each sequence its sampled token: one forward pass for the whole group."""
-        caches = [seq.cache for seq, _ in group]
-        if len(group) == 1 or not batchable(caches):
-            for seq, tok in group:
+        """Feed each sequence its sampled token: one forward pass for the adapter's batch
+        (in chunks of max_batch rows); sequences outside it, one forward each."""
+        batch = self._batches.get(adapter)
+        rows = [(seq, tok) for seq, tok in group if batch is not None and seq in batch]
+        for seq, tok in group:
+            if batch is None or seq not in batch:
                 seq.next_logits = self._forward(seq, [tok])
+        if not rows:
             return
         self.activate_adapter(adapter)
-        logits = decode_step(self.model, self._cache_arg, caches, [tok for _, tok in group], self.device)
-        for (seq, _), row in zip(group, logits):
+        logits = batch.step(self.model, self._cache_arg, rows, self.max_batch, self.device)
+        for (seq, _), row in zip(rows, logits):
             seq.next_logits = row
-        self.batched_rows += len(group)
+        if min(len(batch), self.max_batch) > 1:
+            self.batched_rows += len(rows)
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if seq in self._active:
             self._active.remove(seq)
             name = seq.request.adapter or "base"
             self.refs[name] -= 1
+        batch = self._batches.get(seq.request.adapter)
+        if batch is not None and seq in batch:
+            batch.remove(seq)
+            if not batch:
+                del self._batches[seq.request.adapter]
         seq.cache = None  # free the KV cache now, not when the handle is collected
         tail = self.tokenizer.decode(seq.ids, skip_special_tokens=True)[len(seq.text):] if seq.ids else ""
         seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error,

@@ -76,7 +76,7 @@ class Runtime:
         log.info("loading model %s", self.settings.model)
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                             max_batch=self.settings.max_batch)
+                             max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk)
         self.engine.start()
         from .swap import AdapterWatcher
         self.metrics = ServerMetrics()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.modeling import load_model
-from service.batching import batchable, decode_step
+from service.batching import DecodeBatch, batchable
 from service.engine import Engine, GenerationRequest, TokenEvent, cache_argument_name
 from service.sampling import SamplingParams
 
@@ -24,32 +24,54 @@ def _prefill(model, arg, ids):
     return getattr(out, arg), int(out.logits[0, -1].argmax())
 
 
+class _Alone:
+    """Reference: one sequence decoded by itself with its own DynamicCache."""
+
+    def __init__(self, model, arg, ids):
+        self.model, self.arg = model, arg
+        out = model(input_ids=torch.tensor([ids]), use_cache=True, **{arg: None})
+        self.cache, self.logits = getattr(out, arg), out.logits[0, -1]
+
+    def feed(self, tok):
+        out = self.model(input_ids=torch.tensor([[tok]]), use_cache=True, **{self.arg: self.cache})
+        self.cache, self.logits = getattr(out, self.arg), out.logits[0, -1]
+        return self.logits
+
+
 @torch.no_grad()   # not set_grad_enabled(False): that would leak into later tests that train
-def test_a_batched_step_equals_each_sequence_alone(tiny):
+@pytest.mark.parametrize("max_rows", [32, 2])
+def test_batched_steps_equal_each_sequence_alone_as_rows_join_and_leave(tiny, max_rows):
     model, arg = tiny.model, cache_argument_name(tiny.model)
-    prompts = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23, 24, 25]]   # different lengths
-    alone, batched = [], []
-    for p in prompts:
-        cache, tok = _prefill(model, arg, p)
-        batched.append((cache, tok))
-        cache2, _ = _prefill(model, arg, p)
-        out = model(input_ids=torch.tensor([[tok]]), use_cache=True, **{arg: cache2})
-        alone.append((out.logits[0, -1], getattr(out, arg)))
-    caches = [c for c, _ in batched]
-    assert batchable(caches)
-    logits = decode_step(model, arg, caches, [t for _, t in batched], torch.device("cpu"))
-    for row, (ref_logits, ref_cache), cache, p in zip(logits, alone, caches, prompts):
-        assert torch.allclose(row, ref_logits, atol=1e-4), "batched logits differ from the sequence alone"
-        assert cache.get_seq_length() == len(p) + 1
-        for got, want in zip(cache.layers, ref_cache.layers):
-            assert torch.allclose(got.keys, want.keys, atol=1e-5) and torch.allclose(got.values, want.values,
-                                                                                        atol=1e-5)
-    # a second step on the grown caches still matches (padding never leaks into a row)
-    nxt = [int(r.argmax()) for r in logits]
-    again = decode_step(model, arg, caches, nxt, torch.device("cpu"))
-    for row, (ref_logits, ref_cache), tok in zip(again, alone, nxt):
-        out = model(input_ids=torch.tensor([[tok]]), use_cache=True, **{arg: ref_cache})
-        assert torch.allclose(row, out.logits[0, -1], atol=1e-4)
+    cpu = torch.device("cpu")
+    prompts = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23, 24, 25], [31] * 70]  # 70: grows the buffer
+    alone = [_Alone(model, arg, p) for p in prompts]
+    batch = DecodeBatch()
+    for i, p in enumerate(prompts[:3]):
+        cache, _ = _prefill(model, arg, p)
+        assert batchable([cache])
+        batch.add(i, cache)
+
+    def step_and_check(members):
+        feed = [(m, int(alone[m].logits.argmax())) for m in members]
+        got = batch.step(model, arg, feed, max_rows, cpu)
+        for (m, tok), logits in zip(feed, got):
+            assert torch.allclose(logits, alone[m].feed(tok), atol=1e-4), f"row of sequence {m} differs from it alone"
+        assert [batch.lengths[batch.members.index(m)] for m in members] == \
+            [alone[m].cache.get_seq_length() for m in members]
+
+    step_and_check([0, 1, 2])
+    step_and_check([0, 1, 2])                  # padding never leaks into a row
+    step_and_check([0, 2])                     # a row without a token this step keeps its length
+    batch.remove(0)                            # the last row moves into the freed one
+    assert batch.members == [2, 1]
+    step_and_check([1, 2])
+    cache, _ = _prefill(model, arg, prompts[3])
+    batch.add(3, cache)                        # a longer sequence joins: the buffer grows
+    for _ in range(3):
+        step_and_check([1, 2, 3])
+    for m in (1, 2, 3):
+        batch.remove(m)
+    assert len(batch) == 0 and batch._keys == []
 
 
 def _generate(engine, loop, requests):

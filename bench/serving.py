@@ -1,9 +1,11 @@
 """Serving benchmark: time to first token and decode tokens/s over the websocket, side by
 side with plain `model.generate` on the same prompt in the same run (ratio); then total
 tokens/s of N concurrent streams with batched decode steps against one forward pass per
-stream (REWARDLOOP_MAX_BATCH=1), same run.
+stream (REWARDLOOP_MAX_BATCH=1), same run, with a short prompt and with a long one (the
+decode step then attends over ~1k tokens per stream).
 
     python bench/serving.py [--model smollm2] [--tokens 64] [--runs 3] [--device cpu] [--streams 8]
+                            [--context 1000]
 """
 from __future__ import annotations
 
@@ -15,6 +17,15 @@ import time
 from common import live_server, mean, table, write_json
 
 PROMPT = "Explain in a few sentences why the sky is blue."
+FILLER = ("Sunlight is made of many colours. Air molecules scatter short wavelengths more than long ones, "
+          "so blue light is scattered across the whole sky and reaches our eyes from every direction. ")
+
+
+def long_prompt(tokenizer, n_tokens: int) -> str:
+    """A question after ~n_tokens of context, as a chat user would paste it."""
+    per = len(tokenizer(FILLER, add_special_tokens=False)["input_ids"])
+    text = FILLER * max(1, n_tokens // per)
+    return text + "\n\nGiven the text above, " + PROMPT[0].lower() + PROMPT[1:]
 
 
 def over_websocket(srv, runs: int) -> list[dict]:
@@ -38,7 +49,7 @@ def over_websocket(srv, runs: int) -> list[dict]:
     return out
 
 
-async def concurrent_streams(srv, streams: int) -> dict:
+async def concurrent_streams(srv, streams: int, prompt: str = PROMPT) -> dict:
     """`streams` sessions ask at once; total streamed tokens / wall time, and mean TTFT."""
     import asyncio
 
@@ -50,7 +61,7 @@ async def concurrent_streams(srv, streams: int) -> dict:
             while json.loads(await ws.recv())["type"] != "ready":
                 pass
             t0 = time.perf_counter()
-            await ws.send(json.dumps({"type": "user_message", "text": PROMPT, "client_msg_id": f"c{i}"}))
+            await ws.send(json.dumps({"type": "user_message", "text": prompt, "client_msg_id": f"c{i}"}))
             first = None
             while True:
                 f = json.loads(await ws.recv())
@@ -94,20 +105,27 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--streams", type=int, default=8, help="concurrent streams for the batching comparison")
+    ap.add_argument("--context", type=int, default=1000, help="prompt tokens of the long-prompt comparison")
     args = ap.parse_args()
     from tests.helpers import MODELS
     from service.settings import Settings
     system = Settings().system_prompt
+    from transformers import AutoTokenizer
+    from learner.modeling import resolve_model_path
+    long = long_prompt(AutoTokenizer.from_pretrained(resolve_model_path(args.model, MODELS)[0]), args.context)
+    big = {"REWARDLOOP_MAX_MESSAGE_BYTES": max(8192, 2 * len(long.encode()))}
     # Greedy with a stop-free budget so both sides decode the same number of tokens.
     with live_server(args.model, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
-                     REWARDLOOP_DEVICE=args.device) as (srv, _):
+                     REWARDLOOP_DEVICE=args.device, **big) as (srv, _):
         over_websocket(srv, 1)                      # warm-up
         ws = over_websocket(srv, args.runs)
         batched = asyncio.run(concurrent_streams(srv, args.streams))
+        batched_long = asyncio.run(concurrent_streams(srv, args.streams, long))
     with live_server(args.model, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
-                     REWARDLOOP_DEVICE=args.device, REWARDLOOP_MAX_BATCH=1) as (srv, _):
+                     REWARDLOOP_DEVICE=args.device, REWARDLOOP_MAX_BATCH=1, **big) as (srv, _):
         over_websocket(srv, 1)                      # warm-up
         one_by_one = asyncio.run(concurrent_streams(srv, args.streams))
+        one_by_one_long = asyncio.run(concurrent_streams(srv, args.streams, long))
     direct = plain_generate(args.model, MODELS, args.device, args.tokens, args.runs, system)
     rows = []
     for name, runs in (("websocket (rewardloop)", ws), ("model.generate", direct)):
@@ -118,11 +136,14 @@ def main() -> None:
                  "decode_tok_s": rows[0]["decode_tok_s"] / rows[1]["decode_tok_s"]})
     print(f"\nserving benchmark: model={args.model} device={args.device} tokens={args.tokens} runs={args.runs}")
     print(table(rows, ["path", "ttft_ms", "decode_tok_s", "tokens"]))
-    conc = [{"engine": "batched decode steps", **batched}, {"engine": "one forward per stream", **one_by_one},
-            {"engine": "ratio batched / one by one", "tok_s": batched["tok_s"] / one_by_one["tok_s"],
-             "ttft_ms": batched["ttft_ms"] / one_by_one["ttft_ms"]}]
+    conc = []
+    for prompt, b, o in (("short", batched, one_by_one), (f"~{args.context} tokens", batched_long, one_by_one_long)):
+        conc += [{"prompt": prompt, "engine": "batched decode steps", **b},
+                 {"prompt": prompt, "engine": "one forward per stream", **o},
+                 {"prompt": prompt, "engine": "ratio batched / one by one", "tok_s": b["tok_s"] / o["tok_s"],
+                  "ttft_ms": b["ttft_ms"] / o["ttft_ms"]}]
     print(f"\n{args.streams} concurrent streams, total tokens/s and mean time to first token")
-    print(table(conc, ["engine", "tok_s", "ttft_ms", "wall_s"]))
+    print(table(conc, ["prompt", "engine", "tok_s", "ttft_ms", "wall_s"]))
     path = write_json("serving", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct,
                                   "concurrent": conc})
     print(f"\nwrote {path}")

@@ -171,11 +171,15 @@ class Engine:
             self._finish(seq, "cancelled")
 
     def _round(self) -> None:
-        """Every active sequence gets one token: prefill the new ones (one at a time), sample
-        a token for each, then feed those tokens back in one batched forward per adapter
-        version. Adapter loads queued meanwhile run between these pieces, so a load waits
-        for one forward pass, not for a whole round."""
+        """Every decoding sequence gets one token, and the oldest waiting prompt gets one
+        prefill chunk: sample a token for each, then feed those tokens back in one batched
+        forward per adapter version. Adapter loads queued meanwhile run between these
+        pieces, so a load waits for one forward pass, not for a whole round. Prompts are
+        prefilled first come, first served rather than all a chunk each round: eight
+        prompts arriving together then see their first tokens one after another instead
+        of all at the end."""
         decode: dict[str | None, list[tuple[_Sequence, int]]] = {}
+        prefilled = False
         for i, seq in enumerate(list(self._active)):
             if i:
                 self._drain_inbox(block=False)
@@ -183,8 +187,12 @@ class Engine:
                 self._finish(seq, "cancelled")
                 continue
             try:
-                if seq.next_logits is None and not self._prefill(seq):
-                    continue  # more of the prompt next round
+                if seq.next_logits is None:
+                    if prefilled:
+                        continue  # its turn comes when the prompts before it are in
+                    prefilled = True
+                    if not self._prefill(seq):
+                        continue  # more of the prompt next round
                 tok = self._sample(seq)
             except Exception as exc:
                 self._fail([seq], exc)

@@ -129,3 +129,32 @@ def test_a_prompt_prefilled_in_chunks_gives_the_same_reply(tiny):
     (whole_toks, whole_lps), (chunked_toks, chunked_lps) = replies
     assert chunked_toks == whole_toks and len(whole_toks) == 10
     assert max(abs(a - b) for a, b in zip(whole_lps, chunked_lps)) < 1e-4
+
+
+def test_prompts_are_prefilled_first_come_first_served(tiny):
+    """Two long prompts at once: the first streams tokens while the second is still being
+    prefilled (round-robin prefill would start both only at the very end)."""
+    engine = Engine(tiny.model, tiny.tokenizer, torch.device("cpu"), stop_token_ids={-1}, prefill_chunk=4)
+    engine.start()
+    loop = asyncio.new_event_loop()
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    arrivals: list[str] = []
+
+    async def one(name, req):
+        async for ev in engine.submit(req, loop):
+            if isinstance(ev, TokenEvent):
+                arrivals.append(name)
+
+    async def both():
+        params = SamplingParams(temperature=0.0, max_new_tokens=30, seed=1)
+        await asyncio.gather(one("a", GenerationRequest(list(range(3, 43)), params)),
+                             one("b", GenerationRequest(list(range(5, 45)), params)))
+    try:
+        asyncio.run_coroutine_threadsafe(both(), loop).result(120)
+    finally:
+        engine.shutdown()
+        loop.call_soon_threadsafe(loop.stop)
+    assert arrivals.count("a") == arrivals.count("b") == 30
+    # b's 40-token prompt takes 10 chunks after a's: a has streamed ~10 tokens by then
+    assert arrivals.index("b") >= 8, arrivals[:12]

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pg-baseline", default="batch", choices=["batch", "zero"],
+    p.add_argument("--pg-baseline", default="batch", choices=["batch", "running", "zero"],
                    help="the learner's policy-gradient baseline (TrainConfig.pg_baseline)")
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')

@@ -63,8 +63,12 @@ class TrainConfig:
     dpo_beta: float = _f(0.1, "DPO beta (used when losses.dpo > 0).")
     sft_threshold: float = _f(0.5, "Replies with reward >= this are imitated by the SFT term.")
     pg_baseline: str = _f("batch", "Policy-gradient baseline: 'batch' = the run's mean reward (a small run of "
-                          "mostly good replies pushes its below-mean good ones down); 'zero' = the reward "
-                          "scale's neutral point (good replies always up, bad ones down, as KTO's labels).")
+                          "mostly good replies pushes its below-mean good ones down); 'running' = the mean "
+                          "reward of this run and the earlier runs of the adapter's lineage (see "
+                          "baseline_window); 'zero' = the reward scale's neutral point (good replies always "
+                          "up, bad ones down, as KTO's labels).")
+    baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
+                                   "many samples against this run's.")
     kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
     cf_margin: float = _f(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
                                "much below the serving version's.")
@@ -101,8 +105,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise _bad("TrainConfig", name, v, "a finite number >= 0")
-        if self.pg_baseline not in ("batch", "zero"):
-            raise _bad("TrainConfig", "pg_baseline", self.pg_baseline, "'batch' or 'zero'")
+        if self.pg_baseline not in ("batch", "running", "zero"):
+            raise _bad("TrainConfig", "pg_baseline", self.pg_baseline, "'batch', 'running' or 'zero'")
+        if self.baseline_window < 0:
+            raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
         if not 0 <= self.holdout_share <= 0.9:
             raise _bad("TrainConfig", "holdout_share", self.holdout_share, "in [0, 0.9]")
         if not -1 <= self.sft_threshold <= 1:

@@ -136,7 +136,12 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)
-    train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress)
+    lineage = None
+    if parent_dir is not None:   # the parent's running reward mean, for pg_baseline 'running'
+        trained = registry.manifest(parent).get("training", {})
+        if "lineage_reward_mean" in trained:
+            lineage = (trained["lineage_reward_mean"], trained["lineage_reward_count"])
+    train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress, lineage=lineage)
     if on_trained is not None:
         on_trained(model)
     verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device)

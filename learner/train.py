@@ -151,18 +151,32 @@ def _dpo_part(model, pairs: list[Pair], pad_id: int, device, beta: float) -> tup
     return dpo_loss(pol[:k], pol[k:], ref[:k], ref[k:], beta=beta)
 
 
+def pg_baseline(cfg: TrainConfig, rewards: list[float], lineage: tuple[float, float] | None) -> tuple[float, dict]:
+    """The run's policy-gradient baseline, and the lineage's running reward mean to record.
+
+    lineage: (mean reward, effective sample count) of the runs that trained the parent
+    adapter, None for a fresh one. One baseline for the whole run, so a mini-batch of only
+    good replies is not centred on itself."""
+    prior_mean, prior_n = lineage or (0.0, 0.0)
+    prior_n = min(prior_n, cfg.baseline_window)
+    n = prior_n + len(rewards)
+    running = (prior_mean * prior_n + sum(rewards)) / n if n else 0.0
+    baseline = {"batch": sum(rewards) / max(len(rewards), 1), "running": running, "zero": 0.0}[cfg.pg_baseline]
+    return baseline, {"lineage_reward_mean": running, "lineage_reward_count": n}
+
+
 def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
-          progress: bool = True) -> dict:
-    """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats."""
+          progress: bool = True, lineage: tuple[float, float] | None = None) -> dict:
+    """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats.
+    lineage: the parent's running reward mean and count (see pg_baseline)."""
     w = cfg.losses
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # one baseline for the whole run: a mini-batch of only good replies still gets pushed up
-    baseline = sum(s.reward for s in data.train) / len(data.train) if cfg.pg_baseline == "batch" else 0.0
+    baseline, running = pg_baseline(cfg, [s.reward for s in data.train], lineage)
     n_batches = math.ceil(len(data.train) / cfg.minibatch_size)
-    stats: dict = {"steps": 0, "baseline": baseline, "first": None, "last": None}
+    stats: dict = {"steps": 0, "baseline": baseline, **running, "first": None, "last": None}
     step_times: list[float] = []
 
     model.train()

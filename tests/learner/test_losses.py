@@ -65,6 +65,13 @@ def test_advantages_with_running_baseline_and_no_normalisation():
     assert torch.allclose(adv, torch.tensor([0.75, 0.75, 0.25]))
 
 
+def test_advantages_against_a_fixed_baseline_are_scaled_by_their_rms_not_the_reward_spread():
+    adv = advantages(torch.tensor([0.9, 0.7, 0.8, 0.6]), baseline=0.0)
+    rms = math.sqrt((0.81 + 0.49 + 0.64 + 0.36) / 4)
+    assert torch.allclose(adv, torch.tensor([0.9, 0.7, 0.8, 0.6]) / rms)   # ~1 each, not ~7 (std 0.11)
+    assert adv.pow(2).mean().item() == pytest.approx(1.0)
+
+
 def test_advantages_skip_normalisation_for_single_or_constant_batches():
     assert torch.equal(advantages(torch.tensor([0.7])), torch.zeros(1))
     assert torch.allclose(advantages(torch.tensor([0.7]), baseline=0.2), torch.tensor([0.5]))

@@ -149,6 +149,26 @@ def test_second_run_continues_from_the_stable_adapter(settings, keys, r, logged)
     assert result.stats["samples_used"] < 12  # only the new rewards: the cursor moved
 
 
+def test_the_running_baseline_carries_over_from_the_parent(settings, keys, r, logged):
+    """Run 1 sees only punished replies, run 2 only favoured ones: with pg_baseline 'running'
+    run 2's baseline is the mean over both runs (below its own all-good mean), read from
+    v1's manifest."""
+    cfg = TrainConfig(**{**QUICK.to_dict(), "pg_baseline": "running", "min_samples": 2})
+    bad = [i for i in logged if not favoured(i)]
+    good = [i for i in logged if favoured(i)]
+    write_logged(r, keys, bad, reward)
+    first = run_once(settings, cfg, progress=False)
+    assert first.state == "published", first
+    t1 = first.stats["training"]
+    assert first.version == 1 and t1["baseline"] == pytest.approx(-1.0) and t1["lineage_reward_mean"] == -1.0
+    write_logged(r, keys, good, reward, version="1")
+    second = run_once(settings, cfg, progress=False)
+    assert second.state == "published", second
+    t2 = second.stats["training"]
+    n1, n2 = t1["lineage_reward_count"], t2["lineage_reward_count"] - t1["lineage_reward_count"]
+    assert t2["baseline"] == pytest.approx((-n1 + n2) / (n1 + n2)) and t2["baseline"] < 1.0
+
+
 def test_dry_run_trains_and_gates_but_changes_nothing(settings, keys, r, logged):
     write_logged(r, keys, logged, reward)
     result = run_once(settings, QUICK, dry_run=True, progress=False)

@@ -117,7 +117,7 @@ def test_kto_dpo_and_greedy_rows_train_without_nans(tiny, logged):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("choice, expected", [("batch", 0.75), ("zero", 0.0)])
+@pytest.mark.parametrize("choice, expected", [("batch", 0.75), ("zero", 0.0), ("running", 0.75)])
 def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expected):
     """'zero' keeps every good reply's advantage positive even in a run of only good replies."""
     from learner.dataset import Dataset
@@ -132,3 +132,19 @@ def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expect
     data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
     stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
     assert stats["baseline"] == pytest.approx(expected)
+    assert stats["lineage_reward_mean"] == pytest.approx(0.75) and stats["lineage_reward_count"] == 4
+
+
+def test_running_baseline_weighs_the_lineage_up_to_the_window():
+    from learner.train import pg_baseline
+    cfg = TrainConfig(pg_baseline="running", baseline_window=4)
+    # fresh adapter: the run's own mean
+    assert pg_baseline(cfg, [1.0, 0.5], None) == (0.75, {"lineage_reward_mean": 0.75, "lineage_reward_count": 2})
+    # parent saw 2 samples at mean -1: (-2 + 1.5) / 4
+    base, rec = pg_baseline(cfg, [1.0, 0.5], (-1.0, 2))
+    assert base == pytest.approx(-0.125) and rec["lineage_reward_count"] == 4
+    # a long lineage weighs as baseline_window samples, not 1,000
+    base, rec = pg_baseline(cfg, [1.0, 0.5], (-1.0, 1000))
+    assert base == pytest.approx((-4 + 1.5) / 6) and rec["lineage_reward_count"] == 6
+    assert pg_baseline(TrainConfig(pg_baseline="zero"), [1.0], (-1.0, 9))[0] == 0.0
+    assert pg_baseline(TrainConfig(pg_baseline="batch"), [1.0, 0.0], (-1.0, 9))[0] == 0.5

@@ -206,6 +206,19 @@ class AdapterSlots:
                 model.set_adapter(slot)
         self.active = version
 
+    def names_for(self, versions: list[str | None]) -> list[str]:
+        """PEFT adapter names for one forward over rows on these versions ("__base__" = no
+        adapter), for PEFT's mixed-adapter batch; leaves the LoRA layers enabled, which
+        that forward needs."""
+        names = []
+        for v in versions:
+            v = None if v in (None, "base") else v
+            if v is not None and v not in self.loaded:
+                raise KeyError(f"adapter version {v} is not loaded on this server")
+            names.append("__base__" if v is None else self.slot_of[v])
+        self.activate(next((v for v in versions if v not in (None, "base")), None))
+        return names
+
     def _switch(self, slot: str | None) -> bool:
         """Point every LoRA layer at `slot` (None = adapters off) by setting the two fields
         its forward reads. PEFT's own set_adapter also flips requires_grad on every LoRA

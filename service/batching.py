@@ -35,7 +35,7 @@ def batchable(caches: list) -> bool:
 
 
 class DecodeBatch:
-    """The rows of the sequences decoding on one adapter version. Engine thread only."""
+    """The KV rows of the sequences being decoded. Engine thread only."""
 
     def __init__(self):
         self.members: list[object] = []   # row i belongs to members[i]
@@ -89,10 +89,12 @@ class DecodeBatch:
         if not self.members:      # let the memory go with the last stream
             self._keys, self._values = [], []
 
-    def step(self, model, cache_arg: str, feed: list[tuple[object, int]], max_rows: int, device) -> list:
+    def step(self, model, cache_arg: str, feed: list[tuple[object, int]], max_rows: int, device,
+             prepare=lambda members: {}) -> list:
         """Feed members their tokens (`feed`: (member, token id) pairs), in forwards of at
         most `max_rows` rows; returns next-token logits [V] in feed's order. A member
-        without a token this step gets a placeholder that is not kept (its length stays)."""
+        without a token this step gets a placeholder that is not kept (its length stays).
+        `prepare(members of a forward)` readies the model and returns extra forward kwargs."""
         where = {id(m): i for i, (m, _) in enumerate(feed)}
         out: list = [None] * len(feed)
         for lo in range(0, len(self.members), max_rows):
@@ -101,14 +103,14 @@ class DecodeBatch:
             if all(i is None for i in idx):
                 continue
             toks = [0 if i is None else feed[i][1] for i in idx]
-            logits = self._forward(model, cache_arg, lo, hi, toks, device)
+            logits = self._forward(model, cache_arg, lo, hi, toks, device, prepare(self.members[lo:hi]))
             for row, i in enumerate(idx):
                 if i is not None:
                     out[i] = logits[row]
                     self.lengths[lo + row] += 1
         return out
 
-    def _forward(self, model, cache_arg, lo, hi, toks, device) -> torch.Tensor:
+    def _forward(self, model, cache_arg, lo, hi, toks, device, extra: dict) -> torch.Tensor:
         lens = self.lengths[lo:hi]
         width = max(lens) + 1
         self._ensure(len(self.members), width, self._keys[0], len(self._keys))
@@ -116,7 +118,7 @@ class DecodeBatch:
         cache = _rows_cache_class()(self, lo, hi, lens)
         res = model(input_ids=torch.tensor([[t] for t in toks], device=device), attention_mask=mask,
                     position_ids=torch.tensor([[n] for n in lens], device=device),
-                    use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+                    use_cache=True, logits_to_keep=1, **{cache_arg: cache}, **extra)
         return res.logits[:, -1]
 
 

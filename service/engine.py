@@ -7,8 +7,9 @@ there is no model call on the event loop and no global `set_adapter` race.
 Scheduling is per round: each active sequence advances one token per round, so
 streams interleave fairly and a cancelled one frees its slot at the next step. Prompts
 are prefilled one at a time, in chunks of at most `prefill_chunk` tokens per round; a
-prefilled sequence's cache then moves into the `DecodeBatch` of its adapter version, and
-the tokens of a round are fed back in one forward per version (`batching.py`).
+prefilled sequence's cache then moves into the `DecodeBatch`, and the tokens of a round
+are fed back in one forward pass (`batching.py`), rows on different adapter versions
+included (PEFT's mixed-adapter batch).
 """
 from __future__ import annotations
 
@@ -123,12 +124,13 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.steps = 0                  # tokens sampled
         self.batched_rows = 0           # of which fed back in a batched forward
+        self.mixed_forwards = 0         # forwards over rows on several adapter versions
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
         self.active_count = 0
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
         self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
-        self._batches: dict[str | None, DecodeBatch] = {}   # adapter version -> its decoding rows
+        self._batch = DecodeBatch()     # KV rows of the prefilled, decoding sequences
         self._cache_arg = cache_argument_name(model)
 
     @staticmethod
@@ -173,12 +175,12 @@ class Engine:
     def _round(self) -> None:
         """Every decoding sequence gets one token, and the oldest waiting prompt gets one
         prefill chunk: sample a token for each, then feed those tokens back in one batched
-        forward per adapter version. Adapter loads queued meanwhile run between these
+        forward. Adapter loads queued meanwhile run between these
         pieces, so a load waits for one forward pass, not for a whole round. Prompts are
         prefilled first come, first served rather than all a chunk each round: eight
         prompts arriving together then see their first tokens one after another instead
         of all at the end."""
-        decode: dict[str | None, list[tuple[_Sequence, int]]] = {}
+        decode: list[tuple[_Sequence, int]] = []
         prefilled = False
         for i, seq in enumerate(list(self._active)):
             if i:
@@ -198,13 +200,13 @@ class Engine:
                 self._fail([seq], exc)
                 continue
             if tok is not None:
-                decode.setdefault(seq.request.adapter, []).append((seq, tok))
-        for adapter, group in decode.items():
+                decode.append((seq, tok))
+        if decode:
             self._drain_inbox(block=False)
             try:
-                self._decode(adapter, group)
+                self._decode(decode)
             except Exception as exc:
-                self._fail([seq for seq, _ in group], exc)
+                self._fail([seq for seq, _ in decode], exc)
 
     def _fail(self, seqs: list[_Sequence], exc: Exception) -> None:
         log.exception("generation failed")
@@ -261,7 +263,7 @@ class Engine:
             return False
         seq.next_logits = logits
         if batchable([seq.cache]):
-            self._batches.setdefault(seq.request.adapter, DecodeBatch()).add(seq, seq.cache)
+            self._batch.add(seq, seq.cache)
             seq.cache = None
         return True
 
@@ -288,33 +290,42 @@ class Engine:
             return None
         return tok
 
-    def _decode(self, adapter: str | None, group: list[tuple[_Sequence, int]]) -> None:
-        """Feed each sequence its sampled token: one forward pass for the adapter's batch
-        (in chunks of max_batch rows); sequences outside it, one forward each."""
-        batch = self._batches.get(adapter)
-        rows = [(seq, tok) for seq, tok in group if batch is not None and seq in batch]
+    def _decode(self, group: list[tuple[_Sequence, int]]) -> None:
+        """Feed each sequence its sampled token: one forward pass for the batch (in chunks of
+        max_batch rows), whatever versions its rows are on; sequences outside it, one each."""
+        batch = self._batch
+        rows = [(seq, tok) for seq, tok in group if seq in batch]
         for seq, tok in group:
-            if batch is None or seq not in batch:
+            if seq not in batch:
                 seq.next_logits = self._forward(seq, [tok])
         if not rows:
             return
-        self.activate_adapter(adapter)
-        logits = batch.step(self.model, self._cache_arg, rows, self.max_batch, self.device)
+        logits = batch.step(self.model, self._cache_arg, rows, self.max_batch, self.device, self._adapter_args)
         for (seq, _), row in zip(rows, logits):
             seq.next_logits = row
         if min(len(batch), self.max_batch) > 1:
             self.batched_rows += len(rows)
+
+    def _adapter_args(self, rows: list[_Sequence]) -> dict:
+        """Ready the weights for one forward over `rows`: one version -> activate it; rows on
+        several -> PEFT's mixed-adapter batch (each row gets its own version's LoRA delta, the
+        base weights are read once), instead of one forward pass per version."""
+        versions = {seq.request.adapter for seq in rows}
+        if len(versions) == 1:
+            self.activate_adapter(versions.pop())
+            return {}
+        self.mixed_forwards += 1
+        if self.adapters is None:
+            raise KeyError(f"adapters {sorted(v for v in versions if v)} are not loaded on this server")
+        return {"adapter_names": self.adapters.names_for([seq.request.adapter for seq in rows])}
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if seq in self._active:
             self._active.remove(seq)
             name = seq.request.adapter or "base"
             self.refs[name] -= 1
-        batch = self._batches.get(seq.request.adapter)
-        if batch is not None and seq in batch:
-            batch.remove(seq)
-            if not batch:
-                del self._batches[seq.request.adapter]
+        if seq in self._batch:
+            self._batch.remove(seq)
         seq.cache = None  # free the KV cache now, not when the handle is collected
         tail = self.tokenizer.decode(seq.ids, skip_special_tokens=True)[len(seq.text):] if seq.ids else ""
         seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error,

@@ -122,3 +122,19 @@ def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_mod
     finally:
         lock.release()
         r.close()
+
+
+def save_random_adapter(models_dir: Path, folder: Path, seed: int, rank: int = 4) -> Path:
+    """A LoRA adapter for tiny-random with random (non-zero) B weights: outputs differ per seed."""
+    from peft import LoraConfig, get_peft_model
+
+    from learner.modeling import load_model
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model("tiny-random", models_dir, "cpu").model,
+                           LoraConfig(r=rank, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(str(folder))
+    return folder

@@ -10,6 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from learner.modeling import load_model
 from service.adapters import AdapterSlots
+from tests.model_fixtures import save_random_adapter
 
 
 class _Engine:  # the two attributes AdapterSlots uses; its methods run on the caller's thread here
@@ -17,22 +18,10 @@ class _Engine:  # the two attributes AdapterSlots uses; its methods run on the c
         self.model, self.refs = model, {}
 
 
-def _save_random_adapter(models_dir, folder, seed, rank=4):
-    torch.manual_seed(seed)
-    model = get_peft_model(load_model("tiny-random", models_dir, "cpu").model,
-                           LoraConfig(r=rank, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def adapters(models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("slots")
-    return [_save_random_adapter(models_dir, root / f"a{i}", seed=i, rank=4 if i < 3 else 8) for i in range(4)]
+    return [save_random_adapter(models_dir, root / f"a{i}", seed=i, rank=4 if i < 3 else 8) for i in range(4)]
 
 
 def _logits(model, ids):

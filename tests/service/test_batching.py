@@ -158,3 +158,36 @@ def test_prompts_are_prefilled_first_come_first_served(tiny):
     assert arrivals.count("a") == arrivals.count("b") == 30
     # b's 40-token prompt takes 10 chunks after a's: a has streamed ~10 tokens by then
     assert arrivals.index("b") >= 8, arrivals[:12]
+
+
+def test_rows_on_different_adapter_versions_share_a_forward_and_match_each_alone(tiny, models_dir, tmp_path):
+    """Streams on v1, v2 and the base model at once: one forward per step (PEFT's
+    mixed-adapter batch), and each stream gets the tokens it gets alone."""
+    from learner.modeling import load_model
+    from service.adapters import AdapterSlots
+    from tests.model_fixtures import save_random_adapter
+    model = load_model("tiny-random", models_dir, "cpu").model   # its own copy: slots wrap it in PEFT
+    engine = Engine(model, tiny.tokenizer, torch.device("cpu"), stop_token_ids={-1})
+    engine.adapters = AdapterSlots(engine)
+    for v in ("1", "2"):
+        engine.adapters.load(v, save_random_adapter(models_dir, tmp_path / v, seed=int(v)))
+    engine.model.eval()
+    engine.start()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        reqs = [GenerationRequest(list(range(3, 3 + n)), SamplingParams(temperature=0.0, max_new_tokens=10, seed=n),
+                                  adapter=v) for n, v in ((4, "1"), (7, "2"), (5, None), (6, "1"))]
+        alone = [_generate(engine, loop, [r])[0] for r in reqs]
+        assert alone[0][0] != _generate(engine, loop, [GenerationRequest(reqs[0].prompt_ids, reqs[0].params,
+                                                                          adapter="2")])[0][0]
+        mixed_before = engine.mixed_forwards
+        together = _generate(engine, loop, reqs)
+        assert engine.mixed_forwards > mixed_before, "rows on several versions were not decoded together"
+        for (a_toks, a_lps), (t_toks, t_lps) in zip(alone, together):
+            assert t_toks == a_toks
+            assert max(abs(x - y) for x, y in zip(a_lps, t_lps)) < 1e-3
+        assert engine.refs == {"1": 0, "2": 0, "base": 0}
+    finally:
+        engine.shutdown()
+        loop.call_soon_threadsafe(loop.stop)

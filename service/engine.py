@@ -169,17 +169,16 @@ class Engine:
             self._drain_inbox(block=not self._active)
             self._round()
             self.active_count = len(self._active)
-        for seq in self._active:
+        for seq in list(self._active):   # _finish removes from the list
             self._finish(seq, "cancelled")
 
     def _round(self) -> None:
         """Every decoding sequence gets one token, and the oldest waiting prompt gets one
         prefill chunk: sample a token for each, then feed those tokens back in one batched
-        forward. Adapter loads queued meanwhile run between these
-        pieces, so a load waits for one forward pass, not for a whole round. Prompts are
-        prefilled first come, first served rather than all a chunk each round: eight
-        prompts arriving together then see their first tokens one after another instead
-        of all at the end."""
+        forward. Adapter loads queued meanwhile run between these pieces, so a load waits
+        for one forward pass, not for a whole round. Prompts are prefilled first come,
+        first served rather than all a chunk each round: eight prompts arriving together
+        then see their first tokens one after another instead of all at the end."""
         decode: list[tuple[_Sequence, int]] = []
         prefilled = False
         for i, seq in enumerate(list(self._active)):

@@ -191,3 +191,29 @@ def test_rows_on_different_adapter_versions_share_a_forward_and_match_each_alone
     finally:
         engine.shutdown()
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_shutdown_ends_every_stream_in_flight_as_cancelled(tiny):
+    engine = Engine(tiny.model, tiny.tokenizer, torch.device("cpu"), stop_token_ids={-1})
+    engine.start()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    started = threading.Semaphore(0)
+
+    async def one(n):
+        req = GenerationRequest(list(range(3, 3 + n)), SamplingParams(temperature=0.0, max_new_tokens=1000, seed=n))
+        first = True
+        async for ev in engine.submit(req, loop):
+            if isinstance(ev, TokenEvent) and first:
+                first = False
+                started.release()
+        return ev.finish_reason
+
+    futs = [asyncio.run_coroutine_threadsafe(one(n), loop) for n in (3, 4, 5, 6)]
+    try:
+        for _ in futs:
+            assert started.acquire(timeout=60)
+        engine.shutdown()
+        assert [f.result(30) for f in futs] == ["cancelled"] * 4
+    finally:
+        loop.call_soon_threadsafe(loop.stop)

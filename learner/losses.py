@@ -81,7 +81,7 @@ def advantages(
     normalize: bool = True,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Advantages [B] = ``rewards`` [B] minus a baseline, optionally divided by their std.
+    """Advantages [B] = ``rewards`` [B] minus a baseline, optionally normalised (RMS).
 
     ``baseline`` None uses the batch mean; pass a running mean of past rewards instead when
     batches are small or one-sided (a batch of all thumbs-up then still gets a positive push).

@@ -171,7 +171,6 @@ def test_rows_on_different_adapter_versions_share_a_forward_and_match_each_alone
     engine.adapters = AdapterSlots(engine)
     for v in ("1", "2"):
         engine.adapters.load(v, save_random_adapter(models_dir, tmp_path / v, seed=int(v)))
-    engine.model.eval()
     engine.start()
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()

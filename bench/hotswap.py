@@ -127,9 +127,13 @@ def main() -> None:
                 deadline = time.time() + 120
                 while time.time() < deadline and not _serves(s, first):
                     time.sleep(0.2)
+            # Both phases start fresh conversations and last as long: histories grow during a
+            # phase, and longer histories mean more prefill per reply, so a shorter no-swap phase
+            # would flatter it.
+            phase_secs = args.versions * args.every + 2
             base_stats = Stats()
-            base_secs = args.versions * args.every / 2
-            asyncio.run(drive(servers, args.sessions, base_secs, base_stats))   # no swaps
+            # tokens of replies finishing after the stop count too: so does the time they take
+            base_secs = phase_secs + asyncio.run(drive(servers, args.sessions, phase_secs, base_stats))  # no swaps
 
             swap_stats = Stats()
             published: dict[str, float] = {}
@@ -146,7 +150,7 @@ def main() -> None:
             th = threading.Thread(target=publisher)
             th.start()
             t0 = time.time()
-            asyncio.run(drive(servers, args.sessions, args.versions * args.every + 2, swap_stats))
+            asyncio.run(drive(servers, args.sessions, phase_secs, swap_stats))
             th.join()
             swap_secs = time.time() - t0
             r = redis.Redis.from_url(store.url, decode_responses=True)

@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--lr", type=float, default=1e-3, help="bigger than the learner default: few steps")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--kto-epochs", type=int, default=None,
+                   help="KTOTrainer's epochs (default: --epochs); compare at equal cost per sample, not equal epochs")
     p.add_argument("--eval", type=int, default=16, help="offline replies judged per version")
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
@@ -386,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         if not kto:
             print(f"trl KTOTrainer: training on the learner's {len(used)} samples", flush=True)
             try:
-                kto = trl_baseline.train_kto(args.model, MODELS, used, cfg, work / "kto", progress=True)
+                kto_cfg = TrainConfig(**{**cfg.to_dict(), "epochs": args.kto_epochs or args.epochs})
+                kto = trl_baseline.train_kto(args.model, MODELS, used, kto_cfg, work / "kto", progress=True)
             except Exception as exc:  # keep the rounds' results; the JSON says what broke
                 import traceback
                 traceback.print_exc()

@@ -98,7 +98,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise _bad("TrainConfig", name, v, "a finite number > 0")
         for name in ("epochs", "minibatch_size", "min_samples", "max_samples", "max_reply_tokens",
-                     "max_staleness", "seed"):
+                     "max_staleness", "seed", "baseline_window"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise _bad("TrainConfig", name, getattr(self, name), "an integer")
         for name in ("weight_decay", "grad_clip", "kl_budget", "cf_margin", "cf_min_ess", "max_staleness"):

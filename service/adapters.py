@@ -52,6 +52,11 @@ def validate_adapter(folder: Path, model_id: str, module_names: set[str], max_ra
                              f"this server runs {model_id!r}")
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterInvalid(f"only LoRA adapters are served, got {config.get('peft_type')!r}")
+    if config.get("use_dora"):
+        # streams on several versions share one forward pass (PEFT's mixed-adapter batch),
+        # which PEFT refuses for DoRA: one such version would fail every step it shares
+        raise AdapterInvalid("DoRA adapters are not served (they cannot share a batch with other versions); "
+                             "train with use_dora=false")
     rank = int(config.get("r", 0))
     if not 0 < rank <= max_rank:
         raise AdapterInvalid(f"LoRA rank {rank} is outside 1..{max_rank}")

@@ -27,11 +27,21 @@ def _grown(size: int, need: int, floor: int) -> int:
 
 
 def batchable(caches: list) -> bool:
-    """Only plain full-attention dynamic caches join a batch; anything else (sliding
-    windows, quantized or static caches) decodes one sequence at a time."""
+    """Only plain full-attention dynamic caches whose layers all hold keys and values of one
+    head count, width, dtype and device join a batch (its buffers are shaped alike); anything
+    else (sliding windows, quantized or static caches, keys wider than values, layers split
+    over devices) decodes one sequence at a time."""
     from transformers.cache_utils import DynamicLayer
-    return all(hasattr(c, "layers") and c.layers and all(type(layer) is DynamicLayer for layer in c.layers)
-               for c in caches)
+
+    def uniform(c) -> bool:
+        if not (hasattr(c, "layers") and c.layers and all(type(layer) is DynamicLayer for layer in c.layers)):
+            return False
+        first = c.layers[0].keys
+        return first is not None and all(
+            t is not None and t.shape[1] == first.shape[1] and t.shape[3] == first.shape[3]
+            and t.dtype == first.dtype and t.device == first.device
+            for layer in c.layers for t in (layer.keys, layer.values))
+    return all(uniform(c) for c in caches)
 
 
 class DecodeBatch:
@@ -49,24 +59,42 @@ class DecodeBatch:
     def __contains__(self, member) -> bool:
         return any(m is member for m in self.members)
 
-    def _ensure(self, rows: int, tokens: int, like: torch.Tensor, layers: int) -> None:
-        cur_rows, cur_tokens = (self._keys[0].shape[0], self._keys[0].shape[2]) if self._keys else (0, 0)
-        new_rows, new_tokens = _grown(cur_rows, rows, 4), _grown(cur_tokens, tokens, 64)
-        if (new_rows, new_tokens) == (cur_rows, cur_tokens):
-            return
+    def _capacity(self) -> tuple[int, int]:
+        return (self._keys[0].shape[0], self._keys[0].shape[2]) if self._keys else (0, 0)
+
+    def _resize(self, rows: int, tokens: int, like: torch.Tensor | None = None, layers: int = 0) -> None:
+        """Reallocate every layer's buffers to [rows, heads, tokens, dim], keeping what fits."""
+        like = self._keys[0] if self._keys else like
+        layers = len(self._keys) or layers
         _, heads, _, dim = like.shape
+        cur_rows, cur_tokens = self._capacity()
+        keep_rows, keep_tokens = min(rows, cur_rows), min(tokens, cur_tokens)
         # zeros, not empty: a masked-out column still meets the values (0 * NaN is NaN)
-        fresh = [torch.zeros(new_rows, heads, new_tokens, dim, dtype=like.dtype, device=like.device)
+        fresh = [torch.zeros(rows, heads, tokens, dim, dtype=like.dtype, device=like.device)
                  for _ in range(2 * layers)]
         for old, new in zip(self._keys + self._values, fresh):
-            new[:cur_rows, :, :cur_tokens] = old
+            new[:keep_rows, :, :keep_tokens] = old[:keep_rows, :, :keep_tokens]
         self._keys, self._values = fresh[:layers], fresh[layers:]
+
+    def _ensure(self, rows: int, tokens: int, like: torch.Tensor | None = None, layers: int = 0) -> None:
+        """Grow (by doubling) to hold `rows` rows of `tokens` tokens."""
+        cur_rows, cur_tokens = self._capacity()
+        new_rows, new_tokens = _grown(cur_rows, rows, 4), _grown(cur_tokens, tokens, 64)
+        if (new_rows, new_tokens) != (cur_rows, cur_tokens):
+            self._resize(new_rows, new_tokens, like, layers)
+
+    def _shrink(self) -> None:
+        """Give memory back once the batch needs a quarter of it: the buffers are as wide as
+        the longest row ever was, and a long conversation that ended should not keep them so."""
+        need_rows, need_tokens = _grown(0, len(self.members), 4), _grown(0, max(self.lengths) + 1, 64)
+        cur_rows, cur_tokens = self._capacity()
+        if cur_rows >= 4 * need_rows or cur_tokens >= 4 * need_tokens:
+            self._resize(min(cur_rows, 2 * need_rows), min(cur_tokens, 2 * need_tokens))
 
     def add(self, member, cache) -> None:
         """Copy a prefilled sequence's DynamicCache into a new last row."""
         n = cache.get_seq_length()
-        first = cache.layers[0].keys
-        self._ensure(len(self.members) + 1, n + 1, first, len(cache.layers))
+        self._ensure(len(self.members) + 1, n + 1, cache.layers[0].keys, len(cache.layers))
         row = len(self.members)
         for layer, k, v in zip(cache.layers, self._keys, self._values):
             k[row, :, :n] = layer.keys[0]
@@ -88,6 +116,8 @@ class DecodeBatch:
         self.lengths.pop()
         if not self.members:      # let the memory go with the last stream
             self._keys, self._values = [], []
+        else:
+            self._shrink()
 
     def step(self, model, cache_arg: str, feed: list[tuple[object, int]], max_rows: int, device,
              prepare=lambda members: {}) -> list:
@@ -113,7 +143,7 @@ class DecodeBatch:
     def _forward(self, model, cache_arg, lo, hi, toks, device, extra: dict) -> torch.Tensor:
         lens = self.lengths[lo:hi]
         width = max(lens) + 1
-        self._ensure(len(self.members), width, self._keys[0], len(self._keys))
+        self._ensure(len(self.members), width)
         mask = (torch.arange(width) <= torch.tensor(lens)[:, None]).long().to(device)   # real tokens + the new one
         cache = _rows_cache_class()(self, lo, hi, lens)
         res = model(input_ids=torch.tensor([[t] for t in toks], device=device), attention_mask=mask,
@@ -134,12 +164,10 @@ def _rows_cache_class():
         is_sliding = False
         is_compileable = False
 
-        def __init__(self, keys, values, lo, hi, lens):
+        def __init__(self, keys, values, lo, hi, rows, cols, width):
             super().__init__()
             self._k, self._v, self._lo, self._hi = keys, values, lo, hi
-            self._rows = torch.arange(lo, hi, device=keys.device)
-            self._cols = torch.tensor(lens, device=keys.device)
-            self._width = max(lens)
+            self._rows, self._cols, self._width = rows, cols, width
             self.is_initialized = True
 
         def lazy_initialization(self, key_states, value_states):  # the buffers already exist
@@ -162,6 +190,9 @@ def _rows_cache_class():
 
     class RowsCache(Cache):
         def __init__(self, batch, lo, hi, lens):
-            super().__init__(layers=[RowsLayer(k, v, lo, hi, lens) for k, v in zip(batch._keys, batch._values)])
+            device = batch._keys[0].device      # index tensors made once per step, not per layer
+            rows, cols = torch.arange(lo, hi, device=device), torch.tensor(lens, device=device)
+            super().__init__(layers=[RowsLayer(k, v, lo, hi, rows, cols, max(lens))
+                                     for k, v in zip(batch._keys, batch._values)])
 
     return RowsCache

@@ -309,7 +309,7 @@ class Engine:
         """Ready the weights for one forward over `rows`: one version -> activate it; rows on
         several -> PEFT's mixed-adapter batch (each row gets its own version's LoRA delta, the
         base weights are read once), instead of one forward pass per version."""
-        versions = {seq.request.adapter for seq in rows}
+        versions = {None if seq.request.adapter in (None, "", "base") else seq.request.adapter for seq in rows}
         if len(versions) == 1:
             self.activate_adapter(versions.pop())
             return {}

@@ -194,4 +194,4 @@ class AdapterWatcher:
     def status(self) -> dict:
         return {"server": self.server_id, "routing": dataclasses.asdict(self.routing), "loaded": self.loaded(),
                 "refused": self.refused, "slots": len(self.slots.shape), "slot_pool": self.slots.pool_size,
-                "refs": {k: v for k, v in self.engine.refs.items()}}
+                "refs": self.engine.refs.copy()}   # one C-level copy: the engine thread adds keys meanwhile

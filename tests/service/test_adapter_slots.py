@@ -101,6 +101,13 @@ def test_validation_reads_the_weights_once_and_hands_them_to_the_load(models_dir
     _with_manifest(broken, loaded.model_id)
     with pytest.raises(AdapterInvalid, match="not a readable safetensors file"):
         validate_adapter(broken, loaded.model_id, names)
+    # DoRA: PEFT cannot put it in a batch with other versions, so it is refused up front
+    dora = tmp_path / "dora"
+    shutil.copytree(other, dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(AdapterInvalid, match="DoRA adapters are not served"):
+        validate_adapter(dora, loaded.model_id, names)
 
 
 def test_switching_versions_step_by_step_computes_what_each_version_alone_computes(models_dir, adapters):

@@ -43,7 +43,7 @@ class _Alone:
 def test_batched_steps_equal_each_sequence_alone_as_rows_join_and_leave(tiny, max_rows):
     model, arg = tiny.model, cache_argument_name(tiny.model)
     cpu = torch.device("cpu")
-    prompts = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23, 24, 25], [31] * 70]  # 70: grows the buffer
+    prompts = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23, 24, 25], [31] * 300]  # 300: grows it
     alone = [_Alone(model, arg, p) for p in prompts]
     batch = DecodeBatch()
     for i, p in enumerate(prompts[:3]):
@@ -69,7 +69,11 @@ def test_batched_steps_equal_each_sequence_alone_as_rows_join_and_leave(tiny, ma
     batch.add(3, cache)                        # a longer sequence joins: the buffer grows
     for _ in range(3):
         step_and_check([1, 2, 3])
-    for m in (1, 2, 3):
+    assert batch._capacity()[1] == 512
+    batch.remove(3)                            # the long row leaves: the buffers shrink, rows kept
+    assert batch._capacity()[1] == 128
+    step_and_check([1, 2])
+    for m in (1, 2):
         batch.remove(m)
     assert len(batch) == 0 and batch._keys == []
 

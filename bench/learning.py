@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pg-baseline", default="batch", choices=["batch", "running", "zero"],
                    help="the learner's policy-gradient baseline (TrainConfig.pg_baseline)")
+    p.add_argument("--adv-scale", default="minibatch", choices=["minibatch", "run"],
+                   help="the learner's advantage normalisation (TrainConfig.adv_scale)")
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                         reward_config=work / "reward.toml")
     cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=2, holdout_share=0.2,
                       kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0, pg_baseline=args.pg_baseline,
+                      adv_scale=args.adv_scale,
                       **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
     pref = Preference()

@@ -67,6 +67,9 @@ class TrainConfig:
                           "reward of this run and the earlier runs of the adapter's lineage (see "
                           "baseline_window); 'zero' = the reward scale's neutral point (good replies always "
                           "up, bad ones down, as KTO's labels).")
+    adv_scale: str = _f("minibatch", "Advantage normalisation: 'minibatch' = each mini-batch's RMS around the "
+                        "baseline; 'run' = one RMS over the whole run (a mini-batch of replies just above the "
+                        "baseline then gets a small push, not a unit one).")
     baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
                                    "many samples against this run's.")
     kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
@@ -107,6 +110,8 @@ class TrainConfig:
                 raise _bad("TrainConfig", name, v, "a finite number >= 0")
         if self.pg_baseline not in ("batch", "running", "zero"):
             raise _bad("TrainConfig", "pg_baseline", self.pg_baseline, "'batch', 'running' or 'zero'")
+        if self.adv_scale not in ("minibatch", "run"):
+            raise _bad("TrainConfig", "adv_scale", self.adv_scale, "'minibatch' or 'run'")
         if self.baseline_window < 0:
             raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
         if not 0 <= self.holdout_share <= 0.9:

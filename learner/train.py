@@ -175,8 +175,9 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     baseline, running = pg_baseline(cfg, [s.reward for s in data.train], lineage)
+    run_scale = math.sqrt(sum((s.reward - baseline) ** 2 for s in data.train) / len(data.train))
     n_batches = math.ceil(len(data.train) / cfg.minibatch_size)
-    stats: dict = {"steps": 0, "baseline": baseline, **running, "first": None, "last": None}
+    stats: dict = {"steps": 0, "baseline": baseline, "run_adv_rms": run_scale, **running, "first": None, "last": None}
     step_times: list[float] = []
 
     model.train()
@@ -202,7 +203,10 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
                 samp_logp = sampling_logprobs(logits, batch)  # [B,T]
                 sampled = torch.tensor([not p.greedy for p in batch.params], device=device)  # [B]
                 pg_mask = batch.mask * sampled.unsqueeze(-1)  # [B,T]
-                adv = advantages(batch.rewards, baseline=baseline)  # [B]
+                if cfg.adv_scale == "run":
+                    adv = advantages(batch.rewards, baseline=baseline, normalize=False) / max(run_scale, 1e-6)
+                else:
+                    adv = advantages(batch.rewards, baseline=baseline)  # [B]
                 parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps)
                 step.update(pg_stats)
             if w.kl > 0:

@@ -26,6 +26,7 @@ def test_defaults_and_every_field_has_help():
     ({"losses": {"kl": -0.1}}, "LossWeights.kl"), ({"sft_threshold": 2}, "TrainConfig.sft_threshold"),
     ({"pg_baseline": "median"}, "TrainConfig.pg_baseline"),
     ({"baseline_window": 2.5}, "TrainConfig.baseline_window"),
+    ({"adv_scale": "batch"}, "TrainConfig.adv_scale"),
     ({"baseline_window": -1}, "TrainConfig.baseline_window"),
 ])
 def test_bad_values_name_the_field_and_value(kwargs, field):

@@ -148,3 +148,24 @@ def test_running_baseline_weighs_the_lineage_up_to_the_window():
     assert base == pytest.approx((-4 + 1.5) / 6) and rec["lineage_reward_count"] == 6
     assert pg_baseline(TrainConfig(pg_baseline="zero"), [1.0], (-1.0, 9))[0] == 0.0
     assert pg_baseline(TrainConfig(pg_baseline="batch"), [1.0, 0.0], (-1.0, 9))[0] == 0.5
+
+
+def test_run_wide_advantage_scale(tiny, logged):
+    """adv_scale 'run' divides by one RMS over the whole run: the same as per mini-batch when
+    one mini-batch holds the run, and recorded in the stats."""
+    from learner.dataset import Dataset
+    from learner.losses import LossWeights
+    from learner.modeling import load_model
+    from learner.train import train, wrap_with_lora
+    rewards = {item.reply_id: 1.0 if k % 2 else 0.5 for k, item in enumerate(logged[:4])}
+    samples = as_samples(logged[:4], lambda i: rewards[i.reply_id])
+    data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
+
+    def first_pg(scale, mb):
+        cfg = TrainConfig(lr=1e-4, minibatch_size=mb, epochs=1, pg_baseline="zero", adv_scale=scale,
+                          losses=LossWeights(pg=1.0, kl=0.0, sft=0.0))
+        model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
+        stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
+        assert stats["run_adv_rms"] == pytest.approx(((1.0 + 0.25) / 2) ** 0.5)
+        return stats["first"]["pg"]
+    assert first_pg("run", 4) == pytest.approx(first_pg("minibatch", 4), abs=1e-6)

@@ -80,6 +80,7 @@ def advantages(
     baseline: float | None = None,
     normalize: bool = True,
     eps: float = 1e-6,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Advantages [B] = ``rewards`` [B] minus a baseline, optionally normalised (RMS).
 
@@ -90,15 +91,16 @@ def advantages(
     scale. (Not the std against a fixed baseline: four good replies rewarded 0.7-0.9 have a
     std of 0.07, which would blow their advantages up to ~11.) It is skipped when B == 1 or
     the scale is below ``eps`` (dividing by ~0 would turn float noise into huge advantages).
-    Advantages are constants: no grad.
+    ``scale`` given: divide by it instead of this batch's RMS (one scale for a whole run),
+    under the same ``eps`` rule, whatever B. Advantages are constants: no grad.
     """
     r = rewards.detach().float()  # [B]
     b = r.mean() if baseline is None else torch.as_tensor(float(baseline))
     adv = r - b  # [B]
-    if normalize and adv.numel() > 1:
-        scale = adv.pow(2).mean().sqrt()
-        if scale > eps:
-            adv = adv / scale
+    if scale is None and normalize and adv.numel() > 1:
+        scale = float(adv.pow(2).mean().sqrt())
+    if normalize and scale is not None and scale > eps:
+        adv = adv / scale
     return adv
 
 

@@ -125,22 +125,22 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     t0 = time.time()
     loaded = load_model(settings.model, settings.models_dir, settings.device)
     parent, parent_dir = registry.stable_dir()
+    lineage = None
     if parent_dir is not None:
-        parent_base = registry.manifest(parent).get("base_model")
+        parent_manifest = registry.manifest(parent)
+        parent_base = parent_manifest.get("base_model")
         if parent_base != loaded.model_id:
             raise RegistryError(f"stable version {parent} was trained on {parent_base}, this learner loads "
                                 f"{loaded.model_id} (REWARDLOOP_MODEL); roll back to base first "
                                 "(`rewardloop adapters rollback base`) or use the same model")
+        trained = parent_manifest.get("training", {})   # its running reward mean, for pg_baseline 'running'
+        if "lineage_reward_mean" in trained:
+            lineage = (trained["lineage_reward_mean"], trained["lineage_reward_count"])
     model = wrap_with_lora(loaded.model, cfg, parent_dir)
     model.eval()
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)
-    lineage = None
-    if parent_dir is not None:   # the parent's running reward mean, for pg_baseline 'running'
-        trained = registry.manifest(parent).get("training", {})
-        if "lineage_reward_mean" in trained:
-            lineage = (trained["lineage_reward_mean"], trained["lineage_reward_count"])
     train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress, lineage=lineage)
     if on_trained is not None:
         on_trained(model)

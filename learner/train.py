@@ -203,10 +203,8 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
                 samp_logp = sampling_logprobs(logits, batch)  # [B,T]
                 sampled = torch.tensor([not p.greedy for p in batch.params], device=device)  # [B]
                 pg_mask = batch.mask * sampled.unsqueeze(-1)  # [B,T]
-                if cfg.adv_scale == "run":
-                    adv = advantages(batch.rewards, baseline=baseline, normalize=False) / max(run_scale, 1e-6)
-                else:
-                    adv = advantages(batch.rewards, baseline=baseline)  # [B]
+                adv = advantages(batch.rewards, baseline=baseline,
+                                 scale=run_scale if cfg.adv_scale == "run" else None)  # [B]
                 parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps)
                 step.update(pg_stats)
             if w.kl > 0:

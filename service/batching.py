@@ -1,11 +1,11 @@
 """Decode steps for several sequences in one forward pass, over a KV cache kept stacked.
 
-A `DecodeBatch` holds the keys and values of every sequence decoding on one adapter
-version, one row each, in buffers preallocated per layer ([rows, heads, tokens, dim],
-grown by doubling). Rows have different lengths and are right-padded: a step writes each
-row's new key/value at that row's own length (one column, in place), the attention mask
-hides each row's padding, and each row gets its own position, so a row computes what its
-sequence alone would (up to float rounding).
+A `DecodeBatch` holds the keys and values of every sequence being decoded (whatever
+adapter version it is on), one row each, in buffers preallocated per layer ([rows, heads,
+tokens, dim], grown by doubling). Rows have different lengths and are right-padded: a step
+writes each row's new key/value at that row's own length (one column, in place), the
+attention mask hides each row's padding, and each row gets its own position, so a row
+computes what its sequence alone would (up to float rounding).
 
 Why not stack each sequence's own cache for every step: on a CPU that copy (plus
 `DynamicCache`'s `torch.cat` per appended token) grows with the context and was ~70 % of a

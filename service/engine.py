@@ -293,9 +293,11 @@ class Engine:
         """Feed each sequence its sampled token: one forward pass for the batch (in chunks of
         max_batch rows), whatever versions its rows are on; sequences outside it, one each."""
         batch = self._batch
-        rows = [(seq, tok) for seq, tok in group if seq in batch]
+        rows = []
         for seq, tok in group:
-            if seq not in batch:
+            if seq in batch:
+                rows.append((seq, tok))
+            else:
                 seq.next_logits = self._forward(seq, [tok])
         if not rows:
             return

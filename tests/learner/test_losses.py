@@ -70,6 +70,9 @@ def test_advantages_against_a_fixed_baseline_are_scaled_by_their_rms_not_the_rew
     rms = math.sqrt((0.81 + 0.49 + 0.64 + 0.36) / 4)
     assert torch.allclose(adv, torch.tensor([0.9, 0.7, 0.8, 0.6]) / rms)   # ~1 each, not ~7 (std 0.11)
     assert adv.pow(2).mean().item() == pytest.approx(1.0)
+    # a given scale (one for the whole run) replaces this batch's RMS, even for one reply
+    assert torch.allclose(advantages(torch.tensor([1.0, 0.0]), baseline=0.0, scale=2.0), torch.tensor([0.5, 0.0]))
+    assert torch.allclose(advantages(torch.tensor([0.7]), baseline=0.2, scale=0.5), torch.tensor([1.0]))
 
 
 def test_advantages_skip_normalisation_for_single_or_constant_batches():

@@ -34,9 +34,15 @@ def test_killed_worker_mid_batch_loses_and_doubles_nothing(rdb, prefix, procs, w
             p.xadd(f"{prefix}events", ev)
         p.execute()
     procs.start(env, "beat")
-    first = procs.start(env, "worker", "--queues", "rewards,ops")
-    wait_for(lambda: stat(rdb, prefix, "events") > 0, 60, "the first worker to ack events", procs, every=0.01)
-    procs.kill9(first)
+    # the kill must land inside a batch: one that lands between two (after an ack, before the
+    # next read) leaves nothing pending and tests nothing, so kill again with a fresh worker
+    for _ in range(5):
+        acked = stat(rdb, prefix, "events")
+        first = procs.start(env, "worker", "--queues", "rewards,ops")
+        wait_for(lambda: stat(rdb, prefix, "events") > acked, 60, "the worker to ack events", procs, every=0.01)
+        procs.kill9(first)
+        if pending_count(rdb, prefix) > 0 or stat(rdb, prefix, "events") >= 2 * n:
+            break
     assert stat(rdb, prefix, "events") < 2 * n, "the worker finished before it was killed: nothing was tested"
     assert pending_count(rdb, prefix) > 0  # the dead worker's unacked batch
     procs.start(env, "worker", "--queues", "rewards,ops")

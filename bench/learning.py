@@ -312,9 +312,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also publish the KTO adapter and let the simulated users chat with it for one round")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "learning.json"))
     p.add_argument("--png", default=str(REPO / "bench" / "results" / "learning.png"))
+    p.add_argument("--samples-out", default=None,
+                   help="also write every sample each learner run trained on (JSON lines, with its round) here, "
+                        "for bench/learning_replay.py")
     args = p.parse_args(argv)
 
     t_start = time.time()
+    if args.samples_out:
+        Path(args.samples_out).write_text("")  # appended to after each learner run
     work = Path(tempfile.mkdtemp(prefix="rl-bench-learning-"))
     env, procs, server, url, embedded = start_stack(args, work)  # stopped in the finally below
     keys = Keys("bench:")
@@ -363,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 spent["train_s"] += (training.get("seconds_per_step") or 0) * training.get("steps", 0)
                 spent["wall_s"] += res.stats.get("train_seconds") or 0
                 used += took
+                if args.samples_out:
+                    trl_baseline.dump_samples(Path(args.samples_out), took, k)
                 runs[str(res.version)] = dict(spent)
             rounds.append({"round": k, "turns": len(turns), "final_rewards": len(finals),
                            "served": sorted({t.adapter_version for t in turns}), "chat_s": t_chat,

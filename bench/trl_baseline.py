@@ -7,23 +7,27 @@ held-out split); after the run, the snapshot's training samples up to the run's 
 are the samples it trained on. KTO rows are those samples decoded to text (prompt = the
 chat-templated prompt as served, completion = the reply), label = reward > 0; after TRL has
 prepared them, its token ids are replaced by the logged ones (prompt ids as served, reply ids +
-EOS), so both trainers see the very same tokens. `token_match` says how many rows TRL's own
+EOS when it did not stop by itself), so both trainers see the very same tokens. `token_match` says how many rows TRL's own
 re-tokenization had got back exactly (decoding and re-encoding is not always the identity).
 
 Known differences, recorded in the JSON rather than hidden:
-  * TRL ends every completion with the EOS token; the learner trains on the reply tokens only
-    (the stop token is not logged), so a reply cut at max_new_tokens gets an EOS it never had.
+  * TRL ends every completion with the EOS token. A reply that stopped by itself already ends
+    with it (the server logs the stop token with its log-prob) and keeps its ids; a reply cut at
+    max_new_tokens gets an EOS it never had, which the learner does not train on.
   * KTO keeps its data order (sequential sampling pairs each row with a neighbour for the KL
     estimate); the learner shuffles. KTO trains once on everything; the learner trains one
     round at a time, each run continuing the previous adapter.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
 from learner.config import TrainConfig
 from learner.dataset import Dataset, Sample
+from service.sampling import SamplingParams
 
 
 def stream_key(stream_id: str) -> tuple[int, int]:
@@ -38,10 +42,34 @@ def used_by_run(snapshot: Dataset, last_id: str | None) -> list[Sample]:
     return [s for s in snapshot.train if stream_key(s.stream_id) <= stream_key(last_id)]
 
 
+def dump_samples(path: Path, samples: list[Sample], round_index: int) -> None:
+    """Append samples (one JSON object per line, with the learner round that trained on them)."""
+    with open(path, "a") as fh:
+        for s in samples:
+            fh.write(json.dumps({"round": round_index, **dataclasses.asdict(s)}) + "\n")
+
+
+def load_samples(path: Path) -> list[tuple[int, Sample]]:
+    """(round, sample) pairs written by dump_samples, in file order."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        d = json.loads(line)
+        k = d.pop("round")
+        d["params"] = SamplingParams(**d["params"])
+        out.append((k, Sample(**d)))
+    return out
+
+
+def with_eos(reply_ids: list[int], eos_id: int) -> list[int]:
+    """The completion ids TRL trains on: the reply, ending with one EOS."""
+    return reply_ids if reply_ids and reply_ids[-1] == eos_id else reply_ids + [eos_id]
+
+
 def kto_rows(samples: list[Sample], tok) -> list[dict]:
-    """TRL's unpaired-preference format, standard (text) flavour."""
-    return [{"prompt": tok.decode(s.prompt_ids, skip_special_tokens=False),
-             "completion": tok.decode(s.reply_ids, skip_special_tokens=False),
+    """TRL's unpaired-preference format, standard (text) flavour (TRL appends the EOS itself)."""
+    def text(ids):
+        return tok.decode(ids[:-1] if ids and ids[-1] == tok.eos_token_id else ids, skip_special_tokens=False)
+    return [{"prompt": tok.decode(s.prompt_ids, skip_special_tokens=False), "completion": text(s.reply_ids),
              "label": bool(s.reward > 0)} for s in samples]
 
 
@@ -49,7 +77,7 @@ def _token_match(trainer, samples: list[Sample], eos_id: int) -> dict:
     """Share of rows whose prompt / completion TRL tokenized back to the logged ids (+ its EOS)."""
     rows = list(zip(trainer.train_dataset, samples))
     prompt = sum(row["prompt_ids"] == s.prompt_ids for row, s in rows)
-    completion = sum(row["completion_ids"] in (s.reply_ids + [eos_id], s.reply_ids) for row, s in rows)
+    completion = sum(row["completion_ids"] == with_eos(s.reply_ids, eos_id) for row, s in rows)
     return {"prompt": prompt / max(1, len(rows)), "completion": completion / max(1, len(rows))}
 
 
@@ -59,7 +87,7 @@ def use_logged_ids(trainer, samples: list[Sample], eos_id: int, batch_size: int)
     ds = trainer.train_dataset
     if len(ds) != len(samples):
         raise RuntimeError(f"TRL kept {len(ds)} of {len(samples)} rows (max_length too small?)")
-    completions = [s.reply_ids + [eos_id] for s in samples]
+    completions = [with_eos(s.reply_ids, eos_id) for s in samples]
     kl = []
     for i in range(0, len(completions), batch_size):
         chunk = completions[i:i + batch_size]
@@ -115,7 +143,7 @@ def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: Tra
         "undesirable": len(samples) - n_good, "steps": result.global_step, "train_s": train_s, "wall_s": wall_s,
         "train_s_per_sample": train_s / len(samples), "wall_s_per_sample": wall_s / len(samples),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-        "token_match": token_match, "token_ids": "logged (prompt as served; reply + EOS)",
+        "token_match": token_match, "token_ids": "logged (prompt as served; reply, + EOS if it did not stop)",
         "kto_config": {"per_device_train_batch_size": args.per_device_train_batch_size,
                        "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
                        "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,

@@ -70,6 +70,8 @@ class TrainConfig:
     adv_scale: str = _f("minibatch", "Advantage normalisation: 'minibatch' = each mini-batch's RMS around the "
                         "baseline; 'run' = one RMS over the whole run (a mini-batch of replies just above the "
                         "baseline then gets a small push, not a unit one).")
+    pg_reduce: str = _f("token", "Policy-gradient average: 'token' = over all reply tokens of a mini-batch (a "
+                        "long reply weighs more); 'reply' = per reply first, then over replies.")
     baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
                                    "many samples against this run's.")
     kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
@@ -112,6 +114,8 @@ class TrainConfig:
             raise _bad("TrainConfig", "pg_baseline", self.pg_baseline, "'batch', 'running' or 'zero'")
         if self.adv_scale not in ("minibatch", "run"):
             raise _bad("TrainConfig", "adv_scale", self.adv_scale, "'minibatch' or 'run'")
+        if self.pg_reduce not in ("token", "reply"):
+            raise _bad("TrainConfig", "pg_reduce", self.pg_reduce, "'token' or 'reply'")
         if self.baseline_window < 0:
             raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
         if not 0 <= self.holdout_share <= 0.9:

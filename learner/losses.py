@@ -110,6 +110,7 @@ def clipped_pg_loss(
     adv: torch.Tensor,
     mask: torch.Tensor,
     eps: float = 0.2,
+    reduce: str = "token",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-style clipped policy-gradient loss.
 
@@ -119,6 +120,9 @@ def clipped_pg_loss(
     ``-mean_valid(min(ratio*A, clip(ratio, 1-eps, 1+eps)*A))``. At ratio 1 its gradient equals
     plain policy gradient, ``-(logp*A)`` averaged over valid tokens; beyond the clip on the
     side that would improve the objective further, the token's gradient is zero.
+
+    ``reduce`` "reply": average each reply's tokens first, then the replies (every reply weighs
+    the same, so a short reply's tokens -- its stop token among them -- weigh more each).
 
     Stats: ``clip_frac`` (share of valid tokens whose gradient the clip removed),
     ``ratio_mean``, ``approx_kl`` (k3 estimate of KL(behavior || new) over valid tokens).
@@ -131,7 +135,15 @@ def clipped_pg_loss(
     unclipped = ratio * a  # [B,T]
     clipped = ratio.clamp(1.0 - eps, 1.0 + eps) * a  # [B,T]
     # pessimistic bound: never credit the policy for moving further than eps from behavior
-    loss = -_masked_mean(torch.minimum(unclipped, clipped), valid)
+    objective = torch.minimum(unclipped, clipped)  # [B,T]
+    if reduce == "token":
+        loss = -_masked_mean(objective, valid)
+    elif reduce == "reply":
+        rows = valid.sum(-1)  # [B]
+        per_reply = (objective * valid).sum(-1) / rows.clamp(min=1.0)  # [B]
+        loss = -(per_reply * (rows > 0)).sum() / (rows > 0).sum().clamp(min=1)
+    else:
+        raise ValueError(f"reduce must be 'token' or 'reply', got {reduce!r}")
 
     with torch.no_grad():
         r = ratio.detach()

@@ -205,7 +205,8 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
                 pg_mask = batch.mask * sampled.unsqueeze(-1)  # [B,T]
                 adv = advantages(batch.rewards, baseline=baseline,
                                  scale=run_scale if cfg.adv_scale == "run" else None)  # [B]
-                parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps)
+                parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps,
+                                                        reduce=cfg.pg_reduce)
                 step.update(pg_stats)
             if w.kl > 0:
                 parts["kl"] = kl_penalty(logp, ref_logp, batch.mask)

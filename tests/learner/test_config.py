@@ -27,6 +27,7 @@ def test_defaults_and_every_field_has_help():
     ({"pg_baseline": "median"}, "TrainConfig.pg_baseline"),
     ({"baseline_window": 2.5}, "TrainConfig.baseline_window"),
     ({"adv_scale": "batch"}, "TrainConfig.adv_scale"),
+    ({"pg_reduce": "sum"}, "TrainConfig.pg_reduce"),
     ({"baseline_window": -1}, "TrainConfig.baseline_window"),
 ])
 def test_bad_values_name_the_field_and_value(kwargs, field):

@@ -138,6 +138,22 @@ def test_clipping_does_not_trigger_inside_eps():
     assert torch.allclose(grad, torch.tensor([[-1.1, -0.9]]))  # -ratio*A/2
 
 
+def test_pg_reply_reduce_weighs_every_reply_the_same():
+    # ratio 1 everywhere. Row 0: 1 real token, A=+1; row 1: 3 real tokens, A=-1; row 2: all padding.
+    # token mean: each of the 4 tokens weighs 1/4; reply mean: row 0's token 1/2, row 1's 1/6 each.
+    new = torch.zeros(3, 3, requires_grad=True)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    adv = torch.tensor([1.0, -1.0, 5.0])
+    (g_tok,) = torch.autograd.grad(clipped_pg_loss(new, new.detach(), adv, mask)[0], new)
+    loss, _ = clipped_pg_loss(new, new.detach(), adv, mask, reduce="reply")
+    (g_rep,) = torch.autograd.grad(loss, new)
+    assert loss.item() == pytest.approx(0.0)  # -(1/2)(+1 + -1)
+    assert torch.allclose(g_tok, torch.tensor([[-0.25, 0, 0], [0.25, 0.25, 0.25], [0, 0, 0]]))
+    assert torch.allclose(g_rep, torch.tensor([[-0.5, 0, 0], [1 / 6, 1 / 6, 1 / 6], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="reduce"):
+        clipped_pg_loss(new, new.detach(), adv, mask, reduce="sum")
+
+
 def test_pg_padding_is_ignored():
     behavior = torch.tensor([[-1.0, -1.0]])
     new = torch.tensor([[-1.0, 50.0]], requires_grad=True)  # huge garbage on the padded token

@@ -7,8 +7,9 @@ held-out split); after the run, the snapshot's training samples up to the run's 
 are the samples it trained on. KTO rows are those samples decoded to text (prompt = the
 chat-templated prompt as served, completion = the reply), label = reward > 0; after TRL has
 prepared them, its token ids are replaced by the logged ones (prompt ids as served, reply ids +
-EOS when it did not stop by itself), so both trainers see the very same tokens. `token_match` says how many rows TRL's own
-re-tokenization had got back exactly (decoding and re-encoding is not always the identity).
+EOS when it did not stop by itself), so both trainers see the very same tokens. `token_match`
+says how many rows TRL's own re-tokenization had got back exactly (decoding and re-encoding is
+not always the identity).
 
 Known differences, recorded in the JSON rather than hidden:
   * TRL ends every completion with the EOS token. A reply that stopped by itself already ends

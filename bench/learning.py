@@ -65,6 +65,14 @@ def mean_ci(values: list[float]) -> dict:
     return {"n": n, "mean": m, "ci": [m - half, m + half]}
 
 
+def bench_train_config(**overrides) -> TrainConfig:
+    """The learner settings of this bench (and of bench/learning_replay.py): few samples per run,
+    so small mini-batches and runs, a bigger learning rate, and a gate loose enough that a
+    handful of held-out replies does not decide alone."""
+    return TrainConfig(**{"lr": 1e-3, "epochs": 2, "minibatch_size": 8, "min_samples": 2, "holdout_share": 0.2,
+                          "kl_budget": 0.5, "cf_margin": 0.5, "cf_min_ess": 5.0, **overrides})
+
+
 def start_stack(args, work: Path) -> tuple[dict, list, ServerProc, str, object]:
     """Redis, server, worker, beat. Returns (env, background procs, server, redis url, embedded)."""
     embedded = None
@@ -327,10 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(redis_url=url, prefix="bench:", data_dir=work / "data", model_cache_dir=MODELS,
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
                         reward_config=work / "reward.toml")
-    cfg = TrainConfig(lr=args.lr, epochs=args.epochs, minibatch_size=8, min_samples=2, holdout_share=0.2,
-                      kl_budget=0.5, cf_margin=0.5, cf_min_ess=5.0, pg_baseline=args.pg_baseline,
-                      adv_scale=args.adv_scale,
-                      **({"losses": json.loads(args.losses)} if args.losses else {}))
+    cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
+                             **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
     pref = Preference()
     rounds = []
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 took = trl_baseline.used_by_run(snapshot, (res.stats.get("stream_range") or [None, None])[1])
                 training = res.stats.get("training") or {}
                 spent["events"] += res.stats.get("samples_used") or len(took)
-                spent["train_s"] += (training.get("seconds_per_step") or 0) * training.get("steps", 0)
+                spent["train_s"] += training.get("loop_seconds", 0)
                 spent["wall_s"] += res.stats.get("train_seconds") or 0
                 used += took
                 if args.samples_out:
@@ -466,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                             "that version; KTO the union of them all",
                   "lift": "offline mean reward minus the base model's (95% CI from both intervals)",
                   "per_1k_events": "lift / events * 1000",
-                  "train_s_per_sample": "seconds inside the optimisation loop / events (rewardloop: steps x "
-                                        "seconds_per_step; KTO: trainer.train())",
+                  "train_s_per_sample": "seconds inside the optimisation loop / events (rewardloop: the "
+                                        "training stats' loop_seconds; KTO: trainer.train())",
                   "wall_s_per_sample": "whole learner run / events (rewardloop: model load, training, gate; "
                                        "KTO: model load, dataset preparation, training, saving)"},
               "hot_swap_seen": any(v != "base" for rd in rounds for v in rd["served"]),

@@ -29,14 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import trl_baseline  # noqa: E402
 from bench.common import table  # noqa: E402
-from bench.learning import mean_ci, offline_eval  # noqa: E402
+from bench.learning import bench_train_config, mean_ci, offline_eval  # noqa: E402
 from learner.config import TrainConfig  # noqa: E402
 from learner.dataset import Dataset, Sample  # noqa: E402
 from tests.helpers import MODELS, REPO  # noqa: E402
-
-# the live bench's learner settings (bench/learning.py), which these replays start from
-BENCH_CFG = {"lr": 1e-3, "epochs": 2, "minibatch_size": 8, "min_samples": 2, "holdout_share": 0.2}
-
 
 def train_variant(model_name: str, rounds: list[list[Sample]], cfg: TrainConfig, out: Path) -> tuple[Path, dict]:
     """One learner run per entry of `rounds`, each continuing the previous adapter; the last adapter's folder."""
@@ -49,7 +45,7 @@ def train_variant(model_name: str, rounds: list[list[Sample]], cfg: TrainConfig,
         stats = train(model, Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None), cfg,
                       loaded.tokenizer.pad_token_id, loaded.device, progress=False, lineage=lineage)
         lineage = (stats["lineage_reward_mean"], stats["lineage_reward_count"])
-        seconds += (stats["seconds_per_step"] or 0) * stats["steps"]
+        seconds += stats["loop_seconds"]
         steps += stats["steps"]
         parent = out / f"round{k}"
         model.save_pretrained(str(parent))
@@ -83,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         scores = {"base": offline_eval(args.model, None, args.eval, args.max_new_tokens, args.eval_seed)}
         cost: dict[str, dict] = {}
         if not args.no_kto:
-            kto = trl_baseline.train_kto(args.model, MODELS, everything, TrainConfig(**BENCH_CFG), work / f"{fi}-kto")
+            kto = trl_baseline.train_kto(args.model, MODELS, everything, bench_train_config(), work / f"{fi}-kto")
             scores["kto"] = offline_eval(args.model, Path(kto["adapter_dir"]), args.eval, args.max_new_tokens,
                                          args.eval_seed)
             cost["kto"] = {"train_s": kto["train_s"], "steps": kto["steps"]}
         for name, spec in variants.items():
             spec = dict(spec)
             schedule = spec.pop("schedule", "rounds")
-            cfg = TrainConfig(**{**BENCH_CFG, **spec})
+            cfg = bench_train_config(**spec)
             folder, cost[name] = train_variant(args.model, rounds if schedule == "rounds" else [everything], cfg,
                                                work / f"{fi}-{name}")
             scores[name] = offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.eval_seed)
@@ -101,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ref = "base" if args.no_kto else "kto"
     summary = []
     for name in [*variants, *([] if args.no_kto else ["kto"])]:
-        diffs = [a - b for r in results for a, b in zip(r["scores"][name], r["scores"][ref])]
-        per_file = [sum(a - b for a, b in zip(r["scores"][name], r["scores"][ref])) / len(r["scores"][ref])
-                    for r in results]
-        pooled = mean_ci(diffs)
+        by_file = [[a - b for a, b in zip(r["scores"][name], r["scores"][ref])] for r in results]
+        per_file = [sum(d) / len(d) for d in by_file]
+        pooled = mean_ci([x for d in by_file for x in d])
         summary.append({"variant": name, "spec": variants.get(name, "trl KTOTrainer"),
                         "mean reward": sum(sum(r["scores"][name]) for r in results) / sum(len(r["scores"][name])
                                                                                        for r in results),

@@ -242,6 +242,7 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
     bar.close()
     model.eval()
     stats["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
+    stats["loop_seconds"] = sum(step_times)  # the loop only; the manifest's train_seconds is the whole run
     stats["samples"] = len(data.train)
     return stats
 

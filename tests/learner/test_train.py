@@ -167,5 +167,6 @@ def test_run_wide_advantage_scale(tiny, logged):
         model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
         stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
         assert stats["run_adv_rms"] == pytest.approx(((1.0 + 0.25) / 2) ** 0.5)
+        assert stats["loop_seconds"] == pytest.approx(stats["seconds_per_step"] * stats["steps"]) and stats["steps"]
         return stats["first"]["pg"]
     assert first_pg("run", 4) == pytest.approx(first_pg("minibatch", 4), abs=1e-6)

@@ -34,6 +34,7 @@ from learner.config import TrainConfig  # noqa: E402
 from learner.dataset import Dataset, Sample  # noqa: E402
 from tests.helpers import MODELS, REPO  # noqa: E402
 
+
 def train_variant(model_name: str, rounds: list[list[Sample]], cfg: TrainConfig, out: Path) -> tuple[Path, dict]:
     """One learner run per entry of `rounds`, each continuing the previous adapter; the last adapter's folder."""
     from learner.modeling import load_model

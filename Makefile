@@ -10,7 +10,7 @@ PY := $(BIN)/python
 STAMP := $(BIN)/.rewardloop-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test install unit browser-deps bench clean help
+.PHONY: up test lint install unit browser-deps bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -40,7 +40,11 @@ browser-deps:  ## Debian's chromium for the browser tests (needs root; skipped o
 	  else echo "no /usr/bin/chromium: browser tests will be skipped (sudo apt-get install chromium)"; fi; \
 	fi
 
-test: install browser-deps  ## run the whole suite (unit, integration with real Redis/Celery/uvicorn, browser)
+lint: install  ## ruff and the import contracts (the architecture, pyproject.toml [tool.importlinter])
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+
+test: install browser-deps lint  ## lint, then the whole suite (unit, integration with real Redis/Celery/uvicorn, browser)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install  ## only the fast tests (no Redis, no server)

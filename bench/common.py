@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.embedded_redis import EmbeddedRedis  # noqa: E402
+from core.embedded_redis import EmbeddedRedis  # noqa: E402
 from tests.helpers import ServerProc, base_env, free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

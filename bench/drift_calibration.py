@@ -29,13 +29,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from worker.drift import DETECTORS, make_detector  # noqa: E402
+from worker.ops.drift import DETECTORS, make_detector
 
 # (value, probability) per kind of feedback, for a good and a bad reply
 GOOD = ([(1.0, 1.0)], [(0.5, 0.5), (1.0, 0.5)], [(0.3, 0.7), (0.8, 0.3)])
@@ -54,8 +54,8 @@ NO_THRESHOLD = 1e12  # finite (configs refuse inf) and far above any statistic w
 
 def _clipped_normal_mean(v: float, s: float) -> float:
     """E[clip(v + N(0, s^2), -1, 1)] in closed form."""
-    cdf = lambda t: 0.5 * math.erfc(-t / math.sqrt(2))  # noqa: E731
-    pdf = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    cdf = lambda t: 0.5 * math.erfc(-t / math.sqrt(2))
+    pdf = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
     a, b = (-1 - v) / s, (1 - v) / s
     inside = v * (cdf(b) - cdf(a)) + s * (pdf(a) - pdf(b))
     return -cdf(a) + inside + (1 - cdf(b))
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in report["detectors"].items():
         params = ", ".join(f"{k}={v:g}" for k, v in entry["config"].items())
         stable = entry["stable"]
-        fmt = lambda d: (f"{d['mean_delay']:.0f}/{d['p95_delay']:.0f}"  # noqa: E731
+        fmt = lambda d: (f"{d['mean_delay']:.0f}/{d['p95_delay']:.0f}"
                          if d["mean_delay"] is not None else "-")
         print(f"{name:<14}{params:<44}{stable['false_alarm_rate']:>12.1%} "
               f"{fmt(entry['drop']):>16}{fmt(entry['rise']):>16}"

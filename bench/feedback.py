@@ -14,7 +14,6 @@ import time
 import psutil
 import redis
 import websockets
-
 from common import live_server, pct, table, write_json
 
 

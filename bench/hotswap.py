@@ -18,9 +18,9 @@ from pathlib import Path
 
 import redis
 import websockets
-
 from common import pct, table, write_json
-from service.embedded_redis import EmbeddedRedis
+
+from core.embedded_redis import EmbeddedRedis
 from tests.helpers import MODELS, ServerProc, base_env, free_port
 
 
@@ -29,7 +29,8 @@ def random_adapters(model_name: str, n: int, rank: int, out: Path) -> tuple[str,
     sizes) before measuring, so publishing during the run costs only a copy and a commit."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from learner.modeling import load_model
+
+    from core.modeling import load_model
     lm = load_model(model_name, MODELS, "cpu")
     model = get_peft_model(lm.model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))

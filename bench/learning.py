@@ -41,17 +41,17 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from bench import trl_baseline  # noqa: E402
-from bench.common import table  # noqa: E402
-from bench.simusers import QUESTIONS, Preference, SimUser, judge, run_users, thumbs_reward  # noqa: E402
-from learner.config import TrainConfig  # noqa: E402
-from learner.dataset import build_dataset  # noqa: E402
-from learner.registry import Registry  # noqa: E402
-from learner.runner import run_once  # noqa: E402
-from service.keys import Keys  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from tests.helpers import MODELS, REPO, ServerProc, base_env, free_port  # noqa: E402
-from worker.reward_config import load_reward_config  # noqa: E402
+from bench import trl_baseline
+from bench.common import table
+from bench.simusers import QUESTIONS, Preference, SimUser, judge, run_users, thumbs_reward
+from core.keys import Keys
+from core.registry import Registry
+from core.settings import Settings
+from learner.config import TrainConfig
+from learner.dataset import build_dataset
+from learner.runner import run_once
+from tests.helpers import MODELS, REPO, ServerProc, base_env, free_port
+from worker.rewards.config import load_reward_config
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -78,7 +78,7 @@ def start_stack(args, work: Path) -> tuple[dict, list, ServerProc, str, object]:
     embedded = None
     url = args.redis_url
     if not url:
-        from service.embedded_redis import EmbeddedRedis
+        from core.embedded_redis import EmbeddedRedis
         embedded = EmbeddedRedis(work / "redis")
         url = embedded.start()
     reward_toml = work / "reward.toml"
@@ -137,7 +137,7 @@ def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_toke
     """Judge fresh replies to the bench questions from base (+ adapter) with the hidden taste."""
     import torch
 
-    from learner.modeling import load_model
+    from core.modeling import load_model
     loaded = load_model(model_name, MODELS, device="cpu")
     model = loaded.model
     if adapter_dir is not None:
@@ -268,7 +268,7 @@ def _tiny_png(path: Path, panels: list[dict], w: int = 480, ph: int = 160) -> No
     px = [[(255, 255, 255)] * w for _ in range(h)]
     for k, panel in enumerate(panels):
         top, sc = k * ph, panel["scale"]
-        y_of = lambda v: top + 4 + int(round((1 - (max(-1.0, min(1.0, v / sc)) + 1) / 2) * (ph - 9)))  # noqa: E731
+        y_of = lambda v: top + 4 + int(round((1 - (max(-1.0, min(1.0, v / sc)) + 1) / 2) * (ph - 9)))
         slot = w // max(1, len(panel["bars"]))
         for i, b in enumerate(panel["bars"]):
             if b["mean"] is None:

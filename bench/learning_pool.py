@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import table  # noqa: E402
-from bench.learning import mean_ci  # noqa: E402
+from bench.common import table
+from bench.learning import mean_ci
 
 
 def summarize(report: dict) -> dict:

@@ -27,17 +27,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import trl_baseline  # noqa: E402
-from bench.common import table  # noqa: E402
-from bench.learning import bench_train_config, mean_ci, offline_eval  # noqa: E402
-from learner.config import TrainConfig  # noqa: E402
-from learner.dataset import Dataset, Sample  # noqa: E402
-from tests.helpers import MODELS, REPO  # noqa: E402
+from bench import trl_baseline
+from bench.common import table
+from bench.learning import bench_train_config, mean_ci, offline_eval
+from learner.config import TrainConfig
+from learner.dataset import Dataset, Sample
+from tests.helpers import MODELS, REPO
 
 
 def train_variant(model_name: str, rounds: list[list[Sample]], cfg: TrainConfig, out: Path) -> tuple[Path, dict]:
     """One learner run per entry of `rounds`, each continuing the previous adapter; the last adapter's folder."""
-    from learner.modeling import load_model
+    from core.modeling import load_model
     from learner.train import train, wrap_with_lora
     parent, lineage, seconds, steps = None, None, 0.0, 0
     for k, samples in enumerate(rounds):

@@ -29,7 +29,7 @@ import redis
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
-from service.embedded_redis import EmbeddedRedis  # noqa: E402
+from core.embedded_redis import EmbeddedRedis  # noqa: E402
 
 
 def start(env: dict, log: Path, *argv: str) -> subprocess.Popen:

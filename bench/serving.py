@@ -79,7 +79,8 @@ async def concurrent_streams(srv, streams: int, prompt: str = PROMPT) -> dict:
 
 def plain_generate(model: str, models_dir, device: str, tokens: int, runs: int, system: str) -> list[dict]:
     import torch
-    from learner.modeling import load_model
+
+    from core.modeling import load_model
     lm = load_model(model, models_dir, device)
     msgs = [{"role": "system", "content": system}, {"role": "user", "content": PROMPT}]
     text = lm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -107,11 +108,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=8, help="concurrent streams for the batching comparison")
     ap.add_argument("--context", type=int, default=1000, help="prompt tokens of the long-prompt comparison")
     args = ap.parse_args()
+    from core.settings import Settings
     from tests.helpers import MODELS
-    from service.settings import Settings
     system = Settings().system_prompt
     from transformers import AutoTokenizer
-    from learner.modeling import resolve_model_path
+
+    from core.modeling import resolve_model_path
     long = long_prompt(AutoTokenizer.from_pretrained(resolve_model_path(args.model, MODELS)[0]), args.context)
     big = {"REWARDLOOP_MAX_MESSAGE_BYTES": max(8192, 2 * len(long.encode()))}
     # Greedy with a stop-free budget so both sides decode the same number of tokens.

@@ -26,9 +26,9 @@ import json
 import time
 from pathlib import Path
 
+from core.sampling import SamplingParams
 from learner.config import TrainConfig
 from learner.dataset import Dataset, Sample
-from service.sampling import SamplingParams
 
 
 def stream_key(stream_id: str) -> tuple[int, int]:
@@ -109,7 +109,7 @@ def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: Tra
     from peft import LoraConfig
     from trl import KTOConfig, KTOTrainer
 
-    from learner.modeling import load_model
+    from core.modeling import load_model
     t_wall = time.perf_counter()
     loaded = load_model(model_name, models_dir, device="cpu")
     tok = loaded.tokenizer

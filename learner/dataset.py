@@ -8,7 +8,7 @@ so a crashed or skipped run sees the same samples again.
 
 Filters, in order: opted-out or forgotten users, unknown states, missing or malformed replies,
 samples from adapter versions too old (staleness in versions), then each user's share of the
-batch is capped (worker.rewards.cap_user_share) so no single user can steer the model. A
+batch is capped (worker.rewards.batches.cap_user_share) so no single user can steer the model. A
 deterministic share of the rest is held out for the gate.
 """
 from __future__ import annotations
@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import redis
 
+from core import versions
+from core.keys import Keys
+from core.sampling import SamplingParams
 from learner.config import TrainConfig
-from service.keys import Keys
-from service.sampling import SamplingParams
-from worker.reward_config import RewardConfig
-from worker.rewards import cap_user_share
+from worker.rewards.batches import cap_user_share
+from worker.rewards.config import RewardConfig
 
 FINAL_STATES = ("rewarded", "defaulted")
 
@@ -73,14 +74,7 @@ class Dataset:
                 "reward_mean": sum(rewards) / len(rewards) if rewards else None}
 
 
-def version_number(version: str | None) -> int | None:
-    """'base' -> 0, '3' -> 3, anything else -> None."""
-    if version in (None, "", "base"):
-        return 0
-    try:
-        return int(version)
-    except ValueError:
-        return None
+version_number = versions.number  # 'base' -> 0, '3' -> 3, anything else -> None
 
 
 def read_cursor(r: redis.Redis, keys: Keys) -> str | None:

@@ -15,19 +15,19 @@ from dataclasses import dataclass, field
 
 import redis
 
+from core.keys import Keys
+from core.redis_conn import RELEASE_LOCK, connect
+from core.registry import Registry, RegistryError
+from core.settings import Settings
 from learner import gate
 from learner.config import TrainConfig, load_train_config
 from learner.dataset import build_dataset
-from learner.registry import Registry, RegistryError
-from service.keys import Keys
-from service.settings import Settings
-from worker.reward_config import RewardConfig, config_hash, load_reward_config
+from worker.rewards.config import RewardConfig, config_hash, load_reward_config
 
 log = logging.getLogger(__name__)
 
 # extend PX only while the key still holds our token; delete likewise
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 @dataclass
@@ -44,10 +44,11 @@ class LearnerLock:
     def __init__(self, r: redis.Redis, keys: Keys, ttl_s: float):
         self.r, self.k, self.ttl_ms = r, keys, int(ttl_s * 1000)
         self.token: str | None = None
+        self.lost = False   # set by the heartbeat when the lock is someone else's (or gone)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew = r.register_script(_RENEW)
-        self._release = r.register_script(_RELEASE)
+        self._release = r.register_script(RELEASE_LOCK)
 
     def acquire(self) -> bool:
         token = str(self.r.incr(self.k.learn_fence))
@@ -62,7 +63,8 @@ class LearnerLock:
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
                 if not self._renew(keys=[self.k.learn_lock], args=[self.token, self.ttl_ms]):
-                    log.warning("learner lock lost (token %s); this run will not publish", self.token)
+                    log.warning("learner lock lost (token %s); this run stops and will not publish", self.token)
+                    self.lost = True
                     return
             except redis.RedisError as exc:  # transient: the next beat retries; the commit re-checks anyway
                 log.warning("learner lock heartbeat failed: %s", exc)
@@ -89,7 +91,7 @@ def run_once(settings: Settings, cfg: TrainConfig | None = None, reward_cfg: Rew
                          "starts an embedded Redis when it is unset")
     cfg = cfg or load_train_config(settings.train_config)
     reward_cfg = reward_cfg or load_reward_config(settings.reward_config)
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = connect(settings.redis_url)
     keys = Keys(settings.prefix)
     lock = LearnerLock(r, keys, settings.learn_lock_ttl_s)
     try:
@@ -108,7 +110,7 @@ def run_once(settings: Settings, cfg: TrainConfig | None = None, reward_cfg: Rew
 def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by, on_trained) -> RunResult:
     import torch
 
-    from learner.modeling import load_model
+    from core.modeling import load_model
     from learner.train import train, wrap_with_lora
 
     registry = Registry(r, keys, settings.data_dir)
@@ -141,7 +143,11 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)
-    train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress, lineage=lineage)
+    train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress, lineage=lineage,
+                        should_stop=lambda: lock.lost)
+    if train_stats["stopped"]:
+        return RunResult("lost_lock", reason=f"the learner lock was lost after {train_stats['steps']} step(s); "
+                         "training stopped early and nothing was published", stats=train_stats)
     if on_trained is not None:
         on_trained(model)
     verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device)

@@ -2,7 +2,7 @@
 REWARDLOOP_UPDATE_EVERY seconds: run the learner when enough new final rewards exist.
 
 The work is a plain function (`check_and_train`) so it runs without Celery too; the task is a
-thin wrapper registered on `worker.celery_app.app` when that module is present. One run at a
+thin `shared_task` wrapper that the Celery app includes by name. One run at a
 time is guaranteed by the learner lock (runner.LearnerLock), not by the queue: a second trigger
 while a run holds the lock returns at once.
 """
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 
-import redis
+from celery import shared_task
 
+from core.keys import Keys
+from core.redis_conn import connect
+from core.settings import Settings
 from learner import dataset, runner
-from service.keys import Keys
-from service.settings import Settings
+from worker import context
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 def check_and_train(settings: Settings, **run_kwargs) -> dict:
     """{'state': waiting|busy|published|rejected|skipped|lost_lock, ...}"""
     keys = Keys(settings.prefix)
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = connect(settings.redis_url)
     try:
         new = dataset.count_new(r, keys, limit=settings.min_samples)
         if new < settings.min_samples:
@@ -38,30 +40,12 @@ def check_and_train(settings: Settings, **run_kwargs) -> dict:
 
 
 def _settings() -> Settings:
-    """The settings the worker entry point configured, else the environment's."""
-    try:
-        from worker import celery_app
-    except ModuleNotFoundError:
-        return Settings.from_env()
-    return getattr(celery_app, "_settings", None) or Settings.from_env()
+    """The settings the worker entry point bound, else the environment's."""
+    return context.settings() or Settings.from_env()
 
 
-def _maybe_train_body() -> dict:
+# queue `learn` comes from worker.queues.ROUTES; no autoretry: a failed run changes nothing
+# and the next beat tick tries again
+@shared_task(name="learner.tasks.maybe_train", acks_late=True)
+def maybe_train() -> dict:
     return check_and_train(_settings(), by="beat")
-
-
-def _register():
-    try:
-        from worker.celery_app import app
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("worker.celery_app", "celery"):
-            raise
-        log.debug("worker.celery_app not available (%s): maybe_train is a plain function", exc)
-        return None
-    # queue `learn` comes from worker.queues.ROUTES; no autoretry: a failed run changes nothing
-    # and the next beat tick tries again
-    return app.task(name="learner.tasks.maybe_train", acks_late=True)(
-        _maybe_train_body)
-
-
-maybe_train = _register() or _maybe_train_body

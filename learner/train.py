@@ -24,11 +24,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from core.sampling import SamplingParams, processed_logprobs
 from learner.config import TrainConfig
 from learner.dataset import Dataset, Pair, Sample
-from learner.losses import (advantages, clipped_pg_loss, dpo_loss, kl_penalty, kto_loss, sequence_logprobs,
-                            sft_loss, total_loss)
-from service.sampling import SamplingParams, processed_logprobs
+from learner.losses import (
+    advantages,
+    clipped_pg_loss,
+    dpo_loss,
+    kl_penalty,
+    kto_loss,
+    sequence_logprobs,
+    sft_loss,
+    total_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +174,11 @@ def pg_baseline(cfg: TrainConfig, rewards: list[float], lineage: tuple[float, fl
 
 
 def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
-          progress: bool = True, lineage: tuple[float, float] | None = None) -> dict:
+          progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None) -> dict:
     """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats.
-    lineage: the parent's running reward mean and count (see pg_baseline)."""
+    lineage: the parent's running reward mean and count (see pg_baseline).
+    should_stop: checked before every step; when it answers True (the run lost its lock) training
+    ends at once with stats["stopped"] = True instead of finishing work nobody can publish."""
     w = cfg.losses
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -182,9 +192,15 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
 
     model.train()
     bar = tqdm(total=cfg.epochs * n_batches, desc="train", unit="step", disable=not progress, mininterval=0.5)
+    stats["stopped"] = False
     for epoch in range(cfg.epochs):
+        if stats["stopped"]:
+            break
         order = torch.randperm(len(data.train), generator=gen).tolist()
         for i in range(n_batches):
+            if should_stop is not None and should_stop():
+                stats["stopped"] = True
+                break
             t0 = time.perf_counter()
             mb = [data.train[j] for j in order[i * cfg.minibatch_size:(i + 1) * cfg.minibatch_size]]
             batch = collate(mb, pad_id, device)

@@ -12,11 +12,11 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .admin_api import router as admin_router
-from .http_api import ApiError, error_response, router
-from .ops_api import install as install_ops
-from .runtime import Runtime
-from .ws import ChatConnection
+from service.api.admin import router as admin_router
+from service.api.http_api import ApiError, error_response, router
+from service.api.ops import install as install_ops
+from service.api.ws import ChatConnection
+from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -38,7 +38,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(router)
     app.include_router(admin_router)
     install_ops(app, runtime)  # /ops page + API, reward/drift figures on /metrics
-    from .dev_api import router as dev_router  # sessions for developers, /api/opt-out
+    from service.api.dev import router as dev_router  # sessions for developers, /api/opt-out
     app.include_router(dev_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

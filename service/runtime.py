@@ -10,15 +10,16 @@ from pathlib import Path
 import redis
 import redis.asyncio as aredis
 
-from learner.modeling import LoadedModel, load_model
-
-from .chat import ChatService
-from .engine import Engine
-from .feedback import FeedbackService
-from .keys import Keys
-from .metrics import ServerMetrics
-from .settings import Settings
-from .store import ChatStore
+from core.keys import Keys
+from core.modeling import LoadedModel, load_model
+from core.redis_conn import connect, connect_async
+from core.registry import Registry
+from core.settings import Settings
+from service.engine.core import Engine
+from service.serving.chat import ChatService
+from service.serving.feedback import FeedbackService
+from service.serving.metrics import ServerMetrics
+from service.serving.store import ChatStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ def ensure_secret(settings: Settings) -> str:
 def check_redis(url: str, timeout: float = 3.0) -> None:
     """Raise RedisUnavailable with a one-line reason naming the URL."""
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+        client = connect(url, timeout_s=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
     except redis.RedisError as exc:
         raise RedisUnavailable(f"Redis at {url} does not answer ({exc}); start it, fix REWARDLOOP_REDIS_URL, "
                                "or unset it to use the embedded Redis") from None
@@ -64,22 +69,33 @@ class Runtime:
     watcher: object = None
     metrics: ServerMetrics | None = None
 
+    _sync: redis.Redis | None = None
+    _registry: Registry | None = None
+
+    def registry(self) -> Registry:
+        """The adapter registry over one blocking client, built on first use and kept (admin and
+        ops requests share its pool; call from a thread, not the event loop)."""
+        if self._registry is None:
+            self._sync = connect(self.redis_url, timeout_s=5.0, name=f"rewardloop-admin-{os.getpid()}")
+            self._registry = Registry(self._sync, self.keys, self.settings.data_dir)
+        return self._registry
+
     @classmethod
-    def create(cls, settings: Settings, redis_url: str) -> "Runtime":
+    def create(cls, settings: Settings, redis_url: str) -> Runtime:
         return cls(settings, redis_url, ensure_secret(settings), Keys(settings.prefix))
 
     def start(self) -> None:
         """Blocking: load the model and start the engine thread (call off the event loop)."""
-        self.redis = aredis.Redis.from_url(self.redis_url, health_check_interval=10)
+        self.redis = connect_async(self.redis_url)
         self.store = ChatStore(self.redis, self.keys)
-        self.feedback = FeedbackService(self.store)
+        self.metrics = ServerMetrics()
+        self.feedback = FeedbackService(self.store, metrics=self.metrics)
         log.info("loading model %s", self.settings.model)
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                              max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk)
         self.engine.start()
-        from .swap import AdapterWatcher
-        self.metrics = ServerMetrics()
+        from service.serving.swap import AdapterWatcher
         self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
                                       Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
                                       metrics=self.metrics, slots=self.settings.adapter_slots)

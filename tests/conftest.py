@@ -14,14 +14,14 @@ from tests.helpers import MODELS, ServerProc, base_env, free_port
 @pytest.fixture(scope="session")
 def models_dir():
     """Convert/cache the models once per machine (the tiny one borrows the real tokenizer)."""
-    from learner.modeling import ensure_tiny
+    from core.modeling import ensure_tiny
     ensure_tiny(MODELS)
     return MODELS
 
 
 @pytest.fixture(scope="session")
 def embedded_redis(tmp_path_factory):
-    from service.embedded_redis import EmbeddedRedis
+    from core.embedded_redis import EmbeddedRedis
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-data"))
     server.start()
     yield server

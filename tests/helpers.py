@@ -10,12 +10,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.sync.client import connect
 
-from service.embedded_redis import free_port
+from core.embedded_redis import free_port  # noqa: F401 (the tests take free ports from here)
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "var" / "models"   # converted models are cached here across test runs
@@ -64,7 +64,7 @@ class ServerProc:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/chat"
 
-    def start(self, timeout: float = 120) -> "ServerProc":
+    def start(self, timeout: float = 120) -> ServerProc:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
                                      env=self.env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
@@ -90,7 +90,7 @@ class ServerProc:
                 self.proc.wait()
 
     def token(self, user: str = "alice") -> str:
-        from service.auth import create_token
+        from service.serving.auth import create_token
         return create_token(SECRET, user, 3600)
 
 

@@ -17,7 +17,8 @@ SYSTEM = "You are a helpful assistant. Answer briefly and clearly."
 def train_parrot(models_dir: Path, out_dir: Path, reply: str, steps: int = 150, seed: int = 0) -> Path:
     """Fine-tune all weights of the tiny model so it answers `reply` to any prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from learner.modeling import ensure_tiny
+
+    from core.modeling import ensure_tiny
     src = ensure_tiny(models_dir)
     if (out_dir / "config.json").exists():
         return out_dir
@@ -54,7 +55,8 @@ def train_parrot_adapter(models_dir: Path, reply: str, steps: int = 120, seed: i
     """A LoRA adapter (PeftModel) on the tiny model whose greedy answer is `reply`."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from learner.modeling import ensure_tiny
+
+    from core.modeling import ensure_tiny
     src = ensure_tiny(models_dir)
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(src)
@@ -100,9 +102,9 @@ def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_mod
 
     import redis as _redis
 
-    from learner.registry import Registry
+    from core.keys import Keys
+    from core.registry import Registry
     from learner.runner import LearnerLock
-    from service.keys import Keys
     r = _redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(prefix)
     reg = Registry(r, keys, data_dir)
@@ -128,7 +130,7 @@ def save_random_adapter(models_dir: Path, folder: Path, seed: int, rank: int = 4
     """A LoRA adapter for tiny-random with random (non-zero) B weights: outputs differ per seed."""
     from peft import LoraConfig, get_peft_model
 
-    from learner.modeling import load_model
+    from core.modeling import load_model
     torch.manual_seed(seed)
     model = get_peft_model(load_model("tiny-random", models_dir, "cpu").model,
                            LoraConfig(r=rank, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.settings import Settings
+from core.settings import Settings
 
 
 def build_schedule(settings: Settings) -> dict:
@@ -17,6 +17,6 @@ def build_schedule(settings: Settings) -> dict:
         "finalize-due-rewards": every(settings.worker_finalize_every_s, "worker.tasks.finalize_due"),
         "derive-abandonment": every(settings.worker_abandon_every_s, "worker.tasks.derive_abandonment"),
         "reclaim-stale-events": every(settings.worker_reclaim_every_s, "worker.tasks.reclaim_stale"),
-        "ops-monitor": every(settings.ops_every_s, "worker.drift_task.ops_tick"),
+        "ops-monitor": every(settings.ops_every_s, "worker.tasks.ops_tick"),
         "learner-maybe-train": every(settings.update_every_s, "learner.tasks.maybe_train"),
     }

@@ -1,60 +1,47 @@
-"""The Celery app of the reward workers (and the learner's `learn` queue).
+"""The Celery app of the reward workers (and the learner's `learn` queue): an entry point.
 
-`app` is created bare at import so task modules can decorate with it; `configure(settings)`
-binds it to a deployment at an entry point (`rewardloop worker` / `beat`): broker and result
-backend are REWARDLOOP_REDIS_URL, every Celery key carries the deployment prefix, and the
-per-process runtime (ledger, reward config) is built lazily in each worker process.
+`configure(settings)` binds the app to a deployment: broker and result backend are
+REWARDLOOP_REDIS_URL, every Celery key carries the deployment prefix, and the task modules
+are included *by name* — this module never imports its tasks (they are `shared_task`s that
+read their process context from worker/context.py), so nothing imports the app but the CLI.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
-import os
-from dataclasses import dataclass
 
 from celery import Celery
 from kombu import Queue
 
-from service.keys import Keys
-from service.settings import Settings
-from worker.reward_config import RewardConfig, load_reward_config
-
-from . import queues
-from .beat_schedule import build_schedule
+from core.settings import Settings
+from worker import context, queues
+from worker.beat_schedule import build_schedule
+from worker.rewards.config import load_reward_config
 
 log = logging.getLogger(__name__)
 
 # Longer than any task (a learner run included): a task not acked by then is redelivered.
 VISIBILITY_TIMEOUT_S = 4 * 3600
-OPTIONAL_TASK_MODULES = ("learner.tasks",)  # another part's tasks; absent or broken must not stop us
+TASK_MODULES = ("worker.tasks",)
+LEARNER_TASKS = "learner.tasks"  # torch: imported only by workers that consume `learn`
 
 app = Celery("rewardloop")
 
 
-def _task_modules(optional: bool) -> list[str]:
-    mods = ["worker.tasks", "worker.drift_task"]
-    for name in OPTIONAL_TASK_MODULES if optional else ():
-        try:
-            if importlib.util.find_spec(name) is None:
-                log.info("%s not installed: its tasks are skipped", name)
-                continue
-            importlib.import_module(name)
-            mods.append(name)
-        except ImportError as exc:
-            log.warning("%s cannot be imported (%s): its tasks are skipped", name, exc)
-    return mods
-
-
 def configure(settings: Settings, learner_tasks: bool = True) -> Celery:
     """Bind `app` to this deployment. Call once, at the entry point, before starting anything.
-    learner_tasks=False skips importing learner.tasks (torch, seconds): beat only sends by name,
-    and a worker that does not consume the `learn` queue never runs them."""
-    global _settings
+    learner_tasks=False leaves learner.tasks out (torch, seconds to import): beat only sends by
+    name, and a worker that does not consume the `learn` queue never runs them."""
     if not settings.redis_url:
         raise ValueError("REWARDLOOP_REDIS_URL is not set")
-    _settings = settings
     load_reward_config(settings.reward_config)  # fail at start, not in the first task
+    context.bind(settings)
+    include = list(TASK_MODULES)
+    if learner_tasks:
+        if importlib.util.find_spec(LEARNER_TASKS) is None:
+            log.warning("%s is not installed: learner runs are skipped", LEARNER_TASKS)
+        else:
+            include.append(LEARNER_TASKS)
     celery_prefix = settings.prefix + "celery:"
     app.conf.update(
         broker_url=settings.redis_url,
@@ -71,37 +58,6 @@ def configure(settings: Settings, learner_tasks: bool = True) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule=build_schedule(settings),
         beat_max_loop_interval=1.0,  # the leader lock is renewed every tick
-        include=_task_modules(learner_tasks),
+        include=include,
     )
-    importlib.import_module("worker.tasks")
-    importlib.import_module("worker.drift_task")
     return app
-
-
-_settings: Settings | None = None
-
-
-@dataclass
-class Runtime:
-    """What a task needs, built once per worker process (after the fork)."""
-    settings: Settings
-    cfg: RewardConfig
-    keys: Keys
-    ledger: object  # RewardLedger (imported lazily: the app module stays Redis-free)
-    pid: int
-
-
-_runtime: Runtime | None = None
-
-
-def runtime() -> Runtime:
-    global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():  # a forked child needs its own connection
-        if _settings is None:
-            raise RuntimeError("worker.celery_app.configure(settings) was not called in this process")
-        from .ledger import RewardLedger, connect
-        keys = Keys(_settings.prefix)
-        ledger = RewardLedger(connect(_settings.redis_url), keys)
-        ledger.ensure_group()
-        _runtime = Runtime(_settings, load_reward_config(_settings.reward_config), keys, ledger, os.getpid())
-    return _runtime

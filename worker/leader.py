@@ -9,7 +9,7 @@ import socket
 import redis
 from celery.beat import Scheduler
 
-from .celery_app import runtime
+from worker.context import runtime
 
 log = logging.getLogger(__name__)
 

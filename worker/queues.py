@@ -17,7 +17,7 @@ ROUTES = {
     "worker.tasks.finalize_due": {"queue": REWARDS},
     "worker.tasks.derive_abandonment": {"queue": OPS},
     "worker.tasks.reclaim_stale": {"queue": OPS},
-    "worker.drift_task.ops_tick": {"queue": OPS},
+    "worker.tasks.ops_tick": {"queue": OPS},
     "learner.tasks.*": {"queue": LEARN},
 }
 

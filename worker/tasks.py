@@ -1,15 +1,23 @@
-"""Celery tasks of the reward workers: thin wrappers over worker/processor.py. Every task is
-idempotent (see processor.py), so acks_late is safe: a worker killed mid-task gets its task
-redelivered. Only transient Redis errors are retried by Celery."""
+"""Celery tasks of the reward workers and the operator monitor: thin wrappers over
+worker/rewards/processor.py and worker/ops/monitor.py. Every task is idempotent (see those
+modules), so acks_late is safe: a worker killed mid-task gets its task redelivered. Only
+transient Redis errors are retried by Celery.
+
+`shared_task`: the tasks bind to whichever app includes this module (worker/celery_app.py
+names it), so this module never imports the app.
+"""
 from __future__ import annotations
 
 import logging
 import time
 
 import redis
+from celery import shared_task
 
-from . import processor
-from .celery_app import app, runtime
+from core.registry import Registry
+from worker.context import runtime
+from worker.ops import monitor
+from worker.rewards import processor
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +25,7 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 COMMON = dict(acks_late=True, ignore_result=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=3)
 
 
-@app.task(name="worker.tasks.process_events", **COMMON)
+@shared_task(name="worker.tasks.process_events", **COMMON)
 def process_events() -> dict:
     rt = runtime()
     res = processor.process_events(rt.ledger, rt.cfg, processor.consumer_name())
@@ -26,7 +34,7 @@ def process_events() -> dict:
     return {"acked": res.acked, "failed": res.failed, "finalized": res.finalized}
 
 
-@app.task(name="worker.tasks.finalize_due", **COMMON)
+@shared_task(name="worker.tasks.finalize_due", **COMMON)
 def finalize_due() -> int:
     rt = runtime()
     rt.ledger.count("runs:finalize_due")  # one count per run: shows whether two beats doubled it
@@ -36,15 +44,26 @@ def finalize_due() -> int:
     return n
 
 
-@app.task(name="worker.tasks.derive_abandonment", **COMMON)
+@shared_task(name="worker.tasks.derive_abandonment", **COMMON)
 def derive_abandonment() -> int:
     rt = runtime()
     return processor.derive_abandonment(rt.ledger, rt.settings.worker_abandon_idle_s, time.time())
 
 
-@app.task(name="worker.tasks.reclaim_stale", **COMMON)
+@shared_task(name="worker.tasks.reclaim_stale", **COMMON)
 def reclaim_stale() -> dict:
     rt = runtime()
     res = processor.reclaim_stale(rt.ledger, rt.cfg, processor.consumer_name(), rt.settings.worker_reclaim_idle_s,
                                   rt.settings.worker_max_deliveries)
     return {"acked": res.acked, "failed": res.failed, "finalized": res.finalized}
+
+
+@shared_task(name="worker.tasks.ops_tick", **COMMON)
+def ops_tick() -> dict:
+    rt = runtime()
+    client = rt.ledger.r
+    out = monitor.ops_tick(monitor.store_for(client, rt.settings, rt.keys),
+                           Registry(client, rt.keys, rt.settings.data_dir), rt.settings)
+    if out["alarms"] or out["rollback"]:
+        log.info("ops monitor: %s", out)
+    return out

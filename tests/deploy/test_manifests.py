@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from service.cli import build_parser
-from service.settings import Settings, env_name
+from core.settings import Settings, env_name
+from service.cli.main import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KNOWN_ENV = {env_name(f.name) for f in dataclasses.fields(Settings)}

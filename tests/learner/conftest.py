@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from service.keys import Keys
-from service.sampling import SamplingParams, sample_token
-from service.settings import Settings
+from core.keys import Keys
+from core.sampling import SamplingParams, sample_token
+from core.settings import Settings
 
 QUESTIONS = ["What is the capital of France?", "How do I boil an egg?", "Name a prime number.",
              "Why is the sky blue?", "What is 2 + 2?", "Say hello.", "Give me a colour.", "What day is it?"]
@@ -28,7 +28,7 @@ class Logged:
 
 @pytest.fixture(scope="session")
 def tiny(models_dir):
-    from learner.modeling import load_model
+    from core.modeling import load_model
     torch.set_num_threads(1)  # the test box has 2 shared cores
     return load_model("tiny-random", models_dir, device="cpu")
 

@@ -50,8 +50,8 @@ def test_file_then_overrides(tmp_path):
 def test_nucleus_keep_matches_the_sampler(scale):
     import torch
 
+    from core.sampling import SamplingParams, processed_logprobs
     from learner.train import nucleus_keep
-    from service.sampling import SamplingParams, processed_logprobs
     logp = torch.log_softmax(torch.randn(16, 2000, generator=torch.Generator().manual_seed(0)) * scale, -1)
     expected = torch.isfinite(processed_logprobs(logp, SamplingParams(temperature=1.0, top_p=0.9)))
     assert torch.equal(nucleus_keep(logp, 0.9, k=64), expected)

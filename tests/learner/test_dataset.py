@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from core.sampling import SamplingParams
 from learner.config import TrainConfig
 from learner.dataset import build_dataset, count_new, version_number
-from service.sampling import SamplingParams
 from tests.learner.conftest import Logged, write_logged
-from worker.reward_config import RewardConfig
+from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from learner.registry import Registry, RegistryError, sha256_file
+from core.adapter_format import sha256_file
+from core.registry import Registry, RegistryError
 from learner.runner import LearnerLock
-from service import cli
+from service.cli import main as cli
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 import torch
 
+from core.registry import Registry
 from learner.config import TrainConfig
-from learner.registry import Registry
 from learner.runner import run_once
 from learner.tasks import check_and_train
 from tests.helpers import REPO, base_env

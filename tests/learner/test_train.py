@@ -8,12 +8,13 @@ import pytest
 import redis
 import torch
 
+from core.adapter_format import sha256_file
+from core.registry import Registry
+from core.sampling import SamplingParams
 from learner.config import TrainConfig
 from learner.dataset import Sample, _in_holdout
-from learner.registry import Registry, sha256_file
 from learner.runner import run_once
 from learner.train import collate, reply_logits, reply_logprob_sums, sampling_logprobs
-from service.sampling import SamplingParams
 from tests.learner.conftest import favoured, make_logged, write_logged
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,8 @@ def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, 
     assert manifest["base_model"] == "rewardloop/tiny-random-llama"
 
     from peft import PeftModel
-    from learner.modeling import load_model
+
+    from core.modeling import load_model
     fresh = load_model("tiny-random", settings.models_dir, device="cpu")
     adapted = PeftModel.from_pretrained(fresh.model, str(folder)).eval()
     after = reply_logprob_sums(adapted, as_samples(logged), pad, tiny.device)
@@ -94,10 +96,10 @@ def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, 
 
 def test_kto_dpo_and_greedy_rows_train_without_nans(tiny, logged):
     """Every objective at once, greedy replies mixed in: finite losses, each term reported."""
+    from core.modeling import load_model
     from learner.dataset import Dataset, Pair
     from learner.losses import LossWeights
     from learner.train import train, wrap_with_lora
-    from learner.modeling import load_model
 
     greedy = make_logged(tiny, 2, n_tokens=4, params=SamplingParams(temperature=0.0, top_p=1.0), tag="g")
     samples = as_samples(logged[:6] + greedy, lambda i: 1.0 if favoured(i) else -1.0)
@@ -120,9 +122,9 @@ def test_kto_dpo_and_greedy_rows_train_without_nans(tiny, logged):
 @pytest.mark.parametrize("choice, expected", [("batch", 0.75), ("zero", 0.0), ("running", 0.75)])
 def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expected):
     """'zero' keeps every good reply's advantage positive even in a run of only good replies."""
+    from core.modeling import load_model
     from learner.dataset import Dataset
     from learner.losses import LossWeights
-    from learner.modeling import load_model
     from learner.train import train, wrap_with_lora
     rewards = {item.reply_id: 1.0 if k % 2 else 0.5 for k, item in enumerate(logged[:4])}   # all good, mean 0.75
     samples = as_samples(logged[:4], lambda i: rewards[i.reply_id])
@@ -153,9 +155,9 @@ def test_running_baseline_weighs_the_lineage_up_to_the_window():
 def test_run_wide_advantage_scale(tiny, logged):
     """adv_scale 'run' divides by one RMS over the whole run: the same as per mini-batch when
     one mini-batch holds the run, and recorded in the stats."""
+    from core.modeling import load_model
     from learner.dataset import Dataset
     from learner.losses import LossWeights
-    from learner.modeling import load_model
     from learner.train import train, wrap_with_lora
     rewards = {item.reply_id: 1.0 if k % 2 else 0.5 for k, item in enumerate(logged[:4])}
     samples = as_samples(logged[:4], lambda i: rewards[i.reply_id])

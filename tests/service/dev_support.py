@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import time
 
-from service.keys import Keys
+from core.keys import Keys
 from tests.helpers import MODELS
 
 
 def finalize_rewards(redis_url: str, prefix: str, cfg=None) -> None:
     """Process every event, then finalize every pending reward as if the wait window had passed."""
-    from worker.ledger import RewardLedger, connect
-    from worker.processor import finalize_due, process_events
-    from worker.reward_config import RewardConfig
+    from core.redis_conn import connect
+    from worker.rewards.config import RewardConfig
+    from worker.rewards.ledger import RewardLedger
+    from worker.rewards.processor import finalize_due, process_events
     cfg = cfg or RewardConfig()
     ledger = RewardLedger(connect(redis_url), Keys(prefix))
     ledger.ensure_group()
@@ -23,7 +24,7 @@ def finalize_rewards(redis_url: str, prefix: str, cfg=None) -> None:
 
 def cli(monkeypatch, capsys, server, *argv: str) -> tuple[int, str, str]:
     """Run `rewardloop ARGV` in this process against `server`'s Redis, prefix and data dir."""
-    from service import cli as service_cli
+    from service.cli import main as service_cli
     for k, v in server.env.items():
         if k.startswith("REWARDLOOP_"):
             monkeypatch.setenv(k, v)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 
-from learner.modeling import load_model
-from service.adapters import AdapterSlots
+from core.modeling import load_model
+from service.engine.slots import AdapterSlots
 from tests.model_fixtures import save_random_adapter
 
 
@@ -66,7 +66,7 @@ def test_a_different_shape_gets_a_new_slot_and_a_busy_version_stays(models_dir, 
 
 
 def _with_manifest(folder, model_id):
-    from learner.registry import sha256_file
+    from core.adapter_format import sha256_file
     manifest = {"sha256": sha256_file(folder / "adapter_model.safetensors"), "base_model": model_id}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
@@ -75,7 +75,7 @@ def _with_manifest(folder, model_id):
 def test_validation_reads_the_weights_once_and_hands_them_to_the_load(models_dir, adapters, tmp_path):
     import shutil
 
-    from service.adapters import AdapterInvalid, validate_adapter
+    from core.adapter_format import AdapterInvalid, validate_adapter
     loaded = load_model("tiny-random", models_dir, "cpu")
     names = {n for n, _ in loaded.model.named_modules()}
     folder = _with_manifest(adapters[0], loaded.model_id)

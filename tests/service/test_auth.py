@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from service.auth import TokenError, User, create_token, new_user_id, verify_token
+from service.serving.auth import TokenError, User, create_token, new_user_id, verify_token
 
 SECRET = "s3cret"
 NOW = 1_700_000_000.0

@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from learner.modeling import load_model
-from service.batching import DecodeBatch, batchable
-from service.engine import Engine, GenerationRequest, TokenEvent, cache_argument_name
-from service.sampling import SamplingParams
+from core.modeling import load_model
+from core.sampling import SamplingParams
+from service.engine.batching import DecodeBatch, batchable
+from service.engine.core import Engine, GenerationRequest, TokenEvent, cache_argument_name
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,8 @@ def test_prompts_are_prefilled_first_come_first_served(tiny):
 def test_rows_on_different_adapter_versions_share_a_forward_and_match_each_alone(tiny, models_dir, tmp_path):
     """Streams on v1, v2 and the base model at once: one forward per step (PEFT's
     mixed-adapter batch), and each stream gets the tokens it gets alone."""
-    from learner.modeling import load_model
-    from service.adapters import AdapterSlots
+    from core.modeling import load_model
+    from service.engine.slots import AdapterSlots
     from tests.model_fixtures import save_random_adapter
     model = load_model("tiny-random", models_dir, "cpu").model   # its own copy: slots wrap it in PEFT
     engine = Engine(model, tiny.tokenizer, torch.device("cpu"), stop_token_ids={-1})

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from service.auth import verify_token
-from service.cli import build_parser
+from service.cli.main import build_parser
+from service.serving.auth import verify_token
 from tests.helpers import REPO, SECRET, base_env
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from service import export
-from service.sessions import normalize_version, parse_time
+from service.devtools import export
+from service.devtools.sessions import normalize_version, parse_time
 
 P1 = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
 P2 = [{"role": "system", "content": "sys"}, {"role": "user", "content": "other"}]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from service.keys import Keys
-from service.sessions import SessionLog, connect
-from tests.helpers import MODELS, Chat, http, ADMIN
+from core.keys import Keys
+from core.redis_conn import connect
+from service.devtools.sessions import SessionLog
+from tests.helpers import ADMIN, MODELS, Chat, http
 from tests.service.dev_support import cli, cli_json, finalize_rewards
 
 pytestmark = pytest.mark.integration
@@ -32,8 +33,8 @@ def session(server, redis_url):
 
 @pytest.fixture(scope="module")
 def offline(server):
-    from learner.modeling import load_model
-    from service.offline_model import OfflineModel
+    from core.modeling import load_model
+    from service.devtools.offline_model import OfflineModel
     model = OfflineModel(load_model("tiny-random", MODELS, "cpu"), Path(server.env["REWARDLOOP_DATA_DIR"]) / "adapters")
     yield model
     model.close()
@@ -44,7 +45,7 @@ def _log(redis_url, server) -> SessionLog:
 
 
 def test_replay_with_serving_version_and_seed_is_token_identical(session, server, redis_url, offline):
-    from service.replay import replay_session
+    from service.devtools.replay import replay_session
     sid, replies = session
     detail = _log(redis_url, server).detail(sid, raw=True)
     assert all(r["params"]["temperature"] == 0.7 for r in detail["replies"])
@@ -89,7 +90,7 @@ def test_rescore_under_another_reward_config(session, server, monkeypatch, capsy
 
 
 def test_evaluate_serving_version_gives_weights_of_one(session, server, redis_url, offline, monkeypatch, capsys):
-    from service.offline_eval import evaluate_version
+    from service.devtools.evaluate import evaluate_version
     res = evaluate_version(_log(redis_url, server), offline, "base", n_boot=200)
     assert res["n"] >= 3
     assert all(r["weight"] == pytest.approx(1.0, abs=1e-3) for r in res["replies"])
@@ -105,9 +106,9 @@ def test_evaluate_serving_version_gives_weights_of_one(session, server, redis_ur
 def test_replay_reproduces_replies_served_by_an_adapter(server_factory, redis_url, prefix, tmp_path, models_dir):
     """A LoRA version published through the real registry: the server serves it; replay on that
     version, with the logged seed, is identical."""
-    from learner.modeling import load_model
-    from service.offline_model import OfflineModel
-    from service.replay import replay_session
+    from core.modeling import load_model
+    from service.devtools.offline_model import OfflineModel
+    from service.devtools.replay import replay_session
     from tests.model_fixtures import publish_adapter, train_parrot_adapter
     srv = server_factory(prefix=prefix)
     data = Path(srv.env["REWARDLOOP_DATA_DIR"])

@@ -32,7 +32,7 @@ def logged(server, redis_url):
     assert http("POST", server.url + "/api/opt-out", {}, token=server.token("bob")) == \
         (200, {"user_id": "bob", "opt_out": True})
     assert http("POST", server.url + "/api/opt-out", {})[0] == 401
-    from service.auth import create_token
+    from service.serving.auth import create_token
     from tests.helpers import SECRET
     olga = Chat(server, create_token(SECRET, "olga", 3600, opt_out=True))  # opted out with her token
     e = olga.ask("test")
@@ -128,7 +128,7 @@ def test_admin_endpoints(logged, server, monkeypatch, capsys):
 
 
 def test_html_view_escapes_model_text():
-    from service.session_html import session_page
+    from service.devtools.session_html import session_page
     evil = "<script>alert(1)</script>"
     page = session_page({"session_id": "s_1", "user_id": "u", "created": 0, "last_active": 0, "turns": 1,
                          "replies": [{"reply_id": "rep_1", "turn": 0, "user_text": evil, "text": evil,
@@ -182,8 +182,8 @@ def test_forget_removes_everything_of_the_user_and_nothing_else(server_factory, 
     # dora's keys all survive, with the same content types
     dora = {k: t for k, t in before_keys.items() if not any(i in k for i in carol)}
     assert {k: after_keys.get(k) for k in dora} == dora
+    from core.keys import Keys
     from learner.dataset import _user_excluded
-    from service.keys import Keys
     assert _user_excluded(rdb, Keys(prefix), "carol", {}) and not _user_excluded(rdb, Keys(prefix), "dora", {})
     # later data from a forgotten user is never exported
     chat = Chat(srv, srv.token("carol"))

@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from core.embedded_redis import EmbeddedRedis
 from tests.helpers import Chat, ServerProc, base_env, free_port
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 import redis.asyncio as aredis
 
-from service.group_commit import GroupCommit
-from service.keys import Keys
-from service.store import ChatStore
+from core.keys import Keys
+from service.serving.group_commit import GroupCommit
+from service.serving.store import ChatStore
 
 
 def run_async(coro):

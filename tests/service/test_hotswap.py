@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.routing import session_bucket
+from service.serving.routing import session_bucket
 from tests.helpers import ADMIN, Chat, http
 from tests.model_fixtures import publish_adapter, train_parrot_adapter
 
@@ -33,7 +33,7 @@ def pair(server_factory, tmp_path, redis_url):
     env = dict(REWARDLOOP_DATA_DIR=data, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=600,
                REWARDLOOP_CONTEXT_BUDGET=2048)
     servers = [server_factory(prefix, **env), server_factory(prefix, **env)]
-    publish = lambda model, **kw: publish_adapter(redis_url, prefix, data, model, TINY_ID, **kw)  # noqa: E731
+    publish = lambda model, **kw: publish_adapter(redis_url, prefix, data, model, TINY_ID, **kw)
     return servers, publish, data
 
 
@@ -139,7 +139,7 @@ def _nan(folder: Path):
     name = next(iter(tensors))
     tensors[name] = torch.full_like(tensors[name], float("nan"))
     save_file(tensors, weights)
-    from learner.registry import sha256_file
+    from core.adapter_format import sha256_file
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["sha256"] = sha256_file(weights)      # a consistent checksum: only the values are bad
     (folder / "manifest.json").write_text(json.dumps(manifest))

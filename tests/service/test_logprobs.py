@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from learner.modeling import load_model
-from service.sampling import SamplingParams, behavior_logprobs
+from core.modeling import load_model
+from core.sampling import SamplingParams, behavior_logprobs
 from tests.helpers import Chat
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import json
 import openai
 import pytest
 
-from service.auth import create_token
+from service.serving.auth import create_token
 from tests.helpers import http
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.keys import Keys
+from core.keys import Keys
 from tests.helpers import ADMIN, REPO, http
 from tests.worker.conftest import wait_for
-from worker.drift_task import fold
-from worker.ops_store import OpsStore
+from worker.ops.monitor import fold
+from worker.ops.store import OpsStore
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import Settings
+from core.settings import Settings
 from worker.beat_schedule import build_schedule
 
 
@@ -14,7 +14,7 @@ def test_defaults_and_environment():
                            "REWARDLOOP_DRIFT_MIN_EFFECT": "0.1"})
     assert (s.drift_policy, s.ops_every_s, s.drift_min_effect) == ("alert", 2.5, 0.1)
     entry = build_schedule(s)["ops-monitor"]
-    assert entry["task"] == "worker.drift_task.ops_tick" and entry["schedule"].total_seconds() == 2.5
+    assert entry["task"] == "worker.tasks.ops_tick" and entry["schedule"].total_seconds() == 2.5
 
 
 @pytest.mark.parametrize("env, needle", [

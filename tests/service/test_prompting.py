@@ -1,6 +1,6 @@
 """Prompt building within the context budget: oldest turns go first; system and newest stay."""
 
-from service.prompting import Prompt, build_prompt, fit_messages
+from service.serving.prompting import Prompt, build_prompt, fit_messages
 
 
 def words(messages: list[dict]) -> int:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from service.protocol import (
+from service.serving.protocol import (
     MAX_DWELL_MS,
     MAX_ID_LEN,
     Feedback,

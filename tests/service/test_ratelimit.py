@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.ratelimit import TokenBucket
+from service.serving.ratelimit import TokenBucket
 
 
 class Clock:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from service.sampling import SamplingParams, behavior_logprobs, processed_logprobs, sample_token
+from core.sampling import SamplingParams, behavior_logprobs, processed_logprobs, sample_token
 
 LOGITS = torch.tensor([1.0, 3.0, 0.5, 2.0, -1.0])
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import DEFAULT_MODEL, Settings, env_help
+from core.settings import DEFAULT_MODEL, Settings, env_help
 
 
 def test_defaults_from_empty_env():

@@ -8,8 +8,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from service.auth import create_token
-from service.protocol import CLOSE_AUTH_FAILED
+from service.serving.auth import create_token
+from service.serving.protocol import CLOSE_AUTH_FAILED
 from tests.helpers import SECRET, Chat
 
 pytestmark = pytest.mark.integration

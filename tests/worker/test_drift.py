@@ -8,14 +8,14 @@ import random
 
 import pytest
 
-from worker.drift import (
+from worker.ops.compare import compare_versions
+from worker.ops.drift import (
     DETECTORS,
     Cusum,
     CusumConfig,
     DriftResult,
     PageHinkley,
     PageHinkleyConfig,
-    compare_versions,
     config_help,
     detector_from_dict,
     make_detector,

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from learner.registry import Registry
-from service.keys import Keys
-from service.settings import Settings
-from worker.drift_task import fold, ops_tick
-from worker.ops_store import HOUR, MINUTE, OpsStore
+from core.keys import Keys
+from core.registry import Registry
+from core.settings import Settings
+from worker.ops.monitor import fold, ops_tick
+from worker.ops.store import HOUR, MINUTE, OpsStore
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from worker.reward_config import (
+from worker.rewards.config import (
     RewardConfig,
     RewardConfigError,
     config_dict,

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import REPO, Chat
 from tests.worker.conftest import wait_for
-from worker.rewards import GUARD_COMPONENTS
+from worker.rewards.function import GUARD_COMPONENTS
 
 pytestmark = pytest.mark.integration
 

@@ -4,22 +4,10 @@ import dataclasses
 
 import pytest
 
-from worker.reward_config import RewardConfig
-from worker.rewards import (
-    PreferencePair,
-    ReplyFacts,
-    Signal,
-    anomaly_weight,
-    cap_user_share,
-    choices_from_outcome,
-    compute_reward,
-    finalize_state,
-    find_safety_words,
-    is_final,
-    is_kept,
-    preference_pairs,
-    repeated_ngram_fraction,
-)
+from worker.rewards.batches import anomaly_weight, cap_user_share
+from worker.rewards.config import RewardConfig
+from worker.rewards.function import ReplyFacts, Signal, compute_reward, finalize_state, find_safety_words, is_final, repeated_ngram_fraction
+from worker.rewards.pairs import PreferencePair, choices_from_outcome, is_kept, preference_pairs
 
 CFG = RewardConfig()
 T0 = 43_200.0  # 12:00:00 UTC: explain lines show clock times

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from worker import series
-from worker.drift_policy import run_detectors, version_under_watch
+from worker.ops import series
+from worker.ops.policy import run_detectors, version_under_watch
 
 
 def reward(v: str, r: float | None, state: str = "rewarded", at: float = 1000.0) -> dict:
@@ -99,7 +99,7 @@ def test_detectors_persist_between_batches_and_report_the_window():
 
 
 def test_final_rewards_feed_per_reply_signal_rates_to_the_detectors():
-    from worker.series import detector_values
+    from worker.ops.series import detector_values
     fields = {"state": "rewarded", "reward": "0.8", "components": "continuation,copy,thumbs"}
     values = dict(detector_values(fields, stream="rewards"))
     assert values == {"reward": 0.8, "continuation_rate": 1.0, "regenerate_rate": 0.0, "copy_rate": 1.0,

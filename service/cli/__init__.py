@@ -1,0 +1,1 @@
+"""The `rewardloop` command line: main.py holds the subcommand table; one module per kind of user."""

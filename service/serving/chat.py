@@ -1,0 +1,177 @@
+"""One chat turn, whichever API asked for it: build the prompt, route to an adapter
+version, stream from the engine, and log the reply for learning and replay before
+the caller may say the reply ended."""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from core.sampling import SamplingParams
+from core.settings import Settings
+from service.engine.core import EndEvent, Engine, GenerationRequest, TextTail, TokenEvent
+from service.serving.auth import User
+from service.serving.prompting import Prompt, build_prompt, fit_messages
+from service.serving.store import ChatStore, new_id
+
+log = logging.getLogger(__name__)
+
+
+class TurnRefused(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class ReplyPlan:
+    reply_id: str
+    user: User
+    session_id: str
+    turn_index: int
+    user_text: str
+    prompt: Prompt
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter_version: str
+    api: str = "ws"
+    client_msg_id: str | None = None
+    candidates: list[str] | None = None
+    replaces: str | None = None
+    in_history: bool = True
+    history_index: int | None = None   # None = append a new turn
+    handle: object = field(default=None, repr=False)
+
+
+@dataclass
+class ReplyResult:
+    plan: ReplyPlan
+    text: str
+    end: EndEvent
+
+
+class ChatService:
+    def __init__(self, engine: Engine, store: ChatStore, tokenizer, settings: Settings, model_id: str,
+                 watcher=None, metrics=None):
+        self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
+        self.watcher, self.metrics = watcher, metrics
+
+    def route(self, session_id: str) -> str:
+        return self.watcher.route(session_id) if self.watcher else "base"
+
+    def check_pinned(self, version: str | None) -> str | None:
+        """A request may pin a version (debugging, replay); it must be loaded here."""
+        if version is None:
+            return None
+        version = str(version).removeprefix("v") if str(version) != "base" else "base"
+        if version == "base" or (self.watcher and self.watcher.servable(version)):
+            return version
+        loaded = ", ".join(["base"] + (self.watcher.loaded() if self.watcher else []))
+        raise TurnRefused("unknown_version", f"adapter version {version!r} is not loaded on this server "
+                          f"(loaded: {loaded}); see `rewardloop adapters list`")
+
+    # --- prompt -----------------------------------------------------------------------
+    def encode(self, messages: list[dict]) -> list[int]:
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _count(self, messages: list[dict]) -> int:
+        return len(self.encode(messages))
+
+    def _budget(self, params: SamplingParams) -> int:
+        return self.settings.context_budget - params.max_new_tokens
+
+    def default_params(self, seed: int | None = None, **overrides) -> SamplingParams:
+        values = dict(temperature=self.settings.temperature, top_p=self.settings.top_p,
+                      max_new_tokens=self.settings.max_new_tokens,
+                      seed=secrets.randbits(31) if seed is None else seed)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["max_new_tokens"] > self.settings.max_new_tokens:
+            raise TurnRefused("bad_value", f"max_tokens {values['max_new_tokens']} exceeds this server's limit "
+                              f"{self.settings.max_new_tokens}")
+        try:
+            return SamplingParams(**values)
+        except ValueError as exc:
+            raise TurnRefused("bad_value", str(exc)) from None
+
+    async def plan_session_turn(self, user: User, session_id: str, user_text: str, *, params: SamplingParams,
+                                upto_turn: int | None = None, **extra) -> ReplyPlan:
+        """Plan a reply in a websocket session: history from Redis, oldest turns dropped to fit."""
+        history = await self.store.history(session_id)
+        turns = [(u, a) for _, u, a in (history if upto_turn is None else history[:upto_turn])]
+        prompt = build_prompt(self.settings.system_prompt, turns, user_text, self._count, self._budget(params))
+        return self._plan(user, session_id, len(turns), user_text, prompt, params, **extra)
+
+    def plan_messages(self, user: User, session_id: str, messages: list[dict], params: SamplingParams,
+                      **extra) -> ReplyPlan:
+        """Plan a reply to an OpenAI-style message list."""
+        prompt = fit_messages(messages, self._count, self._budget(params))
+        user_text = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        return self._plan(user, session_id, turn, user_text, prompt, params, api="openai", **extra)
+
+    def _plan(self, user, session_id, turn_index, user_text, prompt: Prompt, params, **extra) -> ReplyPlan:
+        if prompt.n_tokens > self._budget(params):
+            raise TurnRefused("too_long", f"the message alone needs {prompt.n_tokens} tokens but the context "
+                              f"budget leaves {self._budget(params)}: send a shorter message")
+        version = extra.pop("adapter_version", None) or self.route(session_id)
+        return ReplyPlan(new_id("rep"), user, session_id, turn_index, user_text, prompt,
+                         self.encode(prompt.messages), params, version, **extra)
+
+    # --- generation -----------------------------------------------------------------
+    async def stream(self, plan: ReplyPlan) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
+        """Yield token events, then log the reply, then yield the EndEvent.
+
+        The caller cancels with `plan.handle.cancel()`; the engine then ends the stream
+        at its next step and the (cancelled) reply is still logged."""
+        adapter = None if plan.adapter_version == "base" else plan.adapter_version
+        plan.handle = self.engine.submit(GenerationRequest(plan.prompt_ids, plan.params, adapter))
+        if self.metrics:
+            self.metrics.active_streams.inc()
+        try:
+            async for event in self._events(plan):
+                yield event
+        finally:
+            if self.metrics:
+                self.metrics.active_streams.dec()
+
+    async def _events(self, plan: ReplyPlan) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
+        ids: list[int] = []
+        logprobs: list[float] = []
+        text = ""
+        async for event in plan.handle:
+            if isinstance(event, TokenEvent):
+                if not ids and self.watcher:
+                    self.watcher.first_token(plan.adapter_version)
+                ids.append(event.token_id)
+                logprobs.append(event.logprob)
+                text += event.text
+                yield event
+            else:
+                if event.text_tail:  # streamed text + tail == the logged text, always
+                    yield TextTail(event.text_tail)
+                text = self.tok.decode(ids, skip_special_tokens=True)
+                await self.store.save_reply(self._record(plan, ids, logprobs, text, event),
+                                            in_history=plan.in_history, history_index=plan.history_index)
+                if self.metrics:
+                    self.metrics.replies.labels(api=plan.api, finish_reason=event.finish_reason).inc()
+                    self.metrics.tokens.inc(event.n_tokens)
+                    if event.first_token_at:
+                        self.metrics.ttft.observe(event.first_token_at - event.queued_at)
+                yield event
+
+    def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent) -> dict:
+        return {
+            "reply_id": plan.reply_id, "user_id": plan.user.user_id, "session_id": plan.session_id,
+            "turn": plan.turn_index, "api": plan.api, "client_msg_id": plan.client_msg_id,
+            "user_text": plan.user_text, "prompt_messages": plan.prompt.messages, "prompt_ids": plan.prompt_ids,
+            "history_dropped": plan.prompt.dropped_turns, "text": text, "token_ids": ids,
+            "logprobs": [round(x, 6) for x in logprobs], "params": plan.params.to_dict(),
+            "adapter_version": plan.adapter_version, "model_id": self.model_id,
+            "queued_at": end.queued_at, "first_token_at": end.first_token_at, "ended_at": end.ended_at,
+            "finish_reason": end.finish_reason, "n_tokens": end.n_tokens, "error": end.error,
+            "candidates": plan.candidates, "replaces": plan.replaces,
+            "opt_out": int(plan.user.opt_out), "logged_at": time.time(),
+        }

@@ -1,0 +1,126 @@
+"""Everything the server writes to and reads from Redis (the only service module that
+talks to Redis). One writer per key: the server owns sessions, replies and events."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aredis
+
+from core.keys import Keys
+from core.redis_conn import RECORD_ONCE, flat_fields, record_once_call, record_once_results
+from service.serving.group_commit import GroupCommit
+
+
+@dataclass(frozen=True)
+class SessionMeta:
+    session_id: str
+    user_id: str
+    created: float
+    last_active: float
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+_event_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _event_ids.seed(secrets.randbits(128)))  # no shared sequence
+
+
+def new_event_id() -> str:
+    """Unique, not secret (nothing is authorised by it): a seeded generator instead of an
+    os.urandom call per feedback, which showed up at thousands of events per second."""
+    return f"ev_{_event_ids.getrandbits(80):020x}"
+
+
+class ChatStore:
+    def __init__(self, redis: aredis.Redis, keys: Keys):
+        self.r = redis
+        self.k = keys
+        self._record_once = redis.register_script(RECORD_ONCE)
+        self._events = GroupCommit(self._record_many)
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    # --- sessions -------------------------------------------------------------------
+    async def create_session(self, user_id: str, now: float | None = None) -> SessionMeta:
+        now = now or time.time()
+        sid = new_id("s")
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.session_meta(sid), mapping={"user_id": user_id, "created": now, "last_active": now})
+            p.zadd(self.k.sessions, {sid: now})
+            p.zadd(self.k.user_sessions(user_id), {sid: now})
+            await p.execute()
+        return SessionMeta(sid, user_id, now, now)
+
+    async def session_meta(self, session_id: str) -> SessionMeta | None:
+        h = await self.r.hgetall(self.k.session_meta(session_id))
+        if not h:
+            return None
+        return SessionMeta(session_id, h[b"user_id"].decode(), float(h[b"created"]), float(h[b"last_active"]))
+
+    async def history(self, session_id: str) -> list[tuple[str, str, str]]:
+        """[(reply_id, user_text, reply_text)] of the turns that form the conversation."""
+        ids = [i.decode() for i in await self.r.lrange(self.k.session(session_id), 0, -1)]
+        if not ids:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hmget(self.k.reply(rid), "user_text", "text")
+            rows = await p.execute()
+        return [(rid, (u or b"").decode(), (a or b"").decode()) for rid, (u, a) in zip(ids, rows)]
+
+    async def set_history_turn(self, session_id: str, index: int, reply_id: str) -> None:
+        """Make `reply_id` the session's answer at turn `index` (a chosen candidate, a regeneration)."""
+        await self.r.lset(self.k.session(session_id), index, reply_id)
+
+    # --- replies --------------------------------------------------------------------
+    async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None) -> str:
+        """Write the reply hash, link it to its session, and append a `reply` event, atomically."""
+        rid, sid = record["reply_id"], record["session_id"]
+        now = time.time()
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.reply(rid), mapping=dict(zip(*[iter(flat_fields(record))] * 2)))
+            p.rpush(self.k.session_replies(sid), rid)
+            if in_history:
+                if history_index is None:
+                    p.rpush(self.k.session(sid), rid)
+                else:
+                    p.lset(self.k.session(sid), history_index, rid)
+            p.hset(self.k.session_meta(sid), "last_active", now)
+            p.xadd(self.k.events, {"kind": "reply", "reply_id": rid, "session_id": sid,
+                                   "user_id": record["user_id"], "adapter_version": record["adapter_version"],
+                                   "server_time": repr(now)})
+            await p.execute()
+        return rid
+
+    async def reply(self, reply_id: str) -> dict | None:
+        h = await self.r.hgetall(self.k.reply(reply_id))
+        return {k.decode(): v.decode() for k, v in h.items()} if h else None
+
+    async def reply_fields(self, reply_id: str, *names: str) -> list[str | None]:
+        vals = await self.r.hmget(self.k.reply(reply_id), *names)
+        return [v.decode() if v is not None else None for v in vals]
+
+    # --- events ---------------------------------------------------------------------
+    async def add_event(self, fields: dict) -> str:
+        return (await self.r.xadd(self.k.events, dict(zip(*[iter(flat_fields(fields))] * 2)))).decode()
+
+    def submit_once(self, idempotency_key: str, fields: dict) -> asyncio.Future:
+        """Queue an idempotent event append now; the future gives (True, stream id) when
+        stored, (False, first stream id) for a repeat. Concurrent appends share one call."""
+        return self._events.submit((idempotency_key, fields))
+
+    async def record_once(self, idempotency_key: str, fields: dict) -> tuple[bool, str]:
+        return await self.submit_once(idempotency_key, fields)
+
+    async def _record_many(self, items) -> list[tuple[bool, str]]:
+        keys, args = record_once_call(self.k.events, [(self.k.feedback_id(key), flat_fields(fields))
+                                                      for key, fields in items])
+        return record_once_results(await self._record_once(keys=keys, args=args))

@@ -1,0 +1,166 @@
+"""The operator monitor task: fold new `rewards` and `events` entries into the per-minute and
+per-hour series, feed the sequential drift detectors, compare the newest adapter version with
+its parent and, under REWARDLOOP_DRIFT_POLICY=rollback, roll a worse one back.
+
+One beat entry (`ops-monitor`, every REWARDLOOP_OPS_EVERY_S) runs `ops_tick`. The fold is
+idempotent (cursors committed with the increments, see worker/ops_store.py). A version is
+judged worse at most once: after an alarm its verdict is kept, so an operator who promotes it
+again on purpose is not overruled by the next tick.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis
+
+from core.settings import Settings
+from worker.ops import alerts, series
+from worker.ops.compare import compare_versions
+from worker.ops.policy import rollback_reason, run_detectors, version_under_watch
+from worker.ops.store import HOUR, MINUTE, OpsStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+MAX_BATCHES = 20  # per tick; a backlog is worked off over several ticks
+MONITOR = "drift-monitor"
+
+
+@dataclass
+class FoldResult:
+    rewards: int = 0
+    events: int = 0
+    alarms: list[dict] = field(default_factory=list)
+
+
+def _entry_time(sid: str, fields: dict, name: str) -> float:
+    try:
+        return float(fields[name])
+    except (KeyError, ValueError):
+        return int(sid.split("-")[0]) / 1000.0  # the stream id is the append time
+
+
+def fold_once(store: OpsStore, now: float, batch: int = BATCH, detector_params: dict | None = None
+              ) -> FoldResult | None:
+    """Fold up to `batch` new entries of each stream; None when another fold won the race."""
+    old = store.cursors()
+    rewards = store.read_after("rewards", old["rewards"], batch)
+    events = store.read_after("events", old["events"], batch)
+    if not rewards and not events:
+        return FoldResult()
+    facts = store.reply_facts([f.get("reply_id", "") for _, f in rewards],
+                              [f.get("reply_id", "") for _, f in events if f.get("kind") == "dwell"])
+    buckets: dict = {}
+    totals: dict[str, float] = {}
+    vrewards: dict[str, list[float]] = defaultdict(list)
+    values: list[tuple[str, float, float]] = []
+
+    def put(ts: float, inc: dict) -> None:
+        series.add(buckets, (MINUTE, series.floor_to(ts, MINUTE)), inc)
+        series.add(buckets, (HOUR, series.floor_to(ts, HOUR)), inc)
+        for name, value in inc.items():
+            totals[name] = totals.get(name, 0.0) + value
+
+    for sid, f in rewards:
+        ts = _entry_time(sid, f, "finalized_at")
+        ended_at, _ = facts.get(f.get("reply_id", ""), (None, 0))
+        put(ts, series.reward_increments(f, ended_at))
+        latency = series.latency_seconds(f, ended_at)
+        if latency is not None:
+            for name, value in series.latency_bucket_increments(latency).items():
+                totals[name] = totals.get(name, 0.0) + value
+        for metric, value in series.detector_values(f, stream="rewards"):
+            values.append((metric, value, ts))
+            vrewards[f.get("adapter_version") or "unknown"].append(value)
+    for sid, f in events:
+        ts = _entry_time(sid, f, "server_time")
+        words = facts.get(f.get("reply_id", ""), (None, 0))[1]
+        put(ts, series.event_increments(f, words))
+        values.extend((m, v, ts) for m, v in series.detector_values(f, words))
+    states, fired = run_detectors(store.detector_states(), values, detector_params)
+    alarms = [{"at": now, "detector": r.detector, "metric": r.metric, "version": r.version or "",
+               "direction": r.direction, "statistic": r.statistic, "threshold": r.threshold,
+               "message": r.message, "evidence": r.evidence, "since": since, "until": until, "action": "alert"}
+              for r, since, until in fired]
+    new = {"rewards": rewards[-1][0] if rewards else old["rewards"],
+           "events": events[-1][0] if events else old["events"]}
+    if not store.commit_fold(old, new, buckets, totals, vrewards, states, alarms):
+        return None
+    return FoldResult(len(rewards), len(events), alarms)
+
+
+def fold(store: OpsStore, now: float, batch: int = BATCH, max_batches: int = MAX_BATCHES,
+         detector_params: dict | None = None) -> FoldResult:
+    """Fold until caught up (or max_batches). detector_params: Cusum config fields for new
+    detectors (default: worker/drift.py's calibrated defaults)."""
+    total = FoldResult()
+    for _ in range(max_batches):
+        res = fold_once(store, now, batch, detector_params)
+        if res is None:  # another fold moved the cursors: it does this work
+            break
+        total.rewards += res.rewards
+        total.events += res.events
+        total.alarms += res.alarms
+        if res.rewards < batch and res.events < batch:
+            break
+    return total
+
+
+def check_versions(store: OpsStore, registry, settings: Settings, now: float, new_rewards: bool = True
+                   ) -> dict | None:
+    """Compare the version under watch with its parent; act on a significant drop. Returns the
+    alarm it raised (None: nothing under watch, already judged, or no significant drop).
+    Without new rewards a version already compared with the same parent is not re-read."""
+    from core.registry import RegistryError
+    state = registry.state()
+    watch = version_under_watch(state)
+    verdict = store.verdicts().get(watch.version, {}) if watch else {}
+    if watch is None or verdict.get("alarm") or (not new_rewards and verdict.get("parent") == watch.parent):
+        return None
+    result = compare_versions(store.version_rewards(watch.parent), store.version_rewards(watch.version),
+                              min_samples=settings.drift_min_samples, alpha=settings.drift_alpha,
+                              min_effect=settings.drift_min_effect, version=watch.version,
+                              parent_version=watch.parent)
+    verdict = {"at": now, "alarm": result.alarm, "parent": watch.parent, "role": watch.role,
+               "reason": result.evidence.get("reason"), "message": result.message,
+               "child_n": result.evidence["child"]["n"], "parent_n": result.evidence["parent"]["n"]}
+    if not result.alarm:
+        store.set_verdict(watch.version, verdict)
+        return None
+    action = "alert"
+    if settings.drift_policy == "rollback":
+        reason = rollback_reason(result)
+        try:
+            registry.move("rollback", watch.parent, by=MONITOR, reason=reason)
+            action = f"rolled back to {watch.parent}"
+            store.count("drift_rollbacks")
+        except (RegistryError, redis.RedisError) as exc:
+            action = f"rollback to {watch.parent} failed: {exc}"
+            log.error("drift monitor: %s", action)
+    created = float((state["versions"].get(watch.version) or {}).get("created") or now)
+    alarm = {"at": now, "detector": result.detector, "metric": result.metric, "version": watch.version,
+             "direction": result.direction, "statistic": result.statistic, "threshold": result.threshold,
+             "message": result.message, "evidence": result.evidence, "since": created, "until": now,
+             "action": action}
+    store.set_verdict(watch.version, dict(verdict, action=action))
+    store.add_alarm(alarm)
+    alerts.send(alarm, settings.alert_webhook)
+    return alarm
+
+
+def ops_tick(store: OpsStore, registry, settings: Settings, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    res = fold(store, now)
+    for alarm in res.alarms:
+        alerts.send(alarm, settings.alert_webhook)
+    store.snapshot_depths(now)
+    version_alarm = check_versions(store, registry, settings, now, new_rewards=res.rewards > 0)
+    return {"rewards": res.rewards, "events": res.events, "alarms": len(res.alarms) + bool(version_alarm),
+            "rollback": (version_alarm or {}).get("action")}
+
+
+def store_for(client: redis.Redis, settings: Settings, keys) -> OpsStore:
+    return OpsStore(client, keys, settings.ops_minute_retention_s, settings.ops_hour_retention_s)

@@ -1,0 +1,386 @@
+"""The reward of one reply: a pure function of the reply and what its user did with it.
+
+    reward = clip( u * (sum of user-signal components) + (sum of guard components), -1, 1 )
+
+    u = the user's weight: 1.0, or anomaly_weight for a user whose votes look automated.
+    Every component is  weight x unit signal  (weights in RewardConfig / reward_default.toml);
+    only components that fired are summed. With the default weights:
+
+    user signals (the user's own signals on this reply; signals of other users are ignored)
+      thumbs        +1 / -1        x 1.0   the user's LAST thumbs counts (0 = withdrawn)
+      rating        (r - 3) / 2    x 1.0   the user's LAST rating r in 1..5 counts
+      choose        +1 / -1        x 1.0   chosen over the other candidate / the other was chosen
+      copy          +1             x 0.5   counted once, however often copied
+      regenerate    -1             x 0.5   the user replaced this reply by regenerating
+      continuation  +1             x 0.3   the user wrote again within continuation_window_s (600 s)
+      dwell         clip(log2(visible / expected), -1, 1)   x 0.1
+                    expected = words / reading_wpm (230) minutes; the longest visible time counts
+      abandon       -1             x 0.1   session went idle with no action (void if an action counted)
+    guards (automatic, for what users cannot see at scale; never scaled by u)
+      repetition    -1             x 0.5   fraction of repeated word 3-grams > 0.3
+      empty         -1             x 1.0   the reply is empty or whitespace
+      truncated     -1             x 0.3   non-empty reply with finish_reason "length" or "error"
+      safety        -1             x 1.0   a safety word appears (whole word, any case; list empty by default)
+
+A reward is final wait_window_s (600 s) after the reply ended, or at session end. A reply with
+no user signal (guards alone do not count) is excluded from training, or gets default_reward
+when no_signal_policy = "default". A choose, or a regenerate whose new reply the user then kept
+(thumbs up, rating >= 4, copy or chosen, and no negative signal), also yields a preference pair
+(chosen = kept reply, rejected = the other). No user may fill more than max_user_share (25 %)
+of one training batch (each keeps their earliest samples; with too few users for that, the most
+even split possible, at least one sample each), and a user whose last anomaly_min_events (5) votes all have the same
+sign and all came within anomaly_fast_s (1 s) of the reply ending gets weight anomaly_weight
+(0.25).
+
+No Redis, Celery or FastAPI here: callers pass plain data (``Signal``/``ReplyFacts`` or dicts).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+from worker.rewards.config import RewardConfig
+
+USER_COMPONENTS = ("thumbs", "rating", "choose", "copy", "regenerate", "continuation", "dwell", "abandon")
+GUARD_COMPONENTS = ("repetition", "empty", "truncated", "safety")
+# explicit actions on a reply; any of them counting voids "abandon" (which means "no action")
+ACTION_COMPONENTS = frozenset(USER_COMPONENTS) - {"dwell", "abandon"}
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+CUT_OFF = frozenset({"length", "error"})  # "cancelled" is the user's stop, not the model's fault
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One user event about one reply, as the websocket protocol delivers it."""
+
+    kind: str
+    value: float | str | None
+    ts: float
+    user_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Signal:
+        user_id, extra = str(d.get("user_id") or ""), dict(d.get("extra") or {})
+        return cls(str(d["kind"]), d.get("value"), float(d.get("ts") or 0.0), user_id, extra)
+
+
+@dataclass(frozen=True)
+class ReplyFacts:
+    """What the server knows about a finished reply."""
+
+    reply_id: str
+    text: str
+    n_tokens: int
+    finish_reason: str  # one of FINISH_REASONS
+    ended_at: float
+    user_id: str = ""
+    adapter_version: str = ""
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    components: dict[str, float]  # only components that fired, already weighted
+    total: float  # raw_sum clipped to [-1, 1]
+    raw_sum: float
+    has_signal: bool  # any user-signal component fired (guards do not count)
+    user_weight: float = 1.0
+    details: dict[str, str] = field(default_factory=dict)  # component -> why it fired
+    notes: tuple[str, ...] = ()  # signals that were ignored, and why
+
+    def explain(self) -> list[str]:
+        """Human-readable lines, one per component, then notes and the total."""
+        lines = []
+        for name, value in self.components.items():
+            why = self.details.get(name, "")
+            if name in USER_COMPONENTS and self.user_weight != 1.0:
+                why += f"; x user weight {self.user_weight:.2f}"
+            lines.append(f"{name:<12}  {value:+.3f}  ({why})")
+        lines += [f"ignored: {note}" for note in self.notes]
+        if self.user_weight != 1.0:
+            lines.append(f"user weight {self.user_weight:.2f} scales user-signal components, not guards")
+        if not self.has_signal:
+            lines.append("no user signal: excluded or default_reward, per no_signal_policy")
+        if self.total != self.raw_sum:
+            lines.append(f"total clipped to [-1, 1]: {self.raw_sum:+.3f} -> {self.total:+.3f}")
+        else:
+            lines.append(f"total         {self.total:+.3f}  (sum of {len(self.components)} components)")
+        return lines
+
+    def as_dict(self) -> dict:
+        """JSON-able summary for the reward ledger."""
+        keys = ("components", "total", "raw_sum", "has_signal", "user_weight")
+        return {k: dict(v) if isinstance(v := getattr(self, k), dict) else v for k in keys}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+_WORD = re.compile(r"\w+")
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts))
+
+
+def _num(v: Any) -> float | None:
+    """A finite number from a signal value (int, float or numeric string), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return None
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def repeated_ngram_fraction(text: str, n: int) -> float:
+    """Share of the word n-grams that repeat an earlier one: 1 - unique / total (0 if none)."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+@lru_cache(maxsize=32)
+def _safety_pattern(words: tuple[str, ...]) -> re.Pattern | None:
+    if not words:
+        return None
+    # longest first so a phrase wins over a word inside it; any whitespace inside a phrase
+    alts = sorted((r"\s+".join(map(re.escape, w.split())) for w in set(words)), key=len, reverse=True)
+    return re.compile(rf"(?<!\w)(?:{'|'.join(alts)})(?!\w)", re.IGNORECASE)
+
+
+def find_safety_words(text: str, words: Sequence[str]) -> list[str]:
+    """Safety words/phrases present in text as whole words, case-insensitive, sorted."""
+    pattern = _safety_pattern(tuple(words))
+    if pattern is None:
+        return []
+    return sorted({" ".join(m.group(0).lower().split()) for m in pattern.finditer(text)})
+
+
+# ---------------------------------------------------------------------------- user signals
+# Each rule gets the signals of its kind (oldest first) and returns (unit, why) or None.
+
+Rule = Callable[[ReplyFacts, list[Signal], RewardConfig, list[str]], "tuple[float, str] | None"]
+
+
+def _last_valid(sigs: list[Signal], parse, kind: str, notes: list[str]):
+    """The last signal whose value parses (a change of mind is a new event), noting bad ones."""
+    valid = []
+    for s in sigs:
+        v = parse(s.value)
+        if v is None:
+            notes.append(f"{kind} with invalid value {s.value!r}")
+        else:
+            valid.append((s, v))
+    return (valid[-1], len(valid)) if valid else (None, 0)
+
+
+def _thumbs(facts, sigs, cfg, notes):
+    last, n = _last_valid(sigs, _num, "thumbs", notes)
+    if last is None:
+        return None
+    s, v = last
+    if v == 0:
+        notes.append(f"thumbs withdrawn at {_clock(s.ts)}")
+        return None
+    of = f", last of {n}" if n > 1 else ""
+    return float(_sign(v)), f"last thumbs: {_sign(v):+d} at {_clock(s.ts)}{of}"
+
+
+def _rating_value(v: Any) -> float | None:
+    r = _num(v)
+    return r if r is not None and 1 <= r <= 5 else None
+
+
+def _choose_value(v: Any) -> str | None:
+    return v.lower() if isinstance(v, str) and v.lower() in ("chosen", "rejected") else None
+
+
+def _rating(facts, sigs, cfg, notes):
+    last, n = _last_valid(sigs, _rating_value, "rating", notes)
+    if last is None:
+        return None
+    s, r = last
+    of = f", last of {n}" if n > 1 else ""
+    return (r - 3) / 2, f"last rating: {r:g} at {_clock(s.ts)} -> (r-3)/2{of}"
+
+
+def _choose(facts, sigs, cfg, notes):
+    last, _ = _last_valid(sigs, _choose_value, "choose", notes)
+    if last is None:
+        return None
+    s, v = last
+    if v == "chosen":
+        return 1.0, f"chosen over the other candidate at {_clock(s.ts)}"
+    return -1.0, f"rejected: the other candidate was chosen at {_clock(s.ts)}"
+
+
+def _copy(facts, sigs, cfg, notes):
+    times = f", {len(sigs)} copy events counted once" if len(sigs) > 1 else ""
+    return 1.0, f"copied at {_clock(sigs[0].ts)}{times}"
+
+
+def _regenerate(facts, sigs, cfg, notes):
+    return -1.0, f"replaced by a regenerated reply at {_clock(sigs[0].ts)}"
+
+
+def _continuation(facts, sigs, cfg, notes):
+    for s in sigs:
+        gap = _num(s.extra.get("gap_s"))
+        gap = s.ts - facts.ended_at if gap is None else gap
+        window = cfg.continuation_window_s
+        if gap <= window:
+            return 1.0, f"user wrote again {gap:.0f} s after the reply (window {window:g} s)"
+        notes.append(f"continuation {gap:.0f} s after the reply, outside the {window:g} s window")
+    return None
+
+
+def _dwell(facts, sigs, cfg, notes):
+    # dwell reports are cumulative visible time, so the largest one is the whole story
+    visible = [v for s in sigs if (v := _num(s.value)) is not None and v >= 0]
+    if len(visible) < len(sigs):
+        notes.append(f"{len(sigs) - len(visible)} dwell event(s) with invalid visible_ms")
+    words = len(facts.text.split())
+    if not visible or words == 0:
+        if visible:
+            notes.append("dwell on an empty reply (no reading time to compare with)")
+        return None
+    ms = max(visible)
+    expected_ms = words / cfg.reading_wpm * 60_000.0
+    unit = -1.0 if ms == 0 else max(-1.0, min(1.0, math.log2(ms / expected_ms)))
+    return unit, (
+        f"visible {ms / 1000:.1f} s vs expected {expected_ms / 1000:.1f} s "
+        f"({words} words at {cfg.reading_wpm:g} wpm): clipped log2 ratio {unit:+.2f}"
+    )
+
+
+def _abandon(facts, sigs, cfg, notes):
+    return -1.0, "session went idle with no action on the reply"
+
+
+_USER_RULES: dict[str, Rule] = {
+    "thumbs": _thumbs,
+    "rating": _rating,
+    "choose": _choose,
+    "copy": _copy,
+    "regenerate": _regenerate,
+    "continuation": _continuation,
+    "dwell": _dwell,
+    "abandon": _abandon,  # last: it is void when an action above counted
+}
+
+
+def _own_signals(facts: ReplyFacts, signals: Iterable[Signal | Mapping], notes: list[str]) -> list[Signal]:
+    """The reply's user's signals, oldest first (stable, so equal times keep arrival order)."""
+    mine, others, unknown = [], 0, Counter()
+    for raw in signals:
+        s = raw if isinstance(raw, Signal) else Signal.from_dict(raw)
+        if s.kind not in _USER_RULES:
+            unknown[s.kind] += 1
+        elif facts.user_id and s.user_id and s.user_id != facts.user_id:
+            others += 1  # a reply is rewarded by the person it answered; others cannot steer it
+        else:
+            mine.append(s)
+    if others:
+        notes.append(f"{others} signal(s) from users other than {facts.user_id!r}")
+    notes += [f"{n} signal(s) of unknown kind {k!r}" for k, n in sorted(unknown.items())]
+    return sorted(mine, key=lambda s: s.ts)
+
+
+# ---------------------------------------------------------------------------- guards
+
+
+def _guards(facts: ReplyFacts, cfg: RewardConfig) -> dict[str, tuple[float, str]]:
+    fired: dict[str, tuple[float, str]] = {}
+    empty = not facts.text.strip()
+    if empty:
+        fired["empty"] = (-1.0, "reply is empty")
+    elif facts.finish_reason in CUT_OFF:  # an empty reply is already penalized as empty
+        fired["truncated"] = (-1.0, f"finish_reason {facts.finish_reason!r}: reply was cut off")
+    frac = repeated_ngram_fraction(facts.text, cfg.repetition_n)
+    if frac > cfg.repetition_threshold:
+        fired["repetition"] = (
+            -1.0,
+            f"{frac:.0%} of word {cfg.repetition_n}-grams repeated (threshold {cfg.repetition_threshold:.0%})",
+        )
+    hits = find_safety_words(facts.text, cfg.safety_words)
+    if hits:
+        fired["safety"] = (-1.0, "safety words: " + ", ".join(hits))
+    return {name: fired[name] for name in GUARD_COMPONENTS if name in fired}
+
+
+# ---------------------------------------------------------------------------- the reward
+
+
+def compute_reward(
+    facts: ReplyFacts,
+    signals: Iterable[Signal | Mapping],
+    cfg: RewardConfig,
+    user_weight: float = 1.0,
+) -> RewardBreakdown:
+    """The reward of one reply (formula in the module docstring). Pure and deterministic."""
+    if not (math.isfinite(user_weight) and user_weight >= 0):
+        raise ValueError(f"user_weight must be a finite number >= 0; got {user_weight!r}")
+    notes: list[str] = []
+    by_kind: dict[str, list[Signal]] = {k: [] for k in _USER_RULES}
+    for s in _own_signals(facts, signals, notes):
+        by_kind[s.kind].append(s)
+
+    components: dict[str, float] = {}
+    details: dict[str, str] = {}
+    for name, rule in _USER_RULES.items():
+        weight = getattr(cfg, f"{name}_weight")
+        if not by_kind[name] or weight == 0:  # weight 0 switches a component off entirely
+            continue
+        if name == "abandon" and ACTION_COMPONENTS & components.keys():
+            notes.append("abandon, because the user did act on the reply")
+            continue
+        fired = rule(facts, by_kind[name], cfg, notes)
+        if fired is not None:
+            components[name] = weight * fired[0] * user_weight
+            details[name] = fired[1]
+    has_signal = bool(components)
+
+    for name, (unit, why) in _guards(facts, cfg).items():
+        weight = getattr(cfg, f"{name}_weight")
+        if weight != 0:
+            components[name] = weight * unit
+            details[name] = why
+
+    raw_sum = sum(components.values())
+    total = max(-1.0, min(1.0, raw_sum))
+    return RewardBreakdown(components, total, raw_sum, has_signal, user_weight, details, tuple(notes))
+
+
+def is_final(ended_at: float, now: float, cfg: RewardConfig, session_ended: bool = False) -> bool:
+    """A reward is final once the wait window has passed since the reply ended, or the session ended."""
+    return session_ended or now - ended_at >= cfg.wait_window_s
+
+
+def finalize_state(has_signal: bool, cfg: RewardConfig, total: float | None = None) -> tuple[str, float | None]:
+    """Ledger state and reward of a final reply.
+
+    ("rewarded", total) with a user signal (total as passed, None if not passed);
+    ("defaulted", cfg.default_reward) without one when no_signal_policy == "default";
+    ("excluded", None) otherwise: the reply is left out of training.
+    """
+    if has_signal:
+        return "rewarded", total
+    if cfg.no_signal_policy == "default":
+        return "defaulted", cfg.default_reward
+    return "excluded", None

@@ -1,0 +1,195 @@
+"""The reward ledger: every Redis read and write of the reward workers (the one worker module
+that talks to Redis). Atomic steps are Lua scripts (worker/ledger_lua.py); the flow that uses
+them is in worker/processor.py, the reward itself in worker/rewards.py.
+
+Keys written here (prefix omitted): reward:{reply} (ledger entry), reward_signals:{reply},
+rewards:pending, rewards, pairs, dead_letters, user:{user}, user_votes:{user}, worker:stats,
+worker:errors, lock:{name}, the `rewarders` group of `events`, and derived `abandon` events.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from core.keys import Keys
+from core.redis_conn import RECORD_ONCE, RELEASE_LOCK, flat_fields, record_once_call, record_once_results
+from worker.rewards import ledger_lua as lua
+
+GROUP = "rewarders"
+VOTES_KEPT = 50
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    stream_id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+
+class RewardLedger:
+    def __init__(self, client: redis.Redis, keys: Keys):
+        self.r = client
+        self.k = keys
+        self._ensure = client.register_script(lua.ENSURE_ENTRY)
+        self._apply = client.register_script(lua.APPLY_SIGNAL)
+        self._finalize = client.register_script(lua.FINALIZE)
+        self._dead = client.register_script(lua.DEAD_LETTER)
+        self._acquire = client.register_script(lua.ACQUIRE_OR_RENEW)
+        self._release = client.register_script(RELEASE_LOCK)
+        self._forget = client.register_script(lua.FORGET_CONSUMER)
+        self._record_once = client.register_script(RECORD_ONCE)
+
+    # --- the events stream and its consumer group -----------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.k.events, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):  # the group exists already: fine, anything else is not
+                raise
+
+    def read_new(self, consumer: str, count: int) -> list[tuple[str, dict]]:
+        reply = self.r.xreadgroup(GROUP, consumer, {self.k.events: ">"}, count=count)
+        return reply[0][1] if reply else []
+
+    def ack(self, stream_ids: list[str]) -> None:
+        if stream_ids:
+            with self.r.pipeline(transaction=True) as p:
+                p.xack(self.k.events, GROUP, *stream_ids)
+                p.hdel(self.k.worker_errors, *stream_ids)
+                p.hincrby(self.k.worker_stats, "events", len(stream_ids))
+                p.execute()
+
+    def note_error(self, stream_id: str, error: str) -> None:
+        self.r.hset(self.k.worker_errors, stream_id, error[:2000])
+
+    def stale_pending(self, min_idle_ms: int, count: int) -> list[PendingEntry]:
+        rows = self.r.xpending_range(self.k.events, GROUP, "-", "+", count, idle=min_idle_ms)
+        return [PendingEntry(r["message_id"], r["consumer"], int(r["time_since_delivered"]),
+                             int(r["times_delivered"])) for r in rows]
+
+    def autoclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[tuple[str, dict]]:
+        """Take over entries idle longer than min_idle_ms (their worker died or failed on them)."""
+        reply = self.r.xautoclaim(self.k.events, GROUP, consumer, min_idle_ms, "0-0", count=count)
+        return [(sid, f) for sid, f in reply[1] if f is not None]  # None: trimmed away meanwhile
+
+    def prune_consumers(self, idle_ms: int) -> int:
+        """Forget consumers (worker processes) idle that long with nothing pending: restarts
+        would otherwise grow the group's consumer list forever."""
+        gone = 0
+        for c in self.r.xinfo_consumers(self.k.events, GROUP):
+            if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms:
+                gone += int(self._forget(keys=[self.k.events], args=[GROUP, c["name"]]))
+        return gone
+
+    def dead_letter(self, entry: PendingEntry, reason: str) -> bool:
+        """Park an event that failed `entry.deliveries` times, with its last error; ack it."""
+        rows = self.r.xrange(self.k.events, entry.stream_id, entry.stream_id)
+        fields = rows[0][1] if rows else {}
+        error = self.r.hget(self.k.worker_errors, entry.stream_id) or reason
+        letter = {"stream_id": entry.stream_id, "kind": fields.get("kind", ""), "reply_id": fields.get("reply_id", ""),
+                  "deliveries": entry.deliveries, "error": error, "event": fields, "dead_at": repr(time.time())}
+        done = self._dead(keys=[self.k.events, self.k.dead_letters, self.k.worker_errors, self.k.worker_stats],
+                          args=[GROUP, entry.stream_id, json.dumps(flat_fields(letter))])
+        return bool(done)
+
+    def dead_letters(self, limit: int) -> list[tuple[str, dict]]:
+        return self.r.xrevrange(self.k.dead_letters, count=limit)
+
+    # --- ledger entries and signals ---------------------------------------------------------
+    def ensure_entry(self, reply_id: str, wait_window_s: float, now: float) -> int:
+        """1 opened now, 0 already open (or final), -1 the reply does not exist."""
+        return int(self._ensure(keys=[self.k.reward(reply_id), self.k.rewards_pending, self.k.reply(reply_id)],
+                                args=[reply_id, repr(wait_window_s), repr(now)]))
+
+    def apply_signal(self, reply_id: str, user_id: str, signal: dict, pair: dict | None, vote: list | None) -> int:
+        """0 duplicate (already counted), 1 recorded, 2 recorded as late (the reply was final)."""
+        keys = [self.k.reward_signals(reply_id), self.k.reward(reply_id), self.k.pairs, self.k.user_votes(user_id),
+                self.k.worker_stats]
+        args = [signal["event_id"], json.dumps(signal), json.dumps(flat_fields(pair)) if pair else "",
+                json.dumps(vote) if vote else ""]
+        return int(self._apply(keys=keys, args=args))
+
+    def end_session(self, session_id: str, now: float) -> int:
+        """Session end: every pending reply of the session is due now (ZADD XX LT: only pending
+        ones, and never later than already due)."""
+        rids = self.r.lrange(self.k.session_replies(session_id), 0, -1)
+        if not rids:
+            return 0
+        return int(self.r.zadd(self.k.rewards_pending, {rid: now for rid in rids}, xx=True, lt=True, ch=True))
+
+    def recent_votes(self, user_id: str) -> list[tuple]:
+        """The user's recent votes, oldest first."""
+        return [tuple(json.loads(v)) for v in reversed(self.r.lrange(self.k.user_votes(user_id), 0, VOTES_KEPT - 1))]
+
+    def set_user_weight(self, user_id: str, weight: float, reason: str | None, now: float) -> None:
+        self.r.hset(self.k.user(user_id), mapping={"anomaly_weight": repr(weight), "anomaly_reason": reason or "",
+                                                   "anomaly_checked_at": repr(now)})
+
+    def due(self, now: float, limit: int) -> list[str]:
+        return self.r.zrangebyscore(self.k.rewards_pending, "-inf", now, start=0, num=limit)
+
+    def finalize_inputs(self, reply_id: str) -> tuple[dict, dict, list[dict], dict]:
+        """(ledger entry, reply hash, signals, user hash) of one reply, read together."""
+        with self.r.pipeline(transaction=True) as p:
+            p.hgetall(self.k.reward(reply_id))
+            p.hgetall(self.k.reply(reply_id))
+            p.hvals(self.k.reward_signals(reply_id))
+            entry, reply, signals = p.execute()
+        user = self.r.hgetall(self.k.user(entry["user_id"])) if entry.get("user_id") else {}
+        return entry, reply, [json.loads(s) for s in signals], user
+
+    def finalize(self, reply_id: str, n_signals: int, ledger_fields: dict, stream_fields: dict,
+                 pair: dict | None) -> int:
+        """1 finalized now, 0 already final, -1 a signal arrived meanwhile (recompute and retry)."""
+        keys = [self.k.reward(reply_id), self.k.rewards_pending, self.k.reward_signals(reply_id), self.k.rewards,
+                self.k.pairs, self.k.worker_stats]
+        args = [reply_id, n_signals, json.dumps(flat_fields(ledger_fields)), json.dumps(flat_fields(stream_fields)),
+                json.dumps(flat_fields(pair)) if pair else ""]
+        return int(self._finalize(keys=keys, args=args))
+
+    def entry(self, reply_id: str) -> dict:
+        return self.r.hgetall(self.k.reward(reply_id))
+
+    def signals(self, reply_id: str) -> list[dict]:
+        return sorted((json.loads(s) for s in self.r.hvals(self.k.reward_signals(reply_id))), key=lambda s: s["ts"])
+
+    def reply(self, reply_id: str) -> dict:
+        return self.r.hgetall(self.k.reply(reply_id))
+
+    # --- abandoned sessions ------------------------------------------------------------------
+    def recent_sessions(self, since: float) -> list[str]:
+        return self.r.zrangebyscore(self.k.sessions, since, "+inf")
+
+    def session_tail(self, session_id: str) -> tuple[float | None, str | None, str | None]:
+        """(last_active, user_id, last reply id in the history) of one session."""
+        with self.r.pipeline(transaction=False) as p:
+            p.hmget(self.k.session_meta(session_id), "last_active", "user_id")
+            p.lindex(self.k.session(session_id), -1)
+            (last_active, user_id), last_reply = p.execute()
+        return (float(last_active) if last_active else None), user_id, last_reply
+
+    def abandon_recorded(self, reply_id: str) -> bool:
+        return bool(self.r.exists(self.k.feedback_id(f"derived:abandon:{reply_id}")))
+
+    def record_abandon(self, reply_id: str, fields: dict) -> bool:
+        """Append one `abandon` event for the reply, at most once ever (like the server's feedback)."""
+        keys, args = record_once_call(self.k.events, [(self.k.feedback_id(f"derived:abandon:{reply_id}"),
+                                                       flat_fields(fields))])
+        return record_once_results(self._record_once(keys=keys, args=args))[0][0]
+
+    # --- counters and the beat lock ----------------------------------------------------------
+    def count(self, name: str, n: int = 1) -> None:
+        self.r.hincrby(self.k.worker_stats, name, n)
+
+    def stats(self) -> dict:
+        return self.r.hgetall(self.k.worker_stats)
+
+    def acquire_or_renew(self, name: str, token: str, ttl_s: float) -> bool:
+        return bool(self._acquire(keys=[self.k.lock(name)], args=[token, int(ttl_s * 1000)]))
+
+    def release(self, name: str, token: str) -> bool:
+        return bool(self._release(keys=[self.k.lock(name)], args=[token]))

@@ -1,0 +1,207 @@
+"""The reward pipeline, step by step: events -> signals in the ledger -> final rewards.
+
+Exactly once: every write is keyed (a signal by its event id, an entry by its reply id, a
+final reward by the entry's pending state), so an event processed twice - redelivered after a
+worker died, or taken by a second worker - changes nothing; entries are acked only after the
+ledger holds their effect. Redis I/O goes through RewardLedger; the reward is rewards.py's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+
+from worker.rewards.batches import anomaly_weight
+from worker.rewards.config import RewardConfig, config_hash
+from worker.rewards.function import ACTION_COMPONENTS, compute_reward, finalize_state
+from worker.rewards.ledger import RewardLedger
+from worker.rewards.pairs import is_kept
+from worker.rewards.signals import Event, PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+CONSUMER_FORGET_S = 3600  # a consumer (worker process) silent this long with nothing pending is gone
+FINALIZE_RETRIES = 5
+
+
+def consumer_name() -> str:
+    """One consumer per worker process: what it holds pending is reclaimed if it dies."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class BatchResult:
+    acked: int = 0
+    failed: int = 0
+    finalized: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+# --- events -> ledger --------------------------------------------------------------------------
+def _open_entry(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, ev: Event, now: float) -> None:
+    if ledger.ensure_entry(reply_id, cfg.wait_window_s, now) < 0:
+        raise PoisonEvent(f"event {ev.stream_id}: reply {reply_id!r} does not exist")
+
+
+def _update_user_weight(ledger: RewardLedger, cfg: RewardConfig, user_id: str, now: float) -> None:
+    weight, reason = anomaly_weight(ledger.recent_votes(user_id), cfg)
+    ledger.set_user_weight(user_id, weight, reason, now)
+    if reason:
+        log.info("user %s weighted %.2f: %s", user_id, weight, reason)
+
+
+def handle_event(ledger: RewardLedger, cfg: RewardConfig, ev: Event, now: float) -> None:
+    """Write the effect of one event to the ledger (idempotent)."""
+    if ev.kind == "user_message":
+        return
+    if ev.kind == "reply":
+        _open_entry(ledger, cfg, ev.reply_id, ev, now)
+        return
+    pair, vote = choose_pair(ev), vote_of(ev)
+    new_vote = False
+    for reply_id, signal in signals_of(ev):
+        _open_entry(ledger, cfg, reply_id, ev, now)  # a second worker may hold the `reply` event
+        result = ledger.apply_signal(reply_id, ev.user_id, signal, pair, vote)
+        new_vote |= bool(vote) and result > 0
+        pair = vote = None  # the pair and the vote travel with the first signal only
+        if result == 2:
+            log.info("late %s on final reply %s: recorded, reward unchanged", ev.kind, reply_id)
+    if new_vote:
+        _update_user_weight(ledger, cfg, ev.user_id, now)
+    if ev.kind == "abandon":  # abandonment means the session ended: its rewards are due now
+        ledger.end_session(ev.session_id, now)
+
+
+def process_entries(ledger: RewardLedger, cfg: RewardConfig, entries: list[tuple[str, dict]],
+                    result: BatchResult) -> None:
+    """Handle each entry on its own: one that fails stays pending (to be retried or dead-lettered
+    by reclaim_stale) and never blocks the others."""
+    done = []
+    now = time.time()
+    for stream_id, fields in entries:
+        try:
+            handle_event(ledger, cfg, parse_event(stream_id, fields), now)
+            done.append(stream_id)
+        except Exception as exc:  # isolate the entry: record why, keep it pending, go on
+            msg = f"{type(exc).__name__}: {exc}"
+            log.warning("event %s (%s) failed: %s", stream_id, fields.get("kind"), msg)
+            ledger.note_error(stream_id, msg)
+            result.failed += 1
+            result.errors.append(msg)
+    ledger.ack(done)
+    result.acked += len(done)
+
+
+def process_events(ledger: RewardLedger, cfg: RewardConfig, consumer: str, budget_s: float = 5.0) -> BatchResult:
+    """Read new events in batches until none are left or the time budget is spent; then
+    finalize what became due, so a zero wait window gives a final reward within one run."""
+    result = BatchResult()
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        entries = ledger.read_new(consumer, BATCH)
+        if not entries:
+            break
+        process_entries(ledger, cfg, entries, result)
+    if result.acked:
+        result.finalized = finalize_due(ledger, cfg, time.time())
+    return result
+
+
+# --- ledger -> final rewards --------------------------------------------------------------------
+def _regenerate_pair(entry: dict, signals: list[dict]) -> dict | None:
+    """A regeneration the user then kept: (chosen = this reply, rejected = the one it replaced)."""
+    if entry.get("replaces") and is_kept(signals):
+        return {"chosen_id": entry["reply_id"], "rejected_id": entry["replaces"], "source": "regenerate",
+                "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", "")}
+    return None
+
+
+def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: float) -> bool:
+    """Compute and write the final reward of one due reply; True if this call finalized it."""
+    for _ in range(FINALIZE_RETRIES):
+        entry, reply, signals, user = ledger.finalize_inputs(reply_id)
+        if not entry or entry.get("state") != "pending":
+            return False
+        weight = float(user.get("anomaly_weight") or 1.0)
+        breakdown = compute_reward(reply_facts(reply), signals, cfg, user_weight=weight)
+        state, reward = finalize_state(breakdown.has_signal, cfg, breakdown.total)
+        chash = config_hash(cfg)
+        ledger_fields = {
+            "state": state, "reward": "" if reward is None else repr(reward), "total": repr(breakdown.total),
+            "raw_sum": repr(breakdown.raw_sum), "has_signal": int(breakdown.has_signal),
+            "components": json.dumps(breakdown.components), "explain": json.dumps(breakdown.explain()),
+            "notes": json.dumps(list(breakdown.notes)), "config_hash": chash, "user_weight": repr(weight),
+            "anomaly_reason": user.get("anomaly_reason", ""), "n_signals": len(signals), "finalized_at": repr(now),
+        }
+        stream_fields = {
+            "reply_id": reply_id, "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", ""),
+            "adapter_version": entry.get("adapter_version", ""), "state": state,
+            "reward": "" if reward is None else repr(reward), "config_hash": chash, "user_weight": repr(weight),
+            "opt_out": entry.get("opt_out", "0"), "finalized_at": repr(now),
+            # which components fired: lets the drift monitor follow per-reply signal rates
+            "components": ",".join(sorted(breakdown.components)),
+        }
+        done = ledger.finalize(reply_id, len(signals), ledger_fields, stream_fields, _regenerate_pair(entry, signals))
+        if done >= 0:
+            if done:
+                log.info("reward %s: %s %s (%d signals)", reply_id, state, stream_fields["reward"] or "-", len(signals))
+            return bool(done)
+    log.warning("reward %s: signals kept changing during %d attempts; will retry next run", reply_id,
+                FINALIZE_RETRIES)
+    return False
+
+
+def finalize_due(ledger: RewardLedger, cfg: RewardConfig, now: float, limit: int = 500) -> int:
+    return sum(finalize_one(ledger, cfg, rid, now) for rid in ledger.due(now, limit))
+
+
+# --- abandoned sessions ------------------------------------------------------------------------
+ABANDON_LOOKBACK_S = 7 * 24 * 3600  # as long as the idempotency records of derived events live
+
+
+def derive_abandonment(ledger: RewardLedger, idle_s: float, now: float) -> int:
+    """One `abandon` event for the last reply of each session idle longer than idle_s whose
+    user did nothing with that reply (written once ever per reply)."""
+    written = 0
+    for sid in ledger.recent_sessions(now - ABANDON_LOOKBACK_S):
+        last_active, user_id, last_reply = ledger.session_tail(sid)
+        if last_active is None or last_reply is None or now - last_active < idle_s:
+            continue
+        if ledger.abandon_recorded(last_reply):
+            continue
+        if any(s["kind"] in ACTION_COMPONENTS for s in ledger.signals(last_reply)):
+            continue
+        version = ledger.reply(last_reply).get("adapter_version", "")
+        fields = {"event_id": "ev_" + secrets.token_hex(10), "kind": "abandon", "reply_id": last_reply,
+                  "session_id": sid, "user_id": user_id or "", "adapter_version": version,
+                  "value": round(now - last_active, 3), "server_time": repr(now), "derived": 1}
+        if ledger.record_abandon(last_reply, fields):
+            written += 1
+            log.info("session %s idle %.0f s: abandon event for reply %s", sid, now - last_active, last_reply)
+    return written
+
+
+# --- stale pending entries ---------------------------------------------------------------------
+def reclaim_stale(ledger: RewardLedger, cfg: RewardConfig, consumer: str, idle_s: float,
+                  max_deliveries: int) -> BatchResult:
+    """Dead-letter entries delivered max_deliveries times; take over and process the other
+    entries left pending longer than idle_s (a dead worker's, or ones that failed)."""
+    result = BatchResult()
+    idle_ms = int(idle_s * 1000)
+    for entry in ledger.stale_pending(idle_ms, BATCH):
+        if entry.deliveries >= max_deliveries:
+            if ledger.dead_letter(entry, f"not acked after {entry.deliveries} deliveries"):
+                log.error("event %s dead-lettered after %d deliveries", entry.stream_id, entry.deliveries)
+    ledger.prune_consumers(CONSUMER_FORGET_S * 1000)
+    entries = ledger.autoclaim(consumer, idle_ms, BATCH)
+    if entries:
+        log.info("reclaimed %d stale event(s)", len(entries))
+        process_entries(ledger, cfg, entries, result)
+        if result.acked:
+            result.finalized = finalize_due(ledger, cfg, time.time())
+    return result

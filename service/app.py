@@ -12,8 +12,9 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api import feedback, health, openai_api
 from service.api.admin import router as admin_router
-from service.api.http_api import ApiError, error_response, router
+from service.api.common import ApiError, error_response
 from service.api.ops import install as install_ops
 from service.api.ws import ChatConnection
 from service.runtime import Runtime
@@ -35,7 +36,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="rewardloop", lifespan=lifespan)
     app.state.runtime = runtime
-    app.include_router(router)
+    for part in (health, openai_api, feedback):
+        app.include_router(part.router)
     app.include_router(admin_router)
     install_ops(app, runtime)  # /ops page + API, reward/drift figures on /metrics
     from service.api.dev import router as dev_router  # sessions for developers, /api/opt-out

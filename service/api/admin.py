@@ -8,7 +8,7 @@ import hmac
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.http_api import ApiError, json_body, rt
+from service.api.common import ApiError, json_body, rt
 
 router = APIRouter()
 

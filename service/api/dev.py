@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from service.api.admin import require_operator
-from service.api.http_api import ApiError, bearer_user, rt
+from service.api.common import ApiError, bearer_user, rt
 
 router = APIRouter()
 

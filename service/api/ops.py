@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from core.redis_conn import connect
 from service.api.admin import require_operator
-from service.api.http_api import ApiError, rt
+from service.api.common import ApiError, rt
 from service.api.ops_metrics import OpsCollector
 from worker.ops.state import build_state
 from worker.ops.store import OpsStore

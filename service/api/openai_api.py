@@ -1,93 +1,17 @@
-"""HTTP routes: anonymous sessions, the OpenAI-compatible API, feedback, health."""
+"""The OpenAI-compatible API: /v1/models and /v1/chat/completions (plain and SSE)."""
 from __future__ import annotations
 
 import json
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from redis.exceptions import RedisError
+from fastapi.responses import StreamingResponse
 
+from service.api.common import ApiError, bearer_user, json_body, require_ready
 from service.engine.core import EndEvent
-from service.serving.auth import TokenError, User, create_token, new_user_id, verify_token
 from service.serving.chat import TurnRefused
-from service.serving.protocol import ProtocolError, parse_feedback
 
 router = APIRouter()
-
-
-class ApiError(Exception):
-    """Rendered as an OpenAI-style JSON error body with this status."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else
-                                   "server_error", "code": code}}, status_code=status)
-
-
-def rt(request: Request):
-    return request.app.state.runtime
-
-
-def bearer_user(request: Request) -> User:
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith("bearer "):
-        raise ApiError(401, "unauthorized", "missing bearer token: send Authorization: Bearer <token> "
-                       "(create one with `rewardloop token create USER` or POST /api/session)")
-    try:
-        return verify_token(rt(request).secret, header[7:].strip())
-    except TokenError as err:
-        raise ApiError(401, "unauthorized", str(err)) from None
-
-
-def require_ready(request: Request):
-    runtime = rt(request)
-    if not runtime.ready:
-        raise ApiError(503, "not_ready", "the model is still loading; retry in a few seconds (see /readyz)")
-    return runtime
-
-
-async def json_body(request: Request) -> dict:
-    raw = await request.body()
-    limit = rt(request).settings.max_message_bytes * 8  # whole conversations come in one request
-    if len(raw) > limit:
-        raise ApiError(413, "too_large", f"request body is {len(raw)} bytes; the limit is {limit}")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
-    return body
-
-
-@router.get("/healthz")
-async def healthz():
-    return {"status": "ok"}
-
-
-@router.get("/readyz")
-async def readyz(request: Request):
-    runtime = rt(request)
-    checks = {"model": runtime.ready, "redis": False}
-    if runtime.store is not None:
-        try:
-            checks["redis"] = await runtime.store.ping()
-        except Exception as exc:  # any failure means "not ready"; the reason goes in the body
-            checks["redis_error"] = str(exc)
-    ok = checks["model"] and checks["redis"]
-    return JSONResponse({"status": "ready" if ok else "not_ready", **checks}, status_code=200 if ok else 503)
-
-
-@router.post("/api/session")
-async def anonymous_session(request: Request):
-    runtime = rt(request)
-    uid = new_user_id()
-    return {"token": create_token(runtime.secret, uid, runtime.settings.token_ttl_s), "user_id": uid}
 
 
 @router.get("/v1/models")
@@ -173,20 +97,3 @@ async def _sse(runtime, plan, created):
     finally:  # the client went away mid-stream: free the engine now
         if plan.handle is not None:
             plan.handle.cancel()
-
-
-@router.post("/v1/feedback")
-async def post_feedback(request: Request):
-    user = bearer_user(request)
-    runtime = require_ready(request)
-    body = await json_body(request)
-    try:
-        fb = parse_feedback(body)
-        duplicate, fields = await runtime.feedback.record(fb, user)
-    except ProtocolError as err:
-        status = {"unknown_reply": 404, "forbidden": 403}.get(err.code, 400)
-        raise ApiError(status, err.code, err.message) from None
-    except RedisError:
-        raise ApiError(503, "unavailable", "storage is unavailable for a moment; nothing was recorded: "
-                       "retry in a few seconds with the same feedback_id") from None
-    return {"feedback_id": fb.feedback_id, "duplicate": duplicate, "status": "stored"}

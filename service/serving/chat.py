@@ -3,6 +3,7 @@ version, stream from the engine, and log the reply for learning and replay befor
 the caller may say the reply ended."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -14,6 +15,7 @@ from core.settings import Settings
 from service.engine.core import EndEvent, Engine, GenerationRequest, TextTail, TokenEvent
 from service.serving.auth import User
 from service.serving.prompting import Prompt, build_prompt, fit_messages
+from service.serving.stop_strings import StopScanner
 from service.serving.store import ChatStore, new_id
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class ReplyPlan:
     replaces: str | None = None
     in_history: bool = True
     history_index: int | None = None   # None = append a new turn
+    stop: tuple[str, ...] = ()         # stop strings (OpenAI API); rule in stop_strings.py
+    client: dict | None = None         # what an API client said about itself (user, metadata): logged
     handle: object = field(default=None, repr=False)
 
 
@@ -141,19 +145,34 @@ class ChatService:
         ids: list[int] = []
         logprobs: list[float] = []
         text = ""
+        scanner = StopScanner(plan.stop) if plan.stop else None
+        cut = None   # tokens kept once a stop string ended the reply
         async for event in plan.handle:
             if isinstance(event, TokenEvent):
+                if cut is not None:  # sampled after the stop string, before the cancel took effect
+                    continue
                 if not ids and self.watcher:
                     self.watcher.first_token(plan.adapter_version)
                 ids.append(event.token_id)
                 logprobs.append(event.logprob)
+                if scanner:
+                    event = dataclasses.replace(event, text=scanner.feed(event.text))
+                    if scanner.hit is not None:
+                        cut = len(ids)
+                        plan.handle.cancel()
                 text += event.text
                 yield event
             else:
-                if event.text_tail:  # streamed text + tail == the logged text, always
-                    yield TextTail(event.text_tail)
-                text = self.tok.decode(ids, skip_special_tokens=True)
-                await self.store.save_reply(self._record(plan, ids, logprobs, text, event),
+                tail = event.text_tail
+                if scanner:
+                    tail = scanner.feed(tail) + scanner.flush() if cut is None else ""
+                if tail:  # streamed text + tail == the logged text, always
+                    yield TextTail(tail)
+                text = scanner.text if scanner else self.tok.decode(ids, skip_special_tokens=True)
+                if cut is not None:
+                    event = dataclasses.replace(event, finish_reason="stop", n_tokens=cut, text_tail="")
+                await self.store.save_reply(self._record(plan, ids, logprobs, text, event,
+                                                         scanner.hit if scanner else None),
                                             in_history=plan.in_history, history_index=plan.history_index)
                 if self.metrics:
                     self.metrics.replies.labels(api=plan.api, finish_reason=event.finish_reason).inc()
@@ -162,7 +181,7 @@ class ChatService:
                         self.metrics.ttft.observe(event.first_token_at - event.queued_at)
                 yield event
 
-    def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent) -> dict:
+    def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent, stop_string: str | None = None) -> dict:
         return {
             "reply_id": plan.reply_id, "user_id": plan.user.user_id, "session_id": plan.session_id,
             "turn": plan.turn_index, "api": plan.api, "client_msg_id": plan.client_msg_id,
@@ -173,5 +192,7 @@ class ChatService:
             "queued_at": end.queued_at, "first_token_at": end.first_token_at, "ended_at": end.ended_at,
             "finish_reason": end.finish_reason, "n_tokens": end.n_tokens, "error": end.error,
             "candidates": plan.candidates, "replaces": plan.replaces,
+            "stop": list(plan.stop) or None, "stop_string": stop_string,
+            "client": plan.client,
             "opt_out": int(plan.user.opt_out), "logged_at": time.time(),
         }

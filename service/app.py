@@ -10,11 +10,12 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import feedback, health, openai_api
 from service.api.admin import router as admin_router
-from service.api.common import ApiError, error_response
+from service.api.common import ApiError, BodyLimit, body_limit, error_response, validation_error_response
 from service.api.ops import install as install_ops
 from service.api.ws import ChatConnection
 from service.runtime import Runtime
@@ -36,6 +37,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="rewardloop", lifespan=lifespan)
     app.state.runtime = runtime
+    app.add_middleware(BodyLimit, limit=body_limit(runtime.settings))  # 413 before a route parses a body
     for part in (health, openai_api, feedback):
         app.include_router(part.router)
     app.include_router(admin_router)
@@ -60,7 +62,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -68,6 +70,16 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return error_response(422, "bad_request", str(exc.errors()))
+        return validation_error_response(exc.errors())   # OpenAI's 400, `param` naming the field
+
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, exc: RedisError):
+        log.warning("redis unavailable during %s: %s", request.url.path, exc)
+        return error_response(503, "unavailable", "storage is unavailable for a moment; retry in a few seconds",
+                              headers={"Retry-After": "2"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):  # a bug: uvicorn logs the traceback
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); it was logged")
 
     return app

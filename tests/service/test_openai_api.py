@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API with the official client, and its JSON errors."""
+"""The OpenAI-compatible HTTP API with the official client: logging, the error shape and
+statuses the client maps to its exception classes, fields refused by name."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ from service.serving.auth import create_token
 from tests.helpers import http
 
 pytestmark = pytest.mark.integration
+TINY_ID = "rewardloop/tiny-random-llama"
+MSG = [{"role": "user", "content": "x"}]
 
 
 def client(server, user="olga"):
@@ -18,58 +21,159 @@ def client(server, user="olga"):
 
 def test_official_client_streams_a_completion_that_is_logged(server, rdb):
     chunks = list(client(server).chat.completions.create(
-        model="whatever", messages=[{"role": "user", "content": "Say hi"}], stream=True, max_tokens=8))
+        model="rewardloop", messages=[{"role": "user", "content": "Say hi"}], stream=True, max_tokens=8))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     reply_id = chunks[0].id
     assert all(c.id == reply_id for c in chunks)
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    assert chunks[0].model.endswith("@base")
+    assert chunks[0].model == f"{TINY_ID}@base"
     stored = rdb.hgetall(f"{server.prefix}reply:{reply_id}")
     assert stored["text"] == text and stored["api"] == "openai" and stored["user_id"] == "olga"
     assert json.loads(stored["params"])["max_new_tokens"] == 8
 
 
-def test_non_streaming_completion_and_models(server, rdb):
-    c = client(server)
-    resp = c.chat.completions.create(model="x", messages=[
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+def test_non_streaming_completion(server, rdb):
+    resp = client(server).chat.completions.create(model=TINY_ID, messages=[
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hel"},
+                                                                                   {"type": "text", "text": "lo"}]}],
         max_tokens=6, temperature=0)
-    assert resp.usage.completion_tokens == len(json.loads(rdb.hget(f"{server.prefix}reply:{resp.id}", "token_ids")))
-    assert rdb.hget(f"{server.prefix}reply:{resp.id}", "text") == resp.choices[0].message.content
-    assert [m.id for m in c.models.list().data] == ["rewardloop/tiny-random-llama"]
+    stored = rdb.hgetall(f"{server.prefix}reply:{resp.id}")
+    assert resp.usage.completion_tokens == len(json.loads(stored["token_ids"])) == int(stored["n_tokens"])
+    assert resp.usage.prompt_tokens == len(json.loads(stored["prompt_ids"]))
+    assert stored["text"] == resp.choices[0].message.content and resp.choices[0].logprobs is None
+    assert json.loads(stored["prompt_messages"])[-2:] == [{"role": "system", "content": "Be brief."},
+                                                          {"role": "user", "content": "Hello"}]
+    assert resp.choices[0].model_extra["reply_id"] == resp.id == resp.model_extra["rewardloop"]["reply_ids"][0]
 
 
 def test_the_same_seed_gives_the_same_reply(server):
     c = client(server)
-    a = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Count"}], max_tokens=8,
-                                  temperature=0.9, seed=7)
-    b = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Count"}], max_tokens=8,
-                                  temperature=0.9, seed=7)
+    a, b = (c.chat.completions.create(model="rewardloop", messages=[{"role": "user", "content": "Count"}],
+                                      max_tokens=8, temperature=0.9, seed=7) for _ in range(2))
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
-@pytest.mark.parametrize("body, status, code", [
-    ({"messages": []}, 400, "missing_field"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, 400, "bad_value"),
-    ({"messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "bad_value"),
-    ({"messages": [{"role": "user", "content": "x"}], "temperature": -1}, 400, "bad_value"),
-    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10 ** 6}, 400, "bad_value"),
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": -1}, "frequency_penalty"),
+    ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+    ({"store": False}, "store"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
 ])
-def test_bad_requests_get_json_4xx(server, body, status, code):
+def test_unimplemented_fields_are_refused_by_name(server, extra, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(server).chat.completions.create(model="rewardloop", messages=MSG, max_tokens=2, **extra)
+    assert err.value.status_code == 400 and err.value.param == param and err.value.code == "unsupported_parameter"
+    assert param in err.value.message
+
+
+def test_no_op_values_of_unimplemented_fields_are_accepted(server):
+    resp = client(server).chat.completions.create(
+        model="rewardloop", messages=MSG, max_tokens=2, presence_penalty=0, frequency_penalty=0.0, logit_bias={},
+        response_format={"type": "text"}, tool_choice="none", store=True, service_tier="auto",
+        modalities=["text"], metadata={"k": "v"}, logprobs=True, top_logprobs=0)
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("body, code, param", [
+    ({"model": "rewardloop", "messages": []}, "bad_value", "messages"),
+    ({"messages": MSG}, "missing_field", "model"),
+    ({"model": "rewardloop", "messages": [{"role": "robot", "content": "x"}]}, "bad_value", "messages[0].role"),
+    ({"model": "rewardloop", "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]},
+     "unsupported_parameter", "messages[0].role"),
+    ({"model": "rewardloop", "messages": [{"role": "user", "content": "x", "name": "bob"}]},
+     "unsupported_parameter", "messages[0].name"),
+    ({"model": "rewardloop", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "unsupported_parameter", "messages[0].content[0].type"),
+    ({"model": "rewardloop", "messages": [{"role": "assistant", "content": "x"}]}, "bad_value", "messages"),
+    ({"model": "rewardloop", "messages": MSG, "n": 5}, "bad_value", "n"),
+    ({"model": "rewardloop", "messages": MSG, "n": True}, "bad_value", "n"),
+    ({"model": "rewardloop", "messages": MSG, "temperature": -1}, "bad_value", "temperature"),
+    ({"model": "rewardloop", "messages": MSG, "temperature": "hot"}, "bad_value", "temperature"),
+    ({"model": "rewardloop", "messages": MSG, "top_p": 0}, "bad_value", "top_p"),
+    ({"model": "rewardloop", "messages": MSG, "max_tokens": 10 ** 6}, "bad_value", "max_tokens"),
+    ({"model": "rewardloop", "messages": MSG, "max_completion_tokens": 10 ** 6}, "bad_value", "max_completion_tokens"),
+    ({"model": "rewardloop", "messages": MSG, "max_tokens": 0}, "bad_value", "max_tokens"),
+    ({"model": "rewardloop", "messages": MSG, "seed": 2 ** 70}, "bad_value", "seed"),
+    ({"model": "rewardloop", "messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, "bad_value", "stop"),
+    ({"model": "rewardloop", "messages": MSG, "stop": ""}, "bad_value", "stop"),
+    ({"model": "rewardloop", "messages": MSG, "stop": 5}, "bad_value", "stop"),
+    ({"model": "rewardloop", "messages": MSG, "stream_options": {"include_usage": True}}, "bad_value",
+     "stream_options"),
+    ({"model": "rewardloop", "messages": MSG, "stream": True, "stream_options": {"x": 1}}, "unknown_parameter",
+     "stream_options.x"),
+    ({"model": "rewardloop", "messages": MSG, "frobnicate": 1}, "unknown_parameter", "frobnicate"),
+])
+def test_bad_requests_get_400_naming_the_field(server, body, code, param):
     got, payload = http("POST", server.url + "/v1/chat/completions", body, token=server.token())
-    assert got == status and payload["error"]["code"] == code and payload["error"]["message"]
+    assert got == 400, payload
+    err = payload["error"]
+    assert (err["code"], err["param"], err["type"]) == (code, param, "invalid_request_error") and err["message"]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "rewardloop@99", f"{TINY_ID}@v42"])
+def test_unknown_model_is_404_model_not_found(server, model):
+    with pytest.raises(openai.NotFoundError) as err:
+        client(server).chat.completions.create(model=model, messages=MSG, max_tokens=2)
+    assert err.value.code == "model_not_found" and err.value.param == "model"
+    with pytest.raises(openai.NotFoundError):
+        client(server).models.retrieve(model)
+
+
+@pytest.mark.parametrize("model", ["rewardloop", "tiny-random", TINY_ID, f"{TINY_ID}@base", "rewardloop@base"])
+def test_aliases_are_served(server, model):
+    resp = client(server).chat.completions.create(model=model, messages=MSG, max_tokens=2)
+    assert resp.model == f"{TINY_ID}@base"
+
+
+def test_statuses_map_to_the_clients_exception_classes(server):
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key=create_token("wrong", "eve", 60), max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        bad.chat.completions.create(model="rewardloop", messages=MSG)
+    assert "signature" in err.value.message and err.value.body["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    huge = [{"role": "user", "content": "x" * (8192 * 8)}]
+    with pytest.raises(openai.APIStatusError) as err:
+        client(server).chat.completions.create(model="rewardloop", messages=huge)
+    assert err.value.status_code == 413 and err.value.code == "too_large"
+    with pytest.raises(openai.PermissionDeniedError):   # feedback on someone else's reply
+        reply = client(server, "ann").chat.completions.create(model="rewardloop", messages=MSG, max_tokens=2)
+        client(server, "bob").post("/feedback", cast_to=object, body={
+            "feedback_id": "f1", "reply_id": reply.id, "kind": "thumbs", "value": 1})
 
 
 def test_auth_and_malformed_bodies(server):
     url = server.url + "/v1/chat/completions"
-    body = {"messages": [{"role": "user", "content": "x"}]}
-    assert http("POST", url, body)[0] == 401
-    status, payload = http("POST", url, body, token=create_token("wrong", "eve", 60))
-    assert status == 401 and "signature" in payload["error"]["message"]
+    body = {"model": "rewardloop", "messages": MSG}
+    status, payload = http("POST", url, body)
+    assert status == 401 and payload["error"]["type"] == "authentication_error"
     status, payload = http("POST", url, raw=b"{not json", token=server.token())
     assert status == 400 and payload["error"]["code"] == "bad_json"
+    status, payload = http("POST", url, raw=b"[1, 2]", token=server.token())
+    assert status == 400 and payload["error"]["code"] == "bad_json"
+    status, payload = http("POST", url, raw=b"x" * (8192 * 8 + 1), token=server.token())
+    assert status == 413 and payload["error"]["code"] == "too_large"
     status, payload = http("GET", server.url + "/nope")
     assert status == 404 and "error" in payload
+
+
+def test_openapi_describes_every_field(server):
+    status, spec = http("GET", server.url + "/openapi.json")
+    assert status == 200
+    schemas = spec["components"]["schemas"]
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    for name in ("model", "messages", "stop", "n", "logprobs", "top_logprobs", "stream_options", "seed", "user",
+                 "max_completion_tokens", "tools", "response_format", "logit_bias", "presence_penalty"):
+        assert name in chat, name
+    assert schemas["ChatCompletionRequest"]["additionalProperties"] is False
+    assert "prompt" in schemas["CompletionRequest"]["properties"]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}"} <= set(spec["paths"])
 
 
 def test_health_endpoints(server):

@@ -59,6 +59,18 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     seed: int = _f(0, "Seed of the shuffle, the LoRA init and the held-out split.")
     pg_clip_eps: float = _f(0.2, "PPO clip epsilon of the importance ratio.")
+    pg_ratio_cap: float = _f(3.0, "Dual clip: a token with a negative advantage weighs at most this times its "
+                                  "advantage, whatever its importance ratio (stale replayed replies and "
+                                  "behavior/learner precision gaps cannot blow up an update). 0 = off; else > 1.")
+    replay_window: int = _f(2048, "Each run trains on the newest this many final rewards, not only those since "
+                                  "the last run (older ones stay within max_staleness; 0 = new ones only). "
+                                  "A run is still triggered by new rewards (min_samples).")
+    reward_model: bool = _f(True, "Train a reward model (P[liked | prompt, reply] on the frozen base model) each "
+                                  "run: it rewards replies no user signalled (RewardConfig.no_signal_policy = "
+                                  "'model') and gives the gate a doubly-robust estimate.")
+    reward_model_window: int = _f(4096, "Newest final rewards the reward model learns from.")
+    reward_model_min_auroc: float = _f(0.6, "The reward model is used only when its held-out AUROC on 'liked' is "
+                                            "at least this (0.5 = chance).")
     kto_beta: float = _f(0.1, "KTO beta (used when losses.kto > 0).")
     dpo_beta: float = _f(0.1, "DPO beta (used when losses.dpo > 0).")
     sft_threshold: float = _f(0.5, "Replies with reward >= this are imitated by the SFT term.")
@@ -118,6 +130,14 @@ class TrainConfig:
             raise _bad("TrainConfig", "pg_reduce", self.pg_reduce, "'token' or 'reply'")
         if self.baseline_window < 0:
             raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
+        if self.pg_ratio_cap != 0 and not (math.isfinite(self.pg_ratio_cap) and self.pg_ratio_cap > 1):
+            raise _bad("TrainConfig", "pg_ratio_cap", self.pg_ratio_cap, "0 (off) or a finite number > 1")
+        for name in ("replay_window", "reward_model_window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise _bad("TrainConfig", name, v, "an integer >= 0")
+        if not 0 <= self.reward_model_min_auroc <= 1:
+            raise _bad("TrainConfig", "reward_model_min_auroc", self.reward_model_min_auroc, "in [0, 1]")
         if not 0 <= self.holdout_share <= 0.9:
             raise _bad("TrainConfig", "holdout_share", self.holdout_share, "in [0, 0.9]")
         if not -1 <= self.sft_threshold <= 1:

@@ -6,6 +6,14 @@ behavior log-probs, sampling params, adapter version). The `learn:cursor` key ho
 last reward entry a run consumed; it moves only when a run publishes or is rejected (runner.py),
 so a crashed or skipped run sees the same samples again.
 
+Replay window: a run trains on the newest `replay_window` final rewards, not only the new ones
+(entries up to the cursor are *replayed*: a rejected run's samples are not lost, and a small
+run is not decided by its few new rewards alone). Each sample keeps the behavior log-probs of
+the version that served it; the policy gradient's clipped, truncated per-token ratios
+(TrainConfig.pg_clip_eps, pg_ratio_cap) and the staleness cap absorb the version gap.
+Replies the users gave no signal on are `unscored` when RewardConfig.no_signal_policy =
+'model': the runner rewards them with the reward model (learner/reward_model.py), if trusted.
+
 Filters, in order: opted-out or forgotten users, unknown states, missing or malformed replies,
 samples from adapter versions too old (staleness in versions), then each user's share of the
 batch is capped (worker.rewards.batches.cap_user_share) so no single user can steer the model. A
@@ -29,6 +37,7 @@ from worker.rewards.batches import cap_user_share
 from worker.rewards.config import RewardConfig
 
 FINAL_STATES = ("rewarded", "defaulted")
+UNSCORED = "unscored"  # final, no user signal, to be rewarded by the reward model
 
 
 @dataclass(frozen=True)
@@ -63,12 +72,15 @@ class Dataset:
     pairs: list[Pair]
     last_id: str | None  # newest reward entry read: the cursor after a publish or reject
     last_pair_id: str | None
-    read: int = 0  # reward entries read
+    read: int = 0  # new reward entries read (after the cursor)
+    replayed: int = 0  # of the training samples, how many came from before the cursor
+    unscored: list[Sample] = field(default_factory=list)  # no user signal: reward from the reward model
     dropped: Counter = field(default_factory=Counter)  # reason -> count
 
     def stats(self) -> dict:
         rewards = [s.reward for s in self.train]
         return {"read": self.read, "train": len(self.train), "holdout": len(self.holdout),
+                "replayed": self.replayed, "unscored": len(self.unscored),
                 "pairs": len(self.pairs), "users": len({s.user_id for s in self.train}),
                 "dropped": dict(self.dropped),
                 "reward_mean": sum(rewards) / len(rewards) if rewards else None}
@@ -129,15 +141,23 @@ def _in_holdout(reply_id: str, share: float, seed: int) -> bool:
 
 def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: RewardConfig,
                   newest_version: int, with_pairs: bool = False) -> Dataset:
-    """Read reward entries after the cursor (at most cfg.max_samples) and turn them into samples."""
-    entries = r.xrange(keys.rewards, min=_after(read_cursor(r, keys)), max="+", count=cfg.max_samples)
+    """Reward entries after the cursor (at most cfg.max_samples), plus up to cfg.replay_window
+    newest ones before it, turned into samples."""
+    cursor = read_cursor(r, keys)
+    entries = r.xrange(keys.rewards, min=_after(cursor), max="+", count=cfg.max_samples)
+    old = []
+    room = cfg.replay_window - len(entries)
+    if cursor and room > 0:
+        old = list(reversed(r.xrevrange(keys.rewards, max=cursor, min="-", count=room)))
+    new_ids = {sid for sid, _ in entries}
     dropped: Counter = Counter()
     users: dict[str, bool] = {}
     samples: list[Sample] = []
     seen: set[str] = set()
-    for stream_id, e in entries:
+    unscored: list[Sample] = []
+    for stream_id, e in old + entries:
         rid, uid = e.get("reply_id", ""), e.get("user_id", "")
-        if e.get("state") not in FINAL_STATES:
+        if e.get("state") not in FINAL_STATES and e.get("state") != UNSCORED:
             dropped["not_final"] += 1
             continue
         if rid in seen:  # a re-finalized reply counts once (the first final reward wins)
@@ -147,7 +167,7 @@ def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: Rewa
             dropped["opt_out"] += 1
             continue
         try:
-            reward = float(e.get("reward", "nan"))
+            reward = 0.0 if e.get("state") == UNSCORED else float(e.get("reward", "nan"))
         except ValueError:
             reward = float("nan")
         if not math.isfinite(reward):
@@ -168,17 +188,20 @@ def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: Rewa
             dropped["opt_out"] += 1
             continue
         seen.add(rid)
-        samples.append(Sample(reply_id=rid, user_id=uid or reply["user_id"], prompt_ids=reply["prompt_ids"],
-                              reply_ids=reply["reply_ids"], behavior_logp=reply["logprobs"], reward=reward,
-                              adapter_version=str(e.get("adapter_version") or reply["adapter_version"]),
-                              params=reply["params"], stream_id=stream_id))
+        sample = Sample(reply_id=rid, user_id=uid or reply["user_id"], prompt_ids=reply["prompt_ids"],
+                        reply_ids=reply["reply_ids"], behavior_logp=reply["logprobs"], reward=reward,
+                        adapter_version=str(e.get("adapter_version") or reply["adapter_version"]),
+                        params=reply["params"], stream_id=stream_id)
+        (unscored if e.get("state") == UNSCORED else samples).append(sample)
     capped = cap_user_share(samples, lambda s: s.user_id, reward_cfg.max_user_share) if samples else []
     dropped["user_share_cap"] += len(samples) - len(capped)
     train = [s for s in capped if not _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)]
     holdout = [s for s in capped if _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)]
     pairs, last_pair = _read_pairs(r, keys, cfg, users) if with_pairs else ([], None)
+    unscored = [s for s in unscored if not _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)]
     return Dataset(train=train, holdout=holdout, pairs=pairs, read=len(entries), dropped=+dropped,
-                   last_id=entries[-1][0] if entries else None, last_pair_id=last_pair)
+                   last_id=entries[-1][0] if entries else None, last_pair_id=last_pair,
+                   replayed=sum(s.stream_id not in new_ids for s in train), unscored=unscored)
 
 
 def _read_pairs(r: redis.Redis, keys: Keys, cfg: TrainConfig, users: dict) -> tuple[list[Pair], str | None]:

@@ -3,8 +3,15 @@
 1. every adapter weight is finite;
 2. its mean per-token KL to the parent (the serving version it was trained from) on held-out
    logged prompts is within the budget;
-3. its counterfactual reward (SNIPS over held-out logged replies, weighted by the behavior
-   log-probs recorded at generation) is no worse than the parent's by more than a margin.
+3. its counterfactual reward on held-out logged replies is no worse than the parent's by more
+   than a margin: doubly robust when a reward model exists (its score of a reply each adapter
+   gives to the held-out prompt, corrected by the importance-weighted residuals of the logged
+   replies), else SNIPS weighted by the behavior log-probs recorded at generation.
+
+Evidence, not noise, decides: below the effective-sample-size floor (cf_min_ess) the gate does
+not reject on the counterfactual estimate; the version goes out as a *canary* (result.canary)
+and the live per-version comparison with automatic rollback (worker/ops) decides. Why is
+recorded in the manifest.
 
 `snapshot_parent` runs before training (the model then *is* the parent); `evaluate` after.
 """
@@ -26,6 +33,7 @@ from learner.train import collate, reply_logits, sampling_logprobs
 class GateResult:
     passed: bool
     reason: str  # why it failed, or "passed"
+    canary: bool = False  # publish as canary whatever the publish mode: too little evidence either way
     stats: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -94,8 +102,35 @@ def kl_to_parent(model, holdout: list[Sample], parent: ParentView, pad_id: int, 
 
 
 @torch.no_grad()
+def _model_values(model, holdout: list[Sample], parent: ParentView, reward_model, pad_id: int, device,
+                  max_new_tokens: int, seed: int) -> tuple[list[float], list[float], list[float]]:
+    """Reward-model scores: of each logged reply, of a reply the new adapter gives, of one the
+    parent gives (same prompt, same sampling params, seeded)."""
+    from learner.reward_model import extract_features
+    logged = [(s.prompt_ids, s.reply_ids) for s in holdout]
+
+    def replies() -> list[tuple[list[int], list[int]]]:
+        out = []
+        for i, s in enumerate(holdout):
+            torch.manual_seed(seed + i)
+            ids = torch.tensor([s.prompt_ids], device=device)
+            kw = dict(do_sample=True, temperature=s.params.temperature, top_p=s.params.top_p) if not s.greedy \
+                else dict(do_sample=False)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=pad_id,
+                                 max_new_tokens=min(max_new_tokens, max(len(s.reply_ids), 1)), **kw)
+            out.append((s.prompt_ids, gen[0, len(s.prompt_ids):].tolist()))
+        return out
+
+    new = replies()
+    with parent_weights(model, parent):
+        old = replies()
+    score = lambda pairs: reward_model.reward(extract_features(model, pairs, device)).tolist()
+    return score(logged), score(new), score(old)
+
+
+@torch.no_grad()
 def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig, pad_id: int,
-             device, batch_size: int = 8) -> GateResult:
+             device, batch_size: int = 8, reward_model=None) -> GateResult:
     bad = nonfinite_weights(model)
     if bad:
         return GateResult(False, f"non-finite adapter weights in {len(bad)} tensor(s), e.g. {bad[0]}",
@@ -128,13 +163,31 @@ def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig,
     result.stats.update(cf_new_snips=new.snips, cf_parent_snips=old.snips, cf_new_ess=new.ess,
                         cf_parent_ess=old.ess, cf_n=new.n, cf_logged_mean=new.logged_mean,
                         cf_new_ci=list(new.snips_ci))
+    new_value, old_value, method = new.snips, old.snips, "snips"
+    if reward_model is not None:
+        sub = [holdout[i] for i in idx]
+        q_logged, q_new, q_old = _model_values(model, sub, parent, reward_model, pad_id, device,
+                                               cfg.max_reply_tokens, cfg.seed)
+        w_new = counterfactual.importance_weights([new_seq[i] for i in idx], behavior)
+        w_old = counterfactual.importance_weights([parent.seq_sampling_logp[i] for i in idx], behavior)
+        new_value, new_ci = counterfactual.doubly_robust(rewards, w_new, q_logged, q_new, seed=cfg.seed)
+        old_value, _ = counterfactual.doubly_robust(rewards, w_old, q_logged, q_old, seed=cfg.seed)
+        method = "doubly_robust"
+        result.stats.update(cf_new_dr=new_value, cf_parent_dr=old_value, cf_new_dr_ci=list(new_ci))
+    result.stats["cf_method"] = method
     if new.warning:
         result.notes.append(new.warning)
         if cfg.cf_require_ess:
             result.passed, result.reason = False, f"counterfactual estimate unreliable: {new.warning}"
             return result
-    if math.isfinite(new.snips) and math.isfinite(old.snips) and new.snips < old.snips - cfg.cf_margin:
+        # too little evidence to reject (or to trust a pass): let the live comparison decide
+        result.canary = True
+        result.notes.append(f"effective sample size {new.ess:.1f} is below the floor {cfg.cf_min_ess:g}: "
+                            "not judged on the counterfactual estimate; published as canary, the live "
+                            "per-version comparison (and automatic rollback) decides")
+        return result
+    if math.isfinite(new_value) and math.isfinite(old_value) and new_value < old_value - cfg.cf_margin:
         result.passed = False
-        result.reason = (f"counterfactual reward {new.snips:.3f} is below the serving version's {old.snips:.3f} "
-                         f"by more than the margin {cfg.cf_margin:g}")
+        result.reason = (f"counterfactual reward ({method}) {new_value:.3f} is below the serving version's "
+                         f"{old_value:.3f} by more than the margin {cfg.cf_margin:g}")
     return result

@@ -113,6 +113,7 @@ def clipped_pg_loss(
     mask: torch.Tensor,
     eps: float = 0.2,
     reduce: str = "token",
+    dual_clip: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-style clipped policy-gradient loss.
 
@@ -122,6 +123,11 @@ def clipped_pg_loss(
     ``-mean_valid(min(ratio*A, clip(ratio, 1-eps, 1+eps)*A))``. At ratio 1 its gradient equals
     plain policy gradient, ``-(logp*A)`` averaged over valid tokens; beyond the clip on the
     side that would improve the objective further, the token's gradient is zero.
+
+    ``dual_clip`` c > 1 (0 = off): for a negative advantage the objective is bounded below by
+    ``c * A`` (dual-clip PPO), so a token whose ratio is far above 1 -- a stale replayed reply,
+    or a bf16/fp32 log-prob gap -- cannot push the loss, and its gradient, without bound: the
+    per-token importance weight is truncated at c.
 
     ``reduce`` "reply": average each reply's tokens first, then the replies (every reply weighs
     the same, so a short reply's tokens -- its stop token among them -- weigh more each).
@@ -138,6 +144,8 @@ def clipped_pg_loss(
     clipped = ratio.clamp(1.0 - eps, 1.0 + eps) * a  # [B,T]
     # pessimistic bound: never credit the policy for moving further than eps from behavior
     objective = torch.minimum(unclipped, clipped)  # [B,T]
+    if dual_clip > 0:
+        objective = torch.where(a < 0, torch.maximum(objective, dual_clip * a), objective)  # [B,T]
     if reduce == "token":
         loss = -_masked_mean(objective, valid)
     elif reduce == "reply":

@@ -8,6 +8,7 @@ were: nothing is written to Redis before that commit.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -140,6 +141,7 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
             lineage = (trained["lineage_reward_mean"], trained["lineage_reward_count"])
     model = wrap_with_lora(loaded.model, cfg, parent_dir)
     model.eval()
+    rm, rm_note = _reward_model(r, keys, model, loaded, settings, cfg, reward_cfg, data)
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)
@@ -150,7 +152,7 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
                          "training stopped early and nothing was published", stats=train_stats)
     if on_trained is not None:
         on_trained(model)
-    verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device)
+    verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
     log.info("gate: %s %s %s", verdict.reason, verdict.stats, verdict.notes)
 
     version = state["next_version"] + 1
@@ -163,13 +165,15 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
         "reward_config_hash": config_hash(reward_cfg),
         "stream_range": [data.train[0].stream_id if data.train else None, data.last_id],
         "training": train_stats, "gate": {"passed": verdict.passed, "reason": verdict.reason,
-                                          "stats": verdict.stats, "notes": verdict.notes},
+                                          "canary": verdict.canary, "stats": verdict.stats, "notes": verdict.notes},
+        "reward_model": rm_note,
         "config": cfg.to_dict(), "torch": torch.__version__,
     }
     if dry_run:
         return RunResult("dry_run", version=None, reason=verdict.reason, stats=manifest)
 
-    mode = (settings.publish_mode if verdict.passed else "reject")
+    # too little evidence to judge offline: serve a share of sessions first, whatever the mode
+    mode = ("canary" if verdict.canary else settings.publish_mode) if verdict.passed else "reject"
     staged = registry.stage(model, manifest)
     manifest = registry.manifest_of(staged)
     ok, why = registry.commit(staged, manifest, lock.token, mode, settings.canary_share,
@@ -178,3 +182,26 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
         log.warning("run not committed: %s", why)
         return RunResult("lost_lock", reason=why, stats=manifest)
     return RunResult(manifest["state"], version=version, reason=manifest["reason"], stats=manifest)
+
+
+def _reward_model(r, keys, model, loaded, settings, cfg, reward_cfg, data) -> tuple[object, dict]:
+    """Refresh the reward model; reward the unscored replies with it when it is trusted.
+    Returns (the model for the gate or None, what happened, for the manifest)."""
+    if not cfg.reward_model:   # unscored replies stay out of training
+        return None, {"used": False, "why": "TrainConfig.reward_model is off"}
+    from learner import reward_data
+    from learner.reward_model import extract_features
+    rm = reward_data.refresh(r, keys, model, loaded.device, loaded.model_id, settings.data_dir,
+                             cfg.reward_model_window)
+    note = {"used": False, "metrics": {k: {m: v for m, v in s.items() if m != "reliability"}
+                                       for k, s in (rm.metrics if rm else {}).items() if isinstance(s, dict)}}
+    if not reward_data.trusted(rm, cfg.reward_model_min_auroc):
+        note["why"] = f"held-out AUROC below {cfg.reward_model_min_auroc:g} (or too few labelled replies)"
+        return None, note
+    note["used"] = True
+    if data.unscored:
+        feats = extract_features(model, [(s.prompt_ids, s.reply_ids) for s in data.unscored], loaded.device)
+        scores = rm.reward(feats) * reward_cfg.model_reward_weight
+        data.train.extend(dataclasses.replace(s, reward=float(v)) for s, v in zip(data.unscored, scores))
+        note["rewarded_unscored"] = len(data.unscored)
+    return rm, note

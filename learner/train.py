@@ -222,7 +222,7 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
                 adv = advantages(batch.rewards, baseline=baseline,
                                  scale=run_scale if cfg.adv_scale == "run" else None)  # [B]
                 parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps,
-                                                        reduce=cfg.pg_reduce)
+                                                        reduce=cfg.pg_reduce, dual_clip=cfg.pg_ratio_cap)
                 step.update(pg_stats)
             if w.kl > 0:
                 parts["kl"] = kl_penalty(logp, ref_logp, batch.mask)

@@ -13,7 +13,7 @@ from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(holdout_share=0.0, max_staleness=2)
+CFG = TrainConfig(holdout_share=0.0, max_staleness=2, replay_window=0)  # new rewards only
 ALL_USERS = RewardConfig(max_user_share=1.0)
 
 

@@ -153,7 +153,7 @@ def test_the_running_baseline_carries_over_from_the_parent(settings, keys, r, lo
     """Run 1 sees only punished replies, run 2 only favoured ones: with pg_baseline 'running'
     run 2's baseline is the mean over both runs (below its own all-good mean), read from
     v1's manifest."""
-    cfg = TrainConfig(**{**QUICK.to_dict(), "pg_baseline": "running", "min_samples": 2})
+    cfg = TrainConfig(**{**QUICK.to_dict(), "pg_baseline": "running", "min_samples": 2, "replay_window": 0})
     bad = [i for i in logged if not favoured(i)]
     good = [i for i in logged if favoured(i)]
     write_logged(r, keys, bad, reward)

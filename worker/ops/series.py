@@ -21,7 +21,7 @@ Z95 = 1.959963984540054
 READING_WPM = 230.0  # same default as worker/reward_config.py: expected reading time of a reply
 DWELL_RATIO_CAP = 10.0  # one tab left open for an hour must not dominate a minute's mean
 LATENCY_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # reward latency histogram
-FINAL_STATES = ("rewarded", "defaulted", "excluded")
+FINAL_STATES = ("rewarded", "defaulted", "unscored", "excluded")
 PER_REPLY_SIGNALS = ("continuation", "regenerate", "copy", "abandon")  # 0/1 per final reply
 SIGNAL_KINDS = ("thumbs", "rating", "continuation", "regenerate", "copy", "dwell", "abandon")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-NO_SIGNAL_POLICIES = ("exclude", "default")
+NO_SIGNAL_POLICIES = ("exclude", "default", "model")
 DEFAULT_TOML = "reward_default.toml"
 
 
@@ -74,8 +74,12 @@ class RewardConfig:
     # --- finalization ---
     wait_window_s: float = _f(600.0, "Seconds after a reply ends before its reward is final.")
     no_signal_policy: str = _f(
-        "exclude", "What to do with a reply without user signal: 'exclude' or 'default'."
+        "exclude", "What to do with a reply without user signal: 'exclude', 'default' (default_reward) or "
+        "'model' (state 'unscored': the learner rewards it with its reward model, scaled by "
+        "model_reward_weight, when that model is trusted; else it is left out)."
     )
+    model_reward_weight: float = _f(0.5, "Scale (0..1) of reward-model rewards under no_signal_policy = 'model': "
+                                         "below an observed signal's.")
     default_reward: float = _f(0.0, "Reward given under no_signal_policy = 'default' (-1..1).")
     # --- training batches and abuse ---
     max_user_share: float = _f(0.25, "Largest share of one training batch from one user (0..1].")
@@ -138,6 +142,8 @@ def _check_ranges(cfg: RewardConfig) -> None:
         raise _bad("repetition_threshold", cfg.repetition_threshold, "in [0, 1)")
     if cfg.no_signal_policy not in NO_SIGNAL_POLICIES:
         raise _bad("no_signal_policy", cfg.no_signal_policy, "one of " + ", ".join(map(repr, NO_SIGNAL_POLICIES)))
+    if not 0.0 <= cfg.model_reward_weight <= 1.0:
+        raise _bad("model_reward_weight", cfg.model_reward_weight, "in [0, 1]")
     if not -1.0 <= cfg.default_reward <= 1.0:
         raise _bad("default_reward", cfg.default_reward, "in [-1, 1]")
     if not 0.0 < cfg.max_user_share <= 1.0:

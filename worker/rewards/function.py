@@ -377,10 +377,13 @@ def finalize_state(has_signal: bool, cfg: RewardConfig, total: float | None = No
 
     ("rewarded", total) with a user signal (total as passed, None if not passed);
     ("defaulted", cfg.default_reward) without one when no_signal_policy == "default";
+    ("unscored", None) without one when no_signal_policy == "model";
     ("excluded", None) otherwise: the reply is left out of training.
     """
     if has_signal:
         return "rewarded", total
     if cfg.no_signal_policy == "default":
         return "defaulted", cfg.default_reward
+    if cfg.no_signal_policy == "model":
+        return "unscored", None  # the learner's reward model scores it (learner/dataset.py)
     return "excluded", None

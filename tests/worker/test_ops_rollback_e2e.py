@@ -72,7 +72,11 @@ def test_a_worse_published_version_is_rolled_back_automatically(server_factory, 
     last = [f for _, f in rdb.xrevrange(f"{prefix}adapters:history") if f["event"] == "rollback"][0]
     assert last["by"] == "drift-monitor" and last["stable"] == "base"
     assert f"reward of version {version}" in last["reason"] and "< parent base" in last["reason"]
-    alarms = [f for _, f in rdb.xrange(f"{prefix}ops:alarms") if f["detector"] == "welch"]
+    # the monitor records the alarm right after it moves the pointer: on busy cores the test can
+    # look in between, so wait for it (the bound above is what the detection promises)
+    welch = lambda: [f for _, f in rdb.xrange(f"{prefix}ops:alarms") if f["detector"] == "welch"]
+    wait_for(welch, 10, "the welch alarm", procs, every=0.2)
+    alarms = welch()
     assert len(alarms) == 1 and alarms[0]["version"] == version
     assert alarms[0]["action"] == "rolled back to base"
     evidence = json.loads(alarms[0]["evidence"])

@@ -80,6 +80,16 @@ class Settings:
         "REWARDLOOP_PREFILL_CHUNK: most prompt tokens fed in one forward pass. Other streams and adapter swaps "
         "wait for that pass: 128 tokens is ~0.4 s at a 2k context on 2 CPU cores; 256 prefills ~10 % faster "
         "but stalls twice as long.", 128)
+    max_queue: int = _help(
+        "REWARDLOOP_MAX_QUEUE: most requests waiting for their first token (queued or being prefilled) in one "
+        "server. Past it a request is refused at once: websocket `error {code: busy, retry_after}`, HTTP 503 "
+        "with Retry-After.", 64)
+    max_user_streams: int = _help(
+        "REWARDLOOP_MAX_USER_STREAMS: most replies one user may have generating at once, over all connections "
+        "and APIs; past it: websocket `error {code: rate_limited}`, HTTP 429.", 4)
+    prefix_cache_mb: float = _help(
+        "REWARDLOOP_PREFIX_CACHE_MB: memory (MiB) for sessions' KV caches kept between turns (least recently "
+        "used dropped first), so the next turn prefills only what is new. 0 turns the prefix cache off.", 512.0)
     alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
     token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
     # --- reward workers (worker/) ---
@@ -137,6 +147,14 @@ class Settings:
                              "(REWARDLOOP_ADAPTER_SLOTS, REWARDLOOP_MAX_RESIDENT)")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r} (REWARDLOOP_MAX_BATCH)")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue!r} (REWARDLOOP_MAX_QUEUE)")
+        if self.max_user_streams < 1:
+            raise ValueError(f"max_user_streams must be >= 1, got {self.max_user_streams!r} "
+                             "(REWARDLOOP_MAX_USER_STREAMS)")
+        if not 0 <= self.prefix_cache_mb < float("inf"):
+            raise ValueError(f"prefix_cache_mb must be a finite number >= 0, got {self.prefix_cache_mb!r} "
+                             "(REWARDLOOP_PREFIX_CACHE_MB)")
         if self.prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk!r} (REWARDLOOP_PREFILL_CHUNK)")
         if self.max_new_tokens < 1:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import redis
 import redis.asyncio as aredis
@@ -41,6 +43,12 @@ def ensure_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def exit_after_draining() -> None:
+    """Ask this process to stop as Ctrl-C would: uvicorn finishes the open requests, the
+    lifespan shuts down, and `serve` exits non-zero (see Runtime.engine_failure)."""
+    signal.raise_signal(signal.SIGTERM)
+
+
 def check_redis(url: str, timeout: float = 3.0) -> None:
     """Raise RedisUnavailable with a one-line reason naming the URL."""
     try:
@@ -69,6 +77,9 @@ class Runtime:
     watcher: object = None
     metrics: ServerMetrics | None = None
 
+    engine_failure: str | None = None   # set when the engine thread died: /readyz 503, exit code 1
+    on_engine_death: Callable[[], None] = exit_after_draining
+
     _sync: redis.Redis | None = None
     _registry: Registry | None = None
 
@@ -93,7 +104,8 @@ class Runtime:
         log.info("loading model %s", self.settings.model)
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                             max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk)
+                             max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
+                             on_death=self._engine_died)
         self.engine.start()
         from service.serving.swap import AdapterWatcher
         self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
@@ -109,6 +121,14 @@ class Runtime:
         if self.redis:
             await self.redis.aclose()
 
+    def _engine_died(self, why: str) -> None:
+        """Engine thread, as it ends: nothing can generate in this process any more. Readiness
+        turns false at once (load balancers stop sending), then the process drains and exits
+        non-zero so that its supervisor starts a fresh one."""
+        self.engine_failure = why
+        log.critical("the engine thread died (%s): not ready; draining and exiting", why)
+        self.on_engine_death()
+
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self.engine is not None and self.engine.alive

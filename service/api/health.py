@@ -19,6 +19,8 @@ async def healthz():
 async def readyz(request: Request):
     runtime = rt(request)
     checks = {"model": runtime.ready, "redis": False}
+    if runtime.engine_failure:
+        checks["engine_error"] = runtime.engine_failure
     if runtime.store is not None:
         try:
             checks["redis"] = await runtime.store.ping()

@@ -213,6 +213,9 @@ class ChatConnection:
             if self.state is State.CLOSED:
                 plan.handle.cancel()
             if isinstance(event, EndEvent):
+                if event.finish_reason == "error":   # the reply is logged; this turn alone failed
+                    await self.send(server_error("generation_failed", f"generating this reply failed "
+                                                 f"({event.error}); send the message again", plan.reply_id))
                 await self.send({"type": "reply_end", "reply_id": plan.reply_id,
                                  "finish_reason": event.finish_reason, "n_tokens": event.n_tokens})
             elif event.text:

@@ -45,10 +45,14 @@ def cmd_serve(args, settings: Settings) -> int:
         except RedisUnavailable as exc:
             print(f"rewardloop serve: {exc}", file=sys.stderr)
             return 2
-        app = create_app(Runtime.create(settings, url))
+        runtime = Runtime.create(settings, url)
+        app = create_app(runtime)
         # Frames are small JSON (a token, an ack): compressing each costs more CPU than it saves.
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20,
                     ws_per_message_deflate=False)
+    if runtime.engine_failure:  # drained after the engine died: non-zero, so a supervisor restarts us
+        print(f"rewardloop serve: the engine died ({runtime.engine_failure}); exiting 1", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -124,7 +124,9 @@ class DecodeBatch:
         """Feed members their tokens (`feed`: (member, token id) pairs), in forwards of at
         most `max_rows` rows; returns next-token logits [V] in feed's order. A member
         without a token this step gets a placeholder that is not kept (its length stays).
-        `prepare(members of a forward)` readies the model and returns extra forward kwargs."""
+        `prepare(members of a forward)` readies the model and returns extra forward kwargs.
+        A forward that raises gives its rows the exception instead of logits (their lengths
+        stay; the columns it may have written are past them), so the caller can retry them."""
         where = {id(m): i for i, (m, _) in enumerate(feed)}
         out: list = [None] * len(feed)
         for lo in range(0, len(self.members), max_rows):
@@ -133,7 +135,13 @@ class DecodeBatch:
             if all(i is None for i in idx):
                 continue
             toks = [0 if i is None else feed[i][1] for i in idx]
-            logits = self._forward(model, cache_arg, lo, hi, toks, device, prepare(self.members[lo:hi]))
+            try:
+                logits = self._forward(model, cache_arg, lo, hi, toks, device, prepare(self.members[lo:hi]))
+            except Exception as exc:
+                for i in idx:
+                    if i is not None:
+                        out[i] = exc
+                continue
             for row, i in enumerate(idx):
                 if i is not None:
                     out[i] = logits[row]
@@ -144,10 +152,11 @@ class DecodeBatch:
         lens = self.lengths[lo:hi]
         width = max(lens) + 1
         self._ensure(len(self.members), width)
-        mask = (torch.arange(width) <= torch.tensor(lens)[:, None]).long().to(device)   # real tokens + the new one
-        cache = _rows_cache_class()(self, lo, hi, lens)
-        res = model(input_ids=torch.tensor([[t] for t in toks], device=device), attention_mask=mask,
-                    position_ids=torch.tensor([[n] for n in lens], device=device),
+        host = torch.tensor([toks, lens])                          # [2, rows]: one copy to the device
+        toks_t, lens_t = host.to(self._keys[0].device).unbind(0)
+        mask = (torch.arange(width, device=lens_t.device) <= lens_t[:, None]).long()   # real tokens + the new one
+        cache = _rows_cache_class()(self, lo, hi, lens_t, width - 1)
+        res = model(input_ids=toks_t[:, None], attention_mask=mask, position_ids=lens_t[:, None],
                     use_cache=True, logits_to_keep=1, **{cache_arg: cache}, **extra)
         return res.logits[:, -1]
 
@@ -189,10 +198,9 @@ def _rows_cache_class():
             return -1
 
     class RowsCache(Cache):
-        def __init__(self, batch, lo, hi, lens):
-            device = batch._keys[0].device      # index tensors made once per step, not per layer
-            rows, cols = torch.arange(lo, hi, device=device), torch.tensor(lens, device=device)
-            super().__init__(layers=[RowsLayer(k, v, lo, hi, rows, cols, max(lens))
+        def __init__(self, batch, lo, hi, cols, width):
+            rows = torch.arange(lo, hi, device=cols.device)   # index tensors made once per step, not per layer
+            super().__init__(layers=[RowsLayer(k, v, lo, hi, rows, cols, width)
                                      for k, v in zip(batch._keys, batch._values)])
 
     return RowsCache

@@ -9,7 +9,13 @@ streams interleave fairly and a cancelled one frees its slot at the next step. P
 are prefilled one at a time, in chunks of at most `prefill_chunk` tokens per round; a
 prefilled sequence's cache then moves into the `DecodeBatch`, and the tokens of a round
 are fed back in one forward pass (`batching.py`), rows on different adapter versions
-included (PEFT's mixed-adapter batch).
+included (PEFT's mixed-adapter batch). The next tokens of all rows are sampled in one
+batched call on the model's device, read back with one host sync per round.
+
+No request can stop the engine: a request that fails (in its prefill, its sampling, its
+row of a batched forward) ends alone with finish_reason "error"; a failure outside any
+one request ends the streams in flight and the loop goes on. Only a BaseException ends the
+thread; it then ends every stream and call it holds and reports through `on_death`.
 """
 from __future__ import annotations
 
@@ -24,70 +30,18 @@ from typing import Callable
 
 import torch
 
-from core.sampling import SamplingParams, sample_token
+from core.sampling import SamplingParams, sample_batch
 from service.engine.batching import DecodeBatch, batchable
+from service.engine.events import (  # noqa: F401 (TextTail: re-exported, the serving layer imports events from here)
+    EndEvent,
+    EngineStopped,
+    GenerationHandle,
+    GenerationRequest,
+    TextTail,
+    TokenEvent,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenEvent:
-    token_id: int
-    logprob: float
-    text: str          # new text since the previous event ('' while a multi-byte char is incomplete)
-
-
-@dataclass
-class EndEvent:
-    finish_reason: str  # stop | length | cancelled | error
-    n_tokens: int
-    queued_at: float
-    first_token_at: float | None
-    ended_at: float
-    error: str | None = None
-    text_tail: str = ""  # text held back at the last token (half a UTF-8 character): sent before the end
-
-
-@dataclass
-class TextTail:
-    """The last piece of a reply's text that no token event carried."""
-    text: str
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    params: SamplingParams
-    adapter: str | None = None  # None = the base model
-
-
-class GenerationHandle:
-    """What the asyncio side holds: an async iterator of events and a cancel switch."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self.cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def _emit(self, event) -> None:  # called from the engine thread
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # event loop closed: nobody is listening any more
-            self.cancelled.set()
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if getattr(self, "_done", False):
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if isinstance(event, EndEvent):
-            self._done = True
-        return event
 
 
 @dataclass
@@ -95,13 +49,14 @@ class _Sequence:
     request: GenerationRequest
     handle: GenerationHandle
     queued_at: float
-    generator: torch.Generator
+    generator: torch.Generator | None = None
     ids: list[int] = field(default_factory=list)
     cache: object = None
     next_logits: torch.Tensor | None = None
     prefilled: int = 0          # prompt tokens already in the cache
     text: str = ""
     first_token_at: float | None = None
+    ended: bool = False         # its EndEvent was sent: exactly one per request
 
 
 def cache_argument_name(model) -> str:
@@ -111,20 +66,30 @@ def cache_argument_name(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 class Engine:
     def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
-                 max_batch: int = 32, prefill_chunk: int = 128):
+                 max_batch: int = 32, prefill_chunk: int = 128, on_death: Callable[[str], None] | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.device = device
+        self.device = torch.device(device)
         self.stop_ids = stop_token_ids or self._default_stop_ids(tokenizer)
+        self.vocab_size = model.get_input_embeddings().num_embeddings
         self._inbox: queue.Queue = queue.Queue()
         self._active: list[_Sequence] = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._lock = threading.Lock()   # submit vs the thread's last drain when it ends
+        self._dead = False
+        self.failure: str | None = None  # why the thread ended, if not by shutdown()
+        self.on_death = on_death         # called (engine thread) once when the thread dies
         self.steps = 0                  # tokens sampled
         self.batched_rows = 0           # of which fed back in a batched forward
         self.mixed_forwards = 0         # forwards over rows on several adapter versions
+        self.failed_requests = 0        # requests ended with "error"
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
@@ -145,30 +110,95 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The thread runs and takes requests (False before start, after shutdown or death)."""
+        return self._thread.is_alive() and not self._dead
+
     def shutdown(self, timeout: float = 10) -> None:
         self._stopping.set()
         self._inbox.put(None)
         self._thread.join(timeout)
 
+    def validate(self, request: GenerationRequest) -> None:
+        """What the engine needs of a request, checked before it reaches the thread."""
+        if not isinstance(request.params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(request.params).__name__}")
+        ids = request.prompt_ids
+        if not isinstance(ids, list) or not ids or not all(
+                type(i) is int and 0 <= i < self.vocab_size for i in ids):
+            raise ValueError(f"prompt_ids must be a non-empty list of token ids in [0, {self.vocab_size})")
+        if request.adapter is not None and not isinstance(request.adapter, str):
+            raise ValueError(f"adapter must be a version string or None, got {request.adapter!r}")
+
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> GenerationHandle:
+        """Queue a request (ValueError if it is malformed); an engine that has stopped ends it
+        at once with finish_reason "error"."""
+        self.validate(request)
         handle = GenerationHandle(loop or asyncio.get_running_loop())
-        self._inbox.put(("gen", request, handle, time.time()))
+        now = time.time()
+        with self._lock:
+            if not self._dead:
+                self._inbox.put(("gen", request, handle, now))
+                return handle
+        handle._emit(EndEvent("error", 0, now, None, now, error=f"the engine has stopped ({self.failure or 'shutdown'})"))
         return handle
 
     def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         """Run fn on the engine thread between decode steps (adapter loads, scoring)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._inbox.put(("call", fn, fut))
+        with self._lock:
+            if not self._dead:
+                self._inbox.put(("call", fn, fut))
+                return fut
+        fut.set_exception(EngineStopped(f"the engine has stopped ({self.failure or 'shutdown'})"))
         return fut
 
     # --- engine thread --------------------------------------------------------------
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        while not self._stopping.is_set():
-            self._drain_inbox(block=not self._active)
-            self._round()
+        reason = "cancelled"
+        try:
+            torch.set_grad_enabled(False)
+            while not self._stopping.is_set():
+                try:
+                    self._drain_inbox(block=not self._active)
+                    self._round()
+                except Exception as exc:  # outside any one request: the streams' state is unknown
+                    log.exception("engine round failed; ending the streams in flight, serving on")
+                    self._fail(list(self._active), exc)
+                    self._batch = DecodeBatch()
+        except BaseException as exc:
+            log.critical("engine thread died: %s", _error_text(exc), exc_info=True)
+            self.failure, reason = _error_text(exc), "error"
+        finally:
+            self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        """End every stream held and every request or call still queued, then report a death."""
+        with self._lock:
+            self._dead = True
         for seq in list(self._active):   # _finish removes from the list
-            self._finish(seq, "cancelled")
+            try:
+                self._finish(seq, reason, error=self.failure)
+            except Exception:
+                log.exception("ending a stream failed")
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                continue
+            if item[0] == "gen":
+                now = time.time()
+                item[2]._emit(EndEvent(reason, 0, item[3], None, now, error=self.failure))
+            elif item[2].set_running_or_notify_cancel():
+                item[2].set_exception(EngineStopped(f"the engine has stopped ({self.failure or 'shutdown'})"))
+        if self.failure and self.on_death is not None:
+            try:
+                self.on_death(self.failure)
+            except Exception:
+                log.exception("on_death callback failed")
 
     def _round(self) -> None:
         """Every decoding sequence gets one token, and the oldest waiting prompt gets one
@@ -177,38 +207,36 @@ class Engine:
         for one forward pass, not for a whole round. Prompts are prefilled first come,
         first served rather than all a chunk each round: eight prompts arriving together
         then see their first tokens one after another instead of all at the end."""
-        decode: list[tuple[_Sequence, int]] = []
+        ready: list[_Sequence] = []
         prefilled = False
-        for i, seq in enumerate(list(self._active)):
-            if i:
-                self._drain_inbox(block=False)
+        for seq in list(self._active):
             if seq.handle.cancelled.is_set():
                 self._finish(seq, "cancelled")
                 continue
-            try:
-                if seq.next_logits is None:
-                    if prefilled:
-                        continue  # its turn comes when the prompts before it are in
-                    prefilled = True
+            if seq.next_logits is None:
+                if prefilled:
+                    continue  # its turn comes when the prompts before it are in
+                prefilled = True
+                self._drain_inbox(block=False)
+                try:
                     if not self._prefill(seq):
                         continue  # more of the prompt next round
-                tok = self._sample(seq)
-            except Exception as exc:
-                self._fail([seq], exc)
-                continue
-            if tok is not None:
-                decode.append((seq, tok))
+                except Exception as exc:
+                    self._fail([seq], exc)
+                    continue
+            ready.append(seq)
+        decode = self._sample(ready)
         if decode:
             self._drain_inbox(block=False)
-            try:
-                self._decode(decode)
-            except Exception as exc:
-                self._fail([seq for seq, _ in decode], exc)
+            self._decode(decode)
 
-    def _fail(self, seqs: list[_Sequence], exc: Exception) -> None:
-        log.exception("generation failed")
+    def _fail(self, seqs: list[_Sequence], exc: Exception | str) -> None:
+        if isinstance(exc, BaseException):
+            log.error("generation failed for %d stream(s)", len(seqs), exc_info=exc)
+        error = exc if isinstance(exc, str) else _error_text(exc)
         for seq in seqs:
-            self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+            self.failed_requests += 1
+            self._finish(seq, "error", error=error)
 
     def _drain_inbox(self, block: bool) -> None:
         while True:
@@ -221,11 +249,14 @@ class Engine:
                 return
             if item[0] == "gen":
                 _, request, handle, queued_at = item
-                gen = torch.Generator(device="cpu").manual_seed(request.params.seed)
-                seq = _Sequence(request, handle, queued_at, gen)
+                seq = _Sequence(request, handle, queued_at)
                 name = request.adapter or "base"
                 self.refs[name] = self.refs.get(name, 0) + 1   # released in _finish, on every exit path
                 self._active.append(seq)
+                try:  # on the model's device: sampling there never waits on the host
+                    seq.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
+                except Exception as exc:
+                    self._fail([seq], exc)
             elif item[0] == "call":
                 _, fn, fut = item
                 if fut.set_running_or_notify_cancel():
@@ -233,6 +264,9 @@ class Engine:
                         fut.set_result(fn())
                     except Exception as exc:  # handed to the caller, who decides
                         fut.set_exception(exc)
+                    except BaseException as exc:  # the caller hears of it too; the thread ends
+                        fut.set_exception(exc)
+                        raise
 
     def activate_adapter(self, name: str | None) -> None:
         """Make `name` (None = base) the active weights; engine thread only."""
@@ -264,9 +298,46 @@ class Engine:
             seq.cache = None
         return True
 
-    def _sample(self, seq: _Sequence) -> int | None:
-        """Sample and emit the next token; None when the sequence ended here."""
-        tok, logprob = sample_token(seq.next_logits, seq.request.params, seq.generator)
+    def _sample(self, seqs: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+        """Sample every ready row in one batched call (one host sync); if that call fails,
+        each row alone, so that only the rows that fail alone end."""
+        if not seqs:
+            return []
+        try:
+            drawn = self._sample_rows(seqs)
+        except Exception:
+            log.warning("batched sampling failed; sampling its %d rows one by one", len(seqs), exc_info=True)
+            drawn = []
+            for seq in seqs:
+                try:
+                    drawn += self._sample_rows([seq])
+                except Exception as exc:
+                    self._fail([seq], exc)
+                    drawn.append(None)
+        decode = []
+        for seq, row in zip(seqs, drawn):
+            if row is None:
+                continue
+            tok, logprob, bad = row
+            if bad:
+                self._fail([seq], "the model produced NaN/inf logits for this stream")
+                continue
+            try:
+                if self._emit_token(seq, tok, logprob):
+                    decode.append((seq, tok))
+            except Exception as exc:   # e.g. the tokenizer on an odd id: this stream alone
+                self._fail([seq], exc)
+        return decode
+
+    def _sample_rows(self, seqs: list[_Sequence]) -> list[tuple[int, float, bool]]:
+        logits = torch.stack([seq.next_logits for seq in seqs])                  # [B, V]
+        toks, logprobs = sample_batch(logits, [s.request.params for s in seqs], [s.generator for s in seqs])
+        bad = (logits.isnan() | logits.isposinf()).any(-1)                       # [B]
+        host = torch.stack([toks.double(), logprobs.double(), bad.double()]).tolist()  # the round's one sync
+        return [(int(t), lp, b > 0) for t, lp, b in zip(*host)]
+
+    def _emit_token(self, seq: _Sequence, tok: int, logprob: float) -> bool:
+        """Record and stream a sampled token; False when the sequence ended with it."""
         if seq.first_token_at is None:
             seq.first_token_at = time.time()
         seq.ids.append(tok)
@@ -276,7 +347,7 @@ class Engine:
             # stop too) but carries no text.
             seq.handle._emit(TokenEvent(tok, logprob, ""))
             self._finish(seq, "stop")
-            return None
+            return False
         text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)  # the stop token is never here
         delta = ""
         if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
@@ -284,23 +355,36 @@ class Engine:
         seq.handle._emit(TokenEvent(tok, logprob, delta))
         if len(seq.ids) >= seq.request.params.max_new_tokens:
             self._finish(seq, "length")
-            return None
-        return tok
+            return False
+        return True
 
     def _decode(self, group: list[tuple[_Sequence, int]]) -> None:
         """Feed each sequence its sampled token: one forward pass for the batch (in chunks of
-        max_batch rows), whatever versions its rows are on; sequences outside it, one each."""
+        max_batch rows), whatever versions its rows are on; sequences outside it, one each.
+        A chunk whose forward fails is retried row by row: only the rows that fail alone end."""
         batch = self._batch
         rows = []
         for seq, tok in group:
             if seq in batch:
                 rows.append((seq, tok))
             else:
-                seq.next_logits = self._forward(seq, [tok])
+                try:
+                    seq.next_logits = self._forward(seq, [tok])
+                except Exception as exc:
+                    self._fail([seq], exc)
         if not rows:
             return
         logits = batch.step(self.model, self._cache_arg, rows, self.max_batch, self.device, self._adapter_args)
-        for (seq, _), row in zip(rows, logits):
+        for (seq, tok), row in zip(rows, logits):
+            if isinstance(row, Exception):
+                log.warning("a batched decode forward failed (%s); retrying its rows one by one", _error_text(row))
+                try:
+                    row = batch.step(self.model, self._cache_arg, [(seq, tok)], 1, self.device, self._adapter_args)[0]
+                except Exception as exc:
+                    row = exc
+                if isinstance(row, Exception):
+                    self._fail([seq], row)
+                    continue
             seq.next_logits = row
         if min(len(batch), self.max_batch) > 1:
             self.batched_rows += len(rows)
@@ -319,6 +403,9 @@ class Engine:
         return {"adapter_names": self.adapters.names_for([seq.request.adapter for seq in rows])}
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+        if seq.ended:
+            return
+        seq.ended = True
         if seq in self._active:
             self._active.remove(seq)
             name = seq.request.adapter or "base"
@@ -326,6 +413,7 @@ class Engine:
         if seq in self._batch:
             self._batch.remove(seq)
         seq.cache = None  # free the KV cache now, not when the handle is collected
+        seq.next_logits = None
         tail = self.tokenizer.decode(seq.ids, skip_special_tokens=True)[len(seq.text):] if seq.ids else ""
         seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error,
                                   text_tail=tail))

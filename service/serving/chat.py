@@ -92,13 +92,14 @@ class ChatService:
                       max_new_tokens=self.settings.max_new_tokens,
                       seed=secrets.randbits(31) if seed is None else seed)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["max_new_tokens"] > self.settings.max_new_tokens:
-            raise TurnRefused("bad_value", f"max_tokens {values['max_new_tokens']} exceeds this server's limit "
-                              f"{self.settings.max_new_tokens}")
-        try:
-            return SamplingParams(**values)
+        try:  # types, finiteness and ranges first (SamplingParams names the field), then this server's limit
+            params = SamplingParams(**values)
         except ValueError as exc:
             raise TurnRefused("bad_value", str(exc)) from None
+        if params.max_new_tokens > self.settings.max_new_tokens:
+            raise TurnRefused("bad_value", f"max_new_tokens {params.max_new_tokens} exceeds this server's limit "
+                              f"{self.settings.max_new_tokens}: ask for at most that many tokens")
+        return params
 
     async def plan_session_turn(self, user: User, session_id: str, user_text: str, *, params: SamplingParams,
                                 upto_turn: int | None = None, **extra) -> ReplyPlan:

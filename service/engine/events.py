@@ -1,0 +1,72 @@
+"""What the engine and the asyncio side exchange: requests, the handle, events."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+from core.sampling import SamplingParams
+
+
+@dataclass
+class TokenEvent:
+    token_id: int
+    logprob: float
+    text: str          # new text since the previous event ('' while a multi-byte char is incomplete)
+
+
+@dataclass
+class EndEvent:
+    finish_reason: str  # stop | length | cancelled | error
+    n_tokens: int
+    queued_at: float
+    first_token_at: float | None
+    ended_at: float
+    error: str | None = None
+    text_tail: str = ""  # text held back at the last token (half a UTF-8 character): sent before the end
+
+
+@dataclass
+class TextTail:
+    """The last piece of a reply's text that no token event carried."""
+    text: str
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None  # None = the base model
+
+
+class EngineStopped(RuntimeError):
+    """A call handed to an engine whose thread has ended."""
+
+
+class GenerationHandle:
+    """What the asyncio side holds: an async iterator of events and a cancel switch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _emit(self, event) -> None:  # called from the engine thread
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # event loop closed: nobody is listening any more
+            self.cancelled.set()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if getattr(self, "_done", False):
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if isinstance(event, EndEvent):
+            self._done = True
+        return event

@@ -55,6 +55,15 @@ class OpsCollector:
                 signals.add_metric([v, kind], totals[v].get(counter, 0.0))
         yield final
         yield signals
+        # reward-hacking monitors: what each version's replies look like (worker/ops/style.py)
+        style = GaugeMetricFamily("rewardloop_reply_style", "Reply style per adapter version over all its final "
+                                  "replies: mean_words, refusal_rate, question_rate (share ending with '?'), "
+                                  "distinct2 (unique word bigrams per bigram)", labels=["adapter_version", "figure"])
+        for v in versions:
+            for name, value in series.figures(totals[v])["style"].items():
+                if name != "n" and value is not None:
+                    style.add_metric([v, name], value)
+        yield style
 
         every = totals.get(series.ALL, {})
         bounds = [(floatToGoString(b), every.get(f"latency_le_{b}", 0.0)) for b in series.LATENCY_BUCKETS_S]

@@ -126,6 +126,12 @@ async function move(url, what) {
   await refresh();
 }
 
+function styleCell(s) {
+  // reward-hacking monitors: a rising reward with a drifting style raises a "style" alarm
+  if (!s || !s.n) return "–";
+  return `${s.mean_words.toFixed(0)} w · ref ${s.refusal_rate.toFixed(2)} · ? ${s.question_rate.toFixed(2)} · d2 ${s.distinct2.toFixed(2)}`;
+}
+
 function adapters() {
   const body = $("adapters").tBodies[0];
   body.replaceChildren();
@@ -133,7 +139,7 @@ function adapters() {
     const tr = el("tr", null, { class: a.role === "stable" ? "stable" : "", "data-version": a.version });
     const verdict = a.verdict ? (a.verdict.action || a.verdict.reason || "") : "";
     for (const cell of [a.version, a.parent || "–", a.state, a.role || "", a.samples, fmt(a.mean_reward),
-      a.ci95[0] === null ? "–" : `${fmt(a.ci95[0])} … ${fmt(a.ci95[1])}`, verdict]) tr.append(el("td", cell));
+      a.ci95[0] === null ? "–" : `${fmt(a.ci95[0])} … ${fmt(a.ci95[1])}`, styleCell(a.style), verdict]) tr.append(el("td", cell));
     const td = el("td");
     if (a.state === "published" && a.role !== "stable") {
       const b = el("button", "Promote", { type: "button", class: "promote", "data-version": a.version });

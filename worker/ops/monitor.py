@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import redis
 
 from core.settings import Settings
-from worker.ops import alerts, series
+from worker.ops import alerts, series, style
 from worker.ops.compare import compare_versions
 from worker.ops.policy import rollback_reason, run_detectors, version_under_watch
 from worker.ops.store import HOUR, MINUTE, OpsStore
@@ -64,10 +64,14 @@ def fold_once(store: OpsStore, now: float, batch: int = BATCH, detector_params: 
         for name, value in inc.items():
             totals[name] = totals.get(name, 0.0) + value
 
+    texts = store.reply_texts(f.get("reply_id", "") for _, f in rewards)
     for sid, f in rewards:
         ts = _entry_time(sid, f, "finalized_at")
         ended_at, _ = facts.get(f.get("reply_id", ""), (None, 0))
         put(ts, series.reward_increments(f, ended_at))
+        if f.get("reply_id") in texts:   # what the reply looked like, per version (reward hacking)
+            v = f.get("adapter_version") or "unknown"
+            put(ts, {series.field(k, v): x for k, x in style.reply_style(texts[f["reply_id"]]).items()})
         latency = series.latency_seconds(f, ended_at)
         if latency is not None:
             for name, value in series.latency_bucket_increments(latency).items():
@@ -128,6 +132,7 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
                "reason": result.evidence.get("reason"), "message": result.message,
                "child_n": result.evidence["child"]["n"], "parent_n": result.evidence["parent"]["n"]}
     if not result.alarm:
+        check_style(store, watch, result, settings, now, verdict)
         store.set_verdict(watch.version, verdict)
         return None
     action = "alert"
@@ -146,6 +151,30 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
              "message": result.message, "evidence": result.evidence, "since": created, "until": now,
              "action": action}
     store.set_verdict(watch.version, dict(verdict, action=action))
+    store.add_alarm(alarm)
+    alerts.send(alarm, settings.alert_webhook)
+    return alarm
+
+
+def check_style(store: OpsStore, watch, result, settings: Settings, now: float, verdict: dict) -> dict | None:
+    """A reward-hacking alarm (alert only) when the version's style drifted beyond its band
+    while its reward rose above its parent's; raised once per version."""
+    if verdict.get("style_alarm") or store.verdicts().get(watch.version, {}).get("style_alarm"):
+        verdict["style_alarm"] = True
+        return None
+    per_version = series.by_version(store.totals())
+    parent, child = (style.style_figures(per_version.get(v, {})) for v in (watch.parent, watch.version))
+    reasons = style.style_drift(parent, child, result.evidence["parent"].get("mean"),
+                                result.evidence["child"].get("mean"))
+    if not reasons:
+        return None
+    verdict["style_alarm"] = True
+    alarm = {"at": now, "detector": "style", "metric": "style", "version": watch.version, "direction": "drift",
+             "statistic": float(len(reasons)), "threshold": 0.0,
+             "message": f"version {watch.version}: reward rose above {watch.parent}'s while its style drifted ("
+                        + "; ".join(reasons) + "): check for a hacked signal before promoting it",
+             "evidence": {"parent": parent, "child": child, "reasons": reasons}, "since": now, "until": now,
+             "action": "alert"}
     store.add_alarm(alarm)
     alerts.send(alarm, settings.alert_webhook)
     return alarm

@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Iterable, Mapping
 
 from core import versions
+from worker.ops.style import style_figures
 
 ALL = "*"  # version label of counters that are not per version (events/s)
 Z95 = 1.959963984540054
@@ -209,6 +210,7 @@ def figures(counters: Mapping[str, float]) -> dict:
     out["coverage"] = c.get("final_rewarded", 0.0) / final if final else None
     out["latency_s"] = _ratio(c, "latency_sum", "latency_n")
     out["replies"] = int(c.get("replies", 0.0))
+    out["style"] = style_figures(c)
     return out
 
 

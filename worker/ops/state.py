@@ -47,5 +47,6 @@ def adapter_table(registry: dict, totals: dict, verdicts: dict) -> list[dict]:
                 "rollback target" if v == registry["rollback_target"] else "")
         rows.append({"version": v, "parent": str(e.get("parent") or ""), "state": e.get("state", ""),
                      "role": role, "created": e.get("created"), "samples": fig["n"], "mean_reward": fig["mean"],
-                     "ci95": [fig["lo"], fig["hi"]], "verdict": verdicts.get(v)})
+                     "ci95": [fig["lo"], fig["hi"]], "verdict": verdicts.get(v),
+                     "style": series.figures(totals.get(v, {}))["style"]})
     return rows

@@ -61,6 +61,16 @@ class OpsStore:
             out[rid] = (ended_at, len((row[1] or "").split()) if len(row) > 1 else 0)
         return out
 
+    def reply_texts(self, reply_ids: Iterable[str]) -> dict[str, str]:
+        """reply_id -> the logged text (for the style monitors)."""
+        ids = list(dict.fromkeys(reply_ids))
+        if not ids:
+            return {}
+        with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hget(self.k.reply(rid), "text")
+            return {rid: t for rid, t in zip(ids, p.execute()) if t is not None}
+
     def commit_fold(self, old: Mapping[str, str], new: Mapping[str, str], buckets: Mapping[tuple[int, int], dict],
                     totals: Mapping[str, float], version_rewards: Mapping[str, list[float]],
                     detectors: Mapping[str, dict], alarms: list[dict]) -> bool:

@@ -97,6 +97,9 @@ def register(sub, fmt) -> None:
     p.add_argument("--min-ess", type=float, default=30.0, help="warn below this effective sample size (default 30)")
     p.add_argument("--clip", type=float, help="cap each importance weight at this value (clipped IPS)")
     p.add_argument("--json", action="store_true", help="print JSON (with every reply's weight)")
+    p.add_argument("--reward-model", action="store_true",
+                   help="instead: the learned reward model's calibration on its held-out replies (AUROC, Brier "
+                   "score and a reliability table per signal), from DATA_DIR/reward_model")
 
     p = sub.add_parser("users", help="privacy: forget a user, or opt a user out of learning", formatter_class=fmt,
                        description="Remove a user's data, or stop using it for learning and export.")
@@ -308,7 +311,34 @@ def _print_replay(out: dict) -> None:
             print(f"    {line}")
 
 
+def cmd_reward_model(args, settings: Settings) -> int:
+    from learner.reward_model import RewardModel
+    rm = RewardModel.load(settings.data_dir)
+    if rm is None:
+        print(f"rewardloop evaluate: no reward model under {settings.data_dir}/reward_model yet; the learner "
+              "trains one each run (TrainConfig.reward_model) once it has 16 user-signalled final rewards",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rm.metrics, indent=2))
+        return 0
+    m = rm.metrics
+    print(f"reward model on {rm.base_model}: trained on {m['n_train']} replies, calibrated on {m['n_holdout']} "
+          "held-out ones")
+    print(f"{'signal':<14}{'base rate':>10}{'AUROC':>8}{'Brier':>8}   reliability (predicted -> observed, n)")
+    for sig, s in m.items():
+        if not isinstance(s, dict):
+            continue
+        cells = " ".join(f"{_r(b['predicted'])}->{_r(b['observed'])}({b['n']})" for b in s["reliability"] if b["n"])
+        auc = "-" if s["auroc"] is None else f"{s['auroc']:.3f}"
+        brier = "-" if s["brier"] is None else f"{s['brier']:.3f}"
+        print(f"{sig:<14}{s['base_rate']:>10.2f}{auc:>8}{brier:>8}   {cells}")
+    return 0
+
+
 def cmd_evaluate(args, settings: Settings) -> int:
+    if args.reward_model:
+        return cmd_reward_model(args, settings)
     if not _need_redis(settings, "evaluate"):
         return 2
     from service.devtools.evaluate import evaluate_version

@@ -71,3 +71,27 @@ def test_a_head_on_the_tiny_model_learns_a_synthetic_signal(tiny, tmp_path):
     assert np.allclose(again.predict(feats[:5]), model.predict(feats[:5]), atol=1e-5)
     r = again.reward(feats)
     assert r.min() >= -1 and r.max() <= 1
+
+
+def test_rewardloop_evaluate_prints_the_reward_models_calibration(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(80, 6))
+    liked = (feats[:, 0] > 0).astype(int)                      # learnable from one feature
+    labels = {s: liked if s == "liked" else np.zeros(80, dtype=int) for s in SIGNALS}
+    fit(feats, labels, [f"r{i}" for i in range(80)], base_model="m").save(tmp_path)
+    env = {**os.environ, "REWARDLOOP_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", "--reward-model"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "AUROC" in out.stdout and "liked" in out.stdout and "reliability" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("liked"))
+    assert float(row.split()[2]) > 0.9                          # AUROC column
+    missing = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", "--reward-model"], cwd=REPO,
+                             env={**os.environ, "REWARDLOOP_DATA_DIR": str(tmp_path / "none")},
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no reward model" in missing.stderr

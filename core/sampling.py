@@ -151,6 +151,10 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
             logprobs[sel] = logp.gather(-1, col)[:, 0]
         else:
             ids, lp = _nucleus(logp, torch.tensor([params[i].top_p for i in idx], device=dev))
+            # Draw over the nucleus in vocabulary order, not probability order: float noise
+            # that swaps two near-equal candidates then cannot change which token u lands on.
+            order = ids.argsort(-1)
+            ids, lp = ids.gather(-1, order), lp.gather(-1, order)
             col = _draw(lp, u)
             tokens[sel] = ids.gather(-1, col)[:, 0]
             logprobs[sel] = lp.gather(-1, col)[:, 0]

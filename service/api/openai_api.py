@@ -163,7 +163,9 @@ def _prompt_ids(runtime, prompt) -> tuple[list[int], str]:
         if not ids:
             raise ApiError(400, "bad_value", "prompt is empty", "prompt")
         return ids, prompt
-    if prompt and not isinstance(prompt[0], int):
+    if not prompt:
+        raise ApiError(400, "bad_value", "prompt is empty", "prompt")
+    if not isinstance(prompt[0], int):
         raise ApiError(400, "unsupported_parameter", "one prompt per request (a text or a list of token ids): send "
                        "a list of prompts as separate requests", "prompt")
     vocab = runtime.loaded.model.config.vocab_size

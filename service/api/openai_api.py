@@ -198,6 +198,7 @@ async def _completion_plans(runtime, user: User, body: CompletionRequest) -> lis
 # --- routes -------------------------------------------------------------------------------------
 async def _respond(runtime, body: SamplingFields, plans: list[ReplyPlan], shape):
     model = f"{runtime.loaded.model_id}@{plans[0].adapter_version}"
+    openai_stream.start_all(runtime.chat, plans)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(openai_stream.sse(runtime.chat, shape, model, plans, include_usage),

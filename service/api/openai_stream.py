@@ -69,6 +69,22 @@ async def merged(chat, plans: list[ReplyPlan]) -> AsyncIterator[tuple[int, objec
                 p.handle.cancel()
 
 
+def start_all(chat, plans: list[ReplyPlan]) -> None:
+    """Admission before the status line: a refusal (server busy 503, this user's limit 429) is
+    an HTTP status, never a stream that breaks after a 200. All candidates or none."""
+    start = getattr(chat, "start", None)   # ChatService.start: admission control (#16); else stream() submits
+    if start is None:
+        return
+    try:
+        for p in plans:
+            start(p)
+    except BaseException:
+        for p in plans:
+            if p.handle is not None:
+                p.handle.cancel()
+        raise
+
+
 def add_event(c: Candidate, ev) -> None:
     if isinstance(ev, TokenEvent):
         c.token_ids.append(ev.token_id)

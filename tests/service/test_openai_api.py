@@ -3,6 +3,7 @@ statuses the client maps to its exception classes, fields refused by name."""
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -182,3 +183,23 @@ def test_health_endpoints(server):
     assert status == 200 and body["model"] and body["redis"]
     status, body = http("POST", server.url + "/api/session")
     assert status == 200 and body["token"].startswith("v1.") and body["user_id"].startswith("u_")
+
+
+def test_admission_refusals_are_statuses_before_any_stream(server_factory):
+    """n candidates over this user's limit: 429 (RateLimitError) with Retry-After, for a
+    stream too (before its 200), and nothing half-started keeps the user's slots."""
+    srv = server_factory(REWARDLOOP_MAX_USER_STREAMS=1)
+    c = client(srv, "lim")
+    for stream in (False, True):
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model="rewardloop", messages=MSG, n=2, max_tokens=4, stream=stream)
+        assert err.value.response.headers.get("retry-after") and err.value.code == "rate_limited"
+    deadline = time.monotonic() + 10   # the cancelled candidate ends at the engine's next step
+    while True:
+        try:
+            resp = c.chat.completions.create(model="rewardloop", messages=MSG, max_tokens=4)
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the cancelled candidate kept the user's slot"
+            time.sleep(0.1)
+    assert resp.choices[0].finish_reason in ("stop", "length")

@@ -43,7 +43,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from bench import trl_baseline
 from bench.common import table
-from bench.simusers import QUESTIONS, Preference, SimUser, judge, run_users, thumbs_reward
+from bench.populations import HELDOUT, POPULATIONS
+from bench.simusers import PopUser, run_users, thumbs_reward
 from core.keys import Keys
 from core.registry import Registry
 from core.settings import Settings
@@ -83,8 +84,10 @@ def start_stack(args, work: Path) -> tuple[dict, list, ServerProc, str, object]:
         url = embedded.start()
     reward_toml = work / "reward.toml"
     # a few simulated users: let one user fill up to half a batch (the default cap is 0.25)
+    # reading_wpm: simulated users read 10x faster than people, so a full read takes ~1 s
     reward_toml.write_text(f"wait_window_s = {args.reward_wait}\ncontinuation_window_s = 60.0\n"
-                           "max_user_share = 0.5\n")
+                           "max_user_share = 0.5\nreading_wpm = 2300.0\n"
+                           + (f'no_signal_policy = "{args.no_signal_policy}"\n' if args.no_signal_policy else ""))
     env = base_env(url, "bench:", work / "data", REWARDLOOP_MODEL=args.model,
                    REWARDLOOP_MAX_NEW_TOKENS=args.max_new_tokens, REWARDLOOP_REWARD_CONFIG=reward_toml,
                    REWARDLOOP_UPDATE_EVERY=100000, REWARDLOOP_PUBLISH_MODE="stable",
@@ -133,8 +136,11 @@ def wait_for_swap(r, keys: Keys, version: str, timeout: float = 60.0) -> str:
     return "timeout"
 
 
-def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int) -> list[float]:
-    """Judge fresh replies to the bench questions from base (+ adapter) with the hidden taste."""
+def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
+                 taste=POPULATIONS["concise"]) -> list[float]:
+    """Judge fresh replies to the HELD-OUT questions (never asked in training) from base (+ adapter)
+    with the population's hidden taste. Same questions, order and sampling seed for every version,
+    so scores pair up reply by reply."""
     import torch
 
     from core.modeling import load_model
@@ -146,7 +152,7 @@ def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_toke
     tok = loaded.tokenizer
     tok.padding_side = "left"
     system = Settings().system_prompt
-    qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
+    qs = [HELDOUT[i % len(HELDOUT)] for i in range(n)]
     prompts = [tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
                                        add_generation_prompt=True, tokenize=False) for q, _ in qs]
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -159,7 +165,7 @@ def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_toke
         ids = row.tolist()
         stopped = tok.eos_token_id in ids
         text = tok.decode(ids[:ids.index(tok.eos_token_id)] if stopped else ids, skip_special_tokens=True)
-        scores.append(thumbs_reward(judge(Preference(), q, a, text, "stop" if stopped else "length")))
+        scores.append(float(taste.judge(a, text, "stop" if stopped else "length")))
     return scores
 
 
@@ -296,6 +302,10 @@ def _tiny_png(path: Path, panels: list[dict], w: int = 480, ph: int = 160) -> No
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random | a model folder")
+    p.add_argument("--population", default="concise", choices=sorted(POPULATIONS),
+                   help="the simulated users' taste and feedback style (bench/populations.py)")
+    p.add_argument("--no-signal-policy", default=None, choices=["exclude", "default", "model"],
+                   help="RewardConfig.no_signal_policy for this run (default: the packaged config's)")
     p.add_argument("--rounds", type=int, default=2, help="chat-then-train rounds")
     p.add_argument("--users", type=int, default=6, help="simulated users chatting at once")
     p.add_argument("--sessions", type=int, default=1, help="conversations per user per round")
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--kto-epochs", type=int, default=None,
                    help="KTOTrainer's epochs (default: --epochs); compare at equal cost per sample, not equal epochs")
-    p.add_argument("--eval", type=int, default=16, help="offline replies judged per version")
+    p.add_argument("--eval", type=int, default=48, help="offline replies to held-out questions judged per version")
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--seed", type=int, default=0)
@@ -338,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
                              **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
-    pref = Preference()
+    taste = POPULATIONS[args.population]
     rounds = []
     used: list = []  # every sample a committed learner run trained on, in order (the KTO data)
     runs: dict[str, dict] = {}  # version -> cumulative events and learner seconds up to that version
@@ -348,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         kto = {"skipped": "--no-kto"}
     served: dict[str, list[float]] = {}  # version -> the simulated users' verdicts on what it served
     try:
-        users = [SimUser(f"sim{i}", pref, seed=args.seed * 1000 + i, max_turns=args.max_turns)
+        users = [PopUser(f"sim{i}", taste, seed=args.seed * 1000 + i, max_turns=args.max_turns)
                  for i in range(args.users)]
         for k in range(args.rounds):
             t0 = time.time()
@@ -358,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in turns:
                 served.setdefault(t.adapter_version, []).append(thumbs_reward(t.verdict))
             t_chat = time.time() - t0
-            judged = {t.reply_id for t in turns if t.verdict.thumbs is not None}  # others may get no reward at all
+            judged = {t.reply_id for t in turns}  # every final reply gets an entry, 'excluded' included
             finals = wait_for_rewards(r, keys, judged, timeout=60 + 2 * args.reward_wait)
             reg = Registry(r, keys, settings.data_dir)
             # what this run will read: same cursor, filters and split as inside run_once
@@ -439,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         versions.append("kto")
     for v in versions:
         folder = None if v == "base" else Path(kto["adapter_dir"]) if v == "kto" else reg.version_dir(v)
-        scores[v] = offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.seed)
+        scores[v] = offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.seed, taste)
         offline[v] = mean_ci(scores[v])
         print(f"offline {v:>5}: mean {offline[v]['mean']:+.3f}  95% CI [{offline[v]['ci'][0]:+.3f}, "
               f"{offline[v]['ci'][1]:+.3f}]  n={offline[v]['n']}", flush=True)
@@ -463,7 +473,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{head_to_head['difference']['mean']:+.3f} (95% CI [{head_to_head['difference']['ci'][0]:+.3f}, "
               f"{head_to_head['difference']['ci'][1]:+.3f}], n={head_to_head['difference']['n']}); lift/1k "
               f"events ratio {head_to_head['lift_per_1k_ratio']}", flush=True)
-    report = {"model": args.model, "args": vars(args), "preference": pref.__dict__, "rounds": rounds,
+    last = [v for v in versions if v not in ("base", "kto")]
+    paired_lift = mean_ci([a - b for a, b in zip(scores[last[-1]], scores["base"])]) if last else None
+    if paired_lift:
+        print(f"held-out lift, paired by question: v{last[-1]} minus base = {paired_lift['mean']:+.3f} "
+              f"(95% CI [{paired_lift['ci'][0]:+.3f}, {paired_lift['ci'][1]:+.3f}], n={paired_lift['n']})", flush=True)
+    report = {"model": args.model, "args": vars(args), "population": taste.__dict__, "rounds": rounds,
+              "paired_lift": {"version": last[-1] if last else None, **(paired_lift or {})},
               "online": online, "offline": offline, "offline_scores": scores, "trl_kto": kto,
               "comparison": comparison, "head_to_head": head_to_head,
               "chart": chart_panels(offline, comparison),

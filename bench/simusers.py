@@ -127,3 +127,64 @@ def run_users(server, users: list[SimUser], n_sessions: int, timeout: float = 90
     if errors:
         raise RuntimeError(f"{len(errors)} simulated user(s) failed, first: {errors[0]!r}")
     return [t for u in users for t in u.turns]
+
+
+@dataclass
+class PopUser:
+    """A user of one population (bench/populations.py): asks the training questions, judges each
+    reply with the population's hidden taste and reacts the population's way:
+      thumbs    thumbs +1/-1 on an opinion, copies a pleasing reply now and then
+      ratings   5 / 3 / 1 stars
+      implicit  no thumbs, no stars: reads (dwell) long and copies, then writes again when pleased;
+                skims and regenerates (or leaves) when not; a neutral reply is read and sometimes
+                followed up
+    `reading_wpm` must match the reward config's, so a full read is a full read."""
+    user_id: str
+    taste: object  # populations.Taste
+    seed: int
+    max_turns: int = 3
+    reading_wpm: float = 2300.0
+    turns: list[Turn] = field(default_factory=list)
+
+    def _dwell(self, chat, rid: str, text: str, share: float, started: float) -> None:
+        expected = max(1, len(text.split())) / self.reading_wpm * 60.0
+        time.sleep(max(0.0, started + share * expected - time.monotonic()))
+        chat.feedback(rid, "dwell", int((time.monotonic() - started) * 1000))
+
+    def converse(self, server, n_sessions: int) -> None:
+        from bench.populations import TRAIN
+        from tests.helpers import Chat
+        rng = random.Random(self.seed)
+        for _ in range(n_sessions):
+            chat = Chat(server, server.token(self.user_id))
+            try:
+                turn = 0
+                while turn < self.max_turns:
+                    question, answer = rng.choice(TRAIN)
+                    got = chat.ask(question)
+                    turn += 1
+                    for attempt in range(2):   # a regenerated reply is judged again, once
+                        rid, end = got["start"]["reply_id"], got["end"]
+                        started = time.monotonic()
+                        u = self.taste.judge(answer, got["text"], end["finish_reason"])
+                        self.turns.append(Turn(rid, got["start"].get("adapter_version", "base"), question,
+                                               got["text"], end["finish_reason"], Verdict(u or None, u > 0)))
+                        mode = self.taste.feedback
+                        if mode == "thumbs" and u:
+                            chat.feedback(rid, "thumbs", u)
+                        elif mode == "ratings":
+                            chat.feedback(rid, "rating", {1: 5, 0: 3, -1: 1}[u])
+                        elif mode == "implicit":
+                            self._dwell(chat, rid, got["text"], 1.3 if u >= 0 else 0.2, started)
+                        if u > 0 and rng.random() < (0.5 if mode == "implicit" else 0.3):
+                            chat.feedback(rid, "copy")
+                        if u < 0 and mode == "implicit" and attempt == 0 and rng.random() < 0.5:
+                            ack = chat.feedback(rid, "regenerate")
+                            if ack.get("type") == "ack":
+                                got = chat.collect()
+                                continue
+                        break
+                    if u < 0 or (u == 0 and rng.random() < 0.5):
+                        break   # leave: no continuation signal for this reply
+            finally:
+                chat.close()

@@ -175,19 +175,29 @@ def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig,
         method = "doubly_robust"
         result.stats.update(cf_new_dr=new_value, cf_parent_dr=old_value, cf_new_dr_ci=list(new_ci))
     result.stats["cf_method"] = method
+    passed, canary, why = decide(new_value, old_value, new.ess, cfg, method)
     if new.warning:
         result.notes.append(new.warning)
-        if cfg.cf_require_ess:
-            result.passed, result.reason = False, f"counterfactual estimate unreliable: {new.warning}"
-            return result
-        # too little evidence to reject (or to trust a pass): let the live comparison decide
-        result.canary = True
-        result.notes.append(f"effective sample size {new.ess:.1f} is below the floor {cfg.cf_min_ess:g}: "
-                            "not judged on the counterfactual estimate; published as canary, the live "
-                            "per-version comparison (and automatic rollback) decides")
-        return result
-    if math.isfinite(new_value) and math.isfinite(old_value) and new_value < old_value - cfg.cf_margin:
-        result.passed = False
-        result.reason = (f"counterfactual reward ({method}) {new_value:.3f} is below the serving version's "
-                         f"{old_value:.3f} by more than the margin {cfg.cf_margin:g}")
+    result.passed, result.canary = passed, canary
+    if canary:
+        result.notes.append(why)
+    elif not passed:
+        result.reason = why
     return result
+
+
+def decide(new_value: float, old_value: float, ess: float, cfg: TrainConfig, method: str = "snips"
+           ) -> tuple[bool, bool, str]:
+    """(passed, canary, why) from the two estimates and the effective sample size. Pure: the
+    gate and its simulation (bench/gate_sim.py) share it."""
+    if ess < cfg.cf_min_ess:
+        if cfg.cf_require_ess:
+            return False, False, f"counterfactual estimate unreliable: effective sample size {ess:.1f} < {cfg.cf_min_ess:g}"
+        # too little evidence to reject (or to trust a pass): let the live comparison decide
+        return True, True, (f"effective sample size {ess:.1f} is below the floor {cfg.cf_min_ess:g}: not judged on "
+                            "the counterfactual estimate; published as canary, the live per-version comparison "
+                            "(and automatic rollback) decides")
+    if math.isfinite(new_value) and math.isfinite(old_value) and new_value < old_value - cfg.cf_margin:
+        return False, False, (f"counterfactual reward ({method}) {new_value:.3f} is below the serving version's "
+                              f"{old_value:.3f} by more than the margin {cfg.cf_margin:g}")
+    return True, False, "passed"

@@ -94,7 +94,9 @@ class Settings:
     token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
     # --- reward workers (worker/) ---
     worker_events_every_s: float = _help(
-        "REWARDLOOP_WORKER_EVENTS_EVERY_S: seconds between beat's 'process new feedback events' tasks.", 1.0)
+        "REWARDLOOP_WORKER_EVENTS_EVERY_S: seconds between beat's 'process new feedback events' ticks. Each "
+        "reward-worker process reads events as they arrive (a blocking consumer); the tick restarts a consumer "
+        "that died, and processes events where none runs.", 1.0)
     worker_finalize_every_s: float = _help(
         "REWARDLOOP_WORKER_FINALIZE_EVERY_S: seconds between beat's 'finalize due rewards' tasks.", 5.0)
     worker_abandon_every_s: float = _help(

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 
 from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
 from core.settings import Settings
@@ -28,14 +29,16 @@ LEARNER_TASKS = "learner.tasks"  # torch: imported only by workers that consume 
 app = Celery("rewardloop")
 
 
-def configure(settings: Settings, learner_tasks: bool = True) -> Celery:
+def configure(settings: Settings, learner_tasks: bool = True, consume_events: bool = False) -> Celery:
     """Bind `app` to this deployment. Call once, at the entry point, before starting anything.
     learner_tasks=False leaves learner.tasks out (torch, seconds to import): beat only sends by
-    name, and a worker that does not consume the `learn` queue never runs them."""
+    name, and a worker that does not consume the `learn` queue never runs them.
+    consume_events=True (a worker of the `rewards` queue): every pool process runs an event
+    consumer thread (worker/rewards/consumer.py), started when the process starts."""
     if not settings.redis_url:
         raise ValueError("REWARDLOOP_REDIS_URL is not set")
     load_reward_config(settings.reward_config)  # fail at start, not in the first task
-    context.bind(settings)
+    context.bind(settings, consume_events=consume_events)
     include = list(TASK_MODULES)
     if learner_tasks:
         if importlib.util.find_spec(LEARNER_TASKS) is None:
@@ -61,3 +64,16 @@ def configure(settings: Settings, learner_tasks: bool = True) -> Celery:
         include=include,
     )
     return app
+
+
+# The event consumer lives in each pool process (after the fork: no thread is ever forked, each
+# process has its own Redis connections), so `--concurrency N` runs N consumers and a process
+# the pool replaces gets a fresh one. A worker that consumes no `rewards` queue starts none.
+@worker_process_init.connect
+def _start_event_consumer(**_) -> None:
+    context.start_consumer()
+
+
+@worker_process_shutdown.connect
+def _stop_event_consumer(**_) -> None:
+    context.stop_consumer()

@@ -15,7 +15,7 @@ import redis
 from celery import shared_task
 
 from core.registry import Registry
-from worker.context import runtime
+from worker.context import runtime, start_consumer
 from worker.ops import monitor
 from worker.rewards import processor
 
@@ -27,6 +27,10 @@ COMMON = dict(acks_late=True, ignore_result=True, autoretry_for=TRANSIENT, retry
 
 @shared_task(name="worker.tasks.process_events", **COMMON)
 def process_events() -> dict:
+    """Beat's tick for new events: where this process's event consumer runs (it reads events as
+    they arrive), keep it running (a dead one is replaced); where none can run, process here."""
+    if start_consumer():
+        return {"acked": 0, "failed": 0, "finalized": 0, "consumer": True}
     rt = runtime()
     res = processor.process_events(rt.ledger, rt.cfg, processor.consumer_name())
     if res.acked or res.failed:

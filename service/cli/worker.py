@@ -66,7 +66,8 @@ def cmd_worker(args, settings: Settings) -> int:
         print(f"rewardloop worker: --concurrency must be >= 1, got {args.concurrency}", file=sys.stderr)
         return 2
     from worker.celery_app import configure
-    app = configure(settings, learner_tasks=queues.LEARN in args.queues.split(","))
+    names = args.queues.split(",")
+    app = configure(settings, learner_tasks=queues.LEARN in names, consume_events=queues.REWARDS in names)
     if args.loglevel.upper() == "INFO":  # one line per task twice a second drowns everything else
         for name in ("celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -20,6 +20,23 @@ from worker.rewards import ledger_lua as lua
 
 GROUP = "rewarders"
 VOTES_KEPT = 50
+# what the reward reads of a reply hash (signals.reply_facts): not its token ids and log-probs
+REPLY_FIELDS = ("reply_id", "text", "n_tokens", "finish_reason", "ended_at", "user_id", "adapter_version")
+
+
+def _fields(values: list) -> dict:
+    return {k: v for k, v in zip(REPLY_FIELDS, values) if v is not None}
+
+
+@dataclass(frozen=True)
+class SignalOp:
+    """One step of apply_batch: open reply_id's entry and, with an event_id, record a signal."""
+    reply_id: str
+    user_id: str = ""
+    event_id: str = ""
+    signal: dict | None = None
+    pair: dict | None = None
+    vote: list | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,9 @@ class RewardLedger:
         self._release = client.register_script(RELEASE_LOCK)
         self._forget = client.register_script(lua.FORGET_CONSUMER)
         self._record_once = client.register_script(RECORD_ONCE)
+        self._apply_batch = client.register_script(lua.APPLY_BATCH)
+        self._claim_due = client.register_script(lua.CLAIM_DUE)
+        self._finalize_many = client.register_script(lua.FINALIZE_MANY)
 
     # --- the events stream and its consumer group -----------------------------------------
     def ensure_group(self) -> None:
@@ -51,8 +71,15 @@ class RewardLedger:
             if "BUSYGROUP" not in str(exc):  # the group exists already: fine, anything else is not
                 raise
 
-    def read_new(self, consumer: str, count: int) -> list[tuple[str, dict]]:
-        reply = self.r.xreadgroup(GROUP, consumer, {self.k.events: ">"}, count=count)
+    def read_new(self, consumer: str, count: int, block_ms: int | None = None) -> list[tuple[str, dict]]:
+        """Up to `count` new events; with block_ms, wait that long for the first one."""
+        reply = self.r.xreadgroup(GROUP, consumer, {self.k.events: ">"}, count=count, block=block_ms)
+        return reply[0][1] if reply else []
+
+    def read_own_pending(self, consumer: str, count: int, after: str = "0") -> list[tuple[str, dict | None]]:
+        """Entries delivered to this consumer and not acked yet, after stream id `after` (fields
+        None: trimmed from the stream meanwhile)."""
+        reply = self.r.xreadgroup(GROUP, consumer, {self.k.events: after}, count=count)
         return reply[0][1] if reply else []
 
     def ack(self, stream_ids: list[str]) -> None:
@@ -113,6 +140,54 @@ class RewardLedger:
                 json.dumps(vote) if vote else ""]
         return int(self._apply(keys=keys, args=args))
 
+    def apply_batch(self, events: list[tuple[list[SignalOp], str | None]], wait_window_s: float,
+                    now: float) -> tuple[list[list], dict[str, list[tuple]]]:
+        """Open entries, record signals and end sessions for a batch of events in one atomic call
+        (lua.APPLY_BATCH). events: (signal ops, session id to end or None) per event.
+        -> (per event [1, result per signal...] or [-1, missing reply id],
+            {user_id: recent votes oldest first} for every user with a vote in the batch)."""
+        keys = [self.k.rewards_pending, self.k.pairs, self.k.worker_stats]
+        index: dict[str, int] = {}
+
+        def at(key: str) -> int:
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)  # Lua indexes from 1
+            return index[key]
+
+        plan, voters = [], {}
+        for ops, session_id in events:
+            lua_ops = []
+            for op in ops:
+                votes = 0
+                if op.vote:
+                    votes = voters.setdefault(op.user_id, at(self.k.user_votes(op.user_id)))
+                lua_ops.append([op.reply_id, at(self.k.reward(op.reply_id)), at(self.k.reply(op.reply_id)),
+                                at(self.k.reward_signals(op.reply_id)), votes, op.event_id,
+                                json.dumps(op.signal) if op.signal else "",
+                                json.dumps(flat_fields(op.pair)) if op.pair else "",
+                                json.dumps(op.vote) if op.vote else ""])
+            plan.append([lua_ops, at(self.k.session_replies(session_id)) if session_id else 0])
+        results, votes = self._apply_batch(keys=keys, args=[repr(wait_window_s), repr(now), json.dumps(plan),
+                                                            json.dumps(list(voters.values()))])
+        recent = {user: [tuple(json.loads(v)) for v in reversed(lst)] for user, lst in zip(voters, votes)}
+        return [[-1, str(res[1])] if int(res[0]) < 0 else [int(x) for x in res] for res in results], recent
+
+    def commit_batch(self, done: list[str], errors: dict[str, str], weights: list[tuple[str, float, str | None]],
+                     now: float) -> None:
+        """After apply_batch: user weights, errors of the failed entries, and the acks, together."""
+        with self.r.pipeline(transaction=True) as p:
+            for user_id, weight, reason in weights:
+                p.hset(self.k.user(user_id), mapping={"anomaly_weight": repr(weight), "anomaly_reason": reason or "",
+                                                      "anomaly_checked_at": repr(now)})
+            if errors:
+                p.hset(self.k.worker_errors, mapping={sid: err[:2000] for sid, err in errors.items()})
+            if done:
+                p.xack(self.k.events, GROUP, *done)
+                p.hdel(self.k.worker_errors, *done)
+                p.hincrby(self.k.worker_stats, "events", len(done))
+            p.execute()
+
     def end_session(self, session_id: str, now: float) -> int:
         """Session end: every pending reply of the session is due now (ZADD XX LT: only pending
         ones, and never later than already due)."""
@@ -132,15 +207,52 @@ class RewardLedger:
     def due(self, now: float, limit: int) -> list[str]:
         return self.r.zrangebyscore(self.k.rewards_pending, "-inf", now, start=0, num=limit)
 
+    def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:
+        """Due replies, leased to this caller for lease_s (other workers skip them meanwhile)."""
+        return self._claim_due(keys=[self.k.rewards_pending], args=[repr(now), limit, repr(now + lease_s)])
+
+    def drop_due(self, reply_ids: list[str]) -> None:
+        """Forget pending marks whose entry is gone or already final."""
+        if reply_ids:
+            self.r.zrem(self.k.rewards_pending, *reply_ids)
+
+    def finalize_inputs_many(self, reply_ids: list[str]) -> list[tuple[dict, dict, list[dict], dict]]:
+        """finalize_inputs of many replies in two round trips."""
+        with self.r.pipeline(transaction=False) as p:
+            for rid in reply_ids:
+                p.hgetall(self.k.reward(rid))
+                p.hmget(self.k.reply(rid), REPLY_FIELDS)
+                p.hvals(self.k.reward_signals(rid))
+            flat = p.execute()
+        rows = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+        users = sorted({e["user_id"] for e, _, _ in rows if e.get("user_id")})
+        with self.r.pipeline(transaction=False) as p:
+            for u in users:
+                p.hgetall(self.k.user(u))
+            by_user = dict(zip(users, p.execute()))
+        return [(e, _fields(reply), [json.loads(s) for s in sig], by_user.get(e.get("user_id"), {}))
+                for e, reply, sig in rows]
+
+    def finalize_many(self, items: list[tuple[str, int, dict, dict, dict | None]]) -> list[int]:
+        """finalize() of many replies in one call (lua.FINALIZE_MANY; each one decided on its own)."""
+        if not items:
+            return []
+        keys = [self.k.rewards_pending, self.k.rewards, self.k.pairs, self.k.worker_stats]
+        for reply_id, *_ in items:
+            keys += [self.k.reward(reply_id), self.k.reward_signals(reply_id)]
+        plan = [[rid, n, flat_fields(lf), flat_fields(sf), flat_fields(pair) if pair else 0]
+                for rid, n, lf, sf, pair in items]
+        return [int(x) for x in self._finalize_many(keys=keys, args=[json.dumps(plan)])]
+
     def finalize_inputs(self, reply_id: str) -> tuple[dict, dict, list[dict], dict]:
-        """(ledger entry, reply hash, signals, user hash) of one reply, read together."""
+        """(ledger entry, reply fields, signals, user hash) of one reply, read together."""
         with self.r.pipeline(transaction=True) as p:
             p.hgetall(self.k.reward(reply_id))
-            p.hgetall(self.k.reply(reply_id))
+            p.hmget(self.k.reply(reply_id), REPLY_FIELDS)
             p.hvals(self.k.reward_signals(reply_id))
             entry, reply, signals = p.execute()
         user = self.r.hgetall(self.k.user(entry["user_id"])) if entry.get("user_id") else {}
-        return entry, reply, [json.loads(s) for s in signals], user
+        return entry, _fields(reply), [json.loads(s) for s in signals], user
 
     def finalize(self, reply_id: str, n_signals: int, ledger_fields: dict, stream_fields: dict,
                  pair: dict | None) -> int:

@@ -15,16 +15,19 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+import redis
+
 from worker.rewards.batches import anomaly_weight
 from worker.rewards.config import RewardConfig, config_hash
 from worker.rewards.function import ACTION_COMPONENTS, compute_reward, finalize_state
-from worker.rewards.ledger import RewardLedger
+from worker.rewards.ledger import RewardLedger, SignalOp
 from worker.rewards.pairs import is_kept
 from worker.rewards.signals import Event, PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
+BATCH = 500  # events per ledger call: larger batches amortize the fsync of each write round trip
+FINALIZE_LEASE_S = 30.0
 CONSUMER_FORGET_S = 3600  # a consumer (worker process) silent this long with nothing pending is gone
 FINALIZE_RETRIES = 5
 
@@ -77,18 +80,90 @@ def handle_event(ledger: RewardLedger, cfg: RewardConfig, ev: Event, now: float)
         ledger.end_session(ev.session_id, now)
 
 
+def plan_event(ev: Event) -> tuple[list[SignalOp], str | None]:
+    """What one event asks of the ledger: (signal ops, session to end or None). Pure; the
+    batched twin of handle_event (the pair and the vote travel with the first signal only)."""
+    if ev.kind == "user_message":
+        return [], None
+    if ev.kind == "reply":
+        return [SignalOp(ev.reply_id)], None
+    pair, vote = choose_pair(ev), vote_of(ev)
+    ops = []
+    for reply_id, signal in signals_of(ev):
+        ops.append(SignalOp(reply_id, ev.user_id, ev.event_id, signal, pair, vote))
+        pair = vote = None
+    return ops, (ev.session_id or None) if ev.kind == "abandon" else None
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def process_entries(ledger: RewardLedger, cfg: RewardConfig, entries: list[tuple[str, dict]],
                     result: BatchResult) -> None:
-    """Handle each entry on its own: one that fails stays pending (to be retried or dead-lettered
-    by reclaim_stale) and never blocks the others."""
+    """Handle a batch: one atomic ledger call for all its events, then weights and acks in one
+    more round trip. An entry that fails stays pending (to be retried or dead-lettered by
+    reclaim_stale) and never blocks the others; a batch the ledger refuses as a whole (a script
+    error) is retried entry by entry, which isolates the culprit."""
+    now = time.time()
+    done: list[str] = []
+    errors: dict[str, str] = {}
+    planned: list[tuple[Event, tuple[list[SignalOp], str | None]]] = []
+    for stream_id, fields in entries:
+        try:
+            ev = parse_event(stream_id, fields)
+            plan = plan_event(ev)
+        except Exception as exc:  # isolate the entry: record why, keep it pending, go on
+            errors[stream_id] = _error(exc)
+            continue
+        if plan[0]:
+            planned.append((ev, plan))
+        else:
+            done.append(stream_id)
+    try:
+        results, votes = ledger.apply_batch([p for _, p in planned], cfg.wait_window_s, now) if planned else ([], {})
+    except redis.ResponseError as exc:
+        log.warning("batch of %d event(s) refused (%s): processing them one by one", len(entries), _error(exc))
+        process_one_by_one(ledger, cfg, entries, result)
+        return
+    new_voters, late = set(), 0
+    for (ev, _), res in zip(planned, results):
+        if res[0] < 0:
+            errors[ev.stream_id] = _error(PoisonEvent(f"event {ev.stream_id}: reply {res[1]!r} does not exist"))
+            continue
+        done.append(ev.stream_id)
+        late += res[1:].count(2)
+        if vote_of(ev) and any(r > 0 for r in res[1:]):
+            new_voters.add(ev.user_id)
+    weights = []
+    for user_id, recent in votes.items():  # every voter, not only new votes: a redelivery repairs a lost update
+        weight, reason = anomaly_weight(recent, cfg)
+        weights.append((user_id, weight, reason))
+        if reason and user_id in new_voters:
+            log.info("user %s weighted %.2f: %s", user_id, weight, reason)
+    ledger.commit_batch(done, errors, weights, now)
+    if late:
+        log.info("%d late signal(s) on final replies: recorded, rewards unchanged", late)
+    for stream_id, msg in errors.items():
+        log.warning("event %s (%s) failed: %s", stream_id, dict(entries).get(stream_id, {}).get("kind"), msg)
+    result.acked += len(done)
+    result.failed += len(errors)
+    result.errors += list(errors.values())
+
+
+def process_one_by_one(ledger: RewardLedger, cfg: RewardConfig, entries: list[tuple[str, dict]],
+                       result: BatchResult) -> None:
+    """The slow path: each entry in its own ledger calls (handle_event)."""
     done = []
     now = time.time()
     for stream_id, fields in entries:
         try:
             handle_event(ledger, cfg, parse_event(stream_id, fields), now)
             done.append(stream_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # transient: the caller retries the whole batch
         except Exception as exc:  # isolate the entry: record why, keep it pending, go on
-            msg = f"{type(exc).__name__}: {exc}"
+            msg = _error(exc)
             log.warning("event %s (%s) failed: %s", stream_id, fields.get("kind"), msg)
             ledger.note_error(stream_id, msg)
             result.failed += 1
@@ -121,35 +196,43 @@ def _regenerate_pair(entry: dict, signals: list[dict]) -> dict | None:
     return None
 
 
+def final_fields(cfg: RewardConfig, reply_id: str, entry: dict, reply: dict, signals: list[dict], user: dict,
+                 now: float, chash: str | None = None) -> tuple[str, int, dict, dict, dict | None]:
+    """The arguments of ledger.finalize for one pending reply (pure). chash: config_hash(cfg),
+    computed once per batch by the caller."""
+    weight = float(user.get("anomaly_weight") or 1.0)
+    breakdown = compute_reward(reply_facts(reply), signals, cfg, user_weight=weight)
+    state, reward = finalize_state(breakdown.has_signal, cfg, breakdown.total)
+    chash = chash or config_hash(cfg)
+    ledger_fields = {
+        "state": state, "reward": "" if reward is None else repr(reward), "total": repr(breakdown.total),
+        "raw_sum": repr(breakdown.raw_sum), "has_signal": int(breakdown.has_signal),
+        "components": json.dumps(breakdown.components), "explain": json.dumps(breakdown.explain()),
+        "notes": json.dumps(list(breakdown.notes)), "config_hash": chash, "user_weight": repr(weight),
+        "anomaly_reason": user.get("anomaly_reason", ""), "n_signals": len(signals), "finalized_at": repr(now),
+    }
+    stream_fields = {
+        "reply_id": reply_id, "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", ""),
+        "adapter_version": entry.get("adapter_version", ""), "state": state,
+        "reward": "" if reward is None else repr(reward), "config_hash": chash, "user_weight": repr(weight),
+        "opt_out": entry.get("opt_out", "0"), "finalized_at": repr(now),
+        # which components fired: lets the drift monitor follow per-reply signal rates
+        "components": ",".join(sorted(breakdown.components)),
+    }
+    return reply_id, len(signals), ledger_fields, stream_fields, _regenerate_pair(entry, signals)
+
+
 def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: float) -> bool:
     """Compute and write the final reward of one due reply; True if this call finalized it."""
     for _ in range(FINALIZE_RETRIES):
         entry, reply, signals, user = ledger.finalize_inputs(reply_id)
         if not entry or entry.get("state") != "pending":
             return False
-        weight = float(user.get("anomaly_weight") or 1.0)
-        breakdown = compute_reward(reply_facts(reply), signals, cfg, user_weight=weight)
-        state, reward = finalize_state(breakdown.has_signal, cfg, breakdown.total)
-        chash = config_hash(cfg)
-        ledger_fields = {
-            "state": state, "reward": "" if reward is None else repr(reward), "total": repr(breakdown.total),
-            "raw_sum": repr(breakdown.raw_sum), "has_signal": int(breakdown.has_signal),
-            "components": json.dumps(breakdown.components), "explain": json.dumps(breakdown.explain()),
-            "notes": json.dumps(list(breakdown.notes)), "config_hash": chash, "user_weight": repr(weight),
-            "anomaly_reason": user.get("anomaly_reason", ""), "n_signals": len(signals), "finalized_at": repr(now),
-        }
-        stream_fields = {
-            "reply_id": reply_id, "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", ""),
-            "adapter_version": entry.get("adapter_version", ""), "state": state,
-            "reward": "" if reward is None else repr(reward), "config_hash": chash, "user_weight": repr(weight),
-            "opt_out": entry.get("opt_out", "0"), "finalized_at": repr(now),
-            # which components fired: lets the drift monitor follow per-reply signal rates
-            "components": ",".join(sorted(breakdown.components)),
-        }
-        done = ledger.finalize(reply_id, len(signals), ledger_fields, stream_fields, _regenerate_pair(entry, signals))
+        args = final_fields(cfg, reply_id, entry, reply, signals, user, now)
+        done = ledger.finalize(*args)
         if done >= 0:
             if done:
-                log.info("reward %s: %s %s (%d signals)", reply_id, state, stream_fields["reward"] or "-", len(signals))
+                log.debug("reward %s: %s %s (%d signals)", reply_id, args[2]["state"], args[2]["reward"] or "-", args[1])
             return bool(done)
     log.warning("reward %s: signals kept changing during %d attempts; will retry next run", reply_id,
                 FINALIZE_RETRIES)
@@ -157,7 +240,24 @@ def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: fl
 
 
 def finalize_due(ledger: RewardLedger, cfg: RewardConfig, now: float, limit: int = 500) -> int:
-    return sum(finalize_one(ledger, cfg, rid, now) for rid in ledger.due(now, limit))
+    """Finalize up to `limit` due replies: claimed with a lease (so concurrent workers split the
+    work instead of computing it twice), read in two round trips, written in one; a reply whose
+    signals changed meanwhile is redone alone. One whose worker dies is due again after the lease."""
+    ids = ledger.claim_due(now, limit, FINALIZE_LEASE_S)
+    if not ids:
+        return 0
+    items, gone, chash = [], [], config_hash(cfg)
+    for rid, (entry, reply, signals, user) in zip(ids, ledger.finalize_inputs_many(ids)):
+        if entry.get("state") != "pending":
+            gone.append(rid)
+        else:
+            items.append(final_fields(cfg, rid, entry, reply, signals, user, now, chash))
+    ledger.drop_due(gone)
+    finalized = 0
+    for args, done in zip(items, ledger.finalize_many(items)):
+        finalized += done > 0 or (done < 0 and finalize_one(ledger, cfg, args[0], now))
+    log.debug("finalized %d of %d due reward(s)", finalized, len(ids))
+    return finalized
 
 
 # --- abandoned sessions ------------------------------------------------------------------------

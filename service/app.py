@@ -19,6 +19,7 @@ from service.api.common import ApiError, BodyLimit, body_limit, error_response, 
 from service.api.ops import install as install_ops
 from service.api.ws import ChatConnection
 from service.runtime import Runtime
+from service.serving.chat import Overloaded
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -77,6 +78,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         log.warning("redis unavailable during %s: %s", request.url.path, exc)
         return error_response(503, "unavailable", "storage is unavailable for a moment; retry in a few seconds",
                               headers={"Retry-After": "2"})
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):   # admission control: 503 busy / 429 this user
+        return error_response(exc.status, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # a bug: uvicorn logs the traceback

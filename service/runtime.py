@@ -105,7 +105,7 @@ class Runtime:
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                              max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
-                             on_death=self._engine_died)
+                             on_death=self._engine_died, max_queue=self.settings.max_queue)
         self.engine.start()
         from service.serving.swap import AdapterWatcher
         self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,

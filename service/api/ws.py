@@ -20,9 +20,9 @@ from fastapi import WebSocket, WebSocketDisconnect
 from redis.exceptions import RedisError
 
 from core.settings import Settings
-from service.engine.core import EndEvent
+from service.engine.core import EndEvent, QueuedEvent
 from service.serving.auth import TokenError, User, verify_token
-from service.serving.chat import ChatService, ReplyPlan, TurnRefused
+from service.serving.chat import ChatService, Overloaded, ReplyPlan, TurnRefused
 from service.serving.feedback import FeedbackService
 from service.serving.protocol import (
     CLOSE_AUTH_FAILED,
@@ -44,6 +44,10 @@ HELLO_TIMEOUT_S = 30
 def unavailable_error(ref: str | None) -> dict:
     return server_error("unavailable", "storage is unavailable for a moment; nothing was recorded: retry in a "
                         "few seconds (same feedback_id)", ref)
+
+
+def overloaded_error(err: Overloaded, ref: str | None) -> dict:
+    return {**server_error(err.code, err.message, ref), "retry_after": err.retry_after}
 
 
 class State(enum.Enum):
@@ -96,6 +100,8 @@ class ChatConnection:
                     await self.handle(frame)
                 except ProtocolError as err:
                     await self.send(err.frame())
+                except Overloaded as err:   # come back later: busy (queue full) or rate_limited (this user)
+                    await self.send(overloaded_error(err, getattr(frame, "client_msg_id", None)))
                 except RedisError as exc:  # Redis away for a moment: say so; the client retries
                     log.warning("redis unavailable while handling a frame: %s", exc)
                     ref = getattr(frame, "feedback_id", None) or getattr(frame, "client_msg_id", None)
@@ -150,6 +156,7 @@ class ChatConnection:
 
     async def on_user_message(self, msg: UserMessage) -> None:
         self._require_idle()
+        self.chat.check_admission(self.user)   # refused before anything is recorded
         if msg.session_id and msg.session_id != self.session_id:
             meta = await self.chat.store.session_meta(msg.session_id)
             if not meta or meta.user_id != self.user.user_id:
@@ -206,13 +213,20 @@ class ChatConnection:
                 self.state = State.READY
 
     async def _stream_one(self, plan: ReplyPlan) -> None:
+        try:
+            self.chat.start(plan)   # a refusal comes before reply_start: nothing was promised
+        except Overloaded as err:
+            await self.send(overloaded_error(err, plan.client_msg_id))
+            return
         await self.send({"type": "reply_start", "reply_id": plan.reply_id, "adapter_version": plan.adapter_version,
                          "candidates": plan.candidates, "replaces": plan.replaces, "turn": plan.turn_index,
                          "history_truncated": plan.prompt.truncated, "dropped_turns": plan.prompt.dropped_turns})
-        async for event in self.chat.stream(plan):
+        async for event in self.chat.stream(plan, queued=True):
             if self.state is State.CLOSED:
                 plan.handle.cancel()
-            if isinstance(event, EndEvent):
+            if isinstance(event, QueuedEvent):
+                await self.send({"type": "queued", "reply_id": plan.reply_id, "position": event.position})
+            elif isinstance(event, EndEvent):
                 if event.finish_reason == "error":   # the reply is logged; this turn alone failed
                     await self.send(server_error("generation_failed", f"generating this reply failed "
                                                  f"({event.error}); send the message again", plan.reply_id))

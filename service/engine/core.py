@@ -32,11 +32,13 @@ import torch
 
 from core.sampling import SamplingParams, sample_batch
 from service.engine.batching import DecodeBatch, batchable
-from service.engine.events import (  # noqa: F401 (TextTail: re-exported, the serving layer imports events from here)
+from service.engine.events import (  # noqa: F401 (re-exported: the serving layer imports events from here)
     EndEvent,
+    EngineBusy,
     EngineStopped,
     GenerationHandle,
     GenerationRequest,
+    QueuedEvent,
     TextTail,
     TokenEvent,
 )
@@ -57,6 +59,9 @@ class _Sequence:
     text: str = ""
     first_token_at: float | None = None
     ended: bool = False         # its EndEvent was sent: exactly one per request
+    waiting: bool = True        # counted in Engine.waiting until its prompt is in
+    position: int = 0           # last queue position told to the client
+    prefill_started: float | None = None
 
 
 def cache_argument_name(model) -> str:
@@ -72,7 +77,8 @@ def _error_text(exc: BaseException) -> str:
 
 class Engine:
     def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
-                 max_batch: int = 32, prefill_chunk: int = 128, on_death: Callable[[str], None] | None = None):
+                 max_batch: int = 32, prefill_chunk: int = 128, on_death: Callable[[str], None] | None = None,
+                 max_queue: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -92,6 +98,9 @@ class Engine:
         self.failed_requests = 0        # requests ended with "error"
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.max_queue = max_queue      # most requests waiting for their first token; None = no bound
+        self.waiting = 0                # submitted, prompt not yet in (under _lock)
+        self.prefill_s = 0.5            # running mean of one prompt's prefill time, for retry_after
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
         self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
         self._batch = DecodeBatch()     # KV rows of the prefilled, decoding sequences
@@ -131,14 +140,21 @@ class Engine:
         if request.adapter is not None and not isinstance(request.adapter, str):
             raise ValueError(f"adapter must be a version string or None, got {request.adapter!r}")
 
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved on: the prompts ahead, at the mean prefill time."""
+        return max(1, min(60, round(self.waiting * self.prefill_s + 0.5)))
+
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> GenerationHandle:
-        """Queue a request (ValueError if it is malformed); an engine that has stopped ends it
-        at once with finish_reason "error"."""
+        """Queue a request (ValueError if it is malformed, EngineBusy past max_queue); an
+        engine that has stopped ends it at once with finish_reason "error"."""
         self.validate(request)
         handle = GenerationHandle(loop or asyncio.get_running_loop())
         now = time.time()
         with self._lock:
             if not self._dead:
+                if self.max_queue is not None and self.waiting >= self.max_queue:
+                    raise EngineBusy(self.waiting, self.retry_after())
+                self.waiting += 1
                 self._inbox.put(("gen", request, handle, now))
                 return handle
         handle._emit(EndEvent("error", 0, now, None, now, error=f"the engine has stopped ({self.failure or 'shutdown'})"))
@@ -190,8 +206,9 @@ class Engine:
             if item is None:
                 continue
             if item[0] == "gen":
-                now = time.time()
-                item[2]._emit(EndEvent(reason, 0, item[3], None, now, error=self.failure))
+                with self._lock:
+                    self.waiting -= 1
+                item[2]._emit(EndEvent(reason, 0, item[3], None, time.time(), error=self.failure))
             elif item[2].set_running_or_notify_cancel():
                 item[2].set_exception(EngineStopped(f"the engine has stopped ({self.failure or 'shutdown'})"))
         if self.failure and self.on_death is not None:
@@ -229,6 +246,24 @@ class Engine:
         if decode:
             self._drain_inbox(block=False)
             self._decode(decode)
+        self._tell_positions()
+
+    def _tell_positions(self) -> None:
+        """Waiting clients hear their place in the line when it changes (0, being prefilled, is
+        not told: its first token follows)."""
+        position = 0
+        for seq in self._active:
+            if seq.waiting:
+                if position and position != seq.position:
+                    seq.handle._emit(QueuedEvent(position))
+                seq.position = position
+                position += 1
+
+    def _left_queue(self, seq: _Sequence) -> None:
+        if seq.waiting:
+            seq.waiting = False
+            with self._lock:
+                self.waiting -= 1
 
     def _fail(self, seqs: list[_Sequence], exc: Exception | str) -> None:
         if isinstance(exc, BaseException):
@@ -287,11 +322,15 @@ class Engine:
         split so that no single forward pass holds up the other streams (or an adapter
         load waiting between passes) for long."""
         prompt = seq.request.prompt_ids
+        if seq.prefill_started is None:
+            seq.prefill_started = time.monotonic()
         chunk = prompt[seq.prefilled:seq.prefilled + self.prefill_chunk]
         logits = self._forward(seq, chunk)
         seq.prefilled += len(chunk)
         if seq.prefilled < len(prompt):
             return False
+        self.prefill_s += 0.2 * (time.monotonic() - seq.prefill_started - self.prefill_s)
+        self._left_queue(seq)
         seq.next_logits = logits
         if batchable([seq.cache]):
             self._batch.add(seq, seq.cache)
@@ -406,6 +445,7 @@ class Engine:
         if seq.ended:
             return
         seq.ended = True
+        self._left_queue(seq)
         if seq in self._active:
             self._active.remove(seq)
             name = seq.request.adapter or "base"

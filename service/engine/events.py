@@ -39,8 +39,22 @@ class GenerationRequest:
     adapter: str | None = None  # None = the base model
 
 
+@dataclass
+class QueuedEvent:
+    """The request waits for its prompt to be taken: `position` requests are ahead of it."""
+    position: int
+
+
 class EngineStopped(RuntimeError):
     """A call handed to an engine whose thread has ended."""
+
+
+class EngineBusy(RuntimeError):
+    """Refused at submit: `max_queue` requests already wait for their first token."""
+
+    def __init__(self, waiting: int, retry_after: int):
+        super().__init__(f"{waiting} requests are already waiting; retry in {retry_after} s")
+        self.waiting, self.retry_after = waiting, retry_after
 
 
 class GenerationHandle:
@@ -50,6 +64,7 @@ class GenerationHandle:
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.on_end = None   # called on the event loop when the EndEvent is emitted (whether or not it is read)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -57,6 +72,8 @@ class GenerationHandle:
     def _emit(self, event) -> None:  # called from the engine thread
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+            if isinstance(event, EndEvent) and self.on_end is not None:
+                self._loop.call_soon_threadsafe(self.on_end)
         except RuntimeError:  # event loop closed: nobody is listening any more
             self.cancelled.set()
 

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from core.sampling import SamplingParams
 from core.settings import Settings
-from service.engine.core import EndEvent, Engine, GenerationRequest, TextTail, TokenEvent
+from service.engine.core import EndEvent, Engine, EngineBusy, GenerationRequest, QueuedEvent, TextTail, TokenEvent
 from service.serving.auth import User
 from service.serving.prompting import Prompt, build_prompt, fit_messages
 from service.serving.stop_strings import StopScanner
@@ -25,6 +25,26 @@ class TurnRefused(ValueError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class Overloaded(Exception):
+    """Admission control said no: come back in `retry_after` s. Both APIs map it (HTTP: `status`
+    with a Retry-After header; websocket: an error frame with `retry_after`)."""
+    status = 503
+
+    def __init__(self, code: str, message: str, retry_after: int):
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
+
+
+class Busy(Overloaded):
+    """The server's queue is full (REWARDLOOP_MAX_QUEUE)."""
+    status = 503
+
+
+class UserLimited(Overloaded):
+    """This user already has REWARDLOOP_MAX_USER_STREAMS replies generating."""
+    status = 429
 
 
 @dataclass
@@ -61,6 +81,7 @@ class ChatService:
                  watcher=None, metrics=None):
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
         self.watcher, self.metrics = watcher, metrics
+        self.user_streams: dict[str, int] = {}   # user id -> replies generating (event loop only)
 
     def route(self, session_id: str) -> str:
         return self.watcher.route(session_id) if self.watcher else "base"
@@ -117,7 +138,30 @@ class ChatService:
         turn = sum(1 for m in messages if m.get("role") == "assistant")
         return self._plan(user, session_id, turn, user_text, prompt, params, api="openai", **extra)
 
+    # --- admission ------------------------------------------------------------------
+    def check_admission(self, user: User) -> None:
+        """Refuse at once (before anything is recorded) when this user or the server is full.
+        `start` checks again, atomically with the engine's own bound."""
+        self._check_user(user)
+        if self.engine.max_queue is not None and self.engine.waiting >= self.engine.max_queue:
+            raise self._busy(self.engine.waiting, self.engine.retry_after())
+
+    def _check_user(self, user: User) -> None:
+        limit = self.settings.max_user_streams
+        if self.user_streams.get(user.user_id, 0) >= limit:
+            if self.metrics:
+                self.metrics.refused.labels(reason="user_limit").inc()
+            raise UserLimited("rate_limited", f"you already have {limit} replies generating: wait for one to end "
+                              "(or stop it) before asking for another", 1)
+
+    def _busy(self, waiting: int, retry_after: int) -> Busy:
+        if self.metrics:
+            self.metrics.refused.labels(reason="busy").inc()
+        return Busy("busy", f"the server is busy ({waiting} requests waiting): retry in {retry_after} s",
+                    retry_after)
+
     def _plan(self, user, session_id, turn_index, user_text, prompt: Prompt, params, **extra) -> ReplyPlan:
+        self.check_admission(user)
         if prompt.n_tokens > self._budget(params):
             raise TurnRefused("too_long", f"the message alone needs {prompt.n_tokens} tokens but the context "
                               f"budget leaves {self._budget(params)}: send a shorter message")
@@ -126,21 +170,44 @@ class ChatService:
                          self.encode(prompt.messages), params, version, **extra)
 
     # --- generation -----------------------------------------------------------------
-    async def stream(self, plan: ReplyPlan) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
-        """Yield token events, then log the reply, then yield the EndEvent.
+    def start(self, plan: ReplyPlan) -> None:
+        """Hand the plan to the engine now (Busy / UserLimited if it cannot take it), so that a
+        caller can answer a refusal before it starts a reply (the websocket's reply_start, an
+        HTTP status). `stream` starts the plan itself if the caller did not."""
+        if plan.handle is not None:
+            return
+        self._check_user(plan.user)
+        adapter = None if plan.adapter_version == "base" else plan.adapter_version
+        try:
+            handle = self.engine.submit(GenerationRequest(plan.prompt_ids, plan.params, adapter))
+        except EngineBusy as exc:
+            raise self._busy(exc.waiting, exc.retry_after) from None
+        uid = plan.user.user_id
+        self.user_streams[uid] = self.user_streams.get(uid, 0) + 1
+        if self.metrics:
+            self.metrics.active_streams.inc()
+
+        def ended():  # when the engine ends it, whether or not anyone reads the stream
+            left = self.user_streams.get(uid, 1) - 1
+            if left > 0:
+                self.user_streams[uid] = left
+            else:
+                self.user_streams.pop(uid, None)
+            if self.metrics:
+                self.metrics.active_streams.dec()
+        handle.on_end = ended
+        plan.handle = handle
+
+    async def stream(self, plan: ReplyPlan, queued: bool = False) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
+        """Yield token events, then log the reply, then yield the EndEvent; with `queued`,
+        QueuedEvents too while the request waits for its prompt to be taken.
 
         The caller cancels with `plan.handle.cancel()`; the engine then ends the stream
         at its next step and the (cancelled) reply is still logged."""
-        adapter = None if plan.adapter_version == "base" else plan.adapter_version
-        plan.handle = self.engine.submit(GenerationRequest(plan.prompt_ids, plan.params, adapter))
-        if self.metrics:
-            self.metrics.active_streams.inc()
-        try:
-            async for event in self._events(plan):
+        self.start(plan)
+        async for event in self._events(plan):
+            if queued or not isinstance(event, QueuedEvent):
                 yield event
-        finally:
-            if self.metrics:
-                self.metrics.active_streams.dec()
 
     async def _events(self, plan: ReplyPlan) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
         ids: list[int] = []
@@ -149,7 +216,9 @@ class ChatService:
         scanner = StopScanner(plan.stop) if plan.stop else None
         cut = None   # tokens kept once a stop string ended the reply
         async for event in plan.handle:
-            if isinstance(event, TokenEvent):
+            if isinstance(event, QueuedEvent):
+                yield event
+            elif isinstance(event, TokenEvent):
                 if cut is not None:  # sampled after the stop string, before the cancel took effect
                     continue
                 if not ids and self.watcher:

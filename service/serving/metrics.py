@@ -20,6 +20,9 @@ class ServerMetrics:
                                 ["kind", "result"], registry=r)
         self.ws_connections = Gauge("rewardloop_websocket_connections", "Open chat websockets", registry=r)
         self.active_streams = Gauge("rewardloop_active_streams", "Replies being generated", registry=r)
+        self.refused = Counter("rewardloop_requests_refused_total", "Requests refused by admission control "
+                               "(busy: the queue is full; user_limit: the user's concurrent replies)", ["reason"],
+                               registry=r)
         self.watcher_errors = Counter("rewardloop_adapter_watcher_errors_total",
                                       "Unexpected errors the hot-swap watcher logged and survived", registry=r)
         self.swaps = Counter("rewardloop_adapter_swaps_total", "Adapter loads by result (loaded, refused, failed)",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from core import versions
+from core import records, versions
 from core.keys import Keys
 from core.sampling import SamplingParams
 from learner.config import TrainConfig
@@ -119,9 +119,7 @@ def load_reply(r: redis.Redis, keys: Keys, reply_id: str, max_tokens: int) -> di
         reply_ids = [int(t) for t in json.loads(h["token_ids"])]
         logps = [float(x) for x in json.loads(h["logprobs"])]
         prompt_ids = [int(t) for t in json.loads(h["prompt_ids"])]
-        p = json.loads(h.get("params") or "{}")
-        params = SamplingParams(temperature=float(p.get("temperature", 0.7)), top_p=float(p.get("top_p", 0.9)),
-                                max_new_tokens=int(p.get("max_new_tokens", 256)), seed=int(p.get("seed", 0)))
+        params = records.sampling_params(json.loads(h.get("params") or "{}"))
     except (ValueError, TypeError):
         return None
     if not reply_ids or not prompt_ids or len(reply_ids) != len(logps) or not all(map(math.isfinite, logps)):

@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from core import records
 from core.sampling import SamplingParams
 
 
 def served_params(rec: dict) -> SamplingParams:
-    p = rec.get("params") or {}
-    return SamplingParams(temperature=float(p.get("temperature", 0.7)), top_p=float(p.get("top_p", 0.9)),
-                          max_new_tokens=int(p.get("max_new_tokens", 256)), seed=int(p.get("seed", 0)))
+    return records.sampling_params(rec.get("params"))
 
 
 def replayable(rec: dict) -> bool:

@@ -19,11 +19,9 @@ import redis
 
 from core import versions
 from core.keys import Keys
+from core.records import decode_reply
 
-JSON_FIELDS = ("prompt_messages", "prompt_ids", "token_ids", "logprobs", "params", "candidates")
 RAW_FIELDS = ("prompt_ids", "token_ids", "logprobs")  # big arrays: only in raw exports and replay
-FLOAT_FIELDS = ("queued_at", "first_token_at", "ended_at", "logged_at")
-INT_FIELDS = ("turn", "n_tokens", "history_dropped", "opt_out")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 SCAN_CAP = 10_000  # most sessions one list call looks at (newest first)
@@ -67,24 +65,6 @@ class SessionFilter:
         if self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit!r}")
         object.__setattr__(self, "adapter", normalize_version(self.adapter))
-
-
-def decode_reply(h: dict) -> dict:
-    """A reply hash (strings) -> typed record (lists, dicts, numbers)."""
-    out = dict(h)
-    for k in JSON_FIELDS:
-        if isinstance(out.get(k), str):
-            try:
-                out[k] = json.loads(out[k])
-            except ValueError:
-                pass
-    for k in FLOAT_FIELDS:
-        if out.get(k) not in (None, ""):
-            out[k] = float(out[k])
-    for k in INT_FIELDS:
-        if out.get(k) not in (None, ""):
-            out[k] = int(float(out[k]))
-    return out
 
 
 def decode_reward(entry: dict, signals: list[str]) -> dict | None:

@@ -105,7 +105,9 @@ class Runtime:
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                              max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
-                             on_death=self._engine_died, max_queue=self.settings.max_queue)
+                             on_death=self._engine_died, max_queue=self.settings.max_queue,
+                             prefix_cache_bytes=int(self.settings.prefix_cache_mb * 2 ** 20))
+        self.metrics.watch_engine(self.engine)
         self.engine.start()
         from service.serving.swap import AdapterWatcher
         self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,

@@ -102,6 +102,13 @@ class DecodeBatch:
         self.members.append(member)
         self.lengths.append(n)
 
+    def row_kv(self, member) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
+        """(length, keys, values) of member's row, copied out: [1, heads, length, dim] per layer."""
+        row = next(i for i, m in enumerate(self.members) if m is member)
+        n = self.lengths[row]
+        return (n, [k[row:row + 1, :, :n].clone() for k in self._keys],
+                [v[row:row + 1, :, :n].clone() for v in self._values])
+
     def remove(self, member) -> None:
         """Free member's row: the last row moves into it (one row copied, not the batch)."""
         row = next(i for i, m in enumerate(self.members) if m is member)

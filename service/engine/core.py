@@ -42,6 +42,7 @@ from service.engine.events import (  # noqa: F401 (re-exported: the serving laye
     TextTail,
     TokenEvent,
 )
+from service.engine.prefix_cache import PrefixCache, as_dynamic_cache, kv_of
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _error_text(exc: BaseException) -> str:
 class Engine:
     def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
                  max_batch: int = 32, prefill_chunk: int = 128, on_death: Callable[[str], None] | None = None,
-                 max_queue: int | None = None):
+                 max_queue: int | None = None, prefix_cache_bytes: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -104,6 +105,7 @@ class Engine:
         self.adapters = None            # AdapterSlots, set by the hot-swap part; None = base only
         self.refs: dict[str, int] = {}  # adapter version -> streams using it (engine thread writes)
         self._batch = DecodeBatch()     # KV rows of the prefilled, decoding sequences
+        self.prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._cache_arg = cache_argument_name(model)
 
     @staticmethod
@@ -324,6 +326,7 @@ class Engine:
         prompt = seq.request.prompt_ids
         if seq.prefill_started is None:
             seq.prefill_started = time.monotonic()
+            self._reuse_prefix(seq)
         chunk = prompt[seq.prefilled:seq.prefilled + self.prefill_chunk]
         logits = self._forward(seq, chunk)
         seq.prefilled += len(chunk)
@@ -336,6 +339,29 @@ class Engine:
             self._batch.add(seq, seq.cache)
             seq.cache = None
         return True
+
+    def _reuse_prefix(self, seq: _Sequence) -> None:
+        """Start from the session's cached KV where the prompt begins with exactly its tokens."""
+        key = seq.request.cache_key
+        if self.prefix is None or key is None:
+            return
+        hit = self.prefix.take(key, seq.request.prompt_ids)
+        if hit is not None:
+            n, keys, values = hit
+            seq.cache, seq.prefilled = as_dynamic_cache(keys, values), n
+
+    def _keep_prefix(self, seq: _Sequence) -> None:
+        """When a reply ends, keep its KV (prompt + the reply tokens fed back) for the next turn."""
+        key = seq.request.cache_key
+        if self.prefix is None or key is None or seq.waiting:
+            return
+        if seq in self._batch:
+            n, keys, values = self._batch.row_kv(seq)
+        elif seq.cache is not None and batchable([seq.cache]):
+            n, keys, values = kv_of(seq.cache)
+        else:
+            return
+        self.prefix.put(key, (seq.request.prompt_ids + seq.ids)[:n], keys, values)
 
     def _sample(self, seqs: list[_Sequence]) -> list[tuple[_Sequence, int]]:
         """Sample every ready row in one batched call (one host sync); if that call fails,
@@ -445,6 +471,11 @@ class Engine:
         if seq.ended:
             return
         seq.ended = True
+        if reason in ("stop", "length", "cancelled"):
+            try:
+                self._keep_prefix(seq)
+            except Exception:   # an optimisation: never what ends a stream badly
+                log.exception("keeping a prefix cache failed")
         self._left_queue(seq)
         if seq in self._active:
             self._active.remove(seq)

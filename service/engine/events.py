@@ -37,6 +37,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None  # None = the base model
+    cache_key: tuple | None = None  # (session, adapter version): keep/reuse the KV prefix across turns
 
 
 @dataclass

@@ -179,7 +179,9 @@ class ChatService:
         self._check_user(plan.user)
         adapter = None if plan.adapter_version == "base" else plan.adapter_version
         try:
-            handle = self.engine.submit(GenerationRequest(plan.prompt_ids, plan.params, adapter))
+            # A websocket session's KV is kept across its turns; an API request is its own session.
+            key = (plan.session_id, plan.adapter_version) if plan.api == "ws" else None
+            handle = self.engine.submit(GenerationRequest(plan.prompt_ids, plan.params, adapter, cache_key=key))
         except EngineBusy as exc:
             raise self._busy(exc.waiting, exc.retry_after) from None
         uid = plan.user.user_id

@@ -36,5 +36,39 @@ class ServerMetrics:
             "From a version's publish to the first token this server streamed with it",
             buckets=LATENCY_BUCKETS, registry=r)
 
+    def watch_engine(self, engine) -> None:
+        """Engine figures read at scrape time (the engine never imports Prometheus)."""
+        self.registry.register(_EngineCollector(engine))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineCollector:
+    """Prefix cache and queue figures of the engine, read when /metrics is scraped."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        yield GaugeMetricFamily("rewardloop_engine_waiting_requests", "Requests waiting for their first token",
+                                value=self.engine.waiting)
+        yield CounterMetricFamily("rewardloop_engine_failed_requests", "Requests the engine ended with an error",
+                                  value=self.engine.failed_requests)
+        prefix = self.engine.prefix
+        if prefix is None:
+            return
+        st = prefix.stats()
+        yield CounterMetricFamily("rewardloop_prefix_cache_lookups", "Turns that looked for a cached KV prefix",
+                                  value=st["lookups"])
+        yield CounterMetricFamily("rewardloop_prefix_cache_hits", "Turns that reused a cached KV prefix",
+                                  value=st["hits"])
+        yield GaugeMetricFamily("rewardloop_prefix_cache_hit_ratio", "Hits / lookups since start",
+                                value=st["hits"] / st["lookups"] if st["lookups"] else 0.0)
+        yield CounterMetricFamily("rewardloop_prefix_cache_tokens_saved", "Prompt tokens not prefilled thanks to "
+                                  "the prefix cache", value=st["tokens_saved"])
+        yield GaugeMetricFamily("rewardloop_prefix_cache_bytes", "Bytes of KV held by the prefix cache",
+                                value=st["bytes"])
+        yield GaugeMetricFamily("rewardloop_prefix_cache_entries", "Sessions with a cached KV prefix",
+                                value=st["entries"])

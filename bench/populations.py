@@ -23,6 +23,7 @@ TRAIN: list[tuple[str, str | None]] = [
     ("Which planet do we live on?", "earth"), ("What do bees make?", "honey"),
     ("What is frozen water called?", "ice"), ("Name the largest ocean.", "pacific"),
     ("How many days are in a week?", "7"), ("What gas do plants breathe in?", "carbon"),
+    ("What is the first letter of the alphabet?", "a"), ("Say hello in one word.", "hello"),
     ("What is the capital of Italy?", "rome"), ("How many hours are in a day?", "24"),
     ("What animal says meow?", "cat"), ("What colour is grass?", "green"), ("What is 3 + 3?", "6"),
     ("What is the capital of Spain?", "madrid"), ("What do cows drink?", "water"),

@@ -16,17 +16,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-QUESTIONS: list[tuple[str, str | None]] = [
-    ("What is the capital of France?", "paris"), ("What is 2 + 2?", "4"), ("What colour is the sky?", "blue"),
-    ("How many legs does a spider have?", "8"), ("What is the opposite of hot?", "cold"),
-    ("Which planet do we live on?", "earth"), ("What do bees make?", "honey"),
-    ("What is frozen water called?", "ice"), ("Name the largest ocean.", "pacific"),
-    ("How many days are in a week?", "7"), ("What gas do plants breathe in?", "carbon"),
-    ("What is the first letter of the alphabet?", "a"), ("Say hello in one word.", "hello"),
-    ("What is the capital of Italy?", "rome"), ("How many hours are in a day?", "24"),
-    ("What animal says meow?", "cat"),
-]
-NUMBER_WORDS = {"4": "four", "8": "eight", "7": "seven", "24": "twenty"}
+from bench.populations import NUMBER_WORDS as _ALL_NUMBER_WORDS
+from bench.populations import TRAIN
+
+# the original 16 questions of the thumbs-only bench (bench/populations.py holds them all,
+# split into the ones users ask and held-out ones)
+QUESTIONS: list[tuple[str, str | None]] = TRAIN[:16]
+NUMBER_WORDS = _ALL_NUMBER_WORDS
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,47 @@ async def concurrent_streams(srv, streams: int, prompt: str = PROMPT) -> dict:
             "wall_s": wall}
 
 
+def multi_turn(srv, turns: int, text: str) -> list[float]:
+    """Time to first token of turns 1..N of one growing session (each turn adds `text`)."""
+    from tests.helpers import Chat
+    chat = Chat(srv, srv.token("multiturn"))
+    out = []
+    for i in range(turns):
+        t0 = time.perf_counter()
+        chat.send({"type": "user_message", "text": text, "client_msg_id": f"t{i}"})
+        while chat.recv()["type"] != "token":
+            pass
+        out.append(time.perf_counter() - t0)
+        while chat.recv()["type"] != "reply_end":
+            pass
+    chat.close()
+    return out
+
+
+async def burst(srv, n: int) -> dict:
+    """n sessions ask at once: every one must be answered (a reply or `busy`), busy ones fast."""
+    import websockets
+
+    async def one(i):
+        async with websockets.connect(srv.ws_url, max_size=2 ** 22, open_timeout=60) as ws:
+            await ws.send(json.dumps({"type": "hello", "token": srv.token(f"burst{i}")}))
+            while json.loads(await ws.recv())["type"] != "ready":
+                pass
+            t0 = time.perf_counter()
+            await ws.send(json.dumps({"type": "user_message", "text": PROMPT, "client_msg_id": f"b{i}"}))
+            while True:
+                f = json.loads(await asyncio.wait_for(ws.recv(), 600))
+                if f["type"] == "reply_end" or (f["type"] == "error" and f["code"] != "generation_failed"):
+                    return f.get("code") or "answered", time.perf_counter() - t0
+    done = await asyncio.gather(*[one(i) for i in range(n)], return_exceptions=True)
+    kinds = [d[0] if isinstance(d, tuple) else f"failed: {type(d).__name__}: {d}"[:200] for d in done]
+    busy = [d[1] for d in done if isinstance(d, tuple) and d[0] == "busy"]
+    answered = [d[1] for d in done if isinstance(d, tuple) and d[0] == "answered"]
+    return {"requests": n, "answered": len(answered), "busy": len(busy), "other": n - len(answered) - len(busy),
+            "kinds": sorted(set(kinds)), "busy_max_s": max(busy) if busy else None,
+            "answered_max_s": max(answered) if answered else None}
+
+
 def plain_generate(model: str, models_dir, device: str, tokens: int, runs: int, system: str) -> list[dict]:
     import torch
 
@@ -107,7 +148,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--streams", type=int, default=8, help="concurrent streams for the batching comparison")
     ap.add_argument("--context", type=int, default=1000, help="prompt tokens of the long-prompt comparison")
+    ap.add_argument("--only", choices=["all", "turns", "burst"], default="all",
+                    help="turns: TTFT of turns 1..8 with/without the prefix cache; burst: 300 requests at once")
+    ap.add_argument("--turns", type=int, default=8, help="turns of the multi-turn run")
+    ap.add_argument("--burst", type=int, default=300, help="requests of the burst run")
     args = ap.parse_args()
+    if args.only != "all":
+        return extra_runs(args)
     from core.settings import Settings
     from tests.helpers import MODELS
     system = Settings().system_prompt
@@ -149,6 +196,35 @@ def main() -> None:
     path = write_json("serving", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct,
                                   "concurrent": conc})
     print(f"\nwrote {path}")
+
+
+
+def extra_runs(args) -> None:
+    """The multi-turn (prefix cache) and burst (admission control) runs."""
+    env = dict(REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=args.tokens, REWARDLOOP_DEVICE=args.device,
+               REWARDLOOP_MAX_MESSAGE_BYTES=65536, REWARDLOOP_CONTEXT_BUDGET=8192)
+    out: dict = {"args": vars(args)}
+    if args.only == "turns":
+        turn_text = FILLER * 2 + "What else?"          # ~100 tokens a turn + the reply
+        rows = {}
+        for mb in (512, 0):
+            with live_server(args.model, REWARDLOOP_PREFIX_CACHE_MB=mb, **env) as (srv, _):
+                multi_turn(srv, 1, "warm up")
+                rows[mb] = multi_turn(srv, args.turns, turn_text)
+        table_rows = [{"turn": i + 1, "ttft_ms_cache": rows[512][i] * 1000, "ttft_ms_no_cache": rows[0][i] * 1000,
+                       "ratio": rows[512][i] / rows[0][i]} for i in range(args.turns)]
+        print(f"\nmulti-turn: TTFT of one growing session, model={args.model} device={args.device}")
+        print(table(table_rows, ["turn", "ttft_ms_cache", "ttft_ms_no_cache", "ratio"]))
+        print(f"turn {args.turns} / turn 1 with the cache: {rows[512][-1] / rows[512][0]:.2f}x; "
+              f"without: {rows[0][-1] / rows[0][0]:.2f}x")
+        out["multi_turn"] = table_rows
+    else:
+        with live_server(args.model, REWARDLOOP_MAX_QUEUE=64, **env) as (srv, _):
+            res = asyncio.run(burst(srv, args.burst))
+        print(f"\nburst of {args.burst} requests (REWARDLOOP_MAX_QUEUE=64), model={args.model}")
+        print(table([res], ["requests", "answered", "busy", "other", "busy_max_s", "answered_max_s"]))
+        out["burst"] = res
+    print(f"\nwrote {write_json('serving_' + args.only, out)}")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ COMMON = dict(acks_late=True, ignore_result=True, autoretry_for=TRANSIENT, retry
 def process_events() -> dict:
     """Beat's tick for new events: where this process's event consumer runs (it reads events as
     they arrive), keep it running (a dead one is replaced); where none can run, process here."""
+    rt = runtime()
+    rt.ledger.count("runs:process_events")
     if start_consumer():
         return {"acked": 0, "failed": 0, "finalized": 0, "consumer": True}
-    rt = runtime()
     res = processor.process_events(rt.ledger, rt.cfg, processor.consumer_name())
     if res.acked or res.failed:
         log.info("processed %d event(s), %d failed, %d reward(s) final", res.acked, res.failed, res.finalized)
@@ -41,7 +42,7 @@ def process_events() -> dict:
 @shared_task(name="worker.tasks.finalize_due", **COMMON)
 def finalize_due() -> int:
     rt = runtime()
-    rt.ledger.count("runs:finalize_due")  # one count per run: shows whether two beats doubled it
+    rt.ledger.count("runs:finalize_due")  # one count per run (each task's): shows whether beats doubled it
     n = processor.finalize_due(rt.ledger, rt.cfg, time.time())
     if n:
         log.info("finalized %d reward(s)", n)
@@ -51,12 +52,14 @@ def finalize_due() -> int:
 @shared_task(name="worker.tasks.derive_abandonment", **COMMON)
 def derive_abandonment() -> int:
     rt = runtime()
+    rt.ledger.count("runs:derive_abandonment")
     return processor.derive_abandonment(rt.ledger, rt.settings.worker_abandon_idle_s, time.time())
 
 
 @shared_task(name="worker.tasks.reclaim_stale", **COMMON)
 def reclaim_stale() -> dict:
     rt = runtime()
+    rt.ledger.count("runs:reclaim_stale")
     res = processor.reclaim_stale(rt.ledger, rt.cfg, processor.consumer_name(), rt.settings.worker_reclaim_idle_s,
                                   rt.settings.worker_max_deliveries)
     return {"acked": res.acked, "failed": res.failed, "finalized": res.finalized}
@@ -65,6 +68,7 @@ def reclaim_stale() -> dict:
 @shared_task(name="worker.tasks.ops_tick", **COMMON)
 def ops_tick() -> dict:
     rt = runtime()
+    rt.ledger.count("runs:ops_tick")
     client = rt.ledger.r
     out = monitor.ops_tick(monitor.store_for(client, rt.settings, rt.keys),
                            Registry(client, rt.keys, rt.settings.data_dir), rt.settings)

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 
 from core.settings import Settings
+from service.cli.up import add_up_flags, cmd_up  # noqa: F401 (add_up_flags: main.py's parser)
 
 log = logging.getLogger("rewardloop")
 
@@ -54,65 +51,6 @@ def cmd_serve(args, settings: Settings) -> int:
         print(f"rewardloop serve: the engine died ({runtime.engine_failure}); exiting 1", file=sys.stderr)
         return 1
     return 0
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-# What `up` starts beside the server: a reward worker (which also takes the learner's
-# `learn` queue) and the beat.
-UP_COMMANDS = [["worker", "--concurrency", "1"], ["beat"]]
-
-
-def _background_commands(args) -> list[list[str]]:
-    return [] if args.no_worker else [list(c) for c in UP_COMMANDS]
-
-
-def cmd_up(args, settings: Settings) -> int:
-    from core.modeling import resolve_model_path
-    # Convert the model here, in the foreground, so the progress bar is visible.
-    resolve_model_path(settings.model, settings.models_dir)
-    with redis_for(settings) as url:
-        env = {**os.environ, "REWARDLOOP_REDIS_URL": url, "REWARDLOOP_MODEL": settings.model,
-               "REWARDLOOP_HOST": settings.host, "REWARDLOOP_PORT": str(settings.port),
-               "REWARDLOOP_DATA_DIR": str(settings.data_dir)}
-        exe = [sys.executable, "-m", "service.cli"]  # service/cli/__main__.py
-        procs = [subprocess.Popen(exe + ["serve"], env=env)]
-        procs += [subprocess.Popen(exe + cmd, env=env) for cmd in _background_commands(args)]
-        base = f"http://{settings.host}:{settings.port}"
-        try:
-            if not _wait_ready(base, procs[0], timeout=600):
-                print("rewardloop up: the server did not become ready; see the log above", file=sys.stderr)
-                return 1
-            print(f"\n  rewardloop is up: {base}/   (Redis {url}; Ctrl-C stops everything)\n", flush=True)
-            while all(p.poll() is None for p in procs):
-                time.sleep(0.5)
-            print("rewardloop up: a process exited; stopping the others", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\nrewardloop up: stopping", file=sys.stderr)
-            return 0
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-            for p in procs:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 def cmd_token(args, settings: Settings) -> int:

@@ -35,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("up", help="start everything (Redis, server, worker, beat) and print the URL",
-                       description="Start an embedded Redis (unless REWARDLOOP_REDIS_URL is set), the server, "
-                       "a Celery worker and beat; print the chat URL; Ctrl-C stops them all.",
+    p = sub.add_parser("up", help="start everything (Redis, servers, workers, beat) and print the URLs",
+                       description="Start an embedded Redis (unless REWARDLOOP_REDIS_URL is set), N servers on "
+                       "consecutive ports, M reward workers, a learner worker and beat; print each URL; a process "
+                       "that dies is restarted; Ctrl-C stops them all.",
                        formatter_class=fmt, epilog=env_help())
     _add_server_flags(p)
-    p.add_argument("--no-worker", action="store_true", help="do not start the Celery worker and beat")
+    p.add_argument("--no-worker", action="store_true", help="do not start the Celery workers and beat")
+    commands.add_up_flags(p)
 
     p = sub.add_parser("serve", help="run the HTTP/websocket server", formatter_class=fmt, epilog=env_help(),
                        description="Serve the chat page, /ws/chat, the OpenAI-compatible API and /metrics.")

@@ -42,6 +42,13 @@ def register(sub, fmt) -> None:
                         description="Events moved aside after REWARDLOOP_WORKER_MAX_DELIVERIES failed deliveries, "
                         "with the error; they no longer block anything.")
     d.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
+    c = rsub.add_parser("consumers", help="list the event consumers (one per reward-worker process)",
+                        description="Every consumer of the events stream: name (host-pid), events it holds unacked, "
+                        "seconds since it last read. --check: exit 1 unless a consumer of this host read within "
+                        "--max-idle seconds (a container health check for reward workers).")
+    c.add_argument("--check", action="store_true", help="health check for this host's consumer")
+    c.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30; a consumer reads at least "
+                   "once a second)")
 
 
 def _queues(text: str) -> str:
@@ -105,6 +112,8 @@ def cmd_rewards(args, settings: Settings) -> int:
     ledger = RewardLedger(connect(settings.redis_url), Keys(settings.prefix))
     if args.rewards_command == "dead-letters":
         return _dead_letters(ledger, args.limit)
+    if args.rewards_command == "consumers":
+        return _consumers(ledger, args.check, args.max_idle)
     return _show(ledger, settings, args.reply_id, args.json)
 
 
@@ -117,6 +126,21 @@ def _dead_letters(ledger, limit: int) -> int:
     for _, f in rows:
         print(f"{_clock(f.get('dead_at')):<20} {f.get('stream_id', ''):<17} {f.get('kind', '')[:12]:<12} "
               f"{f.get('reply_id', '')[:26]:<26} {f.get('deliveries', ''):>5}  {f.get('error', '')[:100]}")
+    return 0
+
+
+def _consumers(ledger, check: bool, max_idle_s: float) -> int:
+    import socket
+    rows = ledger.consumers()
+    if check:
+        mine = [c for c in rows if c["name"].rsplit("-", 1)[0] == socket.gethostname()]
+        fresh = [c for c in mine if c["idle"] / 1000 <= max_idle_s]
+        print(f"{len(fresh)} of {len(mine)} consumer(s) of this host read within {max_idle_s:g} s")
+        return 0 if fresh else 1
+    if not rows:
+        print("no consumers (no reward worker has read the events stream yet)")
+    for c in rows:
+        print(f"{c['name']:<40} pending {c['pending']:>6}   idle {c['idle'] / 1000:8.1f} s")
     return 0
 
 

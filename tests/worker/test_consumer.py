@@ -4,6 +4,8 @@ many workers finalize at the same time; the consumer thread and the worker proce
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,6 +13,7 @@ import pytest
 
 from core.keys import Keys
 from core.redis_conn import connect
+from tests.helpers import REPO
 from tests.worker.conftest import add_replies, feedback_event, reply_event, wait_for
 from worker.rewards import processor
 from worker.rewards.config import RewardConfig
@@ -209,3 +212,10 @@ def test_each_pool_process_of_a_rewards_worker_runs_a_consumer(rdb, prefix, proc
     time.sleep(1)  # a consumer starts with its pool process, before the worker says ready
     names = [c["name"] for c in rdb.xinfo_consumers(f"{prefix}events", "rewarders")]
     assert len(names) == 2 and len(set(names)) == 2, names  # none of the learn worker
+    # the reward workers' container health check: a consumer of this host read within 30 s
+    check = [sys.executable, "-m", "service.cli", "rewards", "consumers", "--check"]
+    out = subprocess.run(check, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("2 of 2 consumer(s)"), out.stdout + out.stderr
+    out = subprocess.run(check, env={**env, "REWARDLOOP_PREFIX": prefix + "none:"}, cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and out.stdout.startswith("0 of 0"), out.stdout + out.stderr

@@ -103,6 +103,14 @@ class RewardLedger:
         reply = self.r.xautoclaim(self.k.events, GROUP, consumer, min_idle_ms, "0-0", count=count)
         return [(sid, f) for sid, f in reply[1] if f is not None]  # None: trimmed away meanwhile
 
+    def consumers(self) -> list[dict]:
+        """[{name, pending, idle (ms)}] of the group's consumers."""
+        try:
+            rows = self.r.xinfo_consumers(self.k.events, GROUP)
+        except redis.ResponseError:  # no stream or group yet
+            return []
+        return [{"name": c["name"], "pending": int(c["pending"]), "idle": int(c["idle"])} for c in rows]
+
     def prune_consumers(self, idle_ms: int) -> int:
         """Forget consumers (worker processes) idle that long with nothing pending: restarts
         would otherwise grow the group's consumer list forever."""

@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     reward_cfg = load_reward_config(settings.reward_config)
     taste = POPULATIONS[args.population]
     rounds = []
-    used: list = []  # every sample a committed learner run trained on, in order (the KTO data)
+    used: list = []  # every sample a committed learner run trained on, once, in order (the KTO data)
+    seen_ids: set[str] = set()
     runs: dict[str, dict] = {}  # version -> cumulative events and learner seconds up to that version
     spent = {"events": 0, "train_s": 0.0, "wall_s": 0.0}
     kto: dict = {"skipped": trl_missing()} if trl_missing() else {}
@@ -379,8 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                 swap = wait_for_swap(r, keys, str(res.version))  # the next round chats with it
             if res.state in ("published", "rejected"):
                 took = trl_baseline.used_by_run(snapshot, (res.stats.get("stream_range") or [None, None])[1])
+                # a run replays older rewards (TrainConfig.replay_window): count each feedback-derived
+                # sample once, and give KTO each one once, so both sides see the same data
+                took = [t for t in took if t.reply_id not in seen_ids]
+                seen_ids.update(t.reply_id for t in took)
                 training = res.stats.get("training") or {}
-                spent["events"] += res.stats.get("samples_used") or len(took)
+                spent["events"] += len(took)
                 spent["train_s"] += training.get("loop_seconds", 0)
                 spent["wall_s"] += res.stats.get("train_seconds") or 0
                 used += took

@@ -10,10 +10,16 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.keys import Keys
 from core.redis_conn import RECORD_ONCE, flat_fields, record_once_call, record_once_results
 from service.serving.group_commit import GroupCommit
+
+# A reply that ends while Redis is away (restarting, failing over) waits this long for it
+# before the turn fails: the reply is generated already and worth logging.
+REPLY_SAVE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,24 @@ class ChatStore:
         await self.r.lset(self.k.session(session_id), index, reply_id)
 
     # --- replies --------------------------------------------------------------------
-    async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None) -> str:
-        """Write the reply hash, link it to its session, and append a `reply` event, atomically."""
+    async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None,
+                         wait_s: float = REPLY_SAVE_WAIT_S) -> str:
+        """Write the reply hash, link it to its session, and append a `reply` event, atomically.
+        While Redis does not answer, retry for up to `wait_s`; a transaction whose answer was
+        lost may have been applied, so a retry first checks for the reply hash (never twice)."""
+        deadline, pause, retry = time.monotonic() + wait_s, 0.1, False
+        while True:
+            try:
+                if retry and await self.r.exists(self.k.reply(record["reply_id"])):
+                    return record["reply_id"]
+                return await self._save_reply(record, in_history, history_index)
+            except (RedisConnectionError, RedisTimeoutError):
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause, retry = min(pause * 2, 1.0), True
+
+    async def _save_reply(self, record: dict, in_history: bool, history_index: int | None) -> str:
         rid, sid = record["reply_id"], record["session_id"]
         now = time.time()
         async with self.r.pipeline(transaction=True) as p:

@@ -199,11 +199,17 @@ class ChatConnection:
         self.task = asyncio.create_task(self._stream_all(plans))
 
     async def _stream_all(self, plans: list[ReplyPlan]) -> None:
+        plan = plans[0]
         try:
             for plan in plans:
                 if self.state is State.CLOSED:
                     break
                 await self._stream_one(plan)
+        except RedisError as exc:  # the reply could not be logged (Redis away past the save wait)
+            log.warning("redis unavailable while logging reply %s: %s", plan.reply_id, exc)
+            await self.send(server_error("unavailable", "storage is unavailable: this reply could not be logged "
+                                         "(no feedback on it is possible); send the message again in a few "
+                                         "seconds", plan.reply_id))
         except Exception as exc:  # logged, and the client is told; the connection lives on
             log.exception("streaming failed")
             await self.send(server_error("internal", f"generation failed: {exc}; try again"))

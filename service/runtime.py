@@ -102,6 +102,8 @@ class Runtime:
         self.metrics = ServerMetrics()
         self.feedback = FeedbackService(self.store, metrics=self.metrics)
         log.info("loading model %s", self.settings.model)
+        if self.settings.engine == "vllm":
+            return self._start_vllm()
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                              max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
@@ -117,9 +119,34 @@ class Runtime:
                                 watcher=self.watcher, metrics=self.metrics)
         log.info("model %s ready on %s", self.loaded.model_id, self.loaded.device)
 
+    def _start_vllm(self) -> None:
+        """REWARDLOOP_ENGINE=vllm: the tokenizer and the model's shape here, generation on the vLLM servers."""
+        from service.engine.vllm import VllmEngine, load_tokenizer_and_shape
+        from service.serving.swap import AdapterWatcher
+        from service.serving.swap_backends import VllmAdapters
+        if not self.settings.vllm_url_list:
+            raise RuntimeError("REWARDLOOP_ENGINE=vllm needs REWARDLOOP_VLLM_URLS (the vLLM servers' base URLs), "
+                               "or start one with `rewardloop up --engine vllm`")
+        self.loaded = load_tokenizer_and_shape(self.settings.model, self.settings.models_dir)
+        tok = self.loaded.tokenizer
+        self.engine = VllmEngine(self.settings.vllm_url_list, tok, self.loaded.model.config.vocab_size,
+                                 Engine._default_stop_ids(tok), max_queue=self.settings.max_queue,
+                                 timeout_s=self.settings.vllm_timeout_s)
+        self.engine.wait_ready(self.settings.vllm_wait_s)
+        self.metrics.watch_engine(self.engine)
+        modules = {n for n, _ in self.loaded.model.named_modules()}
+        self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
+                                      Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
+                                      metrics=self.metrics, backend=VllmAdapters(self.engine, modules))
+        self.chat = ChatService(self.engine, self.store, tok, self.settings, self.loaded.model_id,
+                                watcher=self.watcher, metrics=self.metrics)
+        log.info("model %s ready on vLLM: %s", self.loaded.model_id, ", ".join(self.settings.vllm_url_list))
+
     async def stop(self) -> None:
         if self.engine:
             self.engine.shutdown()
+            if hasattr(self.engine, "aclose"):   # the vllm engine's HTTP client
+                await self.engine.aclose()
         if self.redis:
             await self.redis.aclose()
 

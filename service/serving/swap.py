@@ -1,5 +1,7 @@
 """Hot swap: keep this server's resident adapter versions and routing in line with the
-registry (`{prefix}adapters`), without touching a stream in flight.
+registry (`{prefix}adapters`), without touching a stream in flight. Engine-agnostic: the
+versions live in a backend (swap_backends.py: the local engine's LoRA slots, or LoRAs loaded
+on every vLLM server); the swap records (`{prefix}adapters:swaps`) and metrics are the same.
 
 Triggers: a notice on `{prefix}adapters:changed`, and a periodic re-read, so a missed
 message or a restart still converges. Validation runs in a worker thread; loading and
@@ -23,8 +25,8 @@ from redis.exceptions import RedisError
 from core.adapter_format import AdapterInvalid, validate_adapter
 from core.keys import Keys
 from core.versions import folder_name
-from service.engine.slots import AdapterSlots
 from service.serving.routing import Routing, desired_versions
+from service.serving.swap_backends import LocalAdapters
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +34,13 @@ RETRY_FIRST_S = 1.0    # a transient load failure is retried after 1, 2, 4, ... 
 RETRY_MAX_S = 60.0
 
 
-def _log_failure(fut) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("could not prepare a spare adapter slot: %s", fut.exception())
-
-
 class AdapterWatcher:
     def __init__(self, redis: aredis.Redis, keys: Keys, engine, model_id: str, adapters_dir: Path,
-                 max_resident: int = 3, resync_s: float = 5.0, metrics=None, slots: int = 8):
+                 max_resident: int = 3, resync_s: float = 5.0, metrics=None, slots: int = 8, backend=None):
         self.r, self.k, self.engine, self.model_id = redis, keys, engine, model_id
         self.dir = Path(adapters_dir)
         self.max_resident, self.resync_s, self.metrics = max_resident, resync_s, metrics
-        self.slots = AdapterSlots(engine, pool_size=max(slots, max_resident))
-        engine.adapters = self.slots
+        self.backend = backend or LocalAdapters(engine, max(slots, max_resident))
         self.routing = Routing()
         self.refused: dict[str, str] = {}       # version -> why it may never be served (invalid)
         self.retry_at: dict[str, float] = {}    # version -> when to try again after a transient failure
@@ -53,7 +49,7 @@ class AdapterWatcher:
         self.published_at: dict[str, float] = {}
         self.first_served: set[str] = set()
         self.server_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._module_names = {n for n, _ in engine.model.named_modules()}
+        self._module_names = self.backend.module_names
         self._lock = asyncio.Lock()
         self._keep: set[str] = set()            # versions the last reconcile wants resident
 
@@ -61,13 +57,16 @@ class AdapterWatcher:
     def route(self, session_id: str) -> str:
         return self.routing.version_for(session_id)
 
+    @property
+    def slots(self):
+        """The local engine's AdapterSlots (local backend only)."""
+        return self.backend.slots
+
     def loaded(self) -> list[str]:
-        # the engine thread mutates slots.loaded: dict.copy() is one atomic step under the GIL,
-        # a Python-level loop over the live dict is not
-        return list(self.slots.loaded.copy())
+        return self.backend.loaded()
 
     def servable(self, version: str) -> bool:
-        return version == "base" or version in self.slots.loaded
+        return version == "base" or version in self.loaded()
 
     def first_token(self, version: str) -> None:
         """Called when a reply on `version` streams its first token: publish -> served latency."""
@@ -131,8 +130,9 @@ class AdapterWatcher:
             want = desired_versions(stable, canary, h.get("rollback_target", ""), self.max_resident)
             fresh = []
             now = time.monotonic()
+            await self.backend.refresh()
             for v in want:
-                if v not in self.slots.loaded and v not in self.refused and self.retry_at.get(v, 0.0) <= now:
+                if v not in self.loaded() and v not in self.refused and self.retry_at.get(v, 0.0) <= now:
                     await self._load(v)
                     fresh.append(v)
             # Serve only what is loaded: an invalid new stable leaves the old one serving.
@@ -145,12 +145,8 @@ class AdapterWatcher:
                 self.routing = routing
             self._keep = set(want) | {routing.stable, routing.canary}
             await self._unload(self._unwanted())
-            if fresh and fresh[-1] in self.slots.loaded:
-                # Fill the slot pool after the swap (not awaited), one slot per engine call so
-                # streams move in between: later versions are then copies in place.
-                for _ in range(self.slots.pool_size - len(self.slots.shape)):
-                    spare = self.engine.call(lambda v=fresh[-1]: self.slots.add_spare(v))
-                    spare.add_done_callback(_log_failure)
+            if fresh:
+                self.backend.after_swap(fresh[-1])
 
     def _unwanted(self) -> list[str]:
         return [v for v in self.loaded() if v not in self._keep]
@@ -163,29 +159,19 @@ class AdapterWatcher:
         for v in versions:   # refused (kept) while a stream still uses it
             if self.engine.refs.get(v, 0) > 0:   # a hint read off-thread; the engine re-checks
                 continue
-            if await asyncio.wrap_future(self.engine.call(lambda v=v: self.slots.unload(v))):
+            if await self.backend.unload(v):
                 log.info("unloaded adapter %s", v)
         if self.metrics:
-            self.metrics.resident.set(len(self.slots.loaded))
+            self.metrics.resident.set(len(self.loaded()))
 
     async def _load(self, version: str) -> None:
         folder = self.dir / folder_name(version) if version.isdigit() else self.dir / version
         t0 = time.perf_counter()
         timing = {}
-
-        valid = None
-
-        def load_on_engine():
-            t = time.perf_counter()
-            self.slots.load(version, folder, valid)
-            timing["load_s"] = time.perf_counter() - t
-
         try:
             valid = await asyncio.to_thread(validate_adapter, folder, self.model_id, self._module_names)
             timing["validate_s"] = time.perf_counter() - t0
-            queued = time.perf_counter()
-            await asyncio.wrap_future(self.engine.call(load_on_engine))
-            timing["engine_wait_s"] = time.perf_counter() - queued - timing.get("load_s", 0.0)
+            await self.backend.load(version, folder, valid, timing)
         except AdapterInvalid as exc:   # the folder itself is bad: never serve it
             reason = str(exc)
             self.refused[version] = reason
@@ -203,8 +189,8 @@ class AdapterWatcher:
         self._failures.pop(version, None)
         self.retry_at.pop(version, None)
         took = time.perf_counter() - t0
-        log.info("adapter %s loaded in %.0f ms (validate %.0f, wait for the engine %.0f, load %.0f)", version,
-                 took * 1000, timing["validate_s"] * 1000, timing["engine_wait_s"] * 1000, timing["load_s"] * 1000)
+        log.info("adapter %s loaded in %.0f ms (%s)", version, took * 1000,
+                 ", ".join(f"{k.removesuffix('_s')} {v * 1000:.0f}" for k, v in timing.items()))
         await self._record("swap", version, "loaded", "", took, timing)
 
     async def _record(self, event: str, version: str, result: str, reason: str, seconds: float,
@@ -221,5 +207,5 @@ class AdapterWatcher:
 
     def status(self) -> dict:
         return {"server": self.server_id, "routing": dataclasses.asdict(self.routing), "loaded": self.loaded(),
-                "refused": self.refused, "slots": len(self.slots.shape), "slot_pool": self.slots.pool_size,
+                "refused": self.refused, "engine": self.backend.kind, **self.backend.status(),
                 "refs": self.engine.refs.copy()}   # one C-level copy: the engine thread adds keys meanwhile

@@ -1,0 +1,446 @@
+"""The `vllm` engine: the local Engine's interface over one or more vLLM OpenAI servers.
+
+Each request goes to one server's /v1/completions with rewardloop's own prompt token ids
+(the logged prompt is exactly what was served), the reply's temperature, top_p and seed,
+`logprobs: 0` and `return_token_ids: true`, streamed. The servers run with
+`--logprobs-mode processed_logprobs`, so the log-prob of each sampled token is the one under
+the distribution it was drawn from (after temperature and top-p): the behavior log-prob the
+learner's importance ratios need, as the local engine records it. The text is decoded here,
+from the token ids, exactly as the local engine decodes it; the stop token is logged with its
+log-prob and no text; greedy replies log 0.0.
+
+Adapter versions are LoRAs loaded at runtime (`/v1/load_lora_adapter`) under one name per
+version, `rl-v{N}`, on every server; a request is sent only to a server that lists its
+version. A server that refuses connections or breaks a stream is marked down (reported in
+`status()` and the log) and skipped until it answers again; a request that had streamed
+nothing yet moves to the next server, one that had ends with finish_reason "error".
+
+Runs on the server's event loop (httpx, no thread): submit() creates a task per request;
+cancel() cancels that task, which closes the HTTP stream, and vLLM aborts the request.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from core.sampling import SamplingParams
+from service.engine.events import EndEvent, EngineBusy, GenerationHandle, GenerationRequest, TokenEvent
+
+log = logging.getLogger(__name__)
+
+ADAPTER_PREFIX = "rl-v"
+RETRY_DOWN_S = 2.0        # a server marked down is tried again after this long
+
+
+def adapter_name(version: str) -> str:
+    """vLLM model name of an adapter version: a new name per version, never reused for other
+    weights (vLLM keys its prefix cache by name: a reload under an old name could serve stale KV)."""
+    return f"{ADAPTER_PREFIX}{version}"
+
+
+class VllmError(RuntimeError):
+    """A vLLM server answered with an error. `status` is its HTTP status (0 in a stream)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class AdapterRefused(ValueError):
+    """A vLLM server refused to load an adapter (4xx): loading it again would not help."""
+
+
+@dataclass
+class VllmServer:
+    url: str
+    up: bool = True               # optimistic until a request or a refresh says otherwise
+    base: str | None = None       # the served base model's name (/v1/models, parent null)
+    root: str | None = None       # what it was started on (its --model)
+    listed: set[str] = field(default_factory=set)   # model names it serves (base and LoRAs)
+    inflight: int = 0
+    failures: int = 0
+    last_error: str = ""
+    retry_at: float = 0.0
+
+    def usable(self, now: float) -> bool:
+        return self.up or now >= self.retry_at
+
+
+class VllmHandle(GenerationHandle):
+    """cancel() also cancels the request's task: the HTTP stream closes, vLLM aborts."""
+    task: asyncio.Task | None = None
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.task is not None:
+            self._loop.call_soon_threadsafe(self.task.cancel)
+
+
+def completion_body(model: str, request: GenerationRequest, stop_ids: list[int]) -> dict:
+    p = request.params
+    return {"model": model, "prompt": list(request.prompt_ids), "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "logprobs": 0,
+            "return_token_ids": True, "stream": True, "stop_token_ids": stop_ids,
+            "skip_special_tokens": True}
+
+
+def parse_chunk(line: str) -> tuple[list[int], list[float | None], str | None] | None:
+    """One SSE line of a streamed completion -> (token ids, their log-probs, finish reason);
+    None for lines that carry nothing, StopIteration at [DONE]; VllmError for an error event."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        raise StopIteration
+    obj = json.loads(data)
+    if "error" in obj:
+        err = obj["error"]
+        raise VllmError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
+    choice = obj["choices"][0]
+    ids = list(choice.get("token_ids") or [])
+    lps = list(((choice.get("logprobs") or {}).get("token_logprobs")) or [None] * len(ids))
+    if len(lps) != len(ids):
+        raise VllmError(f"vLLM sent {len(ids)} token ids but {len(lps)} log-probs in one chunk")
+    return ids, lps, choice.get("finish_reason")
+
+
+class VllmEngine:
+    def __init__(self, urls: list[str], tokenizer, vocab_size: int, stop_token_ids: set[int],
+                 max_queue: int | None = None, timeout_s: float = 120.0, connect_timeout_s: float = 5.0):
+        if not urls:
+            raise ValueError("the vllm engine needs at least one server URL (REWARDLOOP_VLLM_URLS)")
+        self.servers = [VllmServer(u.rstrip("/")) for u in urls]
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+        self.stop_ids = set(stop_token_ids)
+        self.max_queue = max_queue
+        self.waiting = 0                 # submitted, no first token yet
+        self.failed_requests = 0
+        self.steps = 0                   # tokens streamed
+        self.refs: dict[str, int] = {}   # adapter version -> streams using it
+        self.prefix = None               # vLLM keeps its own prefix cache (--enable-prefix-caching)
+        self.adapters = None
+        self.prefill_s = 0.5             # running mean time to first token, for retry_after
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._client: httpx.AsyncClient | None = None
+        self._stopped = False
+        self._turn = 0
+
+    # --- life ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Blocking (off the event loop): wait is done by `wait_ready`; nothing to start."""
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until at least one server lists its base model (RuntimeError naming each
+        server's last error after timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=httpx.Timeout(5.0)) as client:
+            while True:
+                for s in self.servers:
+                    try:
+                        self._note_models(s, client.get(s.url + "/v1/models"))
+                    except (httpx.HTTPError, VllmError, ValueError) as exc:
+                        self._mark_down(s, exc)
+                if any(s.up and s.base for s in self.servers):
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no vLLM server answered in %.0f s: %s" % (timeout_s, "; ".join(
+                        f"{s.url}: {s.last_error or 'no base model listed'}" for s in self.servers)))
+                time.sleep(0.5)
+
+    @property
+    def alive(self) -> bool:
+        """Can generate: not shut down and some server is up (or due for another try)."""
+        now = time.monotonic()
+        return not self._stopped and any(s.usable(now) for s in self.servers)
+
+    def shutdown(self, timeout: float = 10) -> None:
+        self._stopped = True
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:   # made on the event loop that uses it
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits)
+        return self._client
+
+    # --- requests -----------------------------------------------------------------
+    def validate(self, request: GenerationRequest) -> None:
+        if not isinstance(request.params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(request.params).__name__}")
+        ids = request.prompt_ids
+        if not isinstance(ids, list) or not ids or not all(type(i) is int and 0 <= i < self.vocab_size for i in ids):
+            raise ValueError(f"prompt_ids must be a non-empty list of token ids in [0, {self.vocab_size})")
+        if request.adapter is not None and not isinstance(request.adapter, str):
+            raise ValueError(f"adapter must be a version string or None, got {request.adapter!r}")
+
+    def retry_after(self) -> int:
+        return max(1, min(60, round(self.waiting * self.prefill_s / max(1, len(self.servers)) + 0.5)))
+
+    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> GenerationHandle:
+        """Start a request on the event loop (ValueError if malformed, EngineBusy past max_queue)."""
+        self.validate(request)
+        loop = loop or asyncio.get_running_loop()
+        handle = VllmHandle(loop)
+        now = time.time()
+        if self._stopped:
+            handle._emit(EndEvent("error", 0, now, None, now, error="the engine has stopped (shutdown)"))
+            return handle
+        if self.max_queue is not None and self.waiting >= self.max_queue:
+            raise EngineBusy(self.waiting, self.retry_after())
+        self.waiting += 1
+        name = request.adapter or "base"
+        self.refs[name] = self.refs.get(name, 0) + 1
+        handle.task = loop.create_task(self._generate(request, handle, now, name))
+        return handle
+
+    def _pick(self, model: str | None, tried: set[str]) -> VllmServer | None:
+        """The least busy usable server that lists `model` (None = the base), not tried yet."""
+        now = time.monotonic()
+        fit = [s for s in self.servers if s.url not in tried and s.usable(now)
+               and (model is None or model in s.listed)]
+        if not fit:
+            return None
+        self._turn += 1
+        order = {s.url: (i - self._turn) % len(self.servers) for i, s in enumerate(self.servers)}
+        return min(fit, key=lambda s: (not s.up, s.inflight, order[s.url]))
+
+    async def _generate(self, req: GenerationRequest, handle: VllmHandle, queued_at: float, name: str) -> None:
+        model = None if req.adapter in (None, "base") else adapter_name(req.adapter)
+        state = _Stream(handle, req, self.tokenizer)
+        reason, error = "error", None
+        tried: set[str] = set()
+        try:
+            while True:
+                if handle.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                server = self._pick(model, tried)
+                if server is None:
+                    error = self._none_left(model, tried)
+                    break
+                tried.add(server.url)
+                try:
+                    reason = await self._stream(server, model, req, state)
+                    break
+                except (httpx.HTTPError, VllmError, ValueError) as exc:
+                    if isinstance(exc, VllmError) and exc.status == 404 and model is not None:
+                        server.listed.discard(model)   # restarted without it: the watcher loads it again
+                    elif not (isinstance(exc, VllmError) and 400 <= exc.status < 500):
+                        self._mark_down(server, exc)
+                    if state.ids or (isinstance(exc, VllmError) and exc.status == 400):
+                        error = f"vLLM server {server.url} failed: {type(exc).__name__}: {exc}"[:500]
+                        break
+                    log.warning("vLLM server %s failed before the first token (%s); trying another", server.url, exc)
+        except asyncio.CancelledError:   # the user's stop (or shutdown): the HTTP stream is closed
+            reason = "cancelled"
+        except Exception as exc:  # a bug here ends this request alone
+            log.exception("vllm request failed")
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            if reason == "error":
+                self.failed_requests += 1
+            self._left_queue(state)
+            self.refs[name] -= 1
+            tail = state.tail()
+            handle._emit(EndEvent(reason, len(state.ids), queued_at, state.first_token_at, time.time(),
+                                  error if reason == "error" else None, text_tail=tail))
+
+    def _none_left(self, model: str | None, tried: set[str]) -> str:
+        if tried:
+            return "every vLLM server failed: " + "; ".join(f"{s.url}: {s.last_error}" for s in self.servers
+                                                            if s.url in tried)
+        if model is not None:
+            return f"adapter {model} is not loaded on any vLLM server that is up"
+        return "no vLLM server is up: " + "; ".join(f"{s.url}: {s.last_error}" for s in self.servers)
+
+    async def _stream(self, server: VllmServer, model: str | None, req: GenerationRequest, state: _Stream) -> str:
+        body = completion_body(model or server.base or "", req, sorted(self.stop_ids))
+        server.inflight += 1
+        try:
+            async with self.client().stream("POST", server.url + "/v1/completions", json=body) as resp:
+                if resp.status_code != 200:
+                    raise VllmError(_error_message(await resp.aread()), resp.status_code)
+                finish = None
+                async for line in resp.aiter_lines():
+                    try:
+                        chunk = parse_chunk(line)
+                    except StopIteration:
+                        break
+                    if chunk is None:
+                        continue
+                    ids, lps, finish = chunk
+                    for tok, lp in zip(ids, lps):
+                        if state.waiting:
+                            self._left_queue(state)
+                            self.prefill_s += 0.2 * (time.time() - state.started - self.prefill_s)
+                        self.steps += 1
+                        if state.emit(tok, lp, self.stop_ids):
+                            return "stop"
+                if finish not in ("stop", "length"):
+                    raise VllmError(f"the stream ended with finish reason {finish!r}")
+            server.up, server.failures = True, 0
+            return "length" if finish == "length" else "stop"
+        finally:
+            server.inflight -= 1
+
+    def _left_queue(self, state: _Stream) -> None:
+        if state.waiting:
+            state.waiting = False
+            self.waiting -= 1
+
+    # --- servers and adapters -------------------------------------------------------
+    def _mark_down(self, server: VllmServer, exc: BaseException) -> None:
+        server.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        server.failures += 1
+        server.retry_at = time.monotonic() + RETRY_DOWN_S
+        if server.up:
+            log.error("vLLM server %s is down (%s); skipping it", server.url, server.last_error)
+        server.up = False
+
+    def _note_models(self, server: VllmServer, resp: httpx.Response) -> None:
+        if resp.status_code != 200:
+            raise VllmError(_error_message(resp.content), resp.status_code)
+        data = resp.json()["data"]
+        server.listed = {m["id"] for m in data}
+        base = next((m for m in data if not m.get("parent")), None)
+        server.base, server.root = (base["id"], base.get("root")) if base else (None, None)
+        if not server.up:
+            log.warning("vLLM server %s answers again", server.url)
+        server.up, server.last_error = True, ""
+
+    async def refresh(self) -> None:
+        """Ask every server what it serves (also how a server marked down comes back)."""
+        async def one(s: VllmServer):
+            try:
+                self._note_models(s, await self.client().get(s.url + "/v1/models", timeout=5.0))
+            except (httpx.HTTPError, VllmError, ValueError, KeyError) as exc:
+                self._mark_down(s, exc)
+        await asyncio.gather(*(one(s) for s in self.servers))
+
+    def live(self) -> list[VllmServer]:
+        return [s for s in self.servers if s.up]
+
+    def loaded_versions(self) -> list[str]:
+        """Versions listed on every server that is up (and at least one is)."""
+        live = self.live()
+        if not live:
+            return []
+        names = set.intersection(*(s.listed for s in live))
+        return sorted(n[len(ADAPTER_PREFIX):] for n in names if n.startswith(ADAPTER_PREFIX))
+
+    async def load_adapter(self, version: str, folder: Path) -> None:
+        """Load `folder` as rl-v{version} on every server that is up and lacks it, then confirm
+        it is listed there (AdapterRefused on a 4xx, VllmError/httpx errors otherwise)."""
+        name, path = adapter_name(version), str(Path(folder).resolve())
+        todo = [s for s in self.live() if name not in s.listed]
+
+        async def one(s: VllmServer):
+            resp = await self.client().post(s.url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            msg = _error_message(resp.content)
+            if resp.status_code != 200 and "already" not in msg:
+                cls = AdapterRefused if 400 <= resp.status_code < 500 else VllmError
+                raise cls(f"vLLM server {s.url} refused {name}: {msg}")
+            self._note_models(s, await self.client().get(s.url + "/v1/models"))
+            if name not in s.listed:
+                raise VllmError(f"vLLM server {s.url} does not list {name} after loading it")
+        results = await asyncio.gather(*(one(s) for s in todo), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            refused = next((r for r in failed if isinstance(r, AdapterRefused)), None)
+            raise refused or failed[0]
+
+    async def unload_adapter(self, version: str) -> bool:
+        """Unload rl-v{version} everywhere; refused (False) while a stream uses it."""
+        if self.refs.get(version, 0) > 0:
+            return False
+        name = adapter_name(version)
+        for s in self.live():
+            if name in s.listed:
+                s.listed.discard(name)   # no new request goes there from now on
+                try:
+                    resp = await self.client().post(s.url + "/v1/unload_lora_adapter", json={"lora_name": name})
+                    if resp.status_code != 200:
+                        log.warning("vLLM server %s: unloading %s: %s", s.url, name, _error_message(resp.content))
+                except httpx.HTTPError as exc:
+                    self._mark_down(s, exc)
+        return True
+
+    def status(self) -> dict:
+        return {"engine": "vllm", "servers": [
+            {"url": s.url, "up": s.up, "base": s.base, "root": s.root, "inflight": s.inflight,
+             "failures": s.failures, "last_error": s.last_error, "adapters": sorted(n for n in s.listed if n != s.base)}
+            for s in self.servers]}
+
+
+class _Stream:
+    """One reply's tokens and text, decoded as the local engine decodes them."""
+
+    def __init__(self, handle: GenerationHandle, req: GenerationRequest, tokenizer):
+        self.handle, self.greedy, self.tok = handle, req.params.greedy, tokenizer
+        self.waiting = True          # counted in the engine's `waiting` until the first token
+        self.ids: list[int] = []
+        self.text = ""
+        self.started = time.time()
+        self.first_token_at: float | None = None
+
+    def emit(self, tok: int, logprob: float | None, stop_ids: set[int]) -> bool:
+        """Stream one token; True when it is a stop token (logged with its log-prob, no text)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.time()
+        # greedy: 0.0 like the local engine (vLLM reports the untempered log-prob there)
+        lp = 0.0 if self.greedy else math.nan if logprob is None else float(logprob)
+        if math.isnan(lp) or lp == math.inf:
+            raise VllmError(f"vLLM sent no usable log-prob for token {tok} ({logprob!r}); is it started with "
+                            "--logprobs-mode processed_logprobs?")
+        self.ids.append(tok)
+        if tok in stop_ids:
+            self.handle._emit(TokenEvent(tok, lp, ""))
+            return True
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        delta = ""
+        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
+            delta, self.text = text[len(self.text):], text
+        self.handle._emit(TokenEvent(tok, lp, delta))
+        return False
+
+    def tail(self) -> str:
+        """Text held back at the last token (half a UTF-8 character), sent before the end."""
+        return self.tok.decode(self.ids, skip_special_tokens=True)[len(self.text):] if self.ids else ""
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        obj = json.loads(raw)
+        err = obj.get("error", obj)
+        return str(err.get("message", err) if isinstance(err, dict) else err)[:500]
+    except (ValueError, AttributeError):
+        return raw[:500].decode(errors="replace")
+
+
+def load_tokenizer_and_shape(name: str, models_dir: Path):
+    """What this process needs of the model when vLLM generates: the tokenizer (prompts are
+    encoded and replies decoded here) and the model's module names and config (adapter
+    validation, vocabulary size), built on the meta device: no weights in memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from core.modeling import LoadedModel, resolve_model_path
+    where, model_id = resolve_model_path(name, models_dir)
+    tok = AutoTokenizer.from_pretrained(where)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(where))
+    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, path=Path(where),
+                       device=torch.device("meta"), dtype=torch.bfloat16)

@@ -1,0 +1,100 @@
+"""Where the hot-swap watcher puts adapter versions: one backend per engine.
+
+- `LocalAdapters`: LoRA slots in this process's model, loaded on the engine thread between
+  decode steps (service/engine/slots.py).
+- `VllmAdapters`: LoRAs loaded at runtime on every vLLM server (`/v1/load_lora_adapter`)
+  under the name `rl-v{N}`, confirmed listed by each server before the version counts as
+  loaded, so routing never sends a request to a server without it.
+
+Both take a folder that `core.adapter_format.validate_adapter` passed and report the same
+timings to the watcher, which keeps the swap records and metrics the same for both engines.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from core.adapter_format import AdapterInvalid, ValidAdapter
+from service.engine.slots import AdapterSlots
+from service.engine.vllm import AdapterRefused, VllmEngine
+
+
+def _log_failure(fut) -> None:
+    import logging
+    if not fut.cancelled() and fut.exception() is not None:
+        logging.getLogger(__name__).warning("could not prepare a spare adapter slot: %s", fut.exception())
+
+
+class LocalAdapters:
+    kind = "local"
+
+    def __init__(self, engine, slots: int):
+        self.engine = engine
+        self.slots = AdapterSlots(engine, pool_size=slots)
+        engine.adapters = self.slots
+        self.module_names = {n for n, _ in engine.model.named_modules()}
+
+    def loaded(self) -> list[str]:
+        # the engine thread mutates slots.loaded: dict.copy() is one atomic step under the GIL
+        return list(self.slots.loaded.copy())
+
+    async def refresh(self) -> None:
+        """Nothing to ask: this process's slots are what is loaded."""
+
+    async def load(self, version: str, folder: Path, valid: ValidAdapter, timing: dict) -> None:
+        def on_engine():
+            t = time.perf_counter()
+            self.slots.load(version, folder, valid)
+            timing["load_s"] = time.perf_counter() - t
+        queued = time.perf_counter()
+        await asyncio.wrap_future(self.engine.call(on_engine))
+        timing["engine_wait_s"] = time.perf_counter() - queued - timing.get("load_s", 0.0)
+
+    async def unload(self, version: str) -> bool:
+        return await asyncio.wrap_future(self.engine.call(lambda: self.slots.unload(version)))
+
+    def after_swap(self, version: str) -> None:
+        """Fill the slot pool after a swap (not awaited), one slot per engine call so streams move
+        in between: later versions are then copies in place."""
+        if version not in self.slots.loaded:
+            return
+        for _ in range(self.slots.pool_size - len(self.slots.shape)):
+            spare = self.engine.call(lambda v=version: self.slots.add_spare(v))
+            spare.add_done_callback(_log_failure)
+
+    def status(self) -> dict:
+        return {"slots": len(self.slots.shape), "slot_pool": self.slots.pool_size}
+
+
+class VllmAdapters:
+    kind = "vllm"
+
+    def __init__(self, engine: VllmEngine, module_names: set[str]):
+        self.engine = engine
+        self.module_names = module_names   # of the base model (built on the meta device: no weights)
+
+    def loaded(self) -> list[str]:
+        return self.engine.loaded_versions()
+
+    async def refresh(self) -> None:
+        """Re-read what every server lists: a restarted server has lost its LoRAs (they are then
+        loaded again), a server marked down comes back."""
+        await self.engine.refresh()
+
+    async def load(self, version: str, folder: Path, valid: ValidAdapter, timing: dict) -> None:
+        t = time.perf_counter()
+        try:
+            await self.engine.load_adapter(version, folder)
+        except AdapterRefused as exc:   # vLLM says no (e.g. rank above its --max-lora-rank): never serve it
+            raise AdapterInvalid(str(exc)) from None
+        timing["load_s"] = time.perf_counter() - t
+
+    async def unload(self, version: str) -> bool:
+        return await self.engine.unload_adapter(version)
+
+    def after_swap(self, version: str) -> None:
+        pass
+
+    def status(self) -> dict:
+        return self.engine.status()

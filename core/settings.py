@@ -151,6 +151,11 @@ class Settings:
         "REWARDLOOP_DRIFT_POLICY: 'rollback' (default: when the newest version's reward is significantly below "
         "its parent's, roll back to the parent automatically) or 'alert' (record and send the alarm only).",
         "rollback")
+    canary_policy: str = _help(
+        "REWARDLOOP_CANARY_POLICY: 'promote' (default: a canary becomes stable once it and its parent have "
+        "REWARDLOOP_DRIFT_MIN_SAMPLES rewarded replies each, it is not significantly worse and its mean reward "
+        "is at least the parent's; never while a reward-hacking style alarm stands) or 'hold' (an operator "
+        "promotes).", "promote")
     drift_min_samples: int = _help(
         "REWARDLOOP_DRIFT_MIN_SAMPLES: rewarded replies needed on both the new version and its parent before "
         "they are compared.", 50)
@@ -225,6 +230,9 @@ class Settings:
         if self.drift_policy not in ("rollback", "alert"):
             raise ValueError(f"drift_policy must be rollback or alert, got {self.drift_policy!r} "
                              "(REWARDLOOP_DRIFT_POLICY)")
+        if self.canary_policy not in ("promote", "hold"):
+            raise ValueError(f"canary_policy must be promote or hold, got {self.canary_policy!r} "
+                             "(REWARDLOOP_CANARY_POLICY)")
         if self.drift_min_samples < 2:
             raise ValueError(f"drift_min_samples must be >= 2, got {self.drift_min_samples!r} "
                              "(REWARDLOOP_DRIFT_MIN_SAMPLES)")

@@ -57,3 +57,28 @@ def test_the_monitor_raises_a_style_alarm_on_a_synthetic_length_drift(rdb, prefi
     assert len(alarms) == 1 and alarms[0]["version"] == "2" and "mean reply length" in alarms[0]["message"]
     ops_tick(store, Registry(rdb, keys, "/nonexistent"), settings, at + 1)   # raised once per version
     assert len([a for a in store.alarms() if a["detector"] == "style"]) == 1
+
+
+@pytest.mark.integration
+def test_a_canary_not_worse_than_its_parent_is_promoted_by_the_live_comparison(rdb, prefix):
+    from tests.worker.test_ops_monitor import add_rewards
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    seed_registry(rdb, keys, stable="1", canary="2")
+    registry = Registry(rdb, keys, "/nonexistent")
+    at = time.time()
+    add_rewards(rdb, keys, "1", [0.2, 0.0, 0.4, 0.1] * 3, at)
+    add_rewards(rdb, keys, "2", [0.5, 0.3, 0.6, 0.2] * 2, at)       # 8 < 10: not yet
+    held = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=10)
+    ops_tick(store, registry, held, at)
+    assert registry.state()["canary"] == "2"
+    add_rewards(rdb, keys, "2", [0.5, 0.3, 0.6, 0.2], at)           # 12: enough, and better
+    hold = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=10, canary_policy="hold")
+    ops_tick(store, registry, hold, at + 1)
+    assert registry.state()["canary"] == "2"                        # 'hold': an operator decides
+    add_rewards(rdb, keys, "2", [0.5], at)
+    ops_tick(store, registry, held, at + 2)
+    st = registry.state()
+    assert st["stable"] == "2" and st["canary"] == "" and st["rollback_target"] == "1"
+    last = rdb.xrevrange(keys.adapter_history, count=1)[0][1]
+    assert last["event"] == "promote" and last["by"] == "drift-monitor" and "live comparison" in last["reason"]

@@ -19,7 +19,7 @@ import redis
 from core.settings import Settings
 from worker.ops import alerts, series, style
 from worker.ops.compare import compare_versions
-from worker.ops.policy import rollback_reason, run_detectors, version_under_watch
+from worker.ops.policy import promote_reason, rollback_reason, run_detectors, version_under_watch
 from worker.ops.store import HOUR, MINUTE, OpsStore
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,16 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
                "child_n": result.evidence["child"]["n"], "parent_n": result.evidence["parent"]["n"]}
     if not result.alarm:
         check_style(store, watch, result, settings, now, verdict)
+        why = promote_reason(watch, result, settings.drift_min_samples) if settings.canary_policy == "promote" else None
+        if why and not verdict.get("style_alarm"):   # a suspected hacked signal is for a person to judge
+            try:
+                registry.move("promote", watch.version, by=MONITOR, reason=why)
+                verdict["action"] = "promoted"
+                store.count("canary_promotions")
+                log.info("drift monitor: %s", why)
+            except (RegistryError, redis.RedisError) as exc:
+                verdict["action"] = f"promotion failed: {exc}"
+                log.error("drift monitor: promoting canary %s failed: %s", watch.version, exc)
         store.set_verdict(watch.version, verdict)
         return None
     action = "alert"

@@ -81,3 +81,19 @@ def rollback_reason(result: DriftResult) -> str:
     return (f"drift monitor: reward of version {result.version} {child.get('mean', 0):.3f} "
             f"(n={child.get('n')}) < parent {ev.get('parent_version')} {parent.get('mean', 0):.3f} "
             f"(n={parent.get('n')}), diff {ev.get('diff', 0):+.3f}, one-sided p={ev.get('p_value', 1):.2g}")
+
+
+def promote_reason(watch: Watch, result: DriftResult, min_samples: int) -> str | None:
+    """Why the canary under watch should become stable, or None. The live comparison decides a
+    canary the gate could not judge offline: promote once both sides have min_samples rewarded
+    replies, the one-sided test found the canary not worse, and its mean is at least the
+    parent's (a tie stays a canary until more replies arrive). Pure."""
+    if watch.role != "canary" or result.alarm:
+        return None
+    child, parent = result.evidence.get("child") or {}, result.evidence.get("parent") or {}
+    if (child.get("n") or 0) < min_samples or (parent.get("n") or 0) < min_samples:
+        return None
+    if child.get("mean") is None or parent.get("mean") is None or child["mean"] < parent["mean"]:
+        return None
+    return (f"live comparison: canary {watch.version}'s mean reward {child['mean']:+.3f} (n={child['n']}) >= "
+            f"parent {watch.parent}'s {parent['mean']:+.3f} (n={parent['n']}) and not significantly worse")

@@ -22,7 +22,9 @@ before that commit.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +37,8 @@ from core.adapter_format import MANIFEST_FILE, WEIGHTS_FILE, sha256_file
 from core.keys import Keys
 from core.versions import folder_name, is_base
 from core.versions import sort_key as version_sort_key
+
+log = logging.getLogger(__name__)
 
 # KEYS: lock, adapters, history, cursor, pairs cursor
 # ARGV: token, version, entry JSON, mode (canary|stable|reject), canary_share, cursor ('' keeps),
@@ -138,8 +142,15 @@ class Registry:
             model.save_pretrained(str(tmp))
             manifest = dict(manifest, sha256=sha256_file(tmp / WEIGHTS_FILE))
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            # safetensors reports ENOSPC as its own error type with the OS message inside
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):
+                log.error("adapter v%s not written: disk full under %s (%s); nothing was published, the "
+                          "registry is unchanged -- free space and the next run publishes", manifest.get("version"),
+                          self.root, exc)
+                raise OSError(errno.ENOSPC, f"no space left under {self.root} for adapter "
+                              f"v{manifest.get('version')}") from exc
             raise
         return tmp
 

@@ -54,6 +54,7 @@ local stable = redis.call('HGET', KEYS[2], 'stable') or 'base'
 local canary = redis.call('HGET', KEYS[2], 'canary') or ''
 local share = redis.call('HGET', KEYS[2], 'canary_share') or '0'
 local event = 'reject'
+if ARGV[4] == 'keep' then event = 'import' end  -- registered, pointers unchanged (adapters import)
 if ARGV[4] == 'canary' then
   canary = ARGV[2]; share = ARGV[5]; event = 'publish'
   redis.call('HSET', KEYS[2], 'stable', stable, 'canary', canary, 'canary_share', share)
@@ -67,7 +68,7 @@ redis.call('XADD', KEYS[3], '*', 'event', event, 'version', ARGV[2], 'stable', s
            'canary_share', share, 'by', ARGV[9], 'reason', ARGV[10], 'at', ARGV[11])
 local notice = cjson.encode({event = event, version = ARGV[2], stable = stable, canary = canary,
                              canary_share = tonumber(share), by = ARGV[9], reason = ARGV[10], at = tonumber(ARGV[11])})
-if event ~= 'reject' then redis.call('PUBLISH', ARGV[8], notice) end
+if event == 'publish' then redis.call('PUBLISH', ARGV[8], notice) end
 return {1, notice}
 """
 
@@ -157,7 +158,8 @@ class Registry:
     def commit(self, staged: Path, manifest: dict, lock_token: str, mode: str, canary_share: float,
                cursor: str | None, pairs_cursor: str | None, by: str) -> tuple[bool, str]:
         """Rename the staged folder to v{N} and record it in Redis if the lock still holds the
-        token. mode: canary | stable | reject. (False, why) leaves Redis and disk as they were."""
+        token. mode: canary | stable | reject | keep (registered only: `adapters import` without
+        --publish). (False, why) leaves Redis and disk as they were."""
         version = int(manifest["version"])
         dest = self.version_dir(version)
         if dest.exists():

@@ -53,6 +53,17 @@ def register(sub, fmt) -> None:
                         "(the previous stable, or base) stable. With V: make V stable and drop the canary.")
     a.add_argument("version", metavar="V", nargs="?", help="version number or 'base'")
     a.add_argument("--reason", default="", help="why (recorded in the history)")
+    a = asub.add_parser("import", help="a PEFT LoRA folder trained elsewhere becomes the next version",
+                        description="Bring a PEFT LoRA folder (adapter_config.json, adapter_model.safetensors; "
+                        "trained with TRL, PEFT or another run) into the registry as the next version, with a "
+                        "manifest, after the checks every server runs before serving (base model, LoRA only, rank, "
+                        "target modules, finite weights). Without --publish it is only registered (promote it later).")
+    a.add_argument("folder", metavar="FOLDER", help="the PEFT adapter folder")
+    a.add_argument("--publish", choices=("stable", "canary"), help="serve it at once, as stable or as canary")
+    a.add_argument("--canary-share", type=float, default=None, metavar="X",
+                   help="share of sessions on the canary, 0..1 (default REWARDLOOP_CANARY_SHARE)")
+    a.add_argument("--any-base", action="store_true",
+                   help="accept an adapter whose config names another base model (same weights, other name)")
 
 
 def _with_redis(settings, fn):
@@ -117,6 +128,8 @@ def _adapters(args, settings) -> int:
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["created"]))
                 print(f"{v:>7}  {e['state']:<9}  {e['parent']:<6}  {e['samples']:>7}  {created}  {e.get('reason', '')}")
             return 0
+        if args.adapters_command == "import":
+            return _import(args, settings, r)
         if args.adapters_command == "show":
             print(json.dumps(reg.manifest(args.version), indent=2, sort_keys=True))
             return 0
@@ -128,6 +141,25 @@ def _adapters(args, settings) -> int:
         return 1
     finally:
         r.close()
+
+
+def _import(args, settings, r) -> int:
+    from core.keys import Keys
+    from learner.import_adapter import ImportRefused, import_adapter, module_names_of
+    share = settings.canary_share if args.canary_share is None else args.canary_share
+    if not 0 <= share <= 1:
+        print(f"rewardloop adapters import: --canary-share must be in 0..1, got {share}", file=sys.stderr)
+        return 2
+    model_id, path, modules = module_names_of(settings.model, settings.models_dir)
+    try:
+        version, _ = import_adapter(r, Keys(settings.prefix), settings.data_dir, args.folder, model_id, path, modules,
+                                    args.publish, share, by=_who(), any_base=args.any_base)
+    except ImportRefused as exc:
+        print(f"rewardloop adapters import: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {args.folder} as version {version}"
+          + (f", published as {args.publish}" if args.publish else f" (not serving: `rewardloop adapters promote {version}`)"))
+    return 0
 
 
 HANDLERS = {"train": cmd_train, "adapters": cmd_adapters}

@@ -64,6 +64,7 @@ class VllmServer:
     base: str | None = None       # the served base model's name (/v1/models, parent null)
     root: str | None = None       # what it was started on (its --model)
     listed: set[str] = field(default_factory=set)   # model names it serves (base and LoRAs)
+    roots: dict[str, str] = field(default_factory=dict)   # LoRA name -> the folder it was loaded from
     inflight: int = 0
     failures: int = 0
     last_error: str = ""
@@ -313,6 +314,7 @@ class VllmEngine:
             raise VllmError(_error_message(resp.content), resp.status_code)
         data = resp.json()["data"]
         server.listed = {m["id"] for m in data}
+        server.roots = {m["id"]: str(m.get("root") or "") for m in data if m.get("parent")}
         base = next((m for m in data if not m.get("parent")), None)
         server.base, server.root = (base["id"], base.get("root")) if base else (None, None)
         if not server.up:
@@ -343,6 +345,10 @@ class VllmEngine:
         """Load `folder` as rl-v{version} on every server that is up and lacks it, then confirm
         it is listed there (AdapterRefused on a 4xx, VllmError/httpx errors otherwise)."""
         name, path = adapter_name(version), str(Path(folder).resolve())
+        for s in self.live():   # one name, one set of weights: never serve another registry's v{N}
+            if name in s.listed and s.roots.get(name) not in (None, "", path):
+                raise AdapterRefused(f"vLLM server {s.url} already serves {name} from {s.roots[name]}, not {path}: "
+                                     "are these vLLM servers shared with another rewardloop deployment?")
         todo = [s for s in self.live() if name not in s.listed]
 
         async def one(s: VllmServer):

@@ -95,27 +95,33 @@ def multi_turn(srv, turns: int, text: str) -> list[float]:
 
 
 async def burst(srv, n: int) -> dict:
-    """n sessions ask at once: every one must be answered (a reply or `busy`), busy ones fast."""
+    """n sessions connect and ask at once: every one must be answered (a reply or `busy`), busy
+    ones fast. Times: connect -> ready, and user_message -> the answer (reply_end or busy)."""
+    import collections
+
     import websockets
 
     async def one(i):
+        t_open = time.perf_counter()
         async with websockets.connect(srv.ws_url, max_size=2 ** 22, open_timeout=60) as ws:
             await ws.send(json.dumps({"type": "hello", "token": srv.token(f"burst{i}")}))
-            while json.loads(await ws.recv())["type"] != "ready":
-                pass
+            while (f := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] != "ready":
+                if f["type"] == "error":   # refused at hello (e.g. storage unavailable): an answer too
+                    return f"hello {f['code']}", None, time.perf_counter() - t_open
             t0 = time.perf_counter()
             await ws.send(json.dumps({"type": "user_message", "text": PROMPT, "client_msg_id": f"b{i}"}))
             while True:
                 f = json.loads(await asyncio.wait_for(ws.recv(), 600))
                 if f["type"] == "reply_end" or (f["type"] == "error" and f["code"] != "generation_failed"):
-                    return f.get("code") or "answered", time.perf_counter() - t0
+                    return f.get("code") or "answered", time.perf_counter() - t0, t0 - t_open
     done = await asyncio.gather(*[one(i) for i in range(n)], return_exceptions=True)
     kinds = [d[0] if isinstance(d, tuple) else f"failed: {type(d).__name__}: {d}"[:200] for d in done]
     busy = [d[1] for d in done if isinstance(d, tuple) and d[0] == "busy"]
     answered = [d[1] for d in done if isinstance(d, tuple) and d[0] == "answered"]
+    ready = [d[2] for d in done if isinstance(d, tuple)]
     return {"requests": n, "answered": len(answered), "busy": len(busy), "other": n - len(answered) - len(busy),
-            "kinds": sorted(set(kinds)), "busy_max_s": max(busy) if busy else None,
-            "answered_max_s": max(answered) if answered else None}
+            "kinds": dict(collections.Counter(kinds)), "ready_max_s": max(ready) if ready else None,
+            "busy_max_s": max(busy) if busy else None, "answered_max_s": max(answered) if answered else None}
 
 
 def plain_generate(model: str, models_dir, device: str, tokens: int, runs: int, system: str) -> list[dict]:
@@ -222,7 +228,7 @@ def extra_runs(args) -> None:
         with live_server(args.model, REWARDLOOP_MAX_QUEUE=64, **env) as (srv, _):
             res = asyncio.run(burst(srv, args.burst))
         print(f"\nburst of {args.burst} requests (REWARDLOOP_MAX_QUEUE=64), model={args.model}")
-        print(table([res], ["requests", "answered", "busy", "other", "busy_max_s", "answered_max_s"]))
+        print(table([res], ["requests", "answered", "busy", "other", "ready_max_s", "busy_max_s", "answered_max_s"]))
         out["burst"] = res
     print(f"\nwrote {write_json('serving_' + args.only, out)}")
 

@@ -124,3 +124,32 @@ def test_one_users_concurrent_replies_are_capped(server_factory):
     assert second.ask("now?")["end"]["n_tokens"] > 0     # the slot came back
     first.close()
     second.close()
+
+
+async def _burst_client(srv, i: int) -> str:
+    """Connect, hello, ask: what this client was answered ('answered', 'busy', or 'hello <code>')."""
+    async with websockets.connect(srv.ws_url, max_size=2 ** 22, open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": srv.token(f"many{i}")}))
+        while (f := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] != "ready":
+            if f["type"] == "error":
+                return f"hello {f['code']}"
+        await ws.send(json.dumps({"type": "user_message", "text": "hi", "client_msg_id": f"m{i}"}))
+        while True:
+            f = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            if f["type"] == "reply_end":
+                return "answered"
+            if f["type"] == "error" and f["code"] != "generation_failed":
+                return f["code"]
+
+
+@pytest.mark.integration
+def test_a_burst_of_more_connections_than_the_redis_pool_holds_gets_every_client_an_answer(server_factory):
+    # 160 clients at once: more than the server's Redis pool (100). The pool used to raise
+    # "Too many connections" on the excess hellos, which then sat until the 30 s hello timeout.
+    srv = server_factory(REWARDLOOP_MAX_QUEUE=4, REWARDLOOP_MAX_NEW_TOKENS=2)
+
+    async def burst():
+        return await asyncio.gather(*[_burst_client(srv, i) for i in range(160)])
+    answers = asyncio.run(burst())
+    assert set(answers) <= {"answered", "busy"}, sorted(set(answers))
+    assert answers.count("answered") >= 4 and answers.count("busy") >= 1

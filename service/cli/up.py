@@ -28,6 +28,9 @@ def add_up_flags(p: argparse.ArgumentParser) -> None:
                    help="server processes, on consecutive ports from --port (default 1)")
     p.add_argument("--workers", type=_at_least_one("--workers"), default=1, metavar="M",
                    help="reward worker processes (default 1); a learner worker and beat come with them")
+    p.add_argument("--engine", choices=("local", "vllm"), default=None,
+                   help="generation engine (REWARDLOOP_ENGINE): vllm uses REWARDLOOP_VLLM_URLS or, unset, starts "
+                   "one vLLM server as a child on the model")
 
 
 def _at_least_one(flag: str):
@@ -146,4 +149,6 @@ def cmd_up(args, settings: Settings) -> int:
         env = {**os.environ, "REWARDLOOP_REDIS_URL": url, "REWARDLOOP_MODEL": settings.model,
                "REWARDLOOP_HOST": settings.host, "REWARDLOOP_PORT": str(settings.port),
                "REWARDLOOP_DATA_DIR": str(settings.data_dir)}
-        return supervise(plan(settings, args.servers, args.workers, not args.no_worker), env, url, settings)
+        from service.cli.vllm_child import vllm_for_up
+        with vllm_for_up(settings, getattr(args, "engine", None) or settings.engine, env):
+            return supervise(plan(settings, args.servers, args.workers, not args.no_worker), env, url, settings)

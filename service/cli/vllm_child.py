@@ -11,6 +11,7 @@ libiomp5 preloaded.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -100,3 +101,32 @@ class VllmProcess:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+@contextlib.contextmanager
+def vllm_for_up(settings, engine: str, env: dict):
+    """`rewardloop up --engine vllm`: with REWARDLOOP_VLLM_URLS, use those servers; without,
+    start one vLLM server as a child on REWARDLOOP_MODEL (stopped when `up` stops). `env` (the
+    parts' environment) gets REWARDLOOP_ENGINE and REWARDLOOP_VLLM_URLS."""
+    if engine != "vllm":
+        yield None
+        return
+    env["REWARDLOOP_ENGINE"] = "vllm"
+    if settings.vllm_url_list:
+        env["REWARDLOOP_VLLM_URLS"] = ",".join(settings.vllm_url_list)
+        yield None
+        return
+    from core.modeling import resolve_model_path
+    folder, model_id = resolve_model_path(settings.model, settings.models_dir)
+    python = vllm_python(settings.vllm_python)
+    cmd = vllm_command(python, folder, settings.vllm_port, model_id, max_loras=settings.max_resident + 1,
+                       max_lora_rank=settings.vllm_max_lora_rank, host="127.0.0.1")
+    print("rewardloop up: starting vLLM:", " ".join(cmd), flush=True)
+    child = VllmProcess(cmd, vllm_env(python), settings.vllm_port).start()
+    try:
+        child.wait_ready(settings.vllm_wait_s)
+        print(f"rewardloop up: vLLM is up on {child.url} (pid {child.proc.pid})", flush=True)
+        env["REWARDLOOP_VLLM_URLS"] = child.url
+        yield child
+    finally:
+        child.stop()

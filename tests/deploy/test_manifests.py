@@ -20,8 +20,6 @@ from worker.rewards.config import load_reward_config
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KNOWN_ENV = {env_name(f.name) for f in dataclasses.fields(Settings)}
-# settings the vLLM engine issue adds; until it lands they may appear in comments only
-PENDING_ENV = {"REWARDLOOP_ENGINE", "REWARDLOOP_VLLM_URLS"}
 VLLM_FLAGS = ["--enable-lora", "--max-loras", "--max-lora-rank", "--logprobs-mode", "processed_logprobs",
               "--generation-config", "--enable-prefix-caching"]
 
@@ -82,11 +80,8 @@ def test_every_command_parses_and_every_role_is_deployed():
 def test_every_variable_is_a_setting():
     for f in [p for p in DEPLOY.rglob("*") if p.is_file()]:
         for n, line in enumerate(f.read_text().splitlines(), 1):
-            for name in re.findall(r"REWARDLOOP_[A-Z0-9_]+", line):
-                if name in PENDING_ENV:
-                    assert line.lstrip().startswith("#"), f"{f.name}:{n}: {name} is not a setting yet"
-                else:
-                    assert name in KNOWN_ENV, f"{f.name}:{n}: {name} is not a Settings field"
+            for name in re.findall(r"REWARDLOOP_[A-Z0-9_]+", line):   # comments included
+                assert name in KNOWN_ENV, f"{f.name}:{n}: {name} is not a Settings field"
     env = kinds(k8s(), "ConfigMap")["rewardloop"]["data"]
     Settings.from_env(env)   # the values are valid settings too
 
@@ -110,6 +105,10 @@ def test_compose_runs_every_part():
     assert gpu(services["learner"]) and gpu(services["vllm"])
     assert services["vllm"]["profiles"] == ["gpu"] and services["vllm"]["environment"][
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    on_vllm = services["server-vllm"]
+    assert on_vllm["profiles"] == ["gpu"] and on_vllm["environment"]["REWARDLOOP_ENGINE"] == "vllm"
+    Settings.from_env(on_vllm["environment"])
+    assert on_vllm["environment"]["REWARDLOOP_VLLM_URLS"] == "http://vllm:8000"
     assert all(flag in services["vllm"]["command"] for flag in VLLM_FLAGS)
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
     for svc in ("prometheus", "grafana"):

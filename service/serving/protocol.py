@@ -81,6 +81,8 @@ def parse_client_frame(raw: str | bytes, max_bytes: int):
         frame = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("bad_json", "frame is not valid JSON: send one JSON object per text frame") from None
+    except RecursionError:   # '[[[[...' a few thousand deep, well under the size limit
+        raise ProtocolError("bad_json", "frame nests too deeply: send a flat JSON object") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_json", "frame must be a JSON object with a 'type' field")
     kind = frame.get("type")

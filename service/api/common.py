@@ -69,6 +69,8 @@ async def json_body(request: Request) -> dict:
         body = json.loads(raw)
     except ValueError:
         raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+    except RecursionError:   # '[[[[...' thousands deep: a 400, not a 500
+        raise ApiError(400, "bad_json", "request body nests too deeply: send a flat JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
     return body

@@ -100,7 +100,9 @@ class Runtime:
         self.redis = connect_async(self.redis_url)
         self.store = ChatStore(self.redis, self.keys)
         self.metrics = ServerMetrics()
-        self.feedback = FeedbackService(self.store, metrics=self.metrics)
+        from service.serving.ratelimit import KeyedBuckets
+        self.feedback = FeedbackService(self.store, metrics=self.metrics, limiter=KeyedBuckets(
+            self.settings.feedback_rate, self.settings.feedback_burst))
         log.info("loading model %s", self.settings.model)
         if self.settings.engine == "vllm":
             return self._start_vllm()

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request
 from redis.exceptions import RedisError
 
 from service.api.common import ApiError, bearer_user, json_body, require_ready
+from service.serving.feedback import FeedbackRateLimited
 from service.serving.protocol import ProtocolError, parse_feedback
 
 router = APIRouter()
@@ -18,6 +19,8 @@ async def post_feedback(request: Request):
     try:
         fb = parse_feedback(body)
         duplicate, fields = await runtime.feedback.record(fb, user)
+    except FeedbackRateLimited as err:   # the websocket's per-user rule
+        raise ApiError(429, err.code, err.message, headers={"Retry-After": err.retry_after_header}) from None
     except ProtocolError as err:
         status = {"unknown_reply": 404, "forbidden": 403}.get(err.code, 400)
         raise ApiError(status, err.code, err.message) from None

@@ -35,7 +35,6 @@ from service.serving.protocol import (
     parse_client_frame,
     server_error,
 )
-from service.serving.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 30
@@ -64,7 +63,6 @@ class ChatConnection:
         self.user: User | None = None
         self.session_id: str | None = None
         self.send_lock = asyncio.Lock()
-        self.bucket = TokenBucket(settings.feedback_rate, settings.feedback_burst)
         self.current: list[ReplyPlan] = []      # replies of the turn being streamed
         self.task: asyncio.Task | None = None
         self.pending_acks: set[asyncio.Task] = set()   # feedback being written; acked when durable
@@ -250,10 +248,6 @@ class ChatConnection:
                             "(already ended?)", frame.reply_id)
 
     async def on_feedback(self, fb: Feedback) -> None:
-        wait = self.bucket.take()
-        if wait:
-            raise ProtocolError("rate_limited", f"too many feedback frames: retry in {wait * 1000:.0f} ms",
-                                fb.feedback_id)
         if fb.kind == "regenerate":
             self._require_idle()
         stored = await self.feedback.submit(fb, self.user)

@@ -3,15 +3,33 @@ exactly once. Shared by the websocket and POST /v1/feedback."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Awaitable
 
 from service.serving.auth import User
 from service.serving.protocol import Feedback, ProtocolError
+from service.serving.ratelimit import KeyedBuckets
 from service.serving.store import ChatStore, new_event_id
 
 # A page measures dwell with its own clock; allow this much skew before calling it impossible.
 DWELL_SLACK_MS = 5_000
+
+
+class FeedbackRateLimited(ProtocolError):
+    """The user sent feedback faster than REWARDLOOP_FEEDBACK_RATE allows: nothing was recorded."""
+
+    def __init__(self, wait_s: float, ref: str | None):
+        super().__init__("rate_limited", f"too many feedback events from this user: retry in {wait_s * 1000:.0f} ms "
+                         "with the same feedback_id (nothing was recorded)", ref)
+        self.retry_after = wait_s
+
+    @property
+    def retry_after_header(self) -> str:
+        return str(max(1, math.ceil(self.retry_after)))
+
+    def frame(self) -> dict:
+        return {**super().frame(), "retry_after": round(self.retry_after, 3)}
 
 
 REPLY_FIELDS = ("user_id", "session_id", "adapter_version", "queued_at", "ended_at", "candidates", "turn")
@@ -40,10 +58,12 @@ class ReplyFactsCache:
 
 
 class FeedbackService:
-    def __init__(self, store: ChatStore, cache: ReplyFactsCache | None = None, metrics=None):
+    def __init__(self, store: ChatStore, cache: ReplyFactsCache | None = None, metrics=None,
+                 limiter: KeyedBuckets | None = None):
         self.store = store
         self.cache = cache or ReplyFactsCache()
         self.metrics = metrics  # ServerMetrics: feedback_total{kind, result}
+        self.limiter = limiter  # per user, shared by the websocket and POST /v1/feedback
 
     def _count(self, kind: str, result: str) -> None:
         if self.metrics:
@@ -78,6 +98,9 @@ class FeedbackService:
         written in batches instead of one round trip per event."""
         now = now or time.time()
         try:
+            wait = self.limiter.take(user.user_id) if self.limiter is not None else 0.0
+            if wait:
+                raise FeedbackRateLimited(wait, fb.feedback_id)
             return await self._submit(fb, user, now)
         except ProtocolError:
             self._count(fb.kind, "refused")

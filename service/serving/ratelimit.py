@@ -21,3 +21,30 @@ class TokenBucket:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate
+
+
+class KeyedBuckets:
+    """One TokenBucket per key (a user, a client address), memory bounded: past `max_keys`
+    the least recently used half is dropped -- a dropped key starts again with a full
+    bucket, which only ever errs towards allowing."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000, clock=time.monotonic):
+        TokenBucket(rate, burst, clock)   # validates rate and burst
+        if max_keys < 2:
+            raise ValueError(f"max_keys must be >= 2, got {max_keys!r}")
+        self.rate, self.burst, self.max_keys, self.clock = rate, burst, max_keys, clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str) -> float:
+        """0.0 when `key` may go on; otherwise the seconds it should wait."""
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                for old in list(self._buckets)[: self.max_keys // 2]:
+                    del self._buckets[old]
+            bucket = TokenBucket(self.rate, self.burst, self.clock)
+        self._buckets[key] = bucket    # re-inserted: dict order is least recently used first
+        return bucket.take()
+
+    def __len__(self) -> int:
+        return len(self._buckets)

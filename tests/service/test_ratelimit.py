@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.serving.ratelimit import TokenBucket
+from service.serving.ratelimit import KeyedBuckets, TokenBucket
 
 
 class Clock:
@@ -55,3 +55,31 @@ def test_rejects_bad_parameters(rate, burst):
     with pytest.raises(ValueError, match="rate") as info:
         TokenBucket(rate=rate, burst=burst)
     assert repr(rate) in str(info.value) and repr(burst) in str(info.value)
+
+
+def test_keyed_buckets_are_independent_per_key():
+    clock = Clock()
+    buckets = KeyedBuckets(rate=1.0, burst=2, clock=clock)
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
+    assert buckets.take("b") == 0.0          # another key has its own burst
+    clock.t += 1.0
+    assert buckets.take("a") == 0.0
+
+
+def test_keyed_buckets_memory_is_bounded_and_keeps_the_recent_keys():
+    clock = Clock()
+    buckets = KeyedBuckets(rate=1.0, burst=1, max_keys=10, clock=clock)
+    buckets.take("hot")
+    for i in range(9):
+        buckets.take(f"k{i}")
+    assert buckets.take("hot") > 0           # touched last: kept through the eviction below
+    for i in range(9, 30):
+        buckets.take(f"k{i}")
+        assert len(buckets) <= 10
+    assert buckets.take("k29") > 0           # the newest keys are still limited
+
+
+@pytest.mark.parametrize("max_keys", [0, 1])
+def test_keyed_buckets_reject_bad_bounds(max_keys):
+    with pytest.raises(ValueError, match="max_keys"):
+        KeyedBuckets(1.0, 1, max_keys=max_keys)

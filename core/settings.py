@@ -49,9 +49,14 @@ class Settings:
                                    8192)
     system_prompt: str = _help("REWARDLOOP_SYSTEM_PROMPT: system message of every conversation ('' for none).",
                                "You are a helpful assistant. Answer briefly and clearly.")
-    feedback_rate: float = _help("REWARDLOOP_FEEDBACK_RATE: feedback frames per second one connection may send.",
-                                 20.0)
-    feedback_burst: int = _help("REWARDLOOP_FEEDBACK_BURST: feedback frames one connection may send at once.", 50)
+    feedback_rate: float = _help("REWARDLOOP_FEEDBACK_RATE: feedback events per second one user may send "
+                                 "(websocket and POST /v1/feedback together, per server process).", 20.0)
+    feedback_burst: int = _help("REWARDLOOP_FEEDBACK_BURST: feedback events one user may send at once.", 50)
+    anonymous: bool = _help("REWARDLOOP_ANONYMOUS: 1 lets POST /api/session hand out anonymous user tokens; "
+                            "0 turns it off for deployments with their own login (tokens from "
+                            "`rewardloop token create`).", True)
+    anonymous_per_minute: int = _help("REWARDLOOP_ANONYMOUS_PER_MINUTE: anonymous tokens one client address may "
+                                      "get per minute (per server process).", 20)
     candidate_share: float = _help(
         "REWARDLOOP_CANDIDATE_SHARE: share of turns answered with two candidates to choose from (0..1).", 0.0)
     # --- worker / learner / hot swap / operators (used by later parts) ---
@@ -194,6 +199,11 @@ class Settings:
         if not self.feedback_rate > 0 or self.feedback_burst < 1:
             raise ValueError(f"feedback_rate must be > 0 and feedback_burst >= 1, got {self.feedback_rate!r} and "
                              f"{self.feedback_burst!r} (REWARDLOOP_FEEDBACK_RATE / REWARDLOOP_FEEDBACK_BURST)")
+        if not isinstance(self.anonymous, bool):
+            raise ValueError(f"anonymous must be true or false, got {self.anonymous!r} (REWARDLOOP_ANONYMOUS)")
+        if not 1 <= self.anonymous_per_minute <= 100_000:
+            raise ValueError(f"anonymous_per_minute must be in 1..100000, got {self.anonymous_per_minute!r} "
+                             "(REWARDLOOP_ANONYMOUS_PER_MINUTE)")
         if not 0 <= self.candidate_share <= 1:
             raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
                              "(REWARDLOOP_CANDIDATE_SHARE)")
@@ -300,6 +310,12 @@ def env_name(field_name: str) -> str:
 
 def _convert(f: dataclasses.Field, raw: str):
     kind = str(f.type)
+    if kind == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{env_name(f.name)}={raw!r} is not a boolean: use 1 or 0")
     try:
         if "int" in kind and "Path" not in kind:
             return int(raw)

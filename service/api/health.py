@@ -1,11 +1,14 @@
 """Liveness, readiness and anonymous sessions."""
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api.common import rt
+from service.api.common import ApiError, rt
 from service.serving.auth import create_token, new_user_id
+from service.serving.ratelimit import KeyedBuckets
 
 router = APIRouter()
 
@@ -33,5 +36,16 @@ async def readyz(request: Request):
 @router.post("/api/session")
 async def anonymous_session(request: Request):
     runtime = rt(request)
+    if not runtime.settings.anonymous:
+        raise ApiError(403, "anonymous_disabled", "anonymous sessions are off on this server "
+                       "(REWARDLOOP_ANONYMOUS=0): sign in through this deployment's login to get a token")
+    buckets = getattr(runtime, "_anonymous_buckets", None)
+    if buckets is None:   # per client address; per server process
+        per_minute = runtime.settings.anonymous_per_minute
+        buckets = runtime._anonymous_buckets = KeyedBuckets(per_minute / 60.0, per_minute)
+    wait = buckets.take(request.client.host if request.client else "unknown")
+    if wait:
+        raise ApiError(429, "rate_limited", f"too many anonymous sessions from this address: retry in {wait:.0f} s "
+                       "(REWARDLOOP_ANONYMOUS_PER_MINUTE)", headers={"Retry-After": str(max(1, math.ceil(wait)))})
     uid = new_user_id()
     return {"token": create_token(runtime.secret, uid, runtime.settings.token_ttl_s), "user_id": uid}

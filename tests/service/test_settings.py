@@ -91,6 +91,21 @@ def test_zero_feedback_rate_is_rejected_at_startup():
         Settings.from_env({"REWARDLOOP_FEEDBACK_RATE": "0"})
 
 
+@pytest.mark.parametrize("raw, want", [("0", False), ("1", True), ("false", False), ("ON", True)])
+def test_anonymous_switch_reads_booleans(raw, want):
+    assert Settings.from_env({"REWARDLOOP_ANONYMOUS": raw}).anonymous is want
+    assert Settings.from_env({}).anonymous is True
+
+
+def test_bad_anonymous_settings_name_the_variable():
+    with pytest.raises(ValueError, match="REWARDLOOP_ANONYMOUS='maybe'"):
+        Settings.from_env({"REWARDLOOP_ANONYMOUS": "maybe"})
+    with pytest.raises(ValueError, match="REWARDLOOP_ANONYMOUS_PER_MINUTE"):
+        Settings.from_env({"REWARDLOOP_ANONYMOUS_PER_MINUTE": "0"})
+    with pytest.raises(ValueError, match="REWARDLOOP_ANONYMOUS"):
+        Settings(anonymous="yes")
+
+
 def test_overrides_win_over_env_and_none_does_not():
     env = {"REWARDLOOP_PORT": "9001", "REWARDLOOP_MODEL": "from-env", "REWARDLOOP_HOST": "0.0.0.0"}
     s = Settings.from_env(env, port=9100, model="tiny-random", host=None)

@@ -132,6 +132,7 @@ class VllmEngine:
         self._client: httpx.AsyncClient | None = None
         self._stopped = False
         self._turn = 0
+        logging.getLogger("httpx").setLevel(logging.WARNING)   # not a log line per request and per poll
 
     # --- life ---------------------------------------------------------------------
     def start(self) -> None:
@@ -366,11 +367,32 @@ class VllmEngine:
             refused = next((r for r in failed if isinstance(r, AdapterRefused)), None)
             raise refused or failed[0]
 
+    async def in_use_on_servers(self, name: str) -> bool:
+        """Whether any vLLM server runs or queues a request on LoRA `name`, for any client (another
+        rewardloop server's stream too), per its newest `vllm:lora_requests_info` sample; a sample
+        older than 10 s is an idle server's last word, not a running request."""
+        async def one(s: VllmServer) -> bool:
+            try:
+                text = (await self.client().get(s.url + "/metrics", timeout=5.0)).text
+            except httpx.HTTPError:
+                return False
+            newest, busy = 0.0, False
+            for line in text.splitlines():
+                if line.startswith("vllm:lora_requests_info{"):
+                    labels, _, value = line.rpartition(" ")
+                    if float(value) >= newest:
+                        newest = float(value)
+                        busy = any(f'{k}="' in labels and name in labels.split(f'{k}="')[1].split('"')[0].split(",")
+                                   for k in ("running_lora_adapters", "waiting_lora_adapters"))
+            return busy and time.time() - newest < 10
+        return any(await asyncio.gather(*(one(s) for s in self.live())))
+
     async def unload_adapter(self, version: str) -> bool:
-        """Unload rl-v{version} everywhere; refused (False) while a stream uses it."""
-        if self.refs.get(version, 0) > 0:
-            return False
+        """Unload rl-v{version} everywhere; refused (False) while a stream uses it (here, or on a
+        vLLM server: another rewardloop server's stream)."""
         name = adapter_name(version)
+        if self.refs.get(version, 0) > 0 or await self.in_use_on_servers(name):
+            return False
         for s in self.live():
             if name in s.listed:
                 s.listed.discard(name)   # no new request goes there from now on
@@ -395,6 +417,7 @@ class _Stream:
     def __init__(self, handle: GenerationHandle, req: GenerationRequest, tokenizer):
         self.handle, self.greedy, self.tok = handle, req.params.greedy, tokenizer
         self.waiting = True          # counted in the engine's `waiting` until the first token
+        self.stopped = False         # ended by a stop token
         self.ids: list[int] = []
         self.text = ""
         self.started = time.time()
@@ -411,6 +434,7 @@ class _Stream:
                             "--logprobs-mode processed_logprobs?")
         self.ids.append(tok)
         if tok in stop_ids:
+            self.stopped = True
             self.handle._emit(TokenEvent(tok, lp, ""))
             return True
         text = self.tok.decode(self.ids, skip_special_tokens=True)
@@ -422,7 +446,8 @@ class _Stream:
 
     def tail(self) -> str:
         """Text held back at the last token (half a UTF-8 character), sent before the end."""
-        return self.tok.decode(self.ids, skip_special_tokens=True)[len(self.text):] if self.ids else ""
+        ids = self.ids[:-1] if self.stopped else self.ids   # the stop token carries no text
+        return self.tok.decode(ids, skip_special_tokens=True)[len(self.text):] if ids else ""
 
 
 def _error_message(raw: bytes) -> str:

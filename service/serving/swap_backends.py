@@ -73,9 +73,13 @@ class VllmAdapters:
     def __init__(self, engine: VllmEngine, module_names: set[str]):
         self.engine = engine
         self.module_names = module_names   # of the base model (built on the meta device: no weights)
+        self.taken: set[str] = set()       # versions this server validated and loaded (or found loaded)
 
     def loaded(self) -> list[str]:
-        return self.engine.loaded_versions()
+        """Versions listed on every vLLM server that is up and taken in by this server: another
+        rewardloop server having loaded a version does not spare this one its validation (nor
+        its swap record)."""
+        return [v for v in self.engine.loaded_versions() if v in self.taken]
 
     async def refresh(self) -> None:
         """Re-read what every server lists: a restarted server has lost its LoRAs (they are then
@@ -89,9 +93,13 @@ class VllmAdapters:
         except AdapterRefused as exc:   # vLLM says no (e.g. rank above its --max-lora-rank): never serve it
             raise AdapterInvalid(str(exc)) from None
         timing["load_s"] = time.perf_counter() - t
+        self.taken.add(version)
 
     async def unload(self, version: str) -> bool:
-        return await self.engine.unload_adapter(version)
+        if await self.engine.unload_adapter(version):
+            self.taken.discard(version)
+            return True
+        return False
 
     def after_swap(self, version: str) -> None:
         pass

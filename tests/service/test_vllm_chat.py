@@ -129,3 +129,31 @@ def test_stop_cancels_the_vllm_request(server, vllm, rdb):
         time.sleep(0.1)
     assert vllm_running(vllm.url) == 0
     assert chat.ask("next")["end"]["finish_reason"] in ("stop", "length")
+
+
+def test_the_stop_token_is_logged_with_its_logprob_and_no_text(vllm, models_dir):
+    """The engine over vLLM, directly: with the first token greedy decoding draws declared a stop
+    token, the reply is that one token, logged (id and log-prob) with no text, finish "stop"."""
+    import asyncio
+
+    from core.sampling import SamplingParams
+    from service.engine.events import EndEvent, GenerationRequest
+    from service.engine.vllm import VllmEngine, load_tokenizer_and_shape
+    tok = load_tokenizer_and_shape("tiny-random", models_dir).tokenizer
+    prompt = tok("Once upon a time", add_special_tokens=False)["input_ids"]
+
+    async def run(stop_ids, params):
+        engine = VllmEngine([vllm.url], tok, len(tok), stop_ids)
+        await engine.refresh()
+        events = [e async for e in engine.submit(GenerationRequest(prompt, params))]
+        await engine.aclose()
+        return events
+    first = asyncio.run(run({0}, SamplingParams(temperature=0, max_new_tokens=3)))
+    assert isinstance(first[-1], EndEvent) and first[-1].finish_reason == "length" and len(first) == 4
+    t = first[0].token_id
+    for params in (SamplingParams(temperature=0, max_new_tokens=3), SamplingParams(temperature=1e-3, max_new_tokens=3)):
+        events = asyncio.run(run({t}, params))
+        assert [type(e).__name__ for e in events] == ["TokenEvent", "EndEvent"]
+        assert events[0].token_id == t and events[0].text == ""
+        assert events[1].finish_reason == "stop" and events[1].n_tokens == 1 and events[1].text_tail == ""
+        assert events[0].logprob == 0.0 if params.greedy else -1.0 < events[0].logprob <= 0.0

@@ -1,0 +1,226 @@
+"""Hot swap, failover and the learning loop over the `vllm` engine: two real vLLM servers
+(CPU build) on the tiny model, two rewardloop servers (REWARDLOOP_ENGINE=vllm) that use both,
+one registry. Parrot LoRAs make versions tell apart by their greedy text. The tests run in
+order (one registry for the module) and the last one kills a vLLM server."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import _factory
+from tests.helpers import ADMIN, REPO, Chat, base_env, http
+from tests.model_fixtures import publish_adapter, train_parrot_adapter
+from tests.service.test_hotswap import _nan
+from tests.service.vllm_support import TINY_ID, start_vllm, vllm_models, vllm_running
+from tests.worker.conftest import FAST, Procs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def vllms(models_dir, tmp_path_factory):
+    procs = start_vllm(models_dir, tmp_path_factory.mktemp("vllm"), n=2)
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def parrots(models_dir):
+    return {"alpha": train_parrot_adapter(models_dir, " alpha" * 10, steps=90),
+            "beta": train_parrot_adapter(models_dir, " beta" * 10, steps=90, seed=1)}
+
+
+class Deployment:
+    def __init__(self, servers, prefix, data, redis_url, tmp):
+        self.servers, self.prefix, self.data, self.redis_url, self.tmp = servers, prefix, data, redis_url, tmp
+
+    def publish(self, model, **kw) -> str:
+        return publish_adapter(self.redis_url, self.prefix, self.data, model, TINY_ID, **kw)
+
+
+@pytest.fixture(scope="module")
+def dep(vllms, models_dir, redis_url, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dep")
+    prefix, data = f"vh{time.monotonic_ns() % 10 ** 8}:", tmp / "shared"
+    data.mkdir()
+    start, started = _factory(redis_url, tmp)
+    urls = ",".join(v.url for v in vllms)
+    env = dict(REWARDLOOP_DATA_DIR=data, REWARDLOOP_ENGINE="vllm", REWARDLOOP_VLLM_URLS=urls,
+               REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=300, REWARDLOOP_CONTEXT_BUDGET=2048)
+    servers = [start(prefix, **env), start(prefix, **env)]
+    yield Deployment(servers, prefix, data, redis_url, tmp)
+    for proc in started:
+        proc.stop()
+
+
+def status(server) -> dict:
+    code, body = http("GET", server.url + "/admin/adapters", token=ADMIN)
+    assert code == 200, body
+    return body["server"]
+
+
+def wait_for(cond, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_stable(servers, version):
+    for s in servers:
+        wait_for(lambda s=s: status(s)["routing"]["stable"] == version, what=f"stable={version} on {s.url}")
+
+
+def ask(server, user, text="hello") -> tuple[str, str, str]:
+    r = Chat(server, server.token(user)).ask(text)
+    return r["text"], r["start"]["adapter_version"], r["start"]["reply_id"]
+
+
+def test_publish_swaps_every_server_a_stream_keeps_its_version_and_rollback(dep, vllms, parrots, rdb):
+    servers = dep.servers
+    v1 = dep.publish(parrots["alpha"])
+    wait_stable(servers, v1)
+    for v in vllms:   # loaded under its own name on every vLLM server before routing to it
+        assert f"rl-v{v1}" in vllm_models(v.url)
+    for s in servers:
+        text, version, _ = ask(s, f"a{s.port}")
+        assert version == v1 and text.split()[:3] == ["alpha"] * 3
+
+    chat = Chat(servers[0], servers[0].token("streamer"))
+    chat.send({"type": "user_message", "text": "hello", "client_msg_id": "long"})
+    start = chat.recv_type("reply_start")
+    chat.recv_type("token")
+    v2 = dep.publish(parrots["beta"])
+    wait_stable(servers, v2)
+    assert status(servers[0])["refs"].get(v1) == 1          # the swap happened mid-stream
+    for s in servers:                                       # the next reply on every server: v2
+        text, version, _ = ask(s, f"b{s.port}")
+        assert version == v2 and text.split()[:3] == ["beta"] * 3
+    while chat.recv()["type"] != "reply_end":
+        pass
+    stored = rdb.hgetall(f"{dep.prefix}reply:{start['reply_id']}")
+    assert stored["adapter_version"] == v1 and stored["text"].split()[:3] == ["alpha"] * 3
+    swaps = [f for _, f in rdb.xrange(f"{dep.prefix}adapters:swaps") if f["version"] == v2]
+    assert sorted(f["result"] for f in swaps) == ["loaded", "loaded"]   # the same records as the local engine
+    assert all(float(f["load_s"]) < 5 for f in swaps)
+
+    code, notice = http("POST", servers[0].url + "/admin/adapters/rollback", {"reason": "test"}, token=ADMIN)
+    assert code == 200 and notice["stable"] == v1
+    wait_stable(servers, v1)
+    for s in servers:
+        text, version, _ = ask(s, f"c{s.port}")
+        assert version == v1 and text.split()[0] == "alpha"
+
+    # a version neither stable, canary nor rollback target, and no stream on it: unloaded from vLLM
+    v3 = dep.publish(parrots["beta"])                 # stable v3, rollback target v1: v2 goes
+    wait_stable(servers, v3)
+    for v in vllms:
+        wait_for(lambda v=v: f"rl-v{v2}" not in vllm_models(v.url), what=f"rl-v{v2} unloaded on {v.url}")
+        assert {f"rl-v{v1}", f"rl-v{v3}"} <= vllm_models(v.url)
+
+
+def test_a_corrupt_adapter_is_refused_and_vllm_keeps_serving(dep, vllms, parrots, rdb):
+    servers = dep.servers
+    good = dep.publish(parrots["alpha"])
+    wait_stable(servers, good)
+    bad = dep.publish(parrots["beta"], tamper=_nan)
+    for s in servers:
+        assert "NaN" in wait_for(lambda s=s: status(s)["refused"].get(bad), what="refusal")
+        assert status(s)["routing"]["stable"] == good
+        text, version, _ = ask(s, f"bad{s.port}")
+        assert version == good and text.split()[0] == "alpha"
+    for v in vllms:
+        assert f"rl-v{bad}" not in vllm_models(v.url)   # never sent to vLLM
+    swaps = [f for _, f in rdb.xrange(f"{dep.prefix}adapters:swaps") if f["version"] == bad]
+    assert len(swaps) == 2 and all(f["result"] == "refused" for f in swaps)
+
+
+def test_the_learning_loop_closes_over_vllm(dep, vllms, rdb, models_dir):
+    """Feedback on replies vLLM generated -> reward workers -> the learner -> publish -> the
+    next reply is generated by vLLM on the new version."""
+    from core.settings import Settings
+    from learner.config import TrainConfig
+    from learner.runner import run_once
+    toml = dep.tmp / "reward.toml"
+    toml.write_text("wait_window_s = 2.0\n")
+    procs = Procs(dep.tmp)
+    env = base_env(dep.redis_url, dep.prefix, dep.data, REWARDLOOP_REWARD_CONFIG=toml, **FAST)
+    procs.start(env, "worker", "--queues", "rewards,ops", "--concurrency", "1")
+    procs.start(env, "beat")
+    try:
+        s = dep.servers[1]
+        replies = []
+        for i in range(6):
+            chat = Chat(s, s.token(f"learn{i % 3}"))
+            r = chat.ask(f"question {i}")
+            assert chat.feedback(r["start"]["reply_id"], "thumbs", 1 if i % 2 else -1)["type"] == "ack"
+            replies.append(r["start"]["reply_id"])
+            chat.close()
+        wait_for(lambda: all(rdb.hget(f"{dep.prefix}reward:{r}", "state") == "rewarded" for r in replies), 90,
+                 "rewards of the vLLM replies")
+        settings = Settings(redis_url=dep.redis_url, prefix=dep.prefix, data_dir=dep.data, model_cache_dir=models_dir,
+                            model="tiny-random", device="cpu", publish_mode="stable", canary_share=1.0)
+        cfg = TrainConfig(lr=5e-3, epochs=1, minibatch_size=8, holdout_share=0.25, min_samples=4, kl_budget=10.0,
+                          cf_margin=2.0, cf_min_ess=1.0)
+        result = run_once(settings, cfg, progress=False)
+        assert result.state == "published", result
+        version = str(result.version)
+        for srv in dep.servers:
+            wait_for(lambda srv=srv: version in (status(srv)["routing"]["stable"], status(srv)["routing"]["canary"]),
+                     what=f"v{version} routed on {srv.url}")
+        for v in vllms:
+            assert f"rl-v{version}" in vllm_models(v.url)
+        _, served, rid = ask(dep.servers[0], "after-learning")
+        assert served == version
+        assert json.loads(rdb.hget(f"{dep.prefix}reply:{rid}", "token_ids"))
+    finally:
+        procs.stop_all()
+
+
+def test_adapters_import_serves_a_folder_trained_elsewhere(dep, vllms, parrots):
+    folder = dep.tmp / "trained-elsewhere"
+    parrots["beta"].save_pretrained(str(folder))       # a plain PEFT folder, no manifest
+    env = base_env(dep.redis_url, dep.prefix, dep.data)
+    out = subprocess.run([sys.executable, "-m", "service.cli", "adapters", "import", str(folder), "--publish", "stable"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    version = out.stdout.split("as version ")[1].split(",")[0]
+    wait_stable(dep.servers, version)
+    for v in vllms:
+        assert f"rl-v{version}" in vllm_models(v.url)
+    text, served, _ = ask(dep.servers[1], "imported")
+    assert served == version and text.split()[0] == "beta"
+
+
+def test_a_vllm_server_killed_mid_stream_ends_that_stream_with_an_error_and_the_next_goes_elsewhere(dep, vllms, rdb):
+    srv = dep.servers[0]
+    chat = Chat(srv, srv.token("victim"))
+    chat.send({"type": "user_message", "text": "a long one", "client_msg_id": "k1"})
+    start = chat.recv_type("reply_start")
+    chat.recv_type("token")
+    victim = next(v for v in vllms if vllm_running(v.url) >= 1)
+    other = next(v for v in vllms if v is not victim)
+    victim.kill()
+    frames = []
+    while not frames or frames[-1]["type"] != "reply_end":
+        frames.append(chat.recv())
+    errors = [f for f in frames if f["type"] == "error"]
+    assert errors and errors[0]["ref"] == start["reply_id"], frames[-3:]
+    assert frames[-1]["finish_reason"] == "error"
+    stored = rdb.hgetall(f"{dep.prefix}reply:{start['reply_id']}")
+    assert stored["finish_reason"] == "error" and victim.url in stored["error"]
+    r = chat.ask("still there?")                         # the other vLLM server answers
+    assert r["end"]["finish_reason"] in ("stop", "length") and r["text"]
+    st = status(srv)
+    [down] = [x for x in st["servers"] if x["url"] == victim.url]
+    assert not down["up"] and down["last_error"]
+    assert next(x for x in st["servers"] if x["url"] == other.url)["up"]
+    assert http("GET", srv.url + "/readyz")[0] == 200    # one vLLM server left: still ready

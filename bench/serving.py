@@ -1,11 +1,16 @@
-"""Serving benchmark: time to first token and decode tokens/s over the websocket, side by
-side with plain `model.generate` on the same prompt in the same run (ratio); then total
-tokens/s of N concurrent streams with batched decode steps against one forward pass per
-stream (REWARDLOOP_MAX_BATCH=1), same run, with a short prompt and with a long one (the
-decode step then attends over ~1k tokens per stream).
+"""Serving benchmark.
 
-    python bench/serving.py [--model smollm2] [--tokens 64] [--runs 3] [--device cpu] [--streams 8]
-                            [--context 1000]
+Default (--only sessions): 1, 4 and 16 concurrent sessions side by side in one process, each
+session count back to back: rewardloop over the websocket, serialized `model.generate`, static
+batched `model.generate` (min_new_tokens = max_new_tokens: the practical ceiling) and
+transformers' `generate_batch`; total tokens/s and ratios -> bench/results/serving.json.
+--only latency: TTFT and decode rate over the websocket against `model.generate`, and batched
+decode steps against one forward pass per stream (short and ~1k-token prompts).
+--only turns: TTFT of turns 1..8 of one growing session with and without the prefix cache.
+--only burst: N sessions connect and ask at once (admission control).
+
+    python bench/serving.py [--model smollm2] [--tokens 64] [--sessions 1,4,16] [--device cpu]
+                            [--only sessions|latency|turns|burst]
 """
 from __future__ import annotations
 
@@ -74,7 +79,7 @@ async def concurrent_streams(srv, streams: int, prompt: str = PROMPT) -> dict:
     done = await asyncio.gather(*[one(i) for i in range(streams)])
     wall = time.perf_counter() - t0
     return {"tok_s": sum(n for n, _ in done) / wall, "ttft_ms": mean([f for _, f in done]) * 1000,
-            "wall_s": wall}
+            "wall_s": wall, "tokens": mean([n for n, _ in done])}
 
 
 def multi_turn(srv, turns: int, text: str) -> list[float]:
@@ -146,6 +151,111 @@ def plain_generate(model: str, models_dir, device: str, tokens: int, runs: int, 
     return out
 
 
+def chat_ids(lm, system: str, prompt: str = PROMPT) -> list[int]:
+    """The prompt's token ids as the server builds them (system prompt + chat template)."""
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    text = lm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def serialized_generate(lm, ids: list[int], n: int, tokens: int) -> dict:
+    """n requests one after another, one `model.generate` each (every token greedy, no early stop)."""
+    import torch
+    x = torch.tensor([ids], device=lm.device)
+    t0, total = time.perf_counter(), 0
+    with torch.no_grad():
+        for _ in range(n):
+            out = lm.model.generate(x, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            total += out.shape[1] - x.shape[1]
+    wall = time.perf_counter() - t0
+    return {"tok_s": total / wall, "wall_s": wall, "tokens": total / n}
+
+
+def static_batched_generate(lm, ids: list[int], n: int, tokens: int) -> dict:
+    """All n requests in one `model.generate` call, every row decoding exactly `tokens` (min = max):
+    no row leaves early and none joins late, the practical ceiling of batched decoding here."""
+    import torch
+    x = torch.tensor([ids] * n, device=lm.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = lm.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=tokens,
+                                min_new_tokens=tokens, do_sample=False)
+    wall = time.perf_counter() - t0
+    return {"tok_s": n * (out.shape[1] - x.shape[1]) / wall, "wall_s": wall, "tokens": out.shape[1] - x.shape[1]}
+
+
+def transformers_generate_batch(lm, ids: list[int], n: int, tokens: int) -> dict:
+    """transformers' continuous-batching `generate_batch` on the same n prompts (greedy)."""
+    import torch
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+    cfg = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    # Its KV cache sized for these requests: by default it takes a share of free memory, which on a
+    # CPU box is most of it (13 GB here; the OOM killer ended the bench).
+    page = 256
+    cb = ContinuousBatchingConfig(page_size=page, num_blocks=n * (-(-(len(ids) + tokens) // page)) + 4,
+                                  max_batch_tokens=1024)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        outs = lm.model.generate_batch([list(ids) for _ in range(n)], generation_config=cfg,
+                                       continuous_batching_config=cb, progress_bar=False)
+    wall = time.perf_counter() - t0
+    total = sum(len(o.generated_tokens) for o in outs.values())
+    errors = [o.error for o in outs.values() if o.error]
+    if errors:
+        raise RuntimeError(errors[0])
+    return {"tok_s": total / wall, "wall_s": wall, "tokens": total / max(1, len(outs))}
+
+
+def sessions_run(args) -> None:
+    """1, 4, 16 sessions side by side, in one process and back to back per session count:
+    rewardloop over the websocket, serialized model.generate, static batched model.generate
+    and transformers' generate_batch. Total generated tokens / wall time of each."""
+    import torch
+
+    from core.modeling import load_model
+    from core.settings import Settings
+    from tests.helpers import MODELS
+    counts = [int(c) for c in args.sessions.split(",")]
+    system = Settings().system_prompt
+    results: dict = {}
+    # The same intra-op threads on both sides: with 2 threads on busy cores a thread that is
+    # descheduled stalls every op at its barrier (model.generate ran ~10x slower than the server).
+    torch.set_num_threads(args.threads)
+    with live_server(args.model, REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=args.tokens,
+                     REWARDLOOP_DEVICE=args.device, REWARDLOOP_MAX_BATCH=max(counts),
+                     OMP_NUM_THREADS=args.threads) as (srv, _):
+        lm = load_model(args.model, MODELS, args.device)
+        ids = chat_ids(lm, system)
+        asyncio.run(concurrent_streams(srv, 2))                 # warm-up: both sides
+        static_batched_generate(lm, ids, 2, 4)
+        for n in counts:   # the server idles while this process generates: one thing runs at a time
+            r = results[n] = {"rewardloop (websocket)": asyncio.run(concurrent_streams(srv, n))}
+            # Serialized: each request is alone, so its rate does not depend on n; at most 4 are timed.
+            r["serialized model.generate"] = serialized_generate(lm, ids, min(n, 4), args.tokens)
+            r["static batched model.generate"] = static_batched_generate(lm, ids, n, args.tokens)
+            try:
+                r["transformers generate_batch"] = transformers_generate_batch(lm, ids, n, args.tokens)
+            except Exception as exc:   # reported, not hidden: the other paths still compare
+                r["transformers generate_batch"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    rows = []
+    for n, r in results.items():
+        ws, serial, static = (r[k]["tok_s"] for k in ("rewardloop (websocket)", "serialized model.generate",
+                                                        "static batched model.generate"))
+        gb = r["transformers generate_batch"].get("tok_s")
+        rows.append({"sessions": n, "rewardloop_tok_s": ws, "serialized_tok_s": serial, "static_tok_s": static,
+                     "generate_batch_tok_s": gb, "rl/static": ws / static, "rl/serialized": ws / serial,
+                     "rl/generate_batch": ws / gb if gb else None, "rl_ttft_ms": r["rewardloop (websocket)"]["ttft_ms"],
+                     "rl_tokens": r["rewardloop (websocket)"].get("tokens")})
+    print(f"\nsessions side by side: model={args.model} device={args.device} tokens={args.tokens} (greedy), "
+          f"threads={args.threads}; total generated tokens/s")
+    print(table(rows, ["sessions", "rewardloop_tok_s", "serialized_tok_s", "static_tok_s", "generate_batch_tok_s",
+                       "rl/static", "rl/serialized", "rl/generate_batch", "rl_ttft_ms"]))
+    for n, r in results.items():
+        if "error" in r["transformers generate_batch"]:
+            print(f"generate_batch at {n}: {r['transformers generate_batch']['error']}")
+    print(f"\nwrote {write_json('serving', {'args': vars(args), 'rows': rows, 'runs': results})}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random | a model folder")
@@ -154,12 +264,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--streams", type=int, default=8, help="concurrent streams for the batching comparison")
     ap.add_argument("--context", type=int, default=1000, help="prompt tokens of the long-prompt comparison")
-    ap.add_argument("--only", choices=["all", "turns", "burst"], default="all",
-                    help="turns: TTFT of turns 1..8 with/without the prefix cache; burst: 300 requests at once")
+    ap.add_argument("--only", choices=["sessions", "latency", "turns", "burst"], default="sessions",
+                    help="sessions: 1/4/16 sessions against serialized, static batched generate and generate_batch; "
+                         "latency: TTFT and decode rate against model.generate, batched vs one forward per stream; "
+                         "turns: TTFT of turns 1..8 with/without the prefix cache; burst: 300 requests at once")
+    ap.add_argument("--sessions", default="1,4,16", help="session counts of the sessions run")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the server and of this process's generate runs (sessions run)")
     ap.add_argument("--turns", type=int, default=8, help="turns of the multi-turn run")
     ap.add_argument("--burst", type=int, default=300, help="requests of the burst run")
     args = ap.parse_args()
-    if args.only != "all":
+    if args.only == "sessions":
+        return sessions_run(args)
+    if args.only != "latency":
         return extra_runs(args)
     from core.settings import Settings
     from tests.helpers import MODELS
@@ -199,7 +316,7 @@ def main() -> None:
                   "ttft_ms": b["ttft_ms"] / o["ttft_ms"]}]
     print(f"\n{args.streams} concurrent streams, total tokens/s and mean time to first token")
     print(table(conc, ["prompt", "engine", "tok_s", "ttft_ms", "wall_s"]))
-    path = write_json("serving", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct,
+    path = write_json("serving_latency", {"args": vars(args), "rows": rows, "websocket_runs": ws, "generate_runs": direct,
                                   "concurrent": conc})
     print(f"\nwrote {path}")
 

@@ -397,7 +397,8 @@ class Engine:
     def _sample_rows(self, seqs: list[_Sequence]) -> list[tuple[int, float, bool]]:
         logits = torch.stack([seq.next_logits for seq in seqs])                  # [B, V]
         toks, logprobs = sample_batch(logits, [s.request.params for s in seqs], [s.generator for s in seqs])
-        bad = (logits.isnan() | logits.isposinf()).any(-1)                       # [B]
+        top = logits.amax(-1)            # NaN if any is NaN, +inf if any is: one pass over [B, V], not three
+        bad = top.isnan() | top.isposinf()                                       # [B]
         host = torch.stack([toks.double(), logprobs.double(), bad.double()]).tolist()  # the round's one sync
         return [(int(t), lp, b > 0) for t, lp, b in zip(*host)]
 

@@ -272,6 +272,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the server and of this process's generate runs (sessions run)")
     ap.add_argument("--turns", type=int, default=8, help="turns of the multi-turn run")
+    ap.add_argument("--turn-fillers", type=int, default=4,
+                    help="filler paragraphs (~37 tokens each) in each turn of the multi-turn run")
     ap.add_argument("--burst", type=int, default=300, help="requests of the burst run")
     args = ap.parse_args()
     if args.only == "sessions":
@@ -328,7 +330,7 @@ def extra_runs(args) -> None:
                REWARDLOOP_MAX_MESSAGE_BYTES=65536, REWARDLOOP_CONTEXT_BUDGET=8192)
     out: dict = {"args": vars(args)}
     if args.only == "turns":
-        turn_text = FILLER * 2 + "What else?"          # ~100 tokens a turn + the reply
+        turn_text = FILLER * args.turn_fillers + "What else?"   # 4: ~155 tokens a turn + the reply: ~1.4k at turn 8
         rows = {}
         for mb in (512, 0):
             with live_server(args.model, REWARDLOOP_PREFIX_CACHE_MB=mb, **env) as (srv, _):

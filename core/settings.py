@@ -82,7 +82,8 @@ class Settings:
     max_batch: int = _help("REWARDLOOP_MAX_BATCH: most streams fed back in one batched decode step (1 = one "
                            "forward pass per stream).", 32)
     prefill_chunk: int = _help(
-        "REWARDLOOP_PREFILL_CHUNK: most prompt tokens fed in one forward pass. Other streams and adapter swaps "
+        "REWARDLOOP_PREFILL_CHUNK: prompt tokens fed in one forward pass (the last pass takes up to a quarter "
+        "chunk more rather than a pass of its own). Other streams and adapter swaps "
         "wait for that pass: 128 tokens is ~0.4 s at a 2k context on 2 CPU cores; 256 prefills ~10 % faster "
         "but stalls twice as long.", 128)
     max_queue: int = _help(

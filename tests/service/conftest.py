@@ -16,8 +16,11 @@ def xss_model(models_dir, tmp_path_factory):
     return train_parrot(models_dir, tmp_path_factory.mktemp("parrot") / "xss", XSS_REPLY)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # module scope: Playwright's sync API keeps an event loop running in this thread while it is
+    # open, so a browser held for the whole session breaks every later asyncio.run() (and a
+    # second sync_playwright) in other modules
     if not os.path.exists(CHROMIUM):
         pytest.skip("no /usr/bin/chromium: `make browser-deps` (or apt-get install chromium) enables browser tests")
     from playwright.sync_api import sync_playwright

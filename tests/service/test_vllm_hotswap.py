@@ -50,8 +50,9 @@ def dep(vllms, models_dir, redis_url, tmp_path_factory):
     data.mkdir()
     start, started = _factory(redis_url, tmp)
     urls = ",".join(v.url for v in vllms)
+    # long streams (1500 tokens): a swap must land while one is still streaming
     env = dict(REWARDLOOP_DATA_DIR=data, REWARDLOOP_ENGINE="vllm", REWARDLOOP_VLLM_URLS=urls,
-               REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=300, REWARDLOOP_CONTEXT_BUDGET=2048)
+               REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=1500, REWARDLOOP_CONTEXT_BUDGET=1800)
     servers = [start(prefix, **env), start(prefix, **env)]
     yield Deployment(servers, prefix, data, redis_url, tmp)
     for proc in started:

@@ -53,9 +53,10 @@ def wait_for(cond, timeout=30, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def wait_stable(servers, version):
+def wait_stable(servers, version, timeout=30):
     for s in servers:
-        wait_for(lambda s=s: status(s)["routing"]["stable"] == version, what=f"stable={version} on {s.url}")
+        wait_for(lambda s=s: status(s)["routing"]["stable"] == version, timeout,
+                 what=f"stable={version} on {s.url}")
 
 
 def ask_ids(server, user, text="hello", **extra) -> tuple[str, str]:

@@ -14,7 +14,9 @@ import pytest
 from tests.conftest import _factory
 from tests.helpers import ADMIN, REPO, Chat, base_env, http
 from tests.model_fixtures import publish_adapter, train_parrot_adapter
-from tests.service.test_hotswap import _nan
+from tests.service.test_hotswap import _nan, status
+from tests.service.test_hotswap import wait_for as _wait_for
+from tests.service.test_hotswap import wait_stable as _wait_stable
 from tests.service.vllm_support import TINY_ID, start_vllm, vllm_models, vllm_running
 from tests.worker.conftest import FAST, Procs
 
@@ -59,25 +61,15 @@ def dep(vllms, models_dir, redis_url, tmp_path_factory):
         proc.stop()
 
 
-def status(server) -> dict:
-    code, body = http("GET", server.url + "/admin/adapters", token=ADMIN)
-    assert code == 200, body
-    return body["server"]
+WAIT_S = 60  # two vLLM servers on two cores: swaps and unloads take longer than the local engine's
 
 
-def wait_for(cond, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(cond, timeout=WAIT_S, what="condition"):
+    return _wait_for(cond, timeout, what)
 
 
 def wait_stable(servers, version):
-    for s in servers:
-        wait_for(lambda s=s: status(s)["routing"]["stable"] == version, what=f"stable={version} on {s.url}")
+    _wait_stable(servers, version, WAIT_S)
 
 
 def ask(server, user, text="hello") -> tuple[str, str, str]:

@@ -121,8 +121,8 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
     from core.registry import RegistryError
     state = registry.state()
     watch = version_under_watch(state)
-    verdict = store.verdicts().get(watch.version, {}) if watch else {}
-    if watch is None or verdict.get("alarm") or (not new_rewards and verdict.get("parent") == watch.parent):
+    prior = store.verdicts().get(watch.version, {}) if watch else {}
+    if watch is None or prior.get("alarm") or (not new_rewards and prior.get("parent") == watch.parent):
         return None
     result = compare_versions(store.version_rewards(watch.parent), store.version_rewards(watch.version),
                               min_samples=settings.drift_min_samples, alpha=settings.drift_alpha,
@@ -132,7 +132,7 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
                "reason": result.evidence.get("reason"), "message": result.message,
                "child_n": result.evidence["child"]["n"], "parent_n": result.evidence["parent"]["n"]}
     if not result.alarm:
-        check_style(store, watch, result, settings, now, verdict)
+        check_style(store, watch, result, settings, now, verdict, raised_before=bool(prior.get("style_alarm")))
         why = promote_reason(watch, result, settings.drift_min_samples) if settings.canary_policy == "promote" else None
         if why and not verdict.get("style_alarm"):   # a suspected hacked signal is for a person to judge
             try:
@@ -166,10 +166,12 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
     return alarm
 
 
-def check_style(store: OpsStore, watch, result, settings: Settings, now: float, verdict: dict) -> dict | None:
+def check_style(store: OpsStore, watch, result, settings: Settings, now: float, verdict: dict,
+                raised_before: bool = False) -> dict | None:
     """A reward-hacking alarm (alert only) when the version's style drifted beyond its band
-    while its reward rose above its parent's; raised once per version."""
-    if verdict.get("style_alarm") or store.verdicts().get(watch.version, {}).get("style_alarm"):
+    while its reward rose above its parent's; raised once per version (raised_before: the
+    stored verdict says it was)."""
+    if raised_before:
         verdict["style_alarm"] = True
         return None
     per_version = series.by_version(store.totals())

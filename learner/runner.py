@@ -19,7 +19,7 @@ import redis
 from core.keys import Keys
 from core.redis_conn import RELEASE_LOCK, connect
 from core.registry import Registry, RegistryError
-from core.settings import Settings
+from core.settings import LearnerSettings
 from learner import gate
 from learner.config import TrainConfig, load_train_config
 from learner.dataset import build_dataset
@@ -82,7 +82,7 @@ def held(r: redis.Redis, keys: Keys) -> bool:
     return bool(r.exists(keys.learn_lock))
 
 
-def run_once(settings: Settings, cfg: TrainConfig | None = None, reward_cfg: RewardConfig | None = None,
+def run_once(settings: LearnerSettings, cfg: TrainConfig | None = None, reward_cfg: RewardConfig | None = None,
              dry_run: bool = False, progress: bool = True, by: str = "learner",
              on_trained=None) -> RunResult:
     """One learner run. `on_trained(model)` is called between training and the gate (diagnostics

@@ -14,14 +14,14 @@ from celery import shared_task
 
 from core.keys import Keys
 from core.redis_conn import connect
-from core.settings import Settings
+from core.settings import LearnerSettings
 from learner import dataset, runner
 from worker import context
 
 log = logging.getLogger(__name__)
 
 
-def check_and_train(settings: Settings, **run_kwargs) -> dict:
+def check_and_train(settings: LearnerSettings, **run_kwargs) -> dict:
     """{'state': waiting|busy|published|rejected|skipped|lost_lock, ...}"""
     keys = Keys(settings.prefix)
     r = connect(settings.redis_url)
@@ -39,9 +39,11 @@ def check_and_train(settings: Settings, **run_kwargs) -> dict:
     return {"state": result.state, "version": result.version, "reason": result.reason}
 
 
-def _settings() -> Settings:
-    """The settings the worker entry point bound, else the environment's."""
-    return context.settings() or Settings.from_env()
+def _settings() -> LearnerSettings:
+    """The settings the worker entry point bound (a worker of `learn` binds LearnerWorkerSettings),
+    else the environment's."""
+    bound = context.settings()
+    return bound if isinstance(bound, LearnerSettings) else LearnerSettings.from_env()
 
 
 # queue `learn` comes from worker.queues.ROUTES; no autoretry: a failed run changes nothing

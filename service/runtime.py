@@ -1,4 +1,4 @@
-"""Wiring: from a Settings object to the live parts of a server process."""
+"""Wiring: from a ServerSettings object to the live parts of a server process."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +16,7 @@ from core.keys import Keys
 from core.modeling import LoadedModel, load_model
 from core.redis_conn import connect, connect_async
 from core.registry import Registry
-from core.settings import Settings
+from core.settings import ServerSettings
 from service.engine.core import Engine
 from service.serving.chat import ChatService
 from service.serving.feedback import FeedbackService
@@ -30,7 +30,7 @@ class RedisUnavailable(RuntimeError):
     pass
 
 
-def ensure_secret(settings: Settings) -> str:
+def ensure_secret(settings: ServerSettings) -> str:
     """REWARDLOOP_SECRET, or one generated once into DATA_DIR/secret (mode 600)."""
     if settings.secret:
         return settings.secret
@@ -64,7 +64,7 @@ def check_redis(url: str, timeout: float = 3.0) -> None:
 
 @dataclass
 class Runtime:
-    settings: Settings
+    settings: ServerSettings
     redis_url: str
     secret: str
     keys: Keys
@@ -92,7 +92,7 @@ class Runtime:
         return self._registry
 
     @classmethod
-    def create(cls, settings: Settings, redis_url: str) -> Runtime:
+    def create(cls, settings: ServerSettings, redis_url: str) -> Runtime:
         return cls(settings, redis_url, ensure_secret(settings), Keys(settings.prefix))
 
     def start(self) -> None:

@@ -28,3 +28,52 @@ def test_the_import_contracts_hold():
     out = subprocess.run([str(exe) if exe.exists() else "lint-imports", "--no-cache"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:]
+
+
+# Which process's settings class each part of the code receives (core/settings.py). The longest
+# matching path prefix wins; a module may read only the fields of its class (and its bases).
+PROCESS_OF = {"core": "CommonSettings", "service/devtools": "CommonSettings", "service/cli/dev.py": "CommonSettings",
+              "service": "ServerSettings", "service/cli": "Settings", "service/cli/worker.py": "WorkerSettings",
+              "service/cli/ops.py": "WorkerSettings", "service/cli/learner.py": "LearnerSettings",
+              "worker": "WorkerSettings", "learner": "LearnerSettings"}
+
+
+def _settings_reads(path: Path) -> set[str]:
+    """Attributes read on a name that holds settings (`settings.x`, `self.settings.x`, `rt.settings.x`)."""
+    import ast
+    reads = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            holder = node.value
+            name = holder.id if isinstance(holder, ast.Name) else getattr(holder, "attr", "")
+            if name in ("settings", "_settings"):
+                reads.add(node.attr)
+    return reads
+
+
+def test_each_module_reads_only_its_processs_settings():
+    import dataclasses
+
+    import core.settings as st
+    allowed = {}
+    for name in set(PROCESS_OF.values()):
+        klass = getattr(st, name)
+        allowed[name] = {f.name for f in dataclasses.fields(klass)} | {
+            a for c in klass.__mro__ for a, v in vars(c).items() if isinstance(v, property) or callable(v)}
+    wrong = {}
+    for pkg in PACKAGES:
+        for p in (REPO / pkg).rglob("*.py"):
+            rel = str(p.relative_to(REPO))
+            owner = max((k for k in PROCESS_OF if rel == k or rel.startswith(k + "/")), key=len)
+            outside = sorted(a for a in _settings_reads(p) - allowed[PROCESS_OF[owner]] if not a.startswith("__"))
+            if outside:
+                wrong[rel] = (PROCESS_OF[owner], outside)
+    assert wrong == {}, f"these modules read settings their process does not have (move the field): {wrong}"
+
+
+def test_the_process_settings_split_the_fields_between_them():
+    import dataclasses
+
+    from core.settings import PROCESS_CLASSES, Settings, own_fields
+    owned = [f.name for c in PROCESS_CLASSES for f in own_fields(c)]
+    assert sorted(owned) == sorted(f.name for f in dataclasses.fields(Settings))  # each field has one owner

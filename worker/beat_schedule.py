@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from core.settings import Settings
+from core.settings import WorkerSettings
 
 
-def build_schedule(settings: Settings) -> dict:
+def build_schedule(settings: WorkerSettings) -> dict:
     def every(seconds: float, task: str) -> dict:
         return {"task": task, "schedule": timedelta(seconds=seconds), "options": {"expires": max(2 * seconds, 5.0)}}
 

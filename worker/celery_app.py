@@ -14,7 +14,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
-from core.settings import Settings
+from core.settings import WorkerSettings
 from worker import context, queues
 from worker.beat_schedule import build_schedule
 from worker.rewards.config import load_reward_config
@@ -29,7 +29,7 @@ LEARNER_TASKS = "learner.tasks"  # torch: imported only by workers that consume 
 app = Celery("rewardloop")
 
 
-def configure(settings: Settings, learner_tasks: bool = True, consume_events: bool = False) -> Celery:
+def configure(settings: WorkerSettings, learner_tasks: bool = True, consume_events: bool = False) -> Celery:
     """Bind `app` to this deployment. Call once, at the entry point, before starting anything.
     learner_tasks=False leaves learner.tasks out (torch, seconds to import): beat only sends by
     name, and a worker that does not consume the `learn` queue never runs them.

@@ -11,16 +11,16 @@ import os
 from dataclasses import dataclass
 
 from core.keys import Keys
-from core.settings import Settings
+from core.settings import WorkerSettings
 from worker.rewards.config import RewardConfig, load_reward_config
 
 log = logging.getLogger(__name__)
 
-_settings: Settings | None = None
+_settings: WorkerSettings | None = None
 _consume_events = False
 
 
-def bind(settings: Settings, consume_events: bool = False) -> None:
+def bind(settings: WorkerSettings, consume_events: bool = False) -> None:
     """Called once by the entry point (worker/celery_app.configure). consume_events: this is a
     worker of the `rewards` queue, whose every process runs an event consumer."""
     global _settings, _runtime, _consume_events
@@ -29,14 +29,14 @@ def bind(settings: Settings, consume_events: bool = False) -> None:
     _consume_events = consume_events
 
 
-def settings() -> Settings | None:
+def settings() -> WorkerSettings | None:
     return _settings
 
 
 @dataclass
 class Runtime:
     """Built once per worker process (after the fork)."""
-    settings: Settings
+    settings: WorkerSettings
     cfg: RewardConfig
     keys: Keys
     ledger: object  # RewardLedger (imported lazily: importing this module opens no connection)

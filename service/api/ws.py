@@ -19,7 +19,7 @@ import time
 from fastapi import WebSocket, WebSocketDisconnect
 from redis.exceptions import RedisError
 
-from core.settings import Settings
+from core.settings import ServerSettings
 from service.engine.core import EndEvent, QueuedEvent
 from service.serving.auth import TokenError, User, verify_token
 from service.serving.chat import ChatService, Overloaded, ReplyPlan, TurnRefused
@@ -57,7 +57,7 @@ class State(enum.Enum):
 
 
 class ChatConnection:
-    def __init__(self, ws: WebSocket, chat: ChatService, feedback: FeedbackService, settings: Settings, secret: str):
+    def __init__(self, ws: WebSocket, chat: ChatService, feedback: FeedbackService, settings: ServerSettings, secret: str):
         self.ws, self.chat, self.feedback, self.settings, self.secret = ws, chat, feedback, settings, secret
         self.state = State.AWAIT_HELLO
         self.user: User | None = None

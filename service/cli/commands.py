@@ -7,14 +7,14 @@ import platform
 import sys
 import time
 
-from core.settings import Settings
+from core.settings import CommonSettings, ServerSettings, Settings
 from service.cli.up import add_up_flags, cmd_up  # noqa: F401 (add_up_flags: main.py's parser)
 
 log = logging.getLogger("rewardloop")
 
 
 @contextlib.contextmanager
-def redis_for(settings: Settings):
+def redis_for(settings: CommonSettings):
     """Yield a Redis URL: REWARDLOOP_REDIS_URL, or an embedded server stopped on exit."""
     if settings.redis_url:
         yield settings.redis_url
@@ -31,7 +31,7 @@ def redis_for(settings: Settings):
         server.stop()
 
 
-def cmd_serve(args, settings: Settings) -> int:
+def cmd_serve(args, settings: ServerSettings) -> int:
     import uvicorn
 
     from service.app import create_app
@@ -53,7 +53,7 @@ def cmd_serve(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_token(args, settings: Settings) -> int:
+def cmd_token(args, settings: ServerSettings) -> int:
     from service.runtime import ensure_secret
     from service.serving.auth import create_token
     print(create_token(ensure_secret(settings), args.user, args.ttl or settings.token_ttl_s, opt_out=args.opt_out))

@@ -9,9 +9,9 @@ import sys
 import time
 
 from core.redis_conn import connect
-from core.settings import Settings
+from core.settings import CommonSettings
+from service.cli.common import require_redis
 
-NO_REDIS = "set REWARDLOOP_REDIS_URL to the deployment's Redis (`rewardloop up` prints it)"
 TIME_HELP = "epoch seconds, an age like 30m / 2h / 7d, or an ISO date/time like 2026-11-28T10:00 (UTC)"
 
 
@@ -116,17 +116,10 @@ def register(sub, fmt) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------
-def _log(settings: Settings):
+def _log(settings: CommonSettings):
     from core.keys import Keys
     from service.devtools.sessions import SessionLog
     return SessionLog(connect(settings.redis_url), Keys(settings.prefix))
-
-
-def _need_redis(settings: Settings, command: str) -> bool:
-    if not settings.redis_url:
-        print(f"rewardloop {command}: {NO_REDIS}", file=sys.stderr)
-        return False
-    return True
 
 
 def _clock(ts) -> str:
@@ -156,8 +149,8 @@ def _missing(ident: str, command: str) -> int:
 
 
 # --- sessions ------------------------------------------------------------------------------
-def cmd_sessions(args, settings: Settings) -> int:
-    if not _need_redis(settings, f"sessions {args.sessions_command}"):
+def cmd_sessions(args, settings: CommonSettings) -> int:
+    if not require_redis(settings, f"sessions {args.sessions_command}"):
         return 2
     log = _log(settings)
     if args.sessions_command == "list":
@@ -234,15 +227,15 @@ def _export(log, args) -> int:
 
 
 # --- replay and evaluate -----------------------------------------------------------------
-def _registry_state(settings: Settings) -> dict:
+def _registry_state(settings: CommonSettings) -> dict:
     from core.keys import Keys
     from core.registry import Registry
     return Registry(connect(settings.redis_url), Keys(settings.prefix),
                     settings.data_dir).state()
 
 
-def cmd_replay(args, settings: Settings) -> int:
-    if not _need_redis(settings, "replay"):
+def cmd_replay(args, settings: CommonSettings) -> int:
+    if not require_redis(settings, "replay"):
         return 2
     log = _log(settings)
     sid = _session_id(log, args.session_id)
@@ -270,7 +263,7 @@ def cmd_replay(args, settings: Settings) -> int:
     return 0
 
 
-def _replay(args, settings: Settings, session: dict, out: dict) -> int:
+def _replay(args, settings: CommonSettings, session: dict, out: dict) -> int:
     from service.devtools.offline_model import OfflineModel, VersionUnavailable, resolve_version
     from service.devtools.replay import replay_session
     try:
@@ -311,7 +304,7 @@ def _print_replay(out: dict) -> None:
             print(f"    {line}")
 
 
-def cmd_reward_model(args, settings: Settings) -> int:
+def cmd_reward_model(args, settings: CommonSettings) -> int:
     from learner.reward_model import RewardModel
     rm = RewardModel.load(settings.data_dir)
     if rm is None:
@@ -336,10 +329,10 @@ def cmd_reward_model(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_evaluate(args, settings: Settings) -> int:
+def cmd_evaluate(args, settings: CommonSettings) -> int:
     if args.reward_model:
         return cmd_reward_model(args, settings)
-    if not _need_redis(settings, "evaluate"):
+    if not require_redis(settings, "evaluate"):
         return 2
     from service.devtools.evaluate import evaluate_version
     from service.devtools.offline_model import OfflineModel, VersionUnavailable, resolve_version
@@ -367,8 +360,8 @@ def cmd_evaluate(args, settings: Settings) -> int:
 
 
 # --- users -------------------------------------------------------------------------------
-def cmd_users(args, settings: Settings) -> int:
-    if not _need_redis(settings, f"users {args.users_command}"):
+def cmd_users(args, settings: CommonSettings) -> int:
+    if not require_redis(settings, f"users {args.users_command}"):
         return 2
     from core.keys import Keys
     from service.devtools.privacy import forget_user, opt_out

@@ -9,6 +9,7 @@ import time
 
 from core import versions
 from core.redis_conn import connect
+from core.settings import LearnerSettings
 
 TRAIN_HELP = """\
 Run the learner once: take the final rewards not used yet, train a LoRA adapter (continuing
@@ -72,7 +73,7 @@ def _with_redis(settings, fn):
         return fn(dataclasses.replace(settings, redis_url=url))
 
 
-def cmd_train(args, settings) -> int:
+def cmd_train(args, settings: LearnerSettings) -> int:
     from learner.config import load_train_config
     from learner.runner import run_once
     if args.model:
@@ -104,7 +105,7 @@ def _who() -> str:
         return "cli"
 
 
-def cmd_adapters(args, settings) -> int:
+def cmd_adapters(args, settings: LearnerSettings) -> int:
     return _with_redis(settings, lambda s: _adapters(args, s))
 
 

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from core.settings import Settings, env_help
+from core.settings import CommonSettings, LearnerSettings, LearnerWorkerSettings, ServerSettings, Settings, WorkerSettings, env_help
 from service.cli import commands, dev, learner, ops, worker
 
 # The subcommand table: each module registers its subparsers and maps names to handlers.
@@ -14,9 +14,23 @@ PARTS = (worker, learner, dev, ops)
 HANDLERS = {**commands.COMMANDS, **{k: v for part in PARTS for k, v in part.HANDLERS.items()}}
 
 
-def _settings(args) -> Settings:
+
+# The settings class each subcommand's process reads (core/settings.py): a process sees only the
+# fields it uses. `up` and `doctor` start or check every part, so they read them all.
+SETTINGS = {"up": Settings, "doctor": Settings, "serve": ServerSettings, "token": ServerSettings,
+            "worker": worker.settings_class, "beat": WorkerSettings, "rewards": WorkerSettings, "drift": WorkerSettings,
+            "train": LearnerSettings, "adapters": LearnerSettings,
+            "sessions": CommonSettings, "replay": CommonSettings, "evaluate": CommonSettings, "users": CommonSettings}
+
+
+def settings_class(args) -> type:
+    klass = SETTINGS[args.command]
+    return klass if isinstance(klass, type) else klass(args)
+
+
+def _settings(args) -> CommonSettings:
     try:
-        return Settings.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None),
+        return settings_class(args).from_env(host=getattr(args, "host", None), port=getattr(args, "port", None),
                                  model=getattr(args, "model", None))
     except ValueError as exc:
         sys.exit(f"rewardloop: bad setting: {exc}")
@@ -44,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-worker", action="store_true", help="do not start the Celery workers and beat")
     commands.add_up_flags(p)
 
-    p = sub.add_parser("serve", help="run the HTTP/websocket server", formatter_class=fmt, epilog=env_help(),
+    p = sub.add_parser("serve", help="run the HTTP/websocket server", formatter_class=fmt,
+                       epilog=env_help(ServerSettings),
                        description="Serve the chat page, /ws/chat, the OpenAI-compatible API and /metrics.")
     _add_server_flags(p)
 
@@ -64,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for part in PARTS:
         part.register(sub, fmt)
+    for name, klass in SETTINGS.items():  # each command's --help lists the variables its process reads
+        p = sub.choices[name]
+        if p.epilog is None:
+            p.epilog, p.formatter_class = env_help(klass if isinstance(klass, type) else LearnerWorkerSettings), fmt
     return parser
 
 

@@ -6,7 +6,8 @@ import sys
 import time
 
 from core.redis_conn import connect
-from core.settings import Settings
+from core.settings import WorkerSettings
+from service.cli.common import require_redis
 from worker.ops import series
 
 
@@ -51,9 +52,8 @@ def render(state: dict, minutes: int) -> str:
     return "\n".join(lines)
 
 
-def cmd_drift(args, settings: Settings) -> int:
-    if not settings.redis_url:
-        print("rewardloop drift: set REWARDLOOP_REDIS_URL, or use `rewardloop up`, which sets it", file=sys.stderr)
+def cmd_drift(args, settings: WorkerSettings) -> int:
+    if not require_redis(settings, "drift"):
         return 2
     if args.minutes < 1:
         print(f"rewardloop drift: --minutes must be >= 1, got {args.minutes}", file=sys.stderr)

@@ -9,10 +9,9 @@ import sys
 import time
 
 from core.redis_conn import connect
-from core.settings import Settings
+from core.settings import LearnerWorkerSettings, WorkerSettings
+from service.cli.common import require_redis
 from worker import queues
-
-NO_REDIS = "set REWARDLOOP_REDIS_URL, or use `rewardloop up`, which sets it"
 
 
 def register(sub, fmt) -> None:
@@ -59,15 +58,13 @@ def _queues(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _require_redis(settings: Settings, command: str) -> bool:
-    if not settings.redis_url:
-        print(f"rewardloop {command}: {NO_REDIS}", file=sys.stderr)
-        return False
-    return True
+def settings_class(args) -> type:
+    """A worker that consumes `learn` runs learner tasks beside reward tasks: it reads both's settings."""
+    return LearnerWorkerSettings if queues.LEARN in args.queues.split(",") else WorkerSettings
 
 
-def cmd_worker(args, settings: Settings) -> int:
-    if not _require_redis(settings, "worker"):
+def cmd_worker(args, settings: WorkerSettings) -> int:
+    if not require_redis(settings, "worker"):
         return 2
     if args.concurrency < 1:
         print(f"rewardloop worker: --concurrency must be >= 1, got {args.concurrency}", file=sys.stderr)
@@ -83,8 +80,8 @@ def cmd_worker(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_beat(args, settings: Settings) -> int:
-    if not _require_redis(settings, "beat"):
+def cmd_beat(args, settings: WorkerSettings) -> int:
+    if not require_redis(settings, "beat"):
         return 2
     from worker.celery_app import configure
     from worker.leader import LeaderScheduler
@@ -104,8 +101,8 @@ def _signal_line(s: dict) -> str:
     return f"  {_clock(str(s['ts']))}  {s['kind']}{value}{extra}  ({s.get('event_id', '')})"
 
 
-def cmd_rewards(args, settings: Settings) -> int:
-    if not _require_redis(settings, f"rewards {args.rewards_command}"):
+def cmd_rewards(args, settings: WorkerSettings) -> int:
+    if not require_redis(settings, f"rewards {args.rewards_command}"):
         return 2
     from core.keys import Keys
     from worker.rewards.ledger import RewardLedger
@@ -144,7 +141,7 @@ def _consumers(ledger, check: bool, max_idle_s: float) -> int:
     return 0
 
 
-def _show(ledger, settings: Settings, reply_id: str, as_json: bool) -> int:
+def _show(ledger, settings: WorkerSettings, reply_id: str, as_json: bool) -> int:
     entry = ledger.entry(reply_id)
     if not entry:
         known = "the reply exists but no worker has seen it yet" if ledger.reply(reply_id) else "no such reply"
@@ -182,7 +179,7 @@ def _show(ledger, settings: Settings, reply_id: str, as_json: bool) -> int:
     return 0
 
 
-def _provisional(ledger, settings: Settings, reply_id: str, signals: list[dict]) -> list[str]:
+def _provisional(ledger, settings: WorkerSettings, reply_id: str, signals: list[dict]) -> list[str]:
     from worker.rewards.config import load_reward_config
     from worker.rewards.function import compute_reward
     from worker.rewards.signals import reply_facts

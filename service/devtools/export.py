@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
+from worker.rewards.pairs import PreferencePair, preference_pairs
+
 FORMATS = ("jsonl", "sft", "kto", "dpo")
 GOOD_FINISH = ("stop", "length")
 
@@ -68,21 +70,19 @@ def kto_rows(session: dict, meta: bool = False) -> Iterator[dict]:
         yield {**row, **_meta(rep)} if meta else row
 
 
-def preference_pairs(session: dict) -> list[tuple[str, str, str]]:
-    """[(chosen_id, rejected_id, source)] from choose events and the pairs stream, deduplicated."""
-    found: dict[tuple[str, str], str] = {}
-    for rep in session["replies"]:
-        for ev in rep.get("events", []):
-            if ev["kind"] == "choose" and ev.get("role") != "rejected" and isinstance(ev.get("value"), str):
-                found.setdefault((rep["reply_id"], ev["value"]), "choose")
-    for p in session.get("pairs", []):
-        found.setdefault((p["chosen_id"], p["rejected_id"]), p.get("source", ""))
-    return [(c, r, s) for (c, r), s in found.items()]
+def session_pairs(session: dict) -> list[PreferencePair]:
+    """The session's preference pairs: its choose events and the pairs stream the reward worker
+    wrote, one pair per two replies (worker/rewards/pairs.py owns the rule)."""
+    choices = [(rep["reply_id"], ev["value"]) for rep in session["replies"] for ev in rep.get("events", [])
+               if ev["kind"] == "choose" and ev.get("role") != "rejected" and isinstance(ev.get("value"), str)]
+    stored = [(p["chosen_id"], p["rejected_id"], p.get("source", "")) for p in session.get("pairs", [])]
+    return preference_pairs(choices=choices, derived=stored)
 
 
 def dpo_rows(session: dict, meta: bool = False) -> Iterator[dict]:
     by_id = {rep["reply_id"]: rep for rep in session["replies"]}
-    for chosen_id, rejected_id, source in preference_pairs(session):
+    for pair in session_pairs(session):
+        chosen_id, rejected_id, source = pair.chosen_id, pair.rejected_id, pair.source
         c, r = by_id.get(chosen_id), by_id.get(rejected_id)
         if c is None or r is None or not (_usable(c) and _usable(r)):
             continue

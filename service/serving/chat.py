@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from core.sampling import SamplingParams
-from core.settings import Settings
+from core.settings import ServerSettings
 from service.engine.core import EndEvent, Engine, EngineBusy, GenerationRequest, QueuedEvent, TextTail, TokenEvent
 from service.serving.auth import User
 from service.serving.prompting import Prompt, build_prompt, fit_messages
@@ -77,7 +77,7 @@ class ReplyResult:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, store: ChatStore, tokenizer, settings: Settings, model_id: str,
+    def __init__(self, engine: Engine, store: ChatStore, tokenizer, settings: ServerSettings, model_id: str,
                  watcher=None, metrics=None):
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
         self.watcher, self.metrics = watcher, metrics

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from service.cli import worker as cli
+from service.cli.common import NO_REDIS
 from service.cli.main import build_parser
 from tests.helpers import REPO
 
@@ -22,7 +23,7 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 def test_worker_and_beat_need_a_redis_url(command):
     out = run(command)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1] == f"rewardloop {command}: {cli.NO_REDIS}"
+    assert out.stderr.strip().splitlines()[-1] == f"rewardloop {command}: {NO_REDIS}"
 
 
 def test_help_and_up_commands():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from core.settings import Settings
+from core.settings import WorkerSettings
 from worker.ops import alerts, series, style
 from worker.ops.compare import compare_versions
 from worker.ops.policy import promote_reason, rollback_reason, run_detectors, version_under_watch
@@ -113,7 +113,7 @@ def fold(store: OpsStore, now: float, batch: int = BATCH, max_batches: int = MAX
     return total
 
 
-def check_versions(store: OpsStore, registry, settings: Settings, now: float, new_rewards: bool = True
+def check_versions(store: OpsStore, registry, settings: WorkerSettings, now: float, new_rewards: bool = True
                    ) -> dict | None:
     """Compare the version under watch with its parent; act on a significant drop. Returns the
     alarm it raised (None: nothing under watch, already judged, or no significant drop).
@@ -166,7 +166,7 @@ def check_versions(store: OpsStore, registry, settings: Settings, now: float, ne
     return alarm
 
 
-def check_style(store: OpsStore, watch, result, settings: Settings, now: float, verdict: dict,
+def check_style(store: OpsStore, watch, result, settings: WorkerSettings, now: float, verdict: dict,
                 raised_before: bool = False) -> dict | None:
     """A reward-hacking alarm (alert only) when the version's style drifted beyond its band
     while its reward rose above its parent's; raised once per version (raised_before: the
@@ -192,7 +192,7 @@ def check_style(store: OpsStore, watch, result, settings: Settings, now: float, 
     return alarm
 
 
-def ops_tick(store: OpsStore, registry, settings: Settings, now: float | None = None) -> dict:
+def ops_tick(store: OpsStore, registry, settings: WorkerSettings, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     res = fold(store, now)
     for alarm in res.alarms:
@@ -203,5 +203,5 @@ def ops_tick(store: OpsStore, registry, settings: Settings, now: float | None = 
             "rollback": (version_alarm or {}).get("action")}
 
 
-def store_for(client: redis.Redis, settings: Settings, keys) -> OpsStore:
+def store_for(client: redis.Redis, settings: WorkerSettings, keys) -> OpsStore:
     return OpsStore(client, keys, settings.ops_minute_retention_s, settings.ops_hour_retention_s)

@@ -47,12 +47,14 @@ def preference_pairs(
     choices: Iterable[tuple[str, str]] = (),
     regenerations: Iterable[tuple[str, str]] = (),
     kept: Collection[str] = frozenset(),
+    derived: Iterable[tuple[str, str, str]] = (),
 ) -> list[PreferencePair]:
     """Preference pairs for DPO, all for a shared prompt.
 
     choices:        (chosen_id, rejected_id) from choose events (see choices_from_outcome);
     regenerations:  (old_id, new_id), new_id replaced old_id;
-    kept:           reply ids the user kept (see is_kept).
+    kept:           reply ids the user kept (see is_kept);
+    derived:        (chosen_id, rejected_id, source) pairs derived before (the stored pairs stream).
     A regeneration gives (chosen=new, rejected=old) only when new is kept. Pairs are unique;
     when two sources disagree about the same two replies, the first (choose) wins.
     """
@@ -70,4 +72,6 @@ def preference_pairs(
     for old, new in regenerations:
         if new in kept:
             add(new, old, "regenerate")
+    for chosen, rejected, source in derived:
+        add(chosen, rejected, source)
     return pairs

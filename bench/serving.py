@@ -8,9 +8,12 @@ transformers' `generate_batch`; total tokens/s and ratios -> bench/results/servi
 decode steps against one forward pass per stream (short and ~1k-token prompts).
 --only turns: TTFT of turns 1..8 of one growing session with and without the prefix cache.
 --only burst: N sessions connect and ask at once (admission control).
+--engine vllm: rewardloop over vLLM against vLLM alone, publish -> live, the bf16/fp32 log-prob
+gap (bench/serving_vllm.py; its flags follow, see `--engine vllm --help`).
 
     python bench/serving.py [--model smollm2] [--tokens 64] [--sessions 1,4,16] [--device cpu]
                             [--only sessions|latency|turns|burst]
+    python bench/serving.py --engine vllm [--sessions 16] [--tokens 64] [--vllm-servers 1]
 """
 from __future__ import annotations
 
@@ -257,7 +260,15 @@ def sessions_run(args) -> None:
 
 
 def main() -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--engine", choices=["local", "vllm"], default="local")
+    engine, rest = pre.parse_known_args()
+    if engine.engine == "vllm":   # the same sessions over vLLM: a run of its own, with its own flags
+        import serving_vllm
+        return serving_vllm.main(rest)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=["local", "vllm"], default="local",
+                    help="local: the built-in engine (this run); vllm: bench/serving_vllm.py's run")
     ap.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny-random | a model folder")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement")

@@ -120,7 +120,8 @@ def vllm_for_up(settings, engine: str, env: dict):
     folder, model_id = resolve_model_path(settings.model, settings.models_dir)
     python = vllm_python(settings.vllm_python)
     cmd = vllm_command(python, folder, settings.vllm_port, model_id, max_loras=settings.max_resident + 1,
-                       max_lora_rank=settings.vllm_max_lora_rank, host="127.0.0.1")
+                       max_lora_rank=settings.vllm_max_lora_rank, host="127.0.0.1",
+                       max_model_len=settings.context_budget)  # the longest prompt + reply a server sends
     print("rewardloop up: starting vLLM:", " ".join(cmd), flush=True)
     child = VllmProcess(cmd, vllm_env(python), settings.vllm_port).start()
     try:

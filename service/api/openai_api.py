@@ -207,11 +207,15 @@ async def _respond(runtime, body: SamplingFields, plans: list[ReplyPlan], shape)
     return openai_stream.body(shape, model, plans, cands, int(time.time()))
 
 
+def _check_stream_options(body) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "bad_value", "stream_options needs stream=true", "stream_options")
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, 200: SSE_DOC})
 async def chat_completions(body: ChatCompletionRequest, request: Request, user: ReadyUser):
     runtime = request.app.state.runtime
-    if body.stream_options is not None and not body.stream:
-        raise ApiError(400, "bad_value", "stream_options needs stream=true", "stream_options")
+    _check_stream_options(body)
     plans = await _chat_plans(runtime, user, body)
     return await _respond(runtime, body, plans, openai_stream.ChatShape(runtime.loaded.tokenizer, bool(body.logprobs)))
 
@@ -219,8 +223,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, user: 
 @router.post("/v1/completions", response_model=TextCompletion, responses={**ERRORS, 200: SSE_DOC})
 async def completions(body: CompletionRequest, request: Request, user: ReadyUser):
     runtime = request.app.state.runtime
-    if body.stream_options is not None and not body.stream:
-        raise ApiError(400, "bad_value", "stream_options needs stream=true", "stream_options")
+    _check_stream_options(body)
     plans = await _completion_plans(runtime, user, body)
     shape = openai_stream.CompletionShape(runtime.loaded.tokenizer, body.logprobs is not None)
     return await _respond(runtime, body, plans, shape)

@@ -72,6 +72,12 @@ class TrainConfig:
     reward_model_min_auroc: float = _f(0.6, "The reward model is used only when its held-out AUROC on 'liked' is "
                                             "at least this (0.5 = chance).")
     kto_beta: float = _f(0.1, "KTO beta (used when losses.kto > 0).")
+    kto_labels: str = _f("sign", "KTO's desirable label: 'sign' = reward > 0 (TRL's thumbs); 'baseline' = reward "
+                         "above the run's policy-gradient baseline (pg_baseline), so a population that is mostly "
+                         "displeased still has desirable replies to move towards.")
+    kto_balance: bool = _f(False, "Weigh KTO's desirable and undesirable replies so that each class counts half "
+                                  "of the run (TRL's desirable_weight/undesirable_weight): with 80 % undesirable "
+                                  "replies, plain KTO mostly pushes every reply down.")
     dpo_beta: float = _f(0.1, "DPO beta (used when losses.dpo > 0).")
     sft_threshold: float = _f(0.5, "Replies with reward >= this are imitated by the SFT term.")
     pg_baseline: str = _f("batch", "Policy-gradient baseline: 'batch' = the run's mean reward (a small run of "
@@ -126,6 +132,10 @@ class TrainConfig:
             raise _bad("TrainConfig", "pg_baseline", self.pg_baseline, "'batch', 'running' or 'zero'")
         if self.adv_scale not in ("minibatch", "run"):
             raise _bad("TrainConfig", "adv_scale", self.adv_scale, "'minibatch' or 'run'")
+        if self.kto_labels not in ("sign", "baseline"):
+            raise _bad("TrainConfig", "kto_labels", self.kto_labels, "'sign' or 'baseline'")
+        if not isinstance(self.kto_balance, bool):
+            raise _bad("TrainConfig", "kto_balance", self.kto_balance, "true or false")
         if self.pg_reduce not in ("token", "reply"):
             raise _bad("TrainConfig", "pg_reduce", self.pg_reduce, "'token' or 'reply'")
         if self.baseline_window < 0:

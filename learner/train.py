@@ -173,6 +173,17 @@ def pg_baseline(cfg: TrainConfig, rewards: list[float], lineage: tuple[float, fl
     return baseline, {"lineage_reward_mean": running, "lineage_reward_count": n}
 
 
+def kto_labelling(cfg: TrainConfig, rewards: list[float], baseline: float) -> tuple[float, tuple[float, float]]:
+    """KTO's label cut (a reply is desirable when its reward is above it) and the (desirable,
+    undesirable) weights, for the whole run: with kto_balance each class weighs half the run."""
+    cut = baseline if cfg.kto_labels == "baseline" else 0.0
+    n_d = sum(r > cut for r in rewards)
+    n_u = len(rewards) - n_d
+    if not cfg.kto_balance or n_d == 0 or n_u == 0:
+        return cut, (1.0, 1.0)
+    return cut, (len(rewards) / (2 * n_d), len(rewards) / (2 * n_u))
+
+
 def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
           progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None) -> dict:
     """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats.
@@ -186,6 +197,7 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     baseline, running = pg_baseline(cfg, [s.reward for s in data.train], lineage)
     run_scale = math.sqrt(sum((s.reward - baseline) ** 2 for s in data.train) / len(data.train))
+    kto_cut, kto_weights = kto_labelling(cfg, [s.reward for s in data.train], baseline)
     n_batches = math.ceil(len(data.train) / cfg.minibatch_size)
     stats: dict = {"steps": 0, "baseline": baseline, "run_adv_rms": run_scale, **running, "first": None, "last": None}
     step_times: list[float] = []
@@ -229,8 +241,9 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
             if w.sft > 0:
                 parts["sft"] = sft_loss(logp, batch.mask, batch.rewards >= cfg.sft_threshold)
             if w.kto > 0:
-                parts["kto"], kto_stats = kto_loss(logp.sum(-1), ref_logp.sum(-1), batch.rewards > 0,
-                                                   beta=cfg.kto_beta)
+                parts["kto"], kto_stats = kto_loss(logp.sum(-1), ref_logp.sum(-1), batch.rewards > kto_cut,
+                                                   beta=cfg.kto_beta, lambda_d=kto_weights[0],
+                                                   lambda_u=kto_weights[1])
                 step.update({f"kto_{k}": v for k, v in kto_stats.items()})
             if w.dpo > 0:
                 if data.pairs:

@@ -172,3 +172,15 @@ def test_run_wide_advantage_scale(tiny, logged):
         assert stats["loop_seconds"] == pytest.approx(stats["seconds_per_step"] * stats["steps"]) and stats["steps"]
         return stats["first"]["pg"]
     assert first_pg("run", 4) == pytest.approx(first_pg("minibatch", 4), abs=1e-6)
+
+
+def test_kto_labels_relative_to_the_baseline_and_balanced_classes():
+    from learner.train import kto_labelling
+    rewards = [-0.9, -0.8, -0.7, -0.6, 0.2]      # a mostly displeased population
+    assert kto_labelling(TrainConfig(), rewards, -0.65) == (0.0, (1.0, 1.0))   # TRL's labels, unweighted
+    cut, (wd, wu) = kto_labelling(TrainConfig(kto_labels="baseline", kto_balance=True), rewards, -0.65)
+    assert cut == -0.65                                                           # -0.6 and 0.2 are desirable
+    assert wd * 2 == pytest.approx(wu * 3) and wd * 2 + wu * 3 == pytest.approx(len(rewards))  # half each
+    assert kto_labelling(TrainConfig(kto_balance=True), [0.5, 0.6], 0.55)[1] == (1.0, 1.0)  # one class: no weights
+    with pytest.raises(ValueError, match="kto_labels"):
+        TrainConfig(kto_labels="median")

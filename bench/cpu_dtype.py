@@ -5,7 +5,9 @@ The same model in float32 and in bf16, in one process, runs interleaved (fp32, b
             16 rows, and the prefill of a ~1k-token prompt; tokens/s and bf16/fp32 ratios;
   quality   on greedy fp32 replies to the serving prompts: the per-token |log p_bf16 - log p_fp32|
             (the gap the learner's truncated importance ratios would absorb if replies were served
-            in bf16 and recomputed in fp32) and how many greedy tokens bf16 reproduces.
+            in bf16 and recomputed in fp32) and how many greedy tokens bf16 reproduces; and the
+            learning bench's own judge (bench/learning.py offline_eval, every population's hidden
+            taste) on --judge sampled replies to the held-out questions, bf16 minus fp32, paired.
 Prints a table, writes bench/results/cpu_dtype.json.
 
     python bench/cpu_dtype.py [--model smollm2] [--tokens 64] [--runs 3] [--rows 1,16]
@@ -53,6 +55,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="interleaved repetitions per measurement")
     ap.add_argument("--rows", default="1,16", help="batch sizes of the decode comparison")
     ap.add_argument("--context", type=int, default=1000, help="prompt tokens of the prefill comparison")
+    ap.add_argument("--judge", type=int, default=96, help="held-out replies per dtype judged by each taste (0: skip)")
     args = ap.parse_args()
     import torch
 
@@ -109,12 +112,30 @@ def main() -> None:
     gaps.sort()
     quality = {"logprob_gap_median": gaps[len(gaps) // 2], "logprob_gap_p95": gaps[int(0.95 * (len(gaps) - 1))],
                "logprob_gap_max": gaps[-1], "greedy_prefix_agreement": agree / total, "tokens": total}
+    judged = []
+    if args.judge:
+        import math
+
+        from learning import offline_eval
+        from populations import POPULATIONS
+        for name, taste in POPULATIONS.items():
+            s32, s16 = (offline_eval(args.model, None, args.judge, 40, 0, taste, dtype=dt)
+                        for dt in (torch.float32, torch.bfloat16))
+            d = [b - a for a, b in zip(s32, s16)]
+            m = sum(d) / len(d)
+            half = 1.96 * math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+            judged.append({"taste": name, "float32": sum(s32) / len(s32), "bf16": sum(s16) / len(s16),
+                           "bf16 - fp32": m, "95% CI": f"[{m - half:+.3f}, {m + half:+.3f}]", "n": len(d)})
     print(f"\nbf16 vs float32 on the CPU ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} "
           f"threads), model={args.model}, {args.runs} interleaved runs")
     print(table(rows, ["run", "float32", "bf16", "ratio bf16/fp32", "unit"]))
     print("quality on greedy fp32 replies: " + ", ".join(f"{k} {v:.4g}" for k, v in quality.items()))
+    if judged:
+        print("\nthe learning bench's judge on held-out questions (sampled, temperature 0.7, 40 tokens)")
+        print(table(judged, ["taste", "float32", "bf16", "bf16 - fp32", "95% CI", "n"]))
     path = write_json("cpu_dtype", {"args": vars(args), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                    "threads": torch.get_num_threads(), "rows": rows, "quality": quality})
+                                    "threads": torch.get_num_threads(), "rows": rows, "quality": quality,
+                                    "judge": judged})
     print(f"wrote {path}")
 
 

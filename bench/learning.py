@@ -137,7 +137,7 @@ def wait_for_swap(r, keys: Keys, version: str, timeout: float = 60.0) -> str:
 
 
 def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
-                 taste=POPULATIONS["concise"]) -> list[float]:
+                 taste=POPULATIONS["concise"], dtype=None) -> list[float]:
     """Judge fresh replies to the HELD-OUT questions (never asked in training) from base (+ adapter)
     with the population's hidden taste. Same questions, order and sampling seed for every version,
     so scores pair up reply by reply."""
@@ -145,7 +145,7 @@ def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_toke
 
     from core.modeling import load_model
     loaded = load_model(model_name, MODELS, device="cpu")
-    model = loaded.model
+    model = loaded.model if dtype is None else loaded.model.to(dtype)  # bench/cpu_dtype.py: bf16 replies
     if adapter_dir is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()

@@ -44,13 +44,18 @@ class LoadedModel:
     dtype: torch.dtype
 
 
-def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """CUDA with bf16 where present, else CPU float32."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """CUDA with bf16 where present, else CPU float32 (bf16 on this kind of CPU decodes 16 rows
+    1.6x faster but its replies scored lower on the learning bench's judge: bench/cpu_dtype.py);
+    dtype 'float32' / 'bfloat16' overrides."""
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("REWARDLOOP_DEVICE=cuda but torch sees no CUDA device; use auto or cpu")
-        return torch.device("cuda"), torch.bfloat16
-    return torch.device("cpu"), torch.float32
+        return torch.device("cuda"), DTYPES.get(dtype, torch.bfloat16)
+    return torch.device("cpu"), DTYPES.get(dtype, torch.float32)
 
 
 def smollm2_gguf_dir() -> Path:
@@ -155,10 +160,10 @@ def resolve_model_path(name: str, models_dir: Path) -> tuple[Path | str, str]:
     return name, name
 
 
-def load_model(name: str, models_dir: Path, device: str = "auto") -> LoadedModel:
+def load_model(name: str, models_dir: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     where, model_id = resolve_model_path(name, models_dir)
-    dev, dtype = pick_device(device)
+    dev, dtype = pick_device(device, dtype)
     tok = AutoTokenizer.from_pretrained(where)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype).to(dev)
     model.eval()

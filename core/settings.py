@@ -392,6 +392,6 @@ def env_help(klass: type = None) -> str:
     lines = ["environment:"]
     for owner in PROCESS_CLASSES:
         if issubclass(klass, owner):
-            lines.append(f"  [{owner.__name__}] {owner.__doc__}")
+            lines.append(f"  [{owner.__name__}] {' '.join(owner.__doc__.split()).split('. ')[0].rstrip('.')}.")
             lines.extend(f"    {f.metadata['help']}" for f in own_fields(owner))
     return "\n".join(lines)

@@ -247,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the learner's policy-gradient baseline (TrainConfig.pg_baseline)")
     p.add_argument("--adv-scale", default="minibatch", choices=["minibatch", "run"],
                    help="the learner's advantage normalisation (TrainConfig.adv_scale)")
-    p.add_argument("--kto-labels", choices=["sign", "baseline"], default="sign",
-                   help="the learner's KTO labels (TrainConfig.kto_labels)")
-    p.add_argument("--kto-balance", action="store_true", help="weigh KTO's two classes half each (TrainConfig.kto_balance)")
+    p.add_argument("--kto-labels", choices=["sign", "baseline"], default=None,
+                   help="the learner's KTO labels (TrainConfig.kto_labels; default: the learner's)")
+    p.add_argument("--kto-balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="weigh KTO's two classes half each (TrainConfig.kto_balance; default: the learner's)")
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
                         reward_config=work / "reward.toml")
     cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
-                             kto_labels=args.kto_labels, kto_balance=args.kto_balance,
+                             **{k: v for k, v in (("kto_labels", args.kto_labels), ("kto_balance", args.kto_balance))
+                                if v is not None},
                              **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
     taste = POPULATIONS[args.population]

@@ -72,10 +72,10 @@ class TrainConfig:
     reward_model_min_auroc: float = _f(0.6, "The reward model is used only when its held-out AUROC on 'liked' is "
                                             "at least this (0.5 = chance).")
     kto_beta: float = _f(0.1, "KTO beta (used when losses.kto > 0).")
-    kto_labels: str = _f("sign", "KTO's desirable label: 'sign' = reward > 0 (TRL's thumbs); 'baseline' = reward "
+    kto_labels: str = _f("baseline", "KTO's desirable label: 'sign' = reward > 0 (TRL's thumbs); 'baseline' = reward "
                          "above the run's policy-gradient baseline (pg_baseline), so a population that is mostly "
                          "displeased still has desirable replies to move towards.")
-    kto_balance: bool = _f(False, "Weigh KTO's desirable and undesirable replies so that each class counts half "
+    kto_balance: bool = _f(True, "Weigh KTO's desirable and undesirable replies so that each class counts half "
                                   "of the run (TRL's desirable_weight/undesirable_weight): with 80 % undesirable "
                                   "replies, plain KTO mostly pushes every reply down.")
     dpo_beta: float = _f(0.1, "DPO beta (used when losses.dpo > 0).")

@@ -11,12 +11,13 @@ from learner.config import ALL_LINEAR, LoraSettings, TrainConfig, load_train_con
 def test_defaults_and_every_field_has_help():
     cfg = TrainConfig()
     assert cfg.lora.rank == 16 and cfg.lora.alpha == 32 and cfg.lora.target_modules == ALL_LINEAR
-    assert cfg.sft_threshold == 0.5 and cfg.losses.pg == 1.0
+    assert cfg.sft_threshold == 0.5 and cfg.losses.kto == 1.0 and cfg.losses.pg == 0.0
+    assert cfg.kto_labels == "baseline" and cfg.kto_balance       # the learning bench's choice
     for cls in (TrainConfig, LoraSettings):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
     d = cfg.to_dict()
-    assert d["lora"]["target_modules"] == list(ALL_LINEAR) and d["losses"]["kl"] == 0.05
+    assert d["lora"]["target_modules"] == list(ALL_LINEAR) and d["losses"]["kto"] == 1.0
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -291,7 +291,7 @@ def test_dpo_equal_logratios_give_log2():
 
 def test_loss_weights_defaults_and_help():
     w = LossWeights()
-    assert (w.pg, w.kl, w.sft, w.kto, w.dpo) == (1.0, 0.05, 0.1, 0.0, 0.0)
+    assert (w.pg, w.kl, w.sft, w.kto, w.dpo) == (0.0, 0.0, 0.0, 1.0, 0.0)   # chosen on the learning bench
     for f in dataclasses.fields(LossWeights):
         assert f.metadata.get("help"), f"{f.name} has no help"
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -306,7 +306,7 @@ def test_loss_weights_reject_bad_values_naming_field_and_value(bad):
 
 def test_loss_weights_reject_all_zero_and_non_numbers():
     with pytest.raises(ValueError, match="all 0"):
-        LossWeights(pg=0, kl=0, sft=0)
+        LossWeights(kto=0)
     with pytest.raises(TypeError, match="sft"):
         LossWeights(sft="0.1")  # type: ignore[arg-type]
 
@@ -318,21 +318,22 @@ def test_total_loss_hand_sum_and_skips_zero_weights():
         "sft": torch.tensor(1.0),
         "dpo": torch.tensor(float("nan")),  # weight 0: must not poison the sum
     }
-    total = total_loss(parts, LossWeights(pg=1.0, kl=0.5, sft=0.1, dpo=0.0))
+    total = total_loss(parts, LossWeights(pg=1.0, kl=0.5, sft=0.1, kto=0.0, dpo=0.0))
     assert total.item() == pytest.approx(2.0 + 2.0 + 0.1)
 
 
 def test_total_loss_rejects_unknown_missing_and_non_scalar_parts():
     with pytest.raises(KeyError, match="ppo"):
         total_loss({"ppo": torch.tensor(1.0)}, LossWeights())
+    pg_mix = LossWeights(pg=1.0, kl=0.05, sft=0.1, kto=0.0)
     with pytest.raises(KeyError, match="kl"):
-        total_loss({"pg": torch.tensor(1.0), "sft": torch.tensor(1.0)}, LossWeights())
+        total_loss({"pg": torch.tensor(1.0), "sft": torch.tensor(1.0)}, pg_mix)
     with pytest.raises(ValueError, match="pg"):
-        total_loss({"pg": torch.ones(2)}, LossWeights(kl=0, sft=0))
+        total_loss({"pg": torch.ones(2)}, LossWeights(pg=1.0, kto=0.0))
 
 
 def test_total_loss_backpropagates_to_every_weighted_part():
     x = torch.tensor(1.0, requires_grad=True)
-    total = total_loss({"pg": 3 * x, "kl": x * x, "sft": x}, LossWeights())
+    total = total_loss({"pg": 3 * x, "kl": x * x, "sft": x}, LossWeights(pg=1.0, kl=0.05, sft=0.1, kto=0.0))
     total.backward()
     assert x.grad.item() == pytest.approx(3.0 + 0.05 * 2.0 + 0.1)

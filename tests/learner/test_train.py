@@ -13,6 +13,7 @@ from core.registry import Registry
 from core.sampling import SamplingParams
 from learner.config import TrainConfig
 from learner.dataset import Sample, _in_holdout
+from learner.losses import LossWeights
 from learner.runner import run_once
 from learner.train import collate, reply_logits, reply_logprob_sums, sampling_logprobs
 from tests.learner.conftest import favoured, make_logged, write_logged
@@ -20,8 +21,11 @@ from tests.learner.conftest import favoured, make_logged, write_logged
 pytestmark = pytest.mark.integration
 
 # big steps so a 2-layer model moves visibly in a handful of steps
+# (the policy-gradient mix: these tests look at its importance ratios; the default objective, KTO,
+# is trained in test_one_run_moves_logprobs... too)
+PG_MIX = LossWeights(pg=1.0, kl=0.05, sft=0.1, kto=0.0)
 FAST = TrainConfig(lr=5e-3, epochs=3, minibatch_size=6, holdout_share=0.25, min_samples=4, kl_budget=10.0,
-                   cf_margin=2.0, cf_min_ess=1.0)
+                   cf_margin=2.0, cf_min_ess=1.0, losses=PG_MIX)
 
 
 def as_samples(items, reward_of=lambda i: 0.0) -> list[Sample]:
@@ -48,19 +52,24 @@ def test_greedy_replies_have_no_ratio_and_stay_finite(tiny):
     assert torch.equal(got, torch.zeros_like(got))
 
 
-def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, tiny, logged):
+@pytest.mark.parametrize("objective", ["pg_mix", "default"])
+def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, tiny, logged, objective):
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     stream_ids = write_logged(r, keys, logged, lambda i: 1.0 if favoured(i) else -1.0)
     pad = tiny.tokenizer.pad_token_id
     before = reply_logprob_sums(tiny.model, as_samples(logged), pad, tiny.device)
 
-    result = run_once(settings, FAST, progress=False)
+    cfg = FAST if objective == "pg_mix" else TrainConfig(**{**FAST.to_dict(), "losses": LossWeights().__dict__})
+    result = run_once(settings, cfg, progress=False)
     assert result.state == "published", result.reason
     assert result.version == 1
-    # the recorded behavior log-probs match the policy before the first step: ratio 1, no KL
     first = result.stats["training"]["first"]
-    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-3)
-    assert abs(first["approx_kl"]) < 1e-4
+    if objective == "pg_mix":
+        # the recorded behavior log-probs match the policy before the first step: ratio 1, no KL
+        assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-3)
+        assert abs(first["approx_kl"]) < 1e-4
+    else:
+        assert "kto" in first and "ratio_mean" not in first
 
     # the published folder is a standard PEFT adapter with a manifest that matches it
     reg = Registry(r, keys, settings.data_dir)
@@ -68,7 +77,7 @@ def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, 
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["version"] == 1 and manifest["parent"] == "base" and manifest["state"] == "published"
     assert manifest["sha256"] == sha256_file(folder / "adapter_model.safetensors")
-    assert manifest["config"]["lr"] == FAST.lr and manifest["samples_used"] == result.stats["samples_used"]
+    assert manifest["config"]["lr"] == cfg.lr and manifest["samples_used"] == result.stats["samples_used"]
     assert manifest["base_model"] == "rewardloop/tiny-random-llama"
 
     from peft import PeftModel
@@ -129,7 +138,7 @@ def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expect
     rewards = {item.reply_id: 1.0 if k % 2 else 0.5 for k, item in enumerate(logged[:4])}   # all good, mean 0.75
     samples = as_samples(logged[:4], lambda i: rewards[i.reply_id])
     cfg = TrainConfig(lr=1e-4, minibatch_size=4, epochs=1, pg_baseline=choice,
-                      losses=LossWeights(pg=1.0, kl=0.0, sft=0.0))
+                      losses=LossWeights(pg=1.0, kl=0.0, sft=0.0, kto=0.0))
     model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
     data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
     stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
@@ -165,7 +174,7 @@ def test_run_wide_advantage_scale(tiny, logged):
 
     def first_pg(scale, mb):
         cfg = TrainConfig(lr=1e-4, minibatch_size=mb, epochs=1, pg_baseline="zero", adv_scale=scale,
-                          losses=LossWeights(pg=1.0, kl=0.0, sft=0.0))
+                          losses=LossWeights(pg=1.0, kl=0.0, sft=0.0, kto=0.0))
         model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
         stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False)
         assert stats["run_adv_rms"] == pytest.approx(((1.0 + 0.25) / 2) ** 0.5)
@@ -177,10 +186,11 @@ def test_run_wide_advantage_scale(tiny, logged):
 def test_kto_labels_relative_to_the_baseline_and_balanced_classes():
     from learner.train import kto_labelling
     rewards = [-0.9, -0.8, -0.7, -0.6, 0.2]      # a mostly displeased population
-    assert kto_labelling(TrainConfig(), rewards, -0.65) == (0.0, (1.0, 1.0))   # TRL's labels, unweighted
-    cut, (wd, wu) = kto_labelling(TrainConfig(kto_labels="baseline", kto_balance=True), rewards, -0.65)
+    trl = TrainConfig(kto_labels="sign", kto_balance=False)
+    assert kto_labelling(trl, rewards, -0.65) == (0.0, (1.0, 1.0))               # TRL's labels, unweighted
+    cut, (wd, wu) = kto_labelling(TrainConfig(), rewards, -0.65)                   # the defaults
     assert cut == -0.65                                                           # -0.6 and 0.2 are desirable
     assert wd * 2 == pytest.approx(wu * 3) and wd * 2 + wu * 3 == pytest.approx(len(rewards))  # half each
-    assert kto_labelling(TrainConfig(kto_balance=True), [0.5, 0.6], 0.55)[1] == (1.0, 1.0)  # one class: no weights
+    assert kto_labelling(TrainConfig(kto_labels="sign"), [0.5, 0.6], 0.55)[1] == (1.0, 1.0)  # one class: no weights
     with pytest.raises(ValueError, match="kto_labels"):
         TrainConfig(kto_labels="median")

@@ -105,7 +105,10 @@ def test_publish_swaps_every_server_a_stream_keeps_its_version_and_rollback(dep,
     stored = rdb.hgetall(f"{dep.prefix}reply:{start['reply_id']}")
     assert stored["adapter_version"] == v1 and stored["text"].split()[:3] == ["alpha"] * 3
     swaps = [f for _, f in rdb.xrange(f"{dep.prefix}adapters:swaps") if f["version"] == v2]
-    assert sorted(f["result"] for f in swaps) == ["loaded", "loaded"]   # the same records as the local engine
+    # the same records as the local engine: every server loaded it, nothing failed. (A server whose
+    # re-read of a busy vLLM server's listing briefly missed the name loads it again -- idempotent
+    # -- and records that too, so count servers, not records.)
+    assert {f["result"] for f in swaps} == {"loaded"} and len({f["server"] for f in swaps}) == len(servers), swaps
     assert all(float(f["load_s"]) < 5 for f in swaps)
 
     code, notice = http("POST", servers[0].url + "/admin/adapters/rollback", {"reason": "test"}, token=ADMIN)

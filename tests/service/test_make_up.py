@@ -21,6 +21,17 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def ctrl_c_stops_everything(proc: subprocess.Popen, ports: dict[str, int], timeout: float = 60) -> None:
+    """Ctrl-C to `up`'s process group; then none of `ports` ({what: port}) listens and nothing of the group is left."""
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout)
+    time.sleep(1.0)
+    still = [what for what, port in ports.items() if port_open(port)]
+    assert still == [], f"still running after Ctrl-C: {still}"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
 def test_make_up_starts_everything_and_ctrl_c_stops_it(tmp_path, models_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDLOOP_")}
@@ -46,13 +57,7 @@ def test_make_up_starts_everything_and_ctrl_c_stops_it(tmp_path, models_dir):
         redis_port = int(url_line.group(2).rsplit(":", 1)[1].split("/")[0])
         assert port_open(redis_port)
         assert (tmp_path / "redis" / "appendonly.aof").exists() or (tmp_path / "redis" / "appendonlydir").exists()
-        os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C
-        proc.wait(60)
-        time.sleep(0.5)
-        assert not port_open(port), "the server still listens after Ctrl-C"
-        assert not port_open(redis_port), "the embedded Redis still runs after Ctrl-C"
-        with pytest.raises(ProcessLookupError):
-            os.killpg(proc.pid, 0)          # nothing of the group is left
+        ctrl_c_stops_everything(proc, {"the server": port, "the embedded Redis": redis_port})
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

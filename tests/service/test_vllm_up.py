@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.helpers import ADMIN, REPO, Chat, base_env, free_port, http
-from tests.service.test_make_up import port_open
+from tests.service.test_make_up import ctrl_c_stops_everything
 from tests.service.vllm_support import require_vllm
 
 pytestmark = pytest.mark.integration
@@ -58,13 +58,7 @@ def test_up_engine_vllm_starts_vllm_serves_through_it_and_ctrl_c_stops_it(tmp_pa
         assert int(record["n_tokens"]) == len(json.loads(record["logprobs"])) > 0   # vLLM's behavior log-probs
         assert reply["end"]["finish_reason"] in ("stop", "length")
 
-        os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C
-        proc.wait(90)
-        time.sleep(1)
-        assert not port_open(port), "the server still listens after Ctrl-C"
-        assert not port_open(vport), "the vLLM child still listens after Ctrl-C"
-        with pytest.raises(ProcessLookupError):
-            os.killpg(proc.pid, 0)
+        ctrl_c_stops_everything(proc, {"the server": port, "the vLLM child": vport}, timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

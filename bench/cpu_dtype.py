@@ -114,18 +114,17 @@ def main() -> None:
                "logprob_gap_max": gaps[-1], "greedy_prefix_agreement": agree / total, "tokens": total}
     judged = []
     if args.judge:
-        import math
-
-        from learning import offline_eval
+        from learning import judge, mean_ci, offline_replies
         from populations import POPULATIONS
+        # one set of replies per dtype (same questions and seed), judged by every taste
+        r32, r16 = (offline_replies(args.model, None, args.judge, 40, 0, dtype=dt)
+                    for dt in (torch.float32, torch.bfloat16))
         for name, taste in POPULATIONS.items():
-            s32, s16 = (offline_eval(args.model, None, args.judge, 40, 0, taste, dtype=dt)
-                        for dt in (torch.float32, torch.bfloat16))
-            d = [b - a for a, b in zip(s32, s16)]
-            m = sum(d) / len(d)
-            half = 1.96 * math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+            s32, s16 = judge(taste, r32), judge(taste, r16)
+            d = mean_ci([b - a for a, b in zip(s32, s16)])
             judged.append({"taste": name, "float32": sum(s32) / len(s32), "bf16": sum(s16) / len(s16),
-                           "bf16 - fp32": m, "95% CI": f"[{m - half:+.3f}, {m + half:+.3f}]", "n": len(d)})
+                           "bf16 - fp32": d["mean"], "95% CI": f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]",
+                           "n": d["n"]})
     print(f"\nbf16 vs float32 on the CPU ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} "
           f"threads), model={args.model}, {args.runs} interleaved runs")
     print(table(rows, ["run", "float32", "bf16", "ratio bf16/fp32", "unit"]))

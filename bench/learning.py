@@ -136,10 +136,21 @@ def wait_for_swap(r, keys: Keys, version: str, timeout: float = 60.0) -> str:
 
 
 def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
-                 taste=POPULATIONS["concise"], dtype=None) -> list[float]:
+                 taste=POPULATIONS["concise"]) -> list[float]:
     """Judge fresh replies to the HELD-OUT questions (never asked in training) from base (+ adapter)
     with the population's hidden taste. Same questions, order and sampling seed for every version,
     so scores pair up reply by reply."""
+    return judge(taste, offline_replies(model_name, adapter_dir, n, max_new_tokens, seed))
+
+
+def judge(taste, replies: list[tuple[str | None, str, str]]) -> list[float]:
+    return [float(taste.judge(answer, text, finish)) for answer, text, finish in replies]
+
+
+def offline_replies(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
+                    dtype=None) -> list[tuple[str | None, str, str]]:
+    """(expected answer, reply text, finish reason) of fresh sampled replies to the held-out
+    questions, from base (+ adapter), in `dtype` (bench/cpu_dtype.py: bf16) or the model's own."""
     import torch
 
     from core.modeling import load_model
@@ -159,13 +170,13 @@ def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_toke
     with torch.no_grad():
         out = model.generate(**batch, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens,
                              pad_token_id=tok.pad_token_id)  # [n, P + T]
-    scores = []
+    replies = []
     for (q, a), row in zip(qs, out[:, batch["input_ids"].shape[1]:]):
         ids = row.tolist()
         stopped = tok.eos_token_id in ids
         text = tok.decode(ids[:ids.index(tok.eos_token_id)] if stopped else ids, skip_special_tokens=True)
-        scores.append(float(taste.judge(a, text, "stop" if stopped else "length")))
-    return scores
+        replies.append((a, text, "stop" if stopped else "length"))
+    return replies
 
 
 def trl_missing() -> str | None:

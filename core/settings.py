@@ -29,6 +29,13 @@ def _help(text: str, default, **kw):
     return field(default=default, metadata={"help": text, **kw})
 
 
+def _one_of(obj, name: str, *choices: str) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r} "
+                         f"({env_name(name)})")
+
+
 def _positive_seconds(obj, *names: str) -> None:
     for name in names:
         if not 0 < getattr(obj, name) < float("inf"):
@@ -72,8 +79,7 @@ class CommonSettings:
                 check(self)
 
     def _check(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (REWARDLOOP_DEVICE)")
+        _one_of(self, "device", "auto", "cpu", "cuda")
         if not 0 <= self.canary_share <= 1:
             raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
         _positive_seconds(self, "ops_minute_retention_s", "ops_hour_retention_s")
@@ -191,8 +197,7 @@ class ServerSettings(CommonSettings):
     def _check(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be in 1..65535, got {self.port!r} (REWARDLOOP_PORT)")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r} (REWARDLOOP_DTYPE)")
+        _one_of(self, "dtype", "auto", "float32", "bfloat16")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r} (REWARDLOOP_TOP_P)")
         if not 0 <= self.temperature < float("inf"):
@@ -222,8 +227,7 @@ class ServerSettings(CommonSettings):
         if not 0 <= self.prefix_cache_mb < float("inf"):
             raise ValueError(f"prefix_cache_mb must be a finite number >= 0, got {self.prefix_cache_mb!r} "
                              "(REWARDLOOP_PREFIX_CACHE_MB)")
-        if self.engine not in ("local", "vllm"):
-            raise ValueError(f"engine must be local or vllm, got {self.engine!r} (REWARDLOOP_ENGINE)")
+        _one_of(self, "engine", "local", "vllm")
         for url in self.vllm_url_list:
             if not url.startswith(("http://", "https://")) or len(url) < 10:
                 raise ValueError(f"vllm_urls must be comma-separated http(s):// URLs, got {url!r} "
@@ -301,12 +305,8 @@ class WorkerSettings(CommonSettings):
         if self.beat_lock_ttl_s < 2.0:  # beat ticks at least every second
             raise ValueError(f"beat_lock_ttl_s ({self.beat_lock_ttl_s}) must be >= 2 s so the leader can renew "
                              "it between ticks (REWARDLOOP_BEAT_LOCK_TTL_S)")
-        if self.drift_policy not in ("rollback", "alert"):
-            raise ValueError(f"drift_policy must be rollback or alert, got {self.drift_policy!r} "
-                             "(REWARDLOOP_DRIFT_POLICY)")
-        if self.canary_policy not in ("promote", "hold"):
-            raise ValueError(f"canary_policy must be promote or hold, got {self.canary_policy!r} "
-                             "(REWARDLOOP_CANARY_POLICY)")
+        _one_of(self, "drift_policy", "rollback", "alert")
+        _one_of(self, "canary_policy", "promote", "hold")
         if self.drift_min_samples < 2:
             raise ValueError(f"drift_min_samples must be >= 2, got {self.drift_min_samples!r} "
                              "(REWARDLOOP_DRIFT_MIN_SAMPLES)")
@@ -333,9 +333,7 @@ class LearnerSettings(CommonSettings):
     def _check(self) -> None:
         if self.min_samples < 1:
             raise ValueError(f"min_samples must be >= 1, got {self.min_samples!r} (REWARDLOOP_MIN_SAMPLES)")
-        if self.publish_mode not in ("canary", "stable"):
-            raise ValueError(f"publish_mode must be canary or stable, got {self.publish_mode!r} "
-                             "(REWARDLOOP_PUBLISH_MODE)")
+        _one_of(self, "publish_mode", "canary", "stable")
         if self.learn_lock_ttl_s < 1:
             raise ValueError(f"learn_lock_ttl_s must be >= 1, got {self.learn_lock_ttl_s!r} "
                              "(REWARDLOOP_LEARN_LOCK_TTL_S)")

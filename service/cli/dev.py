@@ -284,6 +284,8 @@ def _replay(args, settings: CommonSettings, session: dict, out: dict) -> int:
 def _print_replay(out: dict) -> None:
     for r in out.get("replay", []):
         mark = "identical" if r["identical"] else "differs"
+        if not r["identical"] and r.get("same_setup") and r.get("same_path") is False:
+            mark += " (it was decoded in a batch with other streams: float noise there can flip a near-tie)"
         print(f"\n--- turn {r['turn']}   reply {r['reply_id']}   {mark}")
         print(f"user:    {r['user_text']}")
         served = r["served"]

@@ -39,6 +39,8 @@ class Generated:
     logprobs: list[float]
     text: str
     finish_reason: str
+    prefix_reused: int = 0   # prompt tokens whose KV came from the session's prefix cache
+    peak_rows: int = 1       # most rows of a decode forward it was in
 
 
 def resolve_version(version: str | None, registry_state: dict) -> str:
@@ -63,7 +65,10 @@ class OfflineModel:
         self.loaded, self.dir = loaded, Path(adapters_dir)
         self.tok = loaded.tokenizer
         self.model_id = loaded.model_id
-        self.engine = Engine(loaded.model, loaded.tokenizer, loaded.device)
+        # A prefix cache as a server has one: a replayed turn then reuses the KV of the turn
+        # before it exactly where the server did (GenerationRequest.prefix_limit), so its
+        # forward passes, and their float rounding, are the server's.
+        self.engine = Engine(loaded.model, loaded.tokenizer, loaded.device, prefix_cache_bytes=256 << 20)
         self.slots = AdapterSlots(self.engine)
         self.engine.adapters = self.slots
         self._module_names = {n for n, _ in loaded.model.named_modules()}
@@ -101,15 +106,21 @@ class OfflineModel:
         self.engine.call(lambda: self.slots.load(version, folder, valid)).result()
 
     # --- generation (the server's own path) -------------------------------------------
-    def generate(self, prompt_ids: list[int], params: SamplingParams, version: str) -> Generated:
+    def generate(self, prompt_ids: list[int], params: SamplingParams, version: str,
+                 session: str | None = None, prefix_limit: int | None = 0) -> Generated:
+        """One reply, as a server generates it. `session`: keep its KV for the session's next
+        turn; `prefix_limit`: reuse at most that many tokens of the session's cached KV (a
+        replay passes what the server reused; 0, the default, prefills the whole prompt)."""
         self.ensure(version)
+        request = GenerationRequest(list(prompt_ids), params, None if version == "base" else version,
+                                    cache_key=(session, version) if session else None, prefix_limit=prefix_limit)
         # A fresh event loop in a helper thread: the caller may already run one (a notebook,
         # Playwright's sync API in tests), and asyncio.run refuses to nest.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self._generate(prompt_ids, params, version)).result()
+            return pool.submit(asyncio.run, self._generate(request)).result()
 
-    async def _generate(self, prompt_ids, params, version) -> Generated:
-        handle = self.engine.submit(GenerationRequest(list(prompt_ids), params, None if version == "base" else version))
+    async def _generate(self, request: GenerationRequest) -> Generated:
+        handle = self.engine.submit(request)
         ids, logps, end = [], [], None
         async for ev in handle:
             if isinstance(ev, TokenEvent):
@@ -119,7 +130,8 @@ class OfflineModel:
                 end = ev
         if end.finish_reason == "error":
             raise RuntimeError(f"generation failed: {end.error}")
-        return Generated(ids, logps, self.tok.decode(ids, skip_special_tokens=True), end.finish_reason)
+        return Generated(ids, logps, self.tok.decode(ids, skip_special_tokens=True), end.finish_reason,
+                         end.prefix_reused or 0, end.peak_rows or 1)
 
     # --- scoring (the learner gate's path) --------------------------------------------
     def seq_logps(self, items: list[tuple[list[int], list[int], SamplingParams]], version: str,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 
 from core import records
 from core.sampling import SamplingParams
@@ -30,6 +31,7 @@ def replayable(rec: dict) -> bool:
 def replay_session(session: dict, model, version: str, seed: int | None = None, greedy: bool = False) -> list[dict]:
     """One row per logged reply (session detail with raw=True), in the order generated."""
     rows = []
+    cache_session = f"replay-{secrets.token_hex(4)}"   # this replay's own prefix cache entries
     recs = [r for r in session["replies"] if replayable(r)]
     scores = model.seq_logps([(r["prompt_ids"], r.get("token_ids") or [], served_params(r)) for r in recs], version)
     for rec, logp_v in zip(recs, scores):
@@ -39,7 +41,10 @@ def replay_session(session: dict, model, version: str, seed: int | None = None, 
             params = dataclasses.replace(params, seed=seed)
         if greedy:
             params = dataclasses.replace(params, temperature=0.0)
-        out = model.generate(rec["prompt_ids"], params, version)
+        reused, peak = rec.get("prefix_reused"), rec.get("peak_rows")
+        known = isinstance(reused, int) and isinstance(peak, int)
+        out = model.generate(rec["prompt_ids"], params, version, session=cache_session,
+                             prefix_limit=reused if known else 0)
         behavior = sum(rec.get("logprobs") or [])
         same_setup = str(rec.get("adapter_version")) == version and params == served
         rows.append({
@@ -47,12 +52,15 @@ def replay_session(session: dict, model, version: str, seed: int | None = None, 
             "user_text": rec.get("user_text", ""),
             "served": {"text": rec.get("text", ""), "adapter_version": rec.get("adapter_version"),
                        "token_ids": rec.get("token_ids") or [], "params": served.to_dict(),
-                       "finish_reason": rec.get("finish_reason"), "behavior_logp": behavior},
+                       "finish_reason": rec.get("finish_reason"), "behavior_logp": behavior,
+                       "prefix_reused": reused, "peak_rows": peak},
             "replay": {"text": out.text, "adapter_version": version, "token_ids": out.token_ids,
                        "params": params.to_dict(), "finish_reason": out.finish_reason,
                        "logp": sum(out.logprobs)},
             "identical": out.token_ids == (rec.get("token_ids") or []),
             "same_setup": same_setup,
+            # the server's computation rebuilt (None: the record does not say how it was computed)
+            "same_path": (peak == 1 and reused == out.prefix_reused) if known else None,
             "served_logp_under_replay": logp_v,
             "log_weight": (logp_v - behavior) if not served.greedy else None,
         })

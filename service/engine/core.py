@@ -63,6 +63,8 @@ class _Sequence:
     waiting: bool = True        # counted in Engine.waiting until its prompt is in
     position: int = 0           # last queue position told to the client
     prefill_started: float | None = None
+    reused: int = 0             # prompt tokens taken from the prefix cache
+    peak_rows: int = 1          # most rows of a decode forward it was in
 
 
 def cache_argument_name(model) -> str:
@@ -353,10 +355,10 @@ class Engine:
         key = seq.request.cache_key
         if self.prefix is None or key is None:
             return
-        hit = self.prefix.take(key, seq.request.prompt_ids)
+        hit = self.prefix.take(key, seq.request.prompt_ids, seq.request.prefix_limit)
         if hit is not None:
             n, keys, values = hit
-            seq.cache, seq.prefilled = as_dynamic_cache(keys, values), n
+            seq.cache, seq.prefilled, seq.reused = as_dynamic_cache(keys, values), n, n
 
     def _keep_prefix(self, seq: _Sequence) -> None:
         """When a reply ends, keep its KV (prompt + the reply tokens fed back) for the next turn."""
@@ -449,7 +451,9 @@ class Engine:
         if not rows:
             return
         logits = batch.step(self.model, self._cache_arg, rows, self.max_batch, self.device, self._adapter_args)
+        shared = min(len(batch), self.max_batch)
         for (seq, tok), row in zip(rows, logits):
+            seq.peak_rows = max(seq.peak_rows, shared)
             if isinstance(row, Exception):
                 log.warning("a batched decode forward failed (%s); retrying its rows one by one", _error_text(row))
                 try:
@@ -460,7 +464,7 @@ class Engine:
                     self._fail([seq], row)
                     continue
             seq.next_logits = row
-        if min(len(batch), self.max_batch) > 1:
+        if shared > 1:
             self.batched_rows += len(rows)
 
     def _adapter_args(self, rows: list[_Sequence]) -> dict:
@@ -496,4 +500,4 @@ class Engine:
         seq.next_logits = None
         tail = self.tokenizer.decode(seq.ids, skip_special_tokens=True)[len(seq.text):] if seq.ids else ""
         seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error,
-                                  text_tail=tail))
+                                  text_tail=tail, prefix_reused=seq.reused, peak_rows=seq.peak_rows))

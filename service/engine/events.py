@@ -24,6 +24,9 @@ class EndEvent:
     ended_at: float
     error: str | None = None
     text_tail: str = ""  # text held back at the last token (half a UTF-8 character): sent before the end
+    # How it was computed, so that a replay can take the same path (None: the engine does not say):
+    prefix_reused: int | None = None  # prompt tokens whose KV came from the session's prefix cache
+    peak_rows: int | None = None      # most rows of a decode forward it was in (>1: others' padding noise)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class GenerationRequest:
     params: SamplingParams
     adapter: str | None = None  # None = the base model
     cache_key: tuple | None = None  # (session, adapter version): keep/reuse the KV prefix across turns
+    prefix_limit: int | None = None  # reuse at most this many cached tokens (replay: what the server reused)
 
 
 @dataclass

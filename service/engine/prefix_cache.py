@@ -58,17 +58,18 @@ class PrefixCache:
             self.evictions += 1
         return True
 
-    def take(self, key: tuple, prompt: list[int]) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+    def take(self, key: tuple, prompt: list[int],
+             limit: int | None = None) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
         """The longest cached exact prefix of `prompt` for this key, as (n, keys, values) with
         tensors [1, heads, n, dim]; None on a miss. At least one prompt token is left to
         prefill (its logits start the reply). The entry leaves the cache: the turn that
-        takes it stores a longer one when it ends."""
+        takes it stores a longer one when it ends. `limit`: reuse at most that many tokens."""
         self.lookups += 1
         entry = self._entries.get(key)
         if entry is None:
             return None
         self._drop(key)
-        n = min(common_prefix(entry.tokens, prompt), len(prompt) - 1)
+        n = min(common_prefix(entry.tokens, prompt), len(prompt) - 1, len(prompt) if limit is None else limit)
         if n < 1:
             return None
         self.hits += 1

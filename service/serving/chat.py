@@ -263,6 +263,7 @@ class ChatService:
             "adapter_version": plan.adapter_version, "model_id": self.model_id,
             "queued_at": end.queued_at, "first_token_at": end.first_token_at, "ended_at": end.ended_at,
             "finish_reason": end.finish_reason, "n_tokens": end.n_tokens, "error": end.error,
+            "prefix_reused": end.prefix_reused, "peak_rows": end.peak_rows,   # the path, for replay
             "candidates": plan.candidates, "replaces": plan.replaces,
             "stop": list(plan.stop) or None, "stop_string": stop_string,
             "client": plan.client,

@@ -1,5 +1,6 @@
 """`rewardloop replay` and `rewardloop evaluate` on sessions logged by a real tiny-model server
-(temperature 0.7): the serving version and seed reproduce every reply token for token, and the
+(temperature 0.7): the serving version and seed reproduce every reply token for token (reusing
+the server's KV prefix exactly as far as it did), and the
 serving version's counterfactual estimate has weights 1 and equals the logged mean."""
 from __future__ import annotations
 
@@ -50,7 +51,10 @@ def test_replay_with_serving_version_and_seed_is_token_identical(session, server
     detail = _log(redis_url, server).detail(sid, raw=True)
     assert all(r["params"]["temperature"] == 0.7 for r in detail["replies"])
     rows = replay_session(detail, offline, "base")
-    assert len(rows) == 3 and all(r["identical"] and r["same_setup"] for r in rows)
+    assert len(rows) == 3 and all(r["identical"] and r["same_setup"] and r["same_path"] for r in rows)
+    # turns 2 and 3 started from the server's prefix cache, and the replay reused exactly as much
+    reused = [r["served"]["prefix_reused"] for r in rows]
+    assert reused[0] == 0 and reused[1] > 0 and reused[2] > reused[1], reused
     assert [r["replay"]["text"] for r in rows] == [r["text"] for r in replies]
     for row in rows:
         # the served reply's log-prob under its own version is its behavior log-prob

@@ -129,3 +129,64 @@ def urllib_text(url: str) -> str:
     import urllib.request
     with urllib.request.urlopen(url, timeout=30) as resp:
         return resp.read().decode()
+
+
+def _sampled_conversation(engine, loop, turns, seed, key, limits=None):
+    """Sampled turns (temperature 0.7); -> (replies, [EndEvent per turn])."""
+    async def one(req):
+        events = [e async for e in engine.submit(req, loop)]
+        return [e.token_id for e in events if isinstance(e, TokenEvent)], events[-1]
+    prompt, replies, ends = [], [], []
+    for t, new in enumerate(turns):
+        prompt = prompt + new
+        req = GenerationRequest(list(prompt), SamplingParams(temperature=0.7, max_new_tokens=12, seed=seed + t),
+                                cache_key=(key, "base"), prefix_limit=None if limits is None else limits[t])
+        reply, end = asyncio.run_coroutine_threadsafe(one(req), loop).result(120)
+        replies.append(reply)
+        ends.append(end)
+        prompt = prompt + reply
+    return replies, ends
+
+
+def test_a_replay_that_reuses_what_the_server_reused_is_token_identical_when_sampling(models_dir, loop):
+    """Reusing a cached prefix changes the float rounding of later logits (a KV computed one
+    token at a time, then a shorter prefill), and with a near-flat tiny model that flips a
+    sampled token now and then (here about 2% of replies when a replay prefills everything).
+    Replaying with each turn's logged `prefix_reused` takes the server's own path: identical."""
+    loaded = load_model("tiny-random", models_dir, "cpu")
+    server = Engine(loaded.model, loaded.tokenizer, loaded.device, prefix_cache_bytes=64 << 20)
+    replay = Engine(loaded.model, loaded.tokenizer, loaded.device, prefix_cache_bytes=64 << 20)
+    server.start()
+    replay.start()
+    try:
+        for s in range(40):
+            turns = [list(range(3 + s, 30 + s)), [50 + s, 51, 52], [60, 61 + s]]
+            served, ends = _sampled_conversation(server, loop, turns, 1000 * s, f"s{s}")
+            assert [e.prefix_reused for e in ends][0] == 0 and all(e.prefix_reused > 0 for e in ends[1:])
+            assert all(e.peak_rows == 1 for e in ends)
+            again, again_ends = _sampled_conversation(replay, loop, turns, 1000 * s, f"r{s}",
+                                                      limits=[e.prefix_reused for e in ends])
+            assert again == served, f"session {s}: the replay took the server's path and still differs"
+            assert [e.prefix_reused for e in again_ends] == [e.prefix_reused for e in ends]
+    finally:
+        server.shutdown()
+        replay.shutdown()
+
+
+def test_peak_rows_says_when_a_reply_shared_its_decode_forwards(models_dir, loop):
+    loaded = load_model("tiny-random", models_dir, "cpu")
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device, stop_token_ids={-1})
+    engine.start()
+
+    async def end_of(ids):
+        req = GenerationRequest(ids, SamplingParams(temperature=0.0, max_new_tokens=8))
+        return [e async for e in engine.submit(req, loop)][-1]
+
+    async def together():
+        return await asyncio.gather(end_of(list(range(3, 20))), end_of(list(range(5, 12))))
+    try:
+        ends = asyncio.run_coroutine_threadsafe(together(), loop).result(120)
+        assert [e.peak_rows for e in ends] == [2, 2] and [e.prefix_reused for e in ends] == [0, 0]
+        assert asyncio.run_coroutine_threadsafe(end_of(list(range(3, 20))), loop).result(120).peak_rows == 1
+    finally:
+        engine.shutdown()

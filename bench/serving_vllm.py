@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     from core.embedded_redis import EmbeddedRedis
     from core.modeling import resolve_model_path
     from service.cli.vllm_child import VllmProcess, vllm_command, vllm_env
-    from service.engine.core import Engine
+    from service.engine.core import default_stop_ids
     from service.engine.vllm import load_tokenizer_and_shape
     from tests.helpers import MODELS, ServerProc, base_env, free_port
     from tests.service.vllm_support import VLLM_PY, require_vllm
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"bench/serving_vllm.py: {exc}") from None
     folder, model_id = resolve_model_path(args.model, MODELS)
     tok = load_tokenizer_and_shape(args.model, MODELS).tokenizer
-    stop_ids = sorted(Engine._default_stop_ids(tok))
+    stop_ids = sorted(default_stop_ids(tok))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vllms = [VllmProcess(vllm_command(str(VLLM_PY), folder, (port := free_port()), model_id, max_loras=4,

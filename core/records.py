@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from core.sampling import SamplingParams
 
-JSON_FIELDS = ("prompt_messages", "prompt_ids", "token_ids", "logprobs", "params", "candidates")
+JSON_FIELDS = ("prompt_messages", "prompt_ids", "token_ids", "logprobs", "params", "candidates", "rerank")
 FLOAT_FIELDS = ("queued_at", "first_token_at", "ended_at", "logged_at")
 INT_FIELDS = ("turn", "n_tokens", "history_dropped", "opt_out", "prefix_reused", "peak_rows")
 

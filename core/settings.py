@@ -172,6 +172,11 @@ class ServerSettings(CommonSettings):
     prefix_cache_mb: float = _help(
         "REWARDLOOP_PREFIX_CACHE_MB: memory (MiB) for sessions' KV caches kept between turns (least recently "
         "used dropped first), so the next turn prefills only what is new. 0 turns the prefix cache off.", 512.0)
+    rerank_n: int = _help(
+        "REWARDLOOP_RERANK_N: sample this many candidates of each sampled chat reply and stream the one the "
+        "learned reward model (DATA_DIR/reward_model, trained by the learner) scores highest. 1 (default) is "
+        "off. The first token then waits for all N candidates and one scoring pass; without a reward model "
+        "for this base model the server samples one. Built-in engine only.", 1)
     engine: str = _help(
         "REWARDLOOP_ENGINE: 'local' (default: the built-in torch engine in this process) or 'vllm' (generate on "
         "the vLLM OpenAI servers of REWARDLOOP_VLLM_URLS; `rewardloop up --engine vllm` starts one).", "local")
@@ -228,6 +233,12 @@ class ServerSettings(CommonSettings):
             raise ValueError(f"prefix_cache_mb must be a finite number >= 0, got {self.prefix_cache_mb!r} "
                              "(REWARDLOOP_PREFIX_CACHE_MB)")
         _one_of(self, "engine", "local", "vllm")
+        if not 1 <= self.rerank_n <= 16:
+            raise ValueError(f"rerank_n must be in 1..16, got {self.rerank_n!r} (REWARDLOOP_RERANK_N)")
+        if self.rerank_n > 1 and self.engine != "local":
+            raise ValueError(f"rerank_n={self.rerank_n} needs the built-in engine: the reward model reads the "
+                             "base model's hidden states in this process. Set REWARDLOOP_RERANK_N=1 or "
+                             "REWARDLOOP_ENGINE=local")
         for url in self.vllm_url_list:
             if not url.startswith(("http://", "https://")) or len(url) < 10:
                 raise ValueError(f"vllm_urls must be comma-separated http(s):// URLs, got {url!r} "

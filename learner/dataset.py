@@ -17,7 +17,8 @@ Replies the users gave no signal on are `unscored` when RewardConfig.no_signal_p
 Filters, in order: opted-out or forgotten users, unknown states, missing or malformed replies,
 samples from adapter versions too old (staleness in versions), then each user's share of the
 batch is capped (worker.rewards.batches.cap_user_share) so no single user can steer the model. A
-deterministic share of the rest is held out for the gate.
+deterministic share of the rest is held out for the gate (never a reranked reply: its logged
+log-probs are not the propensity of the best-of-N choice).
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class Sample:
     adapter_version: str  # "base" or "1", "2", ...
     params: SamplingParams
     stream_id: str = ""
+    # Chosen among REWARDLOOP_RERANK_N candidates by the reward model: behavior_logp is the sampled
+    # tokens' own, not the propensity of the choice, so it never goes into the gate's estimate.
+    reranked: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -125,8 +129,16 @@ def load_reply(r: redis.Redis, keys: Keys, reply_id: str, max_tokens: int) -> di
     if not reply_ids or not prompt_ids or len(reply_ids) != len(logps) or not all(map(math.isfinite, logps)):
         return None
     return {"prompt_ids": prompt_ids, "reply_ids": reply_ids[:max_tokens], "logprobs": logps[:max_tokens],
-            "params": params, "adapter_version": h.get("adapter_version", "base"),
+            "params": params, "reranked": _reranked(h.get("rerank")), "adapter_version": h.get("adapter_version", "base"),
             "user_id": h.get("user_id", ""), "opt_out": h.get("opt_out", "0")}
+
+
+def _reranked(raw: str | None) -> bool:
+    try:
+        rerank = json.loads(raw) if raw else None
+    except ValueError:
+        return True   # a rerank field that does not decode: do not trust the propensities
+    return isinstance(rerank, dict) and (rerank.get("n") or 1) > 1
 
 
 def _in_holdout(reply_id: str, share: float, seed: int) -> bool:
@@ -189,12 +201,14 @@ def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: Rewa
         sample = Sample(reply_id=rid, user_id=uid or reply["user_id"], prompt_ids=reply["prompt_ids"],
                         reply_ids=reply["reply_ids"], behavior_logp=reply["logprobs"], reward=reward,
                         adapter_version=str(e.get("adapter_version") or reply["adapter_version"]),
-                        params=reply["params"], stream_id=stream_id)
+                        params=reply["params"], stream_id=stream_id, reranked=reply["reranked"])
         (unscored if e.get("state") == UNSCORED else samples).append(sample)
     capped = cap_user_share(samples, lambda s: s.user_id, reward_cfg.max_user_share) if samples else []
     dropped["user_share_cap"] += len(samples) - len(capped)
-    train = [s for s in capped if not _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)]
-    holdout = [s for s in capped if _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)]
+    # the gate's held-out replies need their true propensities: reranked ones train instead
+    held = [not s.reranked and _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed) for s in capped]
+    train = [s for s, h in zip(capped, held) if not h]
+    holdout = [s for s, h in zip(capped, held) if h]
     pairs, last_pair = _read_pairs(r, keys, cfg, users) if with_pairs else ([], None)
     unscored = [s for s in unscored if not _in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)]
     return Dataset(train=train, holdout=holdout, pairs=pairs, read=len(entries), dropped=+dropped,

@@ -41,9 +41,10 @@ def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int):
 
 
 def refresh(r: redis.Redis, keys: Keys, model, device, base_model: str, data_dir, window: int,
-            cfg: RewardModelConfig | None = None) -> RewardModel | None:
+            cfg: RewardModelConfig | None = None, min_auroc: float = 0.6) -> RewardModel | None:
     """Retrain the reward model on the newest labelled replies and save it; None when there are
-    too few (the previous model, if any, stays on disk and is returned instead)."""
+    too few (the previous model, if any, stays on disk and is returned instead). The manifest
+    says whether it passed `min_auroc`: servers rerank only with a trusted one."""
     cfg = cfg or RewardModelConfig()
     pairs, labels, ids = labelled_replies(r, keys, window, cfg.max_reply_tokens)
     if len(ids) < cfg.min_samples:
@@ -52,6 +53,7 @@ def refresh(r: redis.Redis, keys: Keys, model, device, base_model: str, data_dir
         return old if old is not None and old.base_model == base_model else None
     feats = extract_features(model, pairs, device, cfg.max_reply_tokens)
     rm = fit(feats, labels, ids, cfg, base_model=base_model)
+    rm.metrics["trusted"] = trusted(rm, min_auroc)
     rm.save(data_dir)
     log.info("reward model: %d replies, held-out AUROC liked=%s", len(ids), rm.metrics["liked"]["auroc"])
     return rm

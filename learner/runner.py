@@ -192,7 +192,7 @@ def _reward_model(r, keys, model, loaded, settings, cfg, reward_cfg, data) -> tu
     from learner import reward_data
     from learner.reward_model import extract_features
     rm = reward_data.refresh(r, keys, model, loaded.device, loaded.model_id, settings.data_dir,
-                             cfg.reward_model_window)
+                             cfg.reward_model_window, min_auroc=cfg.reward_model_min_auroc)
     note = {"used": False, "metrics": {k: {m: v for m, v in s.items() if m != "reliability"}
                                        for k, s in (rm.metrics if rm else {}).items() if isinstance(s, dict)}}
     if not reward_data.trusted(rm, cfg.reward_model_min_auroc):

@@ -17,7 +17,7 @@ from core.modeling import LoadedModel, load_model
 from core.redis_conn import connect, connect_async
 from core.registry import Registry
 from core.settings import ServerSettings
-from service.engine.core import Engine
+from service.engine.core import Engine, default_stop_ids
 from service.serving.chat import ChatService
 from service.serving.feedback import FeedbackService
 from service.serving.metrics import ServerMetrics
@@ -133,7 +133,7 @@ class Runtime:
         self.loaded = load_tokenizer_and_shape(self.settings.model, self.settings.models_dir)
         tok = self.loaded.tokenizer
         self.engine = VllmEngine(self.settings.vllm_url_list, tok, self.loaded.model.config.vocab_size,
-                                 Engine._default_stop_ids(tok), max_queue=self.settings.max_queue,
+                                 default_stop_ids(tok), max_queue=self.settings.max_queue,
                                  timeout_s=self.settings.vllm_timeout_s)
         self.engine.wait_ready(self.settings.vllm_wait_s)
         self.metrics.watch_engine(self.engine)

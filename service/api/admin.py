@@ -44,6 +44,7 @@ async def adapters_status(request: Request):
     registry = _registry(request)
     state = await asyncio.to_thread(registry.state)
     return {"registry": state, "server": runtime.watcher.status() if runtime.watcher else None,
+            "rerank": runtime.chat.rerank_status() if getattr(runtime, "chat", None) else None,
             "history": await asyncio.to_thread(registry.history, 50)}
 
 

@@ -41,6 +41,7 @@ from service.engine.events import (  # noqa: F401 (re-exported: the serving laye
     QueuedEvent,
     TextTail,
     TokenEvent,
+    default_stop_ids,
 )
 from service.engine.prefix_cache import PrefixCache, as_dynamic_cache, kv_of
 
@@ -93,7 +94,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.stop_ids = stop_token_ids or self._default_stop_ids(tokenizer)
+        self.stop_ids = stop_token_ids or default_stop_ids(tokenizer)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self._inbox: queue.Queue = queue.Queue()
         self._active: list[_Sequence] = []
@@ -117,15 +118,6 @@ class Engine:
         self._batch = DecodeBatch()     # KV rows of the prefilled, decoding sequences
         self.prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._cache_arg = cache_argument_name(model)
-
-    @staticmethod
-    def _default_stop_ids(tok) -> set[int]:
-        ids = {tok.eos_token_id}
-        for special in ("<|im_end|>", "<|endoftext|>"):
-            tid = tok.convert_tokens_to_ids(special)
-            if isinstance(tid, int) and tid != tok.unk_token_id:
-                ids.add(tid)
-        return {i for i in ids if i is not None}
 
     # --- asyncio side -------------------------------------------------------------
     def start(self) -> None:

@@ -82,6 +82,18 @@ class ChatService:
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
         self.watcher, self.metrics = watcher, metrics
         self.user_streams: dict[str, int] = {}   # user id -> replies generating (event loop only)
+        self.scorer = None   # a RewardScorer when REWARDLOOP_RERANK_N > 1
+        if settings.rerank_n > 1:
+            from service.serving.rerank import RewardScorer
+            self.scorer = RewardScorer(engine, settings.data_dir, model_id)
+
+    def rerank_status(self) -> dict:
+        """REWARDLOOP_RERANK_N and whether a reward model is in use now (for /admin/adapters)."""
+        if self.scorer is None:
+            return {"n": 1, "reward_model": None}
+        in_use = self.scorer.current() is not None
+        return {"n": self.settings.rerank_n,
+                "reward_model": "in use" if in_use else self.scorer.refused or "none yet: one candidate per reply"}
 
     def route(self, session_id: str) -> str:
         return self.watcher.route(session_id) if self.watcher else "base"
@@ -181,7 +193,7 @@ class ChatService:
         try:
             # A websocket session's KV is kept across its turns; an API request is its own session.
             key = (plan.session_id, plan.adapter_version) if plan.api == "ws" else None
-            handle = self.engine.submit(GenerationRequest(plan.prompt_ids, plan.params, adapter, cache_key=key))
+            handle = self._submit(GenerationRequest(plan.prompt_ids, plan.params, adapter, cache_key=key))
         except EngineBusy as exc:
             raise self._busy(exc.waiting, exc.retry_after) from None
         uid = plan.user.user_id
@@ -199,6 +211,23 @@ class ChatService:
                 self.metrics.active_streams.dec()
         handle.on_end = ended
         plan.handle = handle
+
+    def _submit(self, request: GenerationRequest):
+        """One generation, or REWARDLOOP_RERANK_N candidates behind one handle (sampled replies,
+        once a reward model for this base model exists)."""
+        model = self.scorer.current() if self.scorer and not request.params.greedy else None
+        if model is None:
+            return self.engine.submit(request)
+        from service.serving.rerank import RerankHandle, candidate_requests
+        requests, handles = candidate_requests(request, self.settings.rerank_n), []
+        try:
+            for req in requests:
+                handles.append(self.engine.submit(req))
+        except EngineBusy:
+            for h in handles:
+                h.cancel()
+            raise
+        return RerankHandle(handles, requests, self.scorer, model)
 
     async def stream(self, plan: ReplyPlan, queued: bool = False) -> AsyncIterator[TokenEvent | TextTail | EndEvent]:
         """Yield token events, then log the reply, then yield the EndEvent; with `queued`,
@@ -254,12 +283,14 @@ class ChatService:
                 yield event
 
     def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent, stop_string: str | None = None) -> dict:
+        rerank = plan.handle.summary() if hasattr(plan.handle, "summary") else None
         return {
             "reply_id": plan.reply_id, "user_id": plan.user.user_id, "session_id": plan.session_id,
             "turn": plan.turn_index, "api": plan.api, "client_msg_id": plan.client_msg_id,
             "user_text": plan.user_text, "prompt_messages": plan.prompt.messages, "prompt_ids": plan.prompt_ids,
             "history_dropped": plan.prompt.dropped_turns, "text": text, "token_ids": ids,
-            "logprobs": [round(x, 6) for x in logprobs], "params": plan.params.to_dict(),
+            "logprobs": [round(x, 6) for x in logprobs],
+            "params": (plan.handle.params if rerank else plan.params).to_dict(), "rerank": rerank,
             "adapter_version": plan.adapter_version, "model_id": self.model_id,
             "queued_at": end.queued_at, "first_token_at": end.first_token_at, "ended_at": end.ended_at,
             "finish_reason": end.finish_reason, "n_tokens": end.n_tokens, "error": end.error,

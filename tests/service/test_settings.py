@@ -65,6 +65,9 @@ def test_bad_number_names_the_variable(var, raw):
     ({"device": "tpu"}, "REWARDLOOP_DEVICE"),
     ({"candidate_share": 1.5}, "REWARDLOOP_CANDIDATE_SHARE"),
     ({"port": 0}, "REWARDLOOP_PORT"),
+    ({"rerank_n": 0}, "REWARDLOOP_RERANK_N"),
+    ({"rerank_n": 17}, "REWARDLOOP_RERANK_N"),
+    ({"rerank_n": 4, "engine": "vllm", "vllm_urls": "http://gpu1:8100"}, "REWARDLOOP_ENGINE=local"),
 ])
 def test_validation_names_field_and_variable(kwargs, needle):
     with pytest.raises(ValueError) as info:

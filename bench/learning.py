@@ -148,13 +148,15 @@ def judge(taste, replies: list[tuple[str | None, str, str]]) -> list[float]:
 
 
 def offline_replies(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
-                    dtype=None) -> list[tuple[str | None, str, str]]:
+                    dtype=None, questions=None, loaded=None, with_ids: bool = False) -> list[tuple]:
     """(expected answer, reply text, finish reason) of fresh sampled replies to the held-out
-    questions, from base (+ adapter), in `dtype` (bench/cpu_dtype.py: bf16) or the model's own."""
+    questions (or `questions`), from base (+ adapter), in `dtype` (bench/cpu_dtype.py: bf16) or
+    the model's own. `loaded`: a core.modeling.LoadedModel to reuse; `with_ids`: each tuple also
+    carries (prompt ids, reply ids with the stop token, as a server logs them)."""
     import torch
 
     from core.modeling import load_model
-    loaded = load_model(model_name, MODELS, device="cpu")
+    loaded = loaded or load_model(model_name, MODELS, device="cpu")
     model = loaded.model if dtype is None else loaded.model.to(dtype)  # bench/cpu_dtype.py: bf16 replies
     if adapter_dir is not None:
         from peft import PeftModel
@@ -162,7 +164,8 @@ def offline_replies(model_name: str, adapter_dir: Path | None, n: int, max_new_t
     tok = loaded.tokenizer
     tok.padding_side = "left"
     system = Settings().system_prompt
-    qs = [HELDOUT[i % len(HELDOUT)] for i in range(n)]
+    pool = questions or HELDOUT
+    qs = [pool[i % len(pool)] for i in range(n)]
     prompts = [tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
                                        add_generation_prompt=True, tokenize=False) for q, _ in qs]
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -171,12 +174,20 @@ def offline_replies(model_name: str, adapter_dir: Path | None, n: int, max_new_t
         out = model.generate(**batch, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens,
                              pad_token_id=tok.pad_token_id)  # [n, P + T]
     replies = []
-    for (q, a), row in zip(qs, out[:, batch["input_ids"].shape[1]:]):
+    for i, ((q, a), row) in enumerate(zip(qs, out[:, batch["input_ids"].shape[1]:])):
         ids = row.tolist()
         stopped = tok.eos_token_id in ids
         text = tok.decode(ids[:ids.index(tok.eos_token_id)] if stopped else ids, skip_special_tokens=True)
-        replies.append((a, text, "stop" if stopped else "length"))
+        reply = (a, text, "stop" if stopped else "length")
+        if with_ids:
+            prompt_ids = batch["input_ids"][i][batch["attention_mask"][i] == 1].tolist()
+            reply += (prompt_ids, ids[:ids.index(tok.eos_token_id) + 1] if stopped else ids)
+        replies.append(reply)
     return replies
+
+
+def _per(seconds, n) -> float | None:
+    return seconds / n if seconds and n else None
 
 
 def trl_missing() -> str | None:
@@ -265,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
+    p.add_argument("--rerank-n", type=int, default=4,
+                   help="also judge reranking N base candidates with the reward model the loop trained "
+                        "(REWARDLOOP_RERANK_N; below 2: skip)")
     p.add_argument("--kto-online", action=argparse.BooleanOptionalAction, default=True,
                    help="also publish the KTO adapter and let the simulated users chat with it for one round")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "learning.json"))
@@ -338,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
                            "verdict": mean_ci([thumbs_reward(t.verdict) for t in turns]),
                            "learner": {"state": res.state, "version": res.version, "reason": res.reason,
                                        "seconds_per_step": (res.stats.get("training") or {}).get("seconds_per_step"),
+                                       # this run alone: its loop seconds over the samples it trained on
+                                       # (replayed ones included), like for like with KTO's one training
+                                       "run_s_per_trained_sample": _per((res.stats.get("training") or {})
+                                                                        .get("loop_seconds"),
+                                                                        res.stats.get("samples_used")),
                                        "train_s": res.stats.get("train_seconds"),
                                        "samples_used": res.stats.get("samples_used"), "kto_rows": len(took),
                                        "server_swap": swap,
@@ -400,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"offline {v:>5}: mean {offline[v]['mean']:+.3f}  95% CI [{offline[v]['ci'][0]:+.3f}, "
               f"{offline[v]['ci'][1]:+.3f}]  n={offline[v]['n']}", flush=True)
 
+    from bench.rerank import loop_rerank  # here: bench/rerank.py imports this module
+    rerank = loop_rerank(args.model, settings.data_dir, taste, args.eval, args.rerank_n, args.max_new_tokens,
+                         args.seed)
+    if "lift" in rerank:
+        print(f"rerank base x{args.rerank_n} with the loop's reward model (trusted: {rerank['trusted']}): lift "
+              f"{rerank['lift']['mean']:+.3f} [{rerank['lift']['ci'][0]:+.3f}, {rerank['lift']['ci'][1]:+.3f}]",
+              flush=True)
+
     comparison = []
     for v in versions[1:]:
         cost = runs.get(v, {}) if v != "kto" else {"events": kto["samples"], "train_s": kto["train_s"],
@@ -427,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"model": args.model, "args": vars(args), "population": taste.__dict__, "rounds": rounds,
               "paired_lift": {"version": last[-1] if last else None, **(paired_lift or {})},
               "online": online, "offline": offline, "offline_scores": scores, "trl_kto": kto,
-              "comparison": comparison, "head_to_head": head_to_head,
+              "comparison": comparison, "head_to_head": head_to_head, "rerank": rerank,
               "chart": chart_panels(offline, comparison),
               "definitions": {
                   "events": "training samples (final rewards) used: rewardloop cumulative over its runs up to "
@@ -435,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
                   "lift": "offline mean reward minus the base model's (95% CI from both intervals)",
                   "per_1k_events": "lift / events * 1000",
                   "train_s_per_sample": "seconds inside the optimisation loop / events (rewardloop: the "
-                                        "training stats' loop_seconds; KTO: trainer.train())",
+                                        "training stats' loop_seconds of every run up to this version, each "
+                                        "retraining its replay window; KTO: trainer.train() once)",
+                  "run_s_per_trained_sample": "(rounds[].learner) one run's loop seconds / the samples it "
+                                              "trained on, replayed ones included: like for like with KTO's "
+                                              "train_s_per_sample",
                   "wall_s_per_sample": "whole learner run / events (rewardloop: model load, training, gate; "
                                        "KTO: model load, dataset preparation, training, saving)"},
               "hot_swap_seen": any(v != "base" for rd in rounds for v in rd["served"]),

@@ -77,8 +77,15 @@ class RewardScorer:
         """P[liked] of each (prompt, reply), computed on the engine thread."""
         from learner.reward_model import extract_features
         eng = self.engine
-        feats = await asyncio.wrap_future(eng.call(
-            lambda: extract_features(eng.model, [(prompt_ids, r) for r in replies], eng.device)))
+
+        def features():   # engine thread
+            # The engine's own switch to base weights rather than PEFT's disable_adapter(): the
+            # slots set the LoRA layers' state themselves (service/engine/slots.py), and the
+            # engine's record of the active version then stays true by construction.
+            eng.activate_adapter(None)
+            base = eng.model.get_base_model() if hasattr(eng.model, "get_base_model") else eng.model
+            return extract_features(base, [(prompt_ids, r) for r in replies], eng.device)
+        feats = await asyncio.wrap_future(eng.call(features))
         return [float(p) for p in model.predict(feats)]
 
 

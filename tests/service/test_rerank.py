@@ -135,3 +135,38 @@ def test_a_server_with_rerank_n_streams_and_logs_the_chosen_candidate(server_fac
         assert load_reply(r, keys, plain["start"]["reply_id"], 256)["reranked"] is False
     finally:
         chat.close()
+
+
+def test_scoring_reads_base_features_and_leaves_the_served_adapter_as_it_was(models_dir, loop, tmp_path):
+    """The server's model carries LoRA slots; scoring must see the base model and must not
+    leave the layers switched differently from what the engine believes."""
+    from core.modeling import load_model
+    from service.engine.slots import AdapterSlots
+    from tests.model_fixtures import save_random_adapter
+    own = load_model("tiny-random", models_dir, "cpu")    # its own copy: the slots wrap it in place
+    prompt, reply = list(range(3, 30)), list(range(40, 52))
+    base_feats = extract_features(own.model, [(prompt, reply)], "cpu")
+    engine = Engine(own.model, own.tokenizer, own.device, stop_token_ids={-1})
+    engine.adapters = AdapterSlots(engine)
+    engine.adapters.load("1", save_random_adapter(models_dir, tmp_path / "v1", seed=3))
+    engine.start()
+    rm = _reward_model(own.model, own.tokenizer, own.model_id)
+    scorer = RewardScorer(engine, tmp_path, own.model_id)
+
+    def greedy(adapter):
+        async def run():
+            req = GenerationRequest(prompt, SamplingParams(temperature=0, max_new_tokens=8), adapter)
+            return [e.token_id for e in [e async for e in engine.submit(req)] if isinstance(e, TokenEvent)]
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(120)
+    try:
+        on_v1, on_base = greedy("1"), greedy(None)
+        assert on_v1 != on_base, "the adapter changes nothing: the test could not see a wrong switch"
+        greedy("1")                                          # version 1 is the active one now
+        score = asyncio.run_coroutine_threadsafe(scorer.score(rm, prompt, [reply]), loop).result(120)[0]
+        assert score == pytest.approx(float(rm.predict(base_feats)[0]), abs=1e-5)
+        assert greedy("1") == on_v1 and greedy(None) == on_base
+        greedy(None)
+        asyncio.run_coroutine_threadsafe(scorer.score(rm, prompt, [reply]), loop).result(120)
+        assert greedy(None) == on_base and greedy("1") == on_v1
+    finally:
+        engine.shutdown()

@@ -1,0 +1,106 @@
+"""Pool the per-population learning runs (`bench/learning.py --population P --seed K`) by
+objective: the held-out lift over base of the newest version each run serves (a run whose
+versions were all rejected serves base: 0), paired by question over all seeds, and TRL's
+KTOTrainer on the same samples. Prints a table, writes JSON and a PNG chart.
+
+    .venv/bin/python bench/learning_populations.py      # bench/results/learning_pop_*.json
+
+Result files: learning_pop_<population>_seed<k><suffix>.json; suffix '' = the old pg + KL + SFT
+mix, '_ktobal' = the default (KTO, baseline labels, balanced classes), '_ktoobj' = KTO with
+TRL's labels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from bench.common import table
+from bench.learning import mean_ci
+from bench.populations import POPULATIONS
+
+OBJECTIVES = {"_ktobal": "default: KTO, baseline labels, balanced", "": "pg + KL + SFT (old default)",
+              "_ktoobj": "KTO, TRL's labels", "kto": "TRL KTOTrainer (same samples)"}
+NAME = re.compile(r"learning_pop_(?P<pop>[a-z_]+?)_seed(?P<seed>\d+)(?P<suffix>_[a-z]+)?\.json$")
+
+
+def newest_served_diffs(report: dict) -> list[float]:
+    scores = report["offline_scores"]
+    v = (report.get("paired_lift") or {}).get("version")
+    return [a - b for a, b in zip(scores[v], scores["base"])] if v else [0.0] * len(scores["base"])
+
+
+def pool(folder: Path) -> dict:
+    """{objective: {population: {"lift": mean_ci, "seeds": [...]}}}"""
+    acc: dict = {}
+    for path in sorted(folder.glob("learning_pop_*.json")):
+        m = NAME.search(path.name)
+        if not m or m["pop"] not in POPULATIONS:
+            continue
+        report = json.loads(path.read_text())
+        sides = [(m["suffix"] or "", newest_served_diffs(report))]
+        if m["suffix"] == "_ktobal" and "kto" in report["offline_scores"]:   # KTO once, in the default's runs
+            s = report["offline_scores"]
+            sides.append(("kto", [a - b for a, b in zip(s["kto"], s["base"])]))
+        for objective, diffs in sides:
+            cell = acc.setdefault(objective, {}).setdefault(m["pop"], {"diffs": [], "seeds": []})
+            cell["diffs"] += diffs
+            cell["seeds"].append(int(m["seed"]))
+    return {o: {p: {"lift": mean_ci(c["diffs"]), "seeds": sorted(c["seeds"])} for p, c in pops.items()}
+            for o, pops in acc.items()}
+
+
+def png(pooled: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pops = list(POPULATIONS)
+    objectives = [o for o in OBJECTIVES if o in pooled]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(objectives)
+    for i, o in enumerate(objectives):
+        xs = [j + (i - (len(objectives) - 1) / 2) * width for j in range(len(pops))]
+        cells = [pooled[o].get(p) for p in pops]
+        means = [c["lift"]["mean"] if c else 0 for c in cells]
+        err = [[(c["lift"]["mean"] - c["lift"]["ci"][0]) if c else 0 for c in cells],
+               [(c["lift"]["ci"][1] - c["lift"]["mean"]) if c else 0 for c in cells]]
+        seeds = {len(c["seeds"]) for c in cells if c}
+        ax.bar(xs, means, width, yerr=err, capsize=3,
+               label=f"{OBJECTIVES[o]} ({'/'.join(map(str, sorted(seeds)))} seeds)")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(pops)), pops)
+    ax.set_ylabel("held-out lift over base (paired, 95% CI)")
+    ax.set_title("Newest served version vs base on questions never trained on")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--results", default="bench/results")
+    ap.add_argument("--out", default="bench/results/learning_populations.json")
+    ap.add_argument("--png", default="bench/results/learning_populations.png")
+    args = ap.parse_args(argv)
+    pooled = pool(Path(args.results))
+    rows = []
+    for o in (o for o in OBJECTIVES if o in pooled):
+        row = {"objective": OBJECTIVES[o]}
+        for p in POPULATIONS:
+            c = pooled[o].get(p)
+            row[p] = (f"{c['lift']['mean']:+.2f} [{c['lift']['ci'][0]:+.2f}, {c['lift']['ci'][1]:+.2f}] "
+                      f"seeds {','.join(map(str, c['seeds']))}") if c else "-"
+        rows.append(row)
+    print(table(rows, ["objective", *POPULATIONS]))
+    Path(args.out).write_text(json.dumps(pooled, indent=1))
+    png(pooled, Path(args.png))
+    print(f"wrote {args.out} and {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -145,11 +145,14 @@ class RerankHandle:
         gathered = asyncio.gather(*(self._collect(i, i == 0, queued) for i in range(len(self.handles))))
         while not gathered.done():   # pass on the first candidate's queue positions meanwhile
             waiter = asyncio.ensure_future(queued.get())
-            await asyncio.wait([waiter, gathered], return_when=asyncio.FIRST_COMPLETED)
-            if waiter.done():
+            try:
+                await asyncio.wait([waiter, gathered], return_when=asyncio.FIRST_COMPLETED)
+            finally:   # also when the reader stops iterating here: leave no task pending
+                got = waiter.done() and not waiter.cancelled()
+                if not waiter.done():
+                    waiter.cancel()
+            if got:
                 yield waiter.result()
-            else:
-                waiter.cancel()
         runs = gathered.result()
         ends = [next((e for e in r if isinstance(e, EndEvent)), None) for r in runs]
         ok = [i for i, e in enumerate(ends) if e is not None and e.finish_reason in ("stop", "length")]

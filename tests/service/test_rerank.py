@@ -73,6 +73,16 @@ def test_the_best_scored_candidate_is_streamed_and_scores_are_the_reward_models(
         # cancelled before it ran: every candidate ends cancelled, nothing is scored, on_end still fires once
         handle, events, ended = asyncio.run_coroutine_threadsafe(run(cancel=True), loop).result(120)
         assert events[-1].finish_reason == "cancelled" and handle.scores is None and ended == [1]
+        # a reward model that fails to score (here: the wrong feature width) costs the choice, not the reply
+        broken = RewardModel(mean=np.zeros(3), std=np.ones(3), weights={"liked": np.ones(3)}, bias={"liked": 0.0})
+
+        async def broken_run():
+            reqs = candidate_requests(GenerationRequest(prompt, SamplingParams(max_new_tokens=6, seed=5)), 3)
+            handle = RerankHandle([engine.submit(r) for r in reqs], reqs, scorer, broken)
+            return handle, [e async for e in handle]
+        handle, events = asyncio.run_coroutine_threadsafe(broken_run(), loop).result(120)
+        assert handle.scores is None and handle.chosen == 0 and events[-1].finish_reason == "length"
+        assert handle.params.seed == 5
         # the chat service reranks sampled replies only: N greedy copies would be the same reply
         from core.settings import ServerSettings
         from service.serving.chat import ChatService

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 
 import pytest
 
@@ -14,6 +16,16 @@ XSS_REPLY = "<script>alert(1)</script> & <b>bold</b>"
 def xss_model(models_dir, tmp_path_factory):
     """A real model that answers every prompt with an HTML/JS string."""
     return train_parrot(models_dir, tmp_path_factory.mktemp("parrot") / "xss", XSS_REPLY)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """An event loop running in a thread of its own: engine tests submit to it from the test's
+    thread (asyncio.run_coroutine_threadsafe) while the engine thread emits into it."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from core.sampling import SamplingParams
 from service.engine.core import EndEvent, Engine, EngineStopped, GenerationRequest, TokenEvent
 
 
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-
-
 def _run(loop, coro, timeout=120):
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 

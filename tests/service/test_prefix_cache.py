@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 
 import pytest
 import torch
@@ -46,14 +45,6 @@ def test_take_reuses_only_the_exact_common_prefix_and_only_for_its_version():
     cache.put(("s", "1"), [1, 2], *_kv(2))
     cache.put(("s", "2"), [1, 2], *_kv(2))                                  # a session's other versions go
     assert len(cache) == 1 and common_prefix([1, 2, 3], [1, 2, 4]) == 2
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
 
 
 def _reply(engine, loop, req) -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -32,14 +31,6 @@ def _reward_model(model, tok, model_id: str, seed: int = 0, trusted: bool = True
 def loaded(models_dir):
     from core.modeling import load_model
     return load_model("tiny-random", models_dir, "cpu")
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
 
 
 def test_the_best_scored_candidate_is_streamed_and_scores_are_the_reward_models(loaded, loop, tmp_path):

@@ -65,6 +65,15 @@ def mean_ci(values: list[float]) -> dict:
     return {"n": n, "mean": m, "ci": [m - half, m + half]}
 
 
+def _onpolicy(stats: dict) -> dict:
+    return (stats.get("reward_model") or {}).get("onpolicy") or {}
+
+
+def _run_s(stats: dict) -> float:
+    """One learner run's training seconds: its optimisation loop and its on-policy sampling."""
+    return (stats.get("training") or {}).get("loop_seconds", 0) + _onpolicy(stats).get("seconds", 0)
+
+
 def bench_train_config(**overrides) -> TrainConfig:
     """The learner settings of this bench (and of bench/learning_replay.py): few samples per run,
     so small mini-batches and runs, a bigger learning rate, and a gate loose enough that a
@@ -275,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="weigh KTO's two classes half each (TrainConfig.kto_balance; default: the learner's)")
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
+    p.add_argument("--onpolicy-n", type=int, default=None,
+                   help="replies the learner samples itself per logged prompt and rewards with its reward "
+                        "model (TrainConfig.onpolicy_n; default: the learner's)")
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
     p.add_argument("--rerank-n", type=int, default=4,
                    help="also judge reranking N base candidates with the reward model the loop trained "
@@ -299,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
                         reward_config=work / "reward.toml")
     cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
-                             **{k: v for k, v in (("kto_labels", args.kto_labels), ("kto_balance", args.kto_balance))
-                                if v is not None},
+                             **{k: v for k, v in (("kto_labels", args.kto_labels), ("kto_balance", args.kto_balance),
+                                                  ("onpolicy_n", args.onpolicy_n)) if v is not None},
                              **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
     taste = POPULATIONS[args.population]
@@ -339,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                 # sample once, and give KTO each one once, so both sides see the same data
                 took = [t for t in took if t.reply_id not in seen_ids]
                 seen_ids.update(t.reply_id for t in took)
-                training = res.stats.get("training") or {}
                 spent["events"] += len(took)
-                spent["train_s"] += training.get("loop_seconds", 0)
+                # the learner's own sampling and scoring of on-policy replies is training work too
+                spent["train_s"] += _run_s(res.stats)
                 spent["wall_s"] += res.stats.get("train_seconds") or 0
                 used += took
                 if args.samples_out:
@@ -354,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
                                        "seconds_per_step": (res.stats.get("training") or {}).get("seconds_per_step"),
                                        # this run alone: its loop seconds over the samples it trained on
                                        # (replayed ones included), like for like with KTO's one training
-                                       "run_s_per_trained_sample": _per((res.stats.get("training") or {})
-                                                                        .get("loop_seconds"),
-                                                                        res.stats.get("samples_used")),
+                                       "run_s_per_trained_sample": _per(_run_s(res.stats), res.stats.get("samples_used")),
+                                       # over the logged samples only (on-policy replies not counted)
+                                       "run_s_per_logged_sample": _per(_run_s(res.stats),
+                                                                       (res.stats.get("samples_used") or 0)
+                                                                       - _onpolicy(res.stats).get("added", 0)),
                                        "train_s": res.stats.get("train_seconds"),
                                        "samples_used": res.stats.get("samples_used"), "kto_rows": len(took),
+                                       "onpolicy": _onpolicy(res.stats) or None,
                                        "server_swap": swap,
                                        "gate": (res.stats.get("gate") or {}).get("stats")}})
             print(f"round {k}: {len(turns)} turns ({t_chat:.0f}s), {len(finals)} final rewards, verdict mean "
@@ -462,11 +477,13 @@ def main(argv: list[str] | None = None) -> int:
                   "lift": "offline mean reward minus the base model's (95% CI from both intervals)",
                   "per_1k_events": "lift / events * 1000",
                   "train_s_per_sample": "seconds inside the optimisation loop / events (rewardloop: the "
-                                        "training stats' loop_seconds of every run up to this version, each "
+                                        "training stats' loop_seconds, plus the seconds spent sampling and "
+                                        "scoring on-policy replies, of every run up to this version, each "
                                         "retraining its replay window; KTO: trainer.train() once)",
                   "run_s_per_trained_sample": "(rounds[].learner) one run's loop seconds / the samples it "
                                               "trained on, replayed ones included: like for like with KTO's "
-                                              "train_s_per_sample",
+                                              "train_s_per_sample (on-policy replies count as samples; "
+                                              "run_s_per_logged_sample does not count them)",
                   "wall_s_per_sample": "whole learner run / events (rewardloop: model load, training, gate; "
                                        "KTO: model load, dataset preparation, training, saving)"},
               "hot_swap_seen": any(v != "base" for rd in rounds for v in rd["served"]),

@@ -153,9 +153,8 @@ def main(argv=None) -> None:
     import redis
 
     from core.embedded_redis import EmbeddedRedis
-    from core.modeling import resolve_model_path
+    from core.modeling import default_stop_ids, resolve_model_path
     from service.cli.vllm_child import VllmProcess, vllm_command, vllm_env
-    from service.engine.core import default_stop_ids
     from service.engine.vllm import load_tokenizer_and_shape
     from tests.helpers import MODELS, ServerProc, base_env, free_port
     from tests.service.vllm_support import VLLM_PY, require_vllm

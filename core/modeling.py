@@ -44,6 +44,23 @@ class LoadedModel:
     dtype: torch.dtype
 
 
+def default_stop_ids(tok) -> set[int]:
+    """The token ids that end a reply, for either engine and the learner's own sampling: EOS and the chat template's end marks."""
+    ids = {tok.eos_token_id}
+    for special in ("<|im_end|>", "<|endoftext|>"):
+        tid = tok.convert_tokens_to_ids(special)
+        if isinstance(tid, int) and tid != tok.unk_token_id:
+            ids.add(tid)
+    return {i for i in ids if i is not None}
+
+
+def cache_argument_name(model) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache`; support both."""
+    import inspect
+    base = getattr(model, "get_base_model", lambda: model)()
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

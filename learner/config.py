@@ -71,6 +71,9 @@ class TrainConfig:
     reward_model_window: int = _f(4096, "Newest final rewards the reward model learns from.")
     reward_model_min_auroc: float = _f(0.6, "The reward model is used only when its held-out AUROC on 'liked' is "
                                             "at least this (0.5 = chance).")
+    onpolicy_n: int = _f(0, "Replies the learner samples itself per logged prompt from the parent adapter and "
+                            "rewards with the trusted reward model (learner/onpolicy.py); 0 = off.")
+    onpolicy_prompts: int = _f(8, "Most distinct logged prompts (newest first) that get onpolicy_n replies per run.")
     kto_beta: float = _f(0.1, "KTO beta (used when losses.kto > 0).")
     kto_labels: str = _f("baseline", "KTO's desirable label: 'sign' = reward > 0 (TRL's thumbs); 'baseline' = reward "
                          "above the run's policy-gradient baseline (pg_baseline), so a population that is mostly "
@@ -142,6 +145,10 @@ class TrainConfig:
             raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
         if self.pg_ratio_cap != 0 and not (math.isfinite(self.pg_ratio_cap) and self.pg_ratio_cap > 1):
             raise _bad("TrainConfig", "pg_ratio_cap", self.pg_ratio_cap, "0 (off) or a finite number > 1")
+        for name, hi in (("onpolicy_n", 16), ("onpolicy_prompts", 256)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+                raise _bad("TrainConfig", name, v, f"an integer in [0, {hi}]")
         for name in ("replay_window", "reward_model_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -55,6 +55,9 @@ class Sample:
     # Chosen among REWARDLOOP_RERANK_N candidates by the reward model: behavior_logp is the sampled
     # tokens' own, not the propensity of the choice, so it never goes into the gate's estimate.
     reranked: bool = False
+    # Drawn by the learner from the parent adapter and rewarded by the reward model
+    # (learner/onpolicy.py): trains, never held out, no user behind it.
+    onpolicy: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -85,6 +88,7 @@ class Dataset:
         rewards = [s.reward for s in self.train]
         return {"read": self.read, "train": len(self.train), "holdout": len(self.holdout),
                 "replayed": self.replayed, "unscored": len(self.unscored),
+                "onpolicy": sum(s.onpolicy for s in self.train),
                 "pairs": len(self.pairs), "users": len({s.user_id for s in self.train}),
                 "dropped": dict(self.dropped),
                 "reward_mean": sum(rewards) / len(rewards) if rewards else None}

@@ -111,7 +111,8 @@ def run_once(settings: LearnerSettings, cfg: TrainConfig | None = None, reward_c
 def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by, on_trained) -> RunResult:
     import torch
 
-    from core.modeling import load_model
+    from core.modeling import default_stop_ids, load_model
+    from learner import onpolicy
     from learner.train import train, wrap_with_lora
 
     registry = Registry(r, keys, settings.data_dir)
@@ -142,6 +143,12 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     model = wrap_with_lora(loaded.model, cfg, parent_dir)
     model.eval()
     rm, rm_note = _reward_model(r, keys, model, loaded, settings, cfg, reward_cfg, data)
+    if rm is not None and cfg.onpolicy_n > 0:   # before training: the parent adapter draws them
+        rm_note["onpolicy"] = onpolicy.add_replies(
+            model, data.train, rm, cfg.onpolicy_n, cfg.onpolicy_prompts, reward_cfg.model_reward_weight,
+            str(parent), state["next_version"] + 1, cfg.seed, cfg.max_reply_tokens,
+            default_stop_ids(loaded.tokenizer), loaded.tokenizer.pad_token_id, loaded.device)
+        log.info("on-policy replies: %s", rm_note["onpolicy"])
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)

@@ -13,11 +13,11 @@ import redis
 import redis.asyncio as aredis
 
 from core.keys import Keys
-from core.modeling import LoadedModel, load_model
+from core.modeling import LoadedModel, default_stop_ids, load_model
 from core.redis_conn import connect, connect_async
 from core.registry import Registry
 from core.settings import ServerSettings
-from service.engine.core import Engine, default_stop_ids
+from service.engine.core import Engine
 from service.serving.chat import ChatService
 from service.serving.feedback import FeedbackService
 from service.serving.metrics import ServerMetrics

@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from core.modeling import cache_argument_name, default_stop_ids
 from core.sampling import SamplingParams, sample_batch
 from service.engine.batching import DecodeBatch, batchable
 from service.engine.events import (  # noqa: F401 (re-exported: the serving layer imports events from here)
@@ -41,7 +42,6 @@ from service.engine.events import (  # noqa: F401 (re-exported: the serving laye
     QueuedEvent,
     TextTail,
     TokenEvent,
-    default_stop_ids,
 )
 from service.engine.prefix_cache import PrefixCache, as_dynamic_cache, kv_of
 
@@ -66,13 +66,6 @@ class _Sequence:
     prefill_started: float | None = None
     reused: int = 0             # prompt tokens taken from the prefix cache
     peak_rows: int = 1          # most rows of a decode forward it was in
-
-
-def cache_argument_name(model) -> str:
-    """transformers 5.x renamed `past_key_values` to `cache`; support both."""
-    import inspect
-    base = getattr(model, "get_base_model", lambda: model)()
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def prefill_end(start: int, total: int, chunk: int) -> int:

@@ -8,16 +8,6 @@ from dataclasses import dataclass
 from core.sampling import SamplingParams
 
 
-def default_stop_ids(tok) -> set[int]:
-    """The token ids that end a reply, for either engine: EOS and the chat template's end marks."""
-    ids = {tok.eos_token_id}
-    for special in ("<|im_end|>", "<|endoftext|>"):
-        tid = tok.convert_tokens_to_ids(special)
-        if isinstance(tid, int) and tid != tok.unk_token_id:
-            ids.add(tid)
-    return {i for i in ids if i is not None}
-
-
 @dataclass
 class TokenEvent:
     token_id: int

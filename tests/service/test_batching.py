@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from core.modeling import load_model
+from core.modeling import cache_argument_name, load_model
 from core.sampling import SamplingParams
 from service.engine.batching import DecodeBatch, batchable
-from service.engine.core import Engine, GenerationRequest, TokenEvent, cache_argument_name
+from service.engine.core import Engine, GenerationRequest, TokenEvent
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,10 @@ from tests.helpers import MODELS
 
 def rerank_lift(loaded, rm, taste, n_eval: int, n: int, max_new_tokens: int, seed: int,
                 model_name: str = "smollm2") -> dict:
-    """Held-out lift of reranking N base candidates with reward model `rm` over serving one
-    (candidate 0), paired by question; plus the best of N by the taste and rm's AUROC there."""
+    """Held-out lift of reranking N candidates of `loaded` (the base model, or a LoadedModel whose
+    model is a PeftModel: an adapter) with reward model `rm` over serving one (candidate 0),
+    paired by question; plus the best of N by the taste and rm's AUROC there. The reward model
+    reads base features either way (extract_features disables an adapter), as a server's does."""
     from learner.reward_model import auroc, extract_features
     cands = [offline_replies(model_name, None, n_eval, max_new_tokens, seed * 100 + j, loaded=loaded,
                              with_ids=True) for j in range(n)]
@@ -48,12 +50,16 @@ def rerank_lift(loaded, rm, taste, n_eval: int, n: int, max_new_tokens: int, see
     return {"n": n, "plain": mean_ci(plain.tolist()), "reranked": mean_ci(reranked.tolist()),
             "lift": mean_ci((reranked - plain).tolist()), "oracle_lift": mean_ci((scores.max(0) - plain).tolist()),
             "rm_auroc_heldout_questions": auroc(probs.ravel(), (scores.ravel() > 0).astype(int)),
-            "diffs": (reranked - plain).tolist()}
+            "diffs": (reranked - plain).tolist(), "plain_scores": plain.tolist(), "reranked_scores": reranked.tolist()}
 
 
-def loop_rerank(model_name: str, data_dir, taste, n_eval: int, n: int, max_new_tokens: int, seed: int) -> dict:
+def loop_rerank(model_name: str, data_dir, taste, n_eval: int, n: int, max_new_tokens: int, seed: int,
+                adapter_dir: Path | None = None) -> dict:
     """bench/learning.py --rerank-n: the same measure with the reward model the loop itself
-    trained from the simulated users' signals (DATA_DIR/reward_model), trusted or not."""
+    trained from the simulated users' signals (DATA_DIR/reward_model), trusted or not; on the
+    candidates of the base model, or of the adapter in `adapter_dir` (reranking on top of it)."""
+    import dataclasses
+
     from core.modeling import load_model
     from learner.reward_model import RewardModel
     if n < 2:
@@ -61,8 +67,11 @@ def loop_rerank(model_name: str, data_dir, taste, n_eval: int, n: int, max_new_t
     rm = RewardModel.load(Path(data_dir))
     if rm is None:
         return {"skipped": "the learner trained no reward model (fewer labelled replies than it needs)"}
-    out = rerank_lift(load_model(model_name, MODELS, device="cpu"), rm, taste, n_eval, n, max_new_tokens, seed,
-                      model_name)
+    loaded = load_model(model_name, MODELS, device="cpu")   # fresh: PEFT wraps the model in place
+    if adapter_dir is not None:
+        from peft import PeftModel
+        loaded = dataclasses.replace(loaded, model=PeftModel.from_pretrained(loaded.model, str(adapter_dir)).eval())
+    out = rerank_lift(loaded, rm, taste, n_eval, n, max_new_tokens, seed, model_name)
     return {"trusted": rm.metrics.get("trusted"), "rm_n_train": rm.metrics.get("n_train"),
             "rm_auroc_own_holdout": (rm.metrics.get("liked") or {}).get("auroc"), **out}
 

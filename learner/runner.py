@@ -152,14 +152,23 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)
+    measure = (lambda: gate.kl_to_parent(model, data.holdout, parent_view, pad_id, loaded.device)) \
+        if data.holdout else None
     train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress, lineage=lineage,
-                        should_stop=lambda: lock.lost)
+                        should_stop=lambda: lock.lost, kl_measure=measure)
     if train_stats["stopped"]:
         return RunResult("lost_lock", reason=f"the learner lock was lost after {train_stats['steps']} step(s); "
                          "training stopped early and nothing was published", stats=train_stats)
     if on_trained is not None:
         on_trained(model)
-    verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
+    region = train_stats.get("trust_region") or {}
+    if region.get("hit") and region.get("kept_step") == 0:   # the weights are the parent's again
+        verdict = gate.GateResult(False, f"KL to parent {region['last_kl']:.4g} per token after {region['of_steps']} "
+                                  f"step(s) is over the budget's stop line {region['limit']:.4g} (kl_stop x "
+                                  "kl_budget): nothing was learned within the trust region; lower lr or raise "
+                                  "kl_budget", stats={"kl_to_parent": region["last_kl"]})
+    else:
+        verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
     log.info("gate: %s %s %s", verdict.reason, verdict.stats, verdict.notes)
 
     version = state["next_version"] + 1

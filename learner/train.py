@@ -184,12 +184,46 @@ def kto_labelling(cfg: TrainConfig, rewards: list[float], baseline: float) -> tu
     return cut, (len(rewards) / (2 * n_d), len(rewards) / (2 * n_u))
 
 
+class TrustRegion:
+    """Early stop on the KL to the parent (TrainConfig.kl_stop), as PPO's target-KL stop does.
+
+    `measure()` -> the mean per-token KL(model || parent) on the held-out prompts (the gate's own
+    measure). Every `every` steps: below `limit`, the adapter weights are kept as the fallback;
+    at or above it, they are put back and training stops. The gate then finds the run within its
+    budget, and publishes or rejects it on the reward evidence instead."""
+
+    def __init__(self, model, measure, limit: float, every: int):
+        self.model, self.measure, self.limit, self.every = model, measure, limit, every
+        self.kept = self._weights()     # the parent's own: KL 0
+        self.kept_step, self.kl = 0, 0.0
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def check(self, step: int, last: bool = False) -> bool:
+        """After optimizer step `step` (1-based): True when training must stop."""
+        if step % self.every and not last:
+            return False
+        self.kl = float(self.measure())
+        if math.isfinite(self.kl) and self.kl < self.limit:
+            self.kept, self.kept_step = self._weights(), step
+            return False
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, w in self.kept.items():
+                params[n].copy_(w)
+        return True
+
+
 def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
-          progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None) -> dict:
+          progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None,
+          kl_measure=None) -> dict:
     """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats.
     lineage: the parent's running reward mean and count (see pg_baseline).
     should_stop: checked before every step; when it answers True (the run lost its lock) training
-    ends at once with stats["stopped"] = True instead of finishing work nobody can publish."""
+    ends at once with stats["stopped"] = True instead of finishing work nobody can publish.
+    kl_measure: `() -> KL to the parent on held-out prompts`; with cfg.kl_stop > 0 it bounds
+    training to that trust region (TrustRegion); stats["trust_region"] says where it stopped."""
     w = cfg.losses
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -202,6 +236,8 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
     stats: dict = {"steps": 0, "baseline": baseline, "run_adv_rms": run_scale, **running, "first": None, "last": None}
     step_times: list[float] = []
 
+    region = TrustRegion(model, kl_measure, cfg.kl_stop * cfg.kl_budget, cfg.kl_check_every) \
+        if kl_measure is not None and cfg.kl_stop > 0 else None
     model.train()
     bar = tqdm(total=cfg.epochs * n_batches, desc="train", unit="step", disable=not progress, mininterval=0.5)
     stats["stopped"] = False
@@ -268,8 +304,22 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
             step_times.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{step['loss']:.4f}", refresh=False)
             bar.update(1)
+            last = epoch == cfg.epochs - 1 and i == n_batches - 1
+            if region is not None:
+                model.eval()   # measured as served: no dropout
+                hit = region.check(stats["steps"], last=last)
+                model.train()
+                if hit:
+                    stats["trust_region_hit"] = True
+                    break
+        if stats.get("trust_region_hit"):
+            break
     bar.close()
     model.eval()
+    if region is not None:
+        stats["trust_region"] = {"limit": region.limit, "hit": bool(stats.pop("trust_region_hit", False)),
+                                 "kept_step": region.kept_step, "of_steps": stats["steps"],
+                                 "last_kl": region.kl}
     stats["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
     stats["loop_seconds"] = sum(step_times)  # the loop only; the manifest's train_seconds is the whole run
     stats["samples"] = len(data.train)

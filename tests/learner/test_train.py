@@ -194,3 +194,27 @@ def test_kto_labels_relative_to_the_baseline_and_balanced_classes():
     assert kto_labelling(TrainConfig(kto_labels="sign"), [0.5, 0.6], 0.55)[1] == (1.0, 1.0)  # one class: no weights
     with pytest.raises(ValueError, match="kto_labels"):
         TrainConfig(kto_labels="median")
+
+
+def test_the_trust_region_stops_training_and_puts_back_the_last_weights_within_it():
+    """Scripted KL readings 0.1, 0.3, then 0.9 against a limit of 0.5: the weights measured at
+    0.3 come back and training stops there; a reading that is not finite counts as over."""
+    from learner.train import TrustRegion
+    model = torch.nn.Linear(2, 2)
+    readings = iter([0.1, 0.3, 0.9])
+    region = TrustRegion(model, lambda: next(readings), limit=0.5, every=1)
+    seen = []
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        seen.append(model.weight.detach().clone())
+        if region.check(step):
+            break
+    assert step == 3 and region.kept_step == 2 and region.kl == 0.9
+    assert torch.equal(model.weight, seen[1])                 # back to the weights measured at 0.3
+    every2 = TrustRegion(model, lambda: float("nan"), limit=0.5, every=2)
+    before = model.weight.detach().clone()
+    assert every2.check(1) is False                           # not a check step: not measured
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert every2.check(2) is True and torch.equal(model.weight, before)   # NaN: back to the start

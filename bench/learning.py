@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "train_s": res.stats.get("train_seconds"),
                                        "samples_used": res.stats.get("samples_used"), "kto_rows": len(took),
                                        "onpolicy": _onpolicy(res.stats) or None,
+                                       "trust_region": (res.stats.get("training") or {}).get("trust_region"),
                                        "server_swap": swap,
                                        "gate": (res.stats.get("gate") or {}).get("stats")}})
             print(f"round {k}: {len(turns)} turns ({t_chat:.0f}s), {len(finals)} final rewards, verdict mean "

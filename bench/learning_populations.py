@@ -5,9 +5,10 @@ KTOTrainer on the same samples. Prints a table, writes JSON and a PNG chart.
 
     .venv/bin/python bench/learning_populations.py      # bench/results/learning_pop_*.json
 
-Result files: learning_pop_<population>_seed<k><suffix>.json; suffix '' = the old pg + KL + SFT
-mix, '_ktobal' = the default (KTO, baseline labels, balanced classes), '_ktoobj' = KTO with
-TRL's labels.
+Result files: learning_pop_<population>_seed<k><suffix>.json; suffix '_klstop' = the default
+(KTO, baseline labels, balanced classes, KL trust region), '_ktobal' = the same without the trust
+region (the previous default), '' = the old pg + KL + SFT mix, '_ktoobj' = KTO with TRL's labels,
+'_onpol' = the default with on-policy replies (TrainConfig.onpolicy_n = 4). Also prints every run.
 """
 from __future__ import annotations
 
@@ -22,8 +23,13 @@ from bench.common import table
 from bench.learning import mean_ci
 from bench.populations import POPULATIONS
 
-OBJECTIVES = {"_ktobal": "default: KTO, baseline labels, balanced", "": "pg + KL + SFT (old default)",
-              "_ktoobj": "KTO, TRL's labels", "kto": "TRL KTOTrainer (same samples)"}
+OBJECTIVES = {"_klstop": "default: KTO balanced + KL trust region",
+              "_onpol": "default + on-policy replies (onpolicy_n 4)",
+              "_ktobal": "KTO balanced, no trust region (previous default)",
+              "": "pg + KL + SFT (old default)", "_ktoobj": "KTO, TRL's labels",
+              "kto": "TRL KTOTrainer (same samples, default's runs)",
+              "kto_ktobal": "TRL KTOTrainer (same samples, previous default's runs)"}
+KTO_FROM = {"_klstop": "kto", "_ktobal": "kto_ktobal"}   # KTO is pooled from these runs only
 NAME = re.compile(r"learning_pop_(?P<pop>[a-z_]+?)_seed(?P<seed>\d+)(?P<suffix>_[a-z]+)?\.json$")
 
 
@@ -42,15 +48,46 @@ def pool(folder: Path) -> dict:
             continue
         report = json.loads(path.read_text())
         sides = [(m["suffix"] or "", newest_served_diffs(report))]
-        if m["suffix"] == "_ktobal" and "kto" in report["offline_scores"]:   # KTO once, in the default's runs
+        if m["suffix"] in KTO_FROM and "kto" in report["offline_scores"]:
             s = report["offline_scores"]
-            sides.append(("kto", [a - b for a, b in zip(s["kto"], s["base"])]))
+            sides.append((KTO_FROM[m["suffix"]], [a - b for a, b in zip(s["kto"], s["base"])]))
         for objective, diffs in sides:
             cell = acc.setdefault(objective, {}).setdefault(m["pop"], {"diffs": [], "seeds": []})
             cell["diffs"] += diffs
             cell["seeds"].append(int(m["seed"]))
     return {o: {p: {"lift": mean_ci(c["diffs"]), "seeds": sorted(c["seeds"])} for p, c in pops.items()}
             for o, pops in acc.items()}
+
+
+def per_run(folder: Path, suffixes=("_klstop", "_onpol")) -> list[dict]:
+    """One row per run of the given objectives: what the gate did, the newest served version's
+    lift, KTO's, and the costs side by side."""
+    rows = []
+    for path in sorted(folder.glob("learning_pop_*.json")):
+        m = NAME.search(path.name)
+        if not m or m["pop"] not in POPULATIONS or (m["suffix"] or "") not in suffixes:
+            continue
+        rep = json.loads(path.read_text())
+        cmp = {c["version"]: c for c in rep["comparison"]}
+        v = (rep.get("paired_lift") or {}).get("version")
+        lift = rep.get("paired_lift") or {}
+        kto, ours = cmp.get("kto") or {}, cmp.get(v) or {}
+        run_s = [(rd["learner"].get("run_s_per_trained_sample"), rd["learner"].get("state")) for rd in rep["rounds"]]
+        hits = sum(bool((rd["learner"].get("trust_region") or {}).get("restored")) for rd in rep["rounds"])
+        on = (rep.get("rerank") or {}).get("on_adapter") or {}
+        rows.append({"population": m["pop"], "seed": int(m["seed"]), "objective": m["suffix"],
+                     "runs": "".join("p" if s == "published" else "r" if s == "rejected" else "-" for _, s in run_s),
+                     "newest": f"v{v}" if v else "base",
+                     "lift": f"{lift['mean']:+.2f} [{lift['ci'][0]:+.2f}, {lift['ci'][1]:+.2f}]" if v else "0",
+                     "kto": f"{kto['lift']:+.2f}" if kto else "-",
+                     "per1k ours/kto": f"{ours.get('per_1k_events', 0):.1f} / {kto.get('per_1k_events', 0):.1f}"
+                     if ours and kto else "-",
+                     "run s/sample": "/".join(f"{x:.2f}" for x, s in run_s if x and s in ("published", "rejected")),
+                     "kto s/sample": f"{kto['train_s_per_sample']:.2f}" if kto.get("train_s_per_sample") else "-",
+                     "tr restored": hits,
+                     "rerank on adapter": f"{on['lift']['mean']:+.2f} [{on['lift']['ci'][0]:+.2f}, "
+                                          f"{on['lift']['ci'][1]:+.2f}]" if "lift" in on else "-"})
+    return rows
 
 
 def png(pooled: dict, out: Path) -> None:
@@ -96,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"seeds {','.join(map(str, c['seeds']))}") if c else "-"
         rows.append(row)
     print(table(rows, ["objective", *POPULATIONS]))
-    Path(args.out).write_text(json.dumps(pooled, indent=1))
+    runs = per_run(Path(args.results))
+    if runs:
+        print()
+        print(table(runs, list(runs[0])))
+    Path(args.out).write_text(json.dumps({**pooled, "runs": runs}, indent=1))
     png(pooled, Path(args.png))
     print(f"wrote {args.out} and {args.png}")
     return 0

@@ -96,11 +96,12 @@ class TrainConfig:
     baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
                                    "many samples against this run's.")
     kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
-    kl_stop: float = _f(0.8, "Trust region: training stops once the KL to the parent on the held-out prompts "
-                             "reaches this share of kl_budget, keeping the last weights measured below it, so a "
-                             "run publishes what it learned within the budget instead of being rejected for "
-                             "overshooting it (0 = off; checked every kl_check_every steps).")
-    kl_check_every: int = _f(2, "Optimizer steps between two trust-region checks (kl_stop).")
+    kl_stop: float = _f(1.0, "Trust region: weights whose KL to the parent on the held-out prompts is below "
+                             "this share of kl_budget are kept during training; final weights over it are "
+                             "replaced by the newest kept ones, so a run that overshoots publishes what it "
+                             "learned within the budget instead of being rejected (0 = off).")
+    kl_check_every: int = _f(1, "Optimizer steps between two trust-region readings (kl_stop); the last step "
+                                "is always read.")
     cf_margin: float = _f(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
                                "much below the serving version's.")
     cf_min_ess: float = _f(30.0, "Counterfactual estimates with a smaller effective sample size carry a warning.")

@@ -162,11 +162,11 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     if on_trained is not None:
         on_trained(model)
     region = train_stats.get("trust_region") or {}
-    if region.get("hit") and region.get("kept_step") == 0:   # the weights are the parent's again
-        verdict = gate.GateResult(False, f"KL to parent {region['last_kl']:.4g} per token after {region['of_steps']} "
-                                  f"step(s) is over the budget's stop line {region['limit']:.4g} (kl_stop x "
-                                  "kl_budget): nothing was learned within the trust region; lower lr or raise "
-                                  "kl_budget", stats={"kl_to_parent": region["last_kl"]})
+    if region.get("restored") and region.get("kept_step") == 0:   # the weights are the parent's again
+        verdict = gate.GateResult(False, f"KL to parent over the budget: no weights measured during training were "
+                                  f"under kl_stop x kl_budget = {region['limit']:.4g} per token ({region['readings']} "
+                                  f"readings, the last {region['last_kl']:.4g}); nothing was learned within the trust "
+                                  "region; lower lr or raise kl_budget", stats={"kl_to_parent": region["last_kl"]})
     else:
         verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
     log.info("gate: %s %s %s", verdict.reason, verdict.stats, verdict.notes)

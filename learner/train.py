@@ -185,34 +185,41 @@ def kto_labelling(cfg: TrainConfig, rewards: list[float], baseline: float) -> tu
 
 
 class TrustRegion:
-    """Early stop on the KL to the parent (TrainConfig.kl_stop), as PPO's target-KL stop does.
+    """Keep the run inside the KL budget (TrainConfig.kl_stop x kl_budget) instead of losing it.
 
     `measure()` -> the mean per-token KL(model || parent) on the held-out prompts (the gate's own
-    measure). Every `every` steps: below `limit`, the adapter weights are kept as the fallback;
-    at or above it, they are put back and training stops. The gate then finds the run within its
-    budget, and publishes or rejects it on the reward evidence instead."""
+    measure). Every `every` steps, weights measured below `limit` are kept. Training runs all its
+    steps (the KL of a LoRA under Adam is not monotone: it often overshoots in the first steps
+    and comes back); if the final weights are over the limit, the newest kept ones are put back.
+    The gate then finds the run within its budget and decides on the reward evidence. Kept step
+    0 means the parent's own weights: nothing was learned within the budget."""
 
     def __init__(self, model, measure, limit: float, every: int):
         self.model, self.measure, self.limit, self.every = model, measure, limit, every
         self.kept = self._weights()     # the parent's own: KL 0
-        self.kept_step, self.kl = 0, 0.0
+        self.kept_step, self.kl, self.readings, self.within = 0, 0.0, 0, 0
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def check(self, step: int, last: bool = False) -> bool:
-        """After optimizer step `step` (1-based): True when training must stop."""
+    def check(self, step: int, last: bool = False) -> None:
+        """After optimizer step `step` (1-based); `last` measures whatever the step."""
         if step % self.every and not last:
-            return False
-        self.kl = float(self.measure())
+            return
+        self.kl, self.readings = float(self.measure()), self.readings + 1
         if math.isfinite(self.kl) and self.kl < self.limit:
-            self.kept, self.kept_step = self._weights(), step
-            return False
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for n, w in self.kept.items():
-                params[n].copy_(w)
-        return True
+            self.kept, self.kept_step, self.within = self._weights(), step, self.within + 1
+
+    def finish(self, steps: int) -> dict:
+        """Put the newest kept weights back when the last reading was over; what happened."""
+        restored = self.kept_step != steps
+        if restored:
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for n, w in self.kept.items():
+                    params[n].copy_(w)
+        return {"limit": self.limit, "restored": restored, "kept_step": self.kept_step, "of_steps": steps,
+                "last_kl": self.kl, "readings": self.readings, "within": self.within}
 
 
 def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
@@ -304,22 +311,14 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
             step_times.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{step['loss']:.4f}", refresh=False)
             bar.update(1)
-            last = epoch == cfg.epochs - 1 and i == n_batches - 1
             if region is not None:
                 model.eval()   # measured as served: no dropout
-                hit = region.check(stats["steps"], last=last)
+                region.check(stats["steps"], last=epoch == cfg.epochs - 1 and i == n_batches - 1)
                 model.train()
-                if hit:
-                    stats["trust_region_hit"] = True
-                    break
-        if stats.get("trust_region_hit"):
-            break
     bar.close()
     model.eval()
-    if region is not None:
-        stats["trust_region"] = {"limit": region.limit, "hit": bool(stats.pop("trust_region_hit", False)),
-                                 "kept_step": region.kept_step, "of_steps": stats["steps"],
-                                 "last_kl": region.kl}
+    if region is not None and not stats["stopped"]:
+        stats["trust_region"] = region.finish(stats["steps"])
     stats["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
     stats["loop_seconds"] = sum(step_times)  # the loop only; the manifest's train_seconds is the whole run
     stats["samples"] = len(data.train)

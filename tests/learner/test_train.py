@@ -196,25 +196,33 @@ def test_kto_labels_relative_to_the_baseline_and_balanced_classes():
         TrainConfig(kto_labels="median")
 
 
-def test_the_trust_region_stops_training_and_puts_back_the_last_weights_within_it():
-    """Scripted KL readings 0.1, 0.3, then 0.9 against a limit of 0.5: the weights measured at
-    0.3 come back and training stops there; a reading that is not finite counts as over."""
+def test_the_trust_region_keeps_the_newest_weights_within_it():
+    """Scripted KL readings 0.1, 0.9, 0.3, 0.7 against a limit of 0.5: training goes on past the
+    0.9 (KL under Adam is not monotone), and the weights read at 0.3 come back at the end."""
     from learner.train import TrustRegion
     model = torch.nn.Linear(2, 2)
-    readings = iter([0.1, 0.3, 0.9])
+    start = model.weight.detach().clone()
+    readings = iter([0.1, 0.9, 0.3, 0.7])
     region = TrustRegion(model, lambda: next(readings), limit=0.5, every=1)
     seen = []
-    for step in (1, 2, 3):
+    for step in (1, 2, 3, 4):
         with torch.no_grad():
             model.weight.add_(1.0)
         seen.append(model.weight.detach().clone())
-        if region.check(step):
-            break
-    assert step == 3 and region.kept_step == 2 and region.kl == 0.9
-    assert torch.equal(model.weight, seen[1])                 # back to the weights measured at 0.3
-    every2 = TrustRegion(model, lambda: float("nan"), limit=0.5, every=2)
-    before = model.weight.detach().clone()
-    assert every2.check(1) is False                           # not a check step: not measured
+        region.check(step)
+    out = region.finish(4)
+    assert out["restored"] is True and out["kept_step"] == 3 and out["within"] == 2 and out["readings"] == 4
+    assert torch.equal(model.weight, seen[2])                 # back to the weights read at 0.3
+    # within at the end: nothing to put back
+    fine = TrustRegion(model, lambda: 0.1, limit=0.5, every=2)
+    fine.check(1)
+    assert fine.readings == 0                                 # not a reading step
+    fine.check(2)
+    assert fine.finish(2)["restored"] is False
+    # a reading that is not finite counts as over; nothing within: the start comes back
+    model.weight.data.copy_(start)
+    never = TrustRegion(model, lambda: float("nan"), limit=0.5, every=1)
     with torch.no_grad():
         model.weight.add_(1.0)
-    assert every2.check(2) is True and torch.equal(model.weight, before)   # NaN: back to the start
+    never.check(1, last=True)
+    assert never.finish(1)["kept_step"] == 0 and torch.equal(model.weight, start)

@@ -73,7 +73,8 @@ def per_run(folder: Path, suffixes=("_klstop", "_onpol")) -> list[dict]:
         lift = rep.get("paired_lift") or {}
         kto, ours = cmp.get("kto") or {}, cmp.get(v) or {}
         run_s = [(rd["learner"].get("run_s_per_trained_sample"), rd["learner"].get("state")) for rd in rep["rounds"]]
-        hits = sum(bool((rd["learner"].get("trust_region") or {}).get("restored")) for rd in rep["rounds"])
+        alphas = "/".join(f"{(rd['learner'].get('trust_region') or {}).get('alpha', 1):g}" for rd in rep["rounds"]
+                          if rd["learner"].get("state") in ("published", "rejected"))
         on = (rep.get("rerank") or {}).get("on_adapter") or {}
         rows.append({"population": m["pop"], "seed": int(m["seed"]), "objective": m["suffix"],
                      "runs": "".join("p" if s == "published" else "r" if s == "rejected" else "-" for _, s in run_s),
@@ -84,7 +85,7 @@ def per_run(folder: Path, suffixes=("_klstop", "_onpol")) -> list[dict]:
                      if ours and kto else "-",
                      "run s/sample": "/".join(f"{x:.2f}" for x, s in run_s if x and s in ("published", "rejected")),
                      "kto s/sample": f"{kto['train_s_per_sample']:.2f}" if kto.get("train_s_per_sample") else "-",
-                     "tr restored": hits,
+                     "update scale": alphas,
                      "rerank on adapter": f"{on['lift']['mean']:+.2f} [{on['lift']['ci'][0]:+.2f}, "
                                           f"{on['lift']['ci'][1]:+.2f}]" if "lift" in on else "-"})
     return rows

@@ -96,12 +96,10 @@ class TrainConfig:
     baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
                                    "many samples against this run's.")
     kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
-    kl_stop: float = _f(1.0, "Trust region: weights whose KL to the parent on the held-out prompts is below "
-                             "this share of kl_budget are kept during training; final weights over it are "
-                             "replaced by the newest kept ones, so a run that overshoots publishes what it "
-                             "learned within the budget instead of being rejected (0 = off).")
-    kl_check_every: int = _f(1, "Optimizer steps between two trust-region readings (kl_stop); the last step "
-                                "is always read.")
+    kl_line_search: bool = _f(True, "Trust region: when the trained adapter's KL to the parent on the held-out "
+                                    "prompts is over kl_budget, scale its update back (parent + a x (trained - "
+                                    "parent), a = 0.75, 0.5, 0.35, 0.25, 0.125; TRPO's backtracking line search) "
+                                    "to the largest a within the budget instead of rejecting the run.")
     cf_margin: float = _f(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
                                "much below the serving version's.")
     cf_min_ess: float = _f(30.0, "Counterfactual estimates with a smaller effective sample size carry a warning.")
@@ -151,12 +149,8 @@ class TrainConfig:
             raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
         if self.pg_ratio_cap != 0 and not (math.isfinite(self.pg_ratio_cap) and self.pg_ratio_cap > 1):
             raise _bad("TrainConfig", "pg_ratio_cap", self.pg_ratio_cap, "0 (off) or a finite number > 1")
-        if isinstance(self.kl_stop, bool) or not isinstance(self.kl_stop, (int, float)) \
-                or not 0 <= self.kl_stop <= 1:
-            raise _bad("TrainConfig", "kl_stop", self.kl_stop, "a share of kl_budget in [0, 1] (0 = off)")
-        if isinstance(self.kl_check_every, bool) or not isinstance(self.kl_check_every, int) \
-                or self.kl_check_every < 1:
-            raise _bad("TrainConfig", "kl_check_every", self.kl_check_every, "an integer >= 1")
+        if not isinstance(self.kl_line_search, bool):
+            raise _bad("TrainConfig", "kl_line_search", self.kl_line_search, "true or false")
         for name, hi in (("onpolicy_n", 16), ("onpolicy_prompts", 256)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:

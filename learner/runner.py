@@ -20,7 +20,7 @@ from core.keys import Keys
 from core.redis_conn import RELEASE_LOCK, connect
 from core.registry import Registry, RegistryError
 from core.settings import LearnerSettings
-from learner import gate
+from learner import gate, trust_region
 from learner.config import TrainConfig, load_train_config
 from learner.dataset import build_dataset
 from worker.rewards.config import RewardConfig, config_hash, load_reward_config
@@ -152,21 +152,24 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     pad_id = loaded.tokenizer.pad_token_id
     parent_view = gate.snapshot_parent(model, data.holdout, pad_id, loaded.device)
     log.info("training on %d samples from parent %s", len(data.train), parent)
-    measure = (lambda: gate.kl_to_parent(model, data.holdout, parent_view, pad_id, loaded.device)) \
-        if data.holdout else None
     train_stats = train(model, data, cfg, pad_id, loaded.device, progress=progress, lineage=lineage,
-                        should_stop=lambda: lock.lost, kl_measure=measure)
+                        should_stop=lambda: lock.lost)
     if train_stats["stopped"]:
         return RunResult("lost_lock", reason=f"the learner lock was lost after {train_stats['steps']} step(s); "
                          "training stopped early and nothing was published", stats=train_stats)
+    if cfg.kl_line_search and data.holdout:   # overshot the KL budget: scale the update back, keep the run
+        train_stats["trust_region"] = trust_region.line_search(
+            model, parent_view, lambda: gate.kl_to_parent(model, data.holdout, parent_view, pad_id, loaded.device),
+            cfg.kl_budget)
     if on_trained is not None:
         on_trained(model)
     region = train_stats.get("trust_region") or {}
-    if region.get("restored") and region.get("kept_step") == 0:   # the weights are the parent's again
-        verdict = gate.GateResult(False, f"KL to parent over the budget: no weights measured during training were "
-                                  f"under kl_stop x kl_budget = {region['limit']:.4g} per token ({region['readings']} "
-                                  f"readings, the last {region['last_kl']:.4g}); nothing was learned within the trust "
-                                  "region; lower lr or raise kl_budget", stats={"kl_to_parent": region["last_kl"]})
+    if region.get("alpha") == 0.0:   # the weights are the parent's again
+        last = region["readings"][-1]
+        verdict = gate.GateResult(False, f"KL to parent {region['readings'][0][1]:.4g} per token is over the budget "
+                                  f"{cfg.kl_budget:g}, and still {last[1]:.4g} with the update scaled to {last[0]:g}: "
+                                  "nothing was learned within the trust region; lower lr or raise kl_budget",
+                                  stats={"kl_to_parent": region["readings"][0][1]})
     else:
         verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
     log.info("gate: %s %s %s", verdict.reason, verdict.stats, verdict.notes)

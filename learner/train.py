@@ -184,53 +184,12 @@ def kto_labelling(cfg: TrainConfig, rewards: list[float], baseline: float) -> tu
     return cut, (len(rewards) / (2 * n_d), len(rewards) / (2 * n_u))
 
 
-class TrustRegion:
-    """Keep the run inside the KL budget (TrainConfig.kl_stop x kl_budget) instead of losing it.
-
-    `measure()` -> the mean per-token KL(model || parent) on the held-out prompts (the gate's own
-    measure). Every `every` steps, weights measured below `limit` are kept. Training runs all its
-    steps (the KL of a LoRA under Adam is not monotone: it often overshoots in the first steps
-    and comes back); if the final weights are over the limit, the newest kept ones are put back.
-    The gate then finds the run within its budget and decides on the reward evidence. Kept step
-    0 means the parent's own weights: nothing was learned within the budget."""
-
-    def __init__(self, model, measure, limit: float, every: int):
-        self.model, self.measure, self.limit, self.every = model, measure, limit, every
-        self.kept = self._weights()     # the parent's own: KL 0
-        self.kept_step, self.kl, self.readings, self.within = 0, 0.0, 0, 0
-
-    def _weights(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def check(self, step: int, last: bool = False) -> None:
-        """After optimizer step `step` (1-based); `last` measures whatever the step."""
-        if step % self.every and not last:
-            return
-        self.kl, self.readings = float(self.measure()), self.readings + 1
-        if math.isfinite(self.kl) and self.kl < self.limit:
-            self.kept, self.kept_step, self.within = self._weights(), step, self.within + 1
-
-    def finish(self, steps: int) -> dict:
-        """Put the newest kept weights back when the last reading was over; what happened."""
-        restored = self.kept_step != steps
-        if restored:
-            params = dict(self.model.named_parameters())
-            with torch.no_grad():
-                for n, w in self.kept.items():
-                    params[n].copy_(w)
-        return {"limit": self.limit, "restored": restored, "kept_step": self.kept_step, "of_steps": steps,
-                "last_kl": self.kl, "readings": self.readings, "within": self.within}
-
-
 def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
-          progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None,
-          kl_measure=None) -> dict:
+          progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None) -> dict:
     """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats.
     lineage: the parent's running reward mean and count (see pg_baseline).
     should_stop: checked before every step; when it answers True (the run lost its lock) training
-    ends at once with stats["stopped"] = True instead of finishing work nobody can publish.
-    kl_measure: `() -> KL to the parent on held-out prompts`; with cfg.kl_stop > 0 it bounds
-    training to that trust region (TrustRegion); stats["trust_region"] says where it stopped."""
+    ends at once with stats["stopped"] = True instead of finishing work nobody can publish."""
     w = cfg.losses
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -243,8 +202,6 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
     stats: dict = {"steps": 0, "baseline": baseline, "run_adv_rms": run_scale, **running, "first": None, "last": None}
     step_times: list[float] = []
 
-    region = TrustRegion(model, kl_measure, cfg.kl_stop * cfg.kl_budget, cfg.kl_check_every) \
-        if kl_measure is not None and cfg.kl_stop > 0 else None
     model.train()
     bar = tqdm(total=cfg.epochs * n_batches, desc="train", unit="step", disable=not progress, mininterval=0.5)
     stats["stopped"] = False
@@ -311,14 +268,8 @@ def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.dev
             step_times.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{step['loss']:.4f}", refresh=False)
             bar.update(1)
-            if region is not None:
-                model.eval()   # measured as served: no dropout
-                region.check(stats["steps"], last=epoch == cfg.epochs - 1 and i == n_batches - 1)
-                model.train()
     bar.close()
     model.eval()
-    if region is not None and not stats["stopped"]:
-        stats["trust_region"] = region.finish(stats["steps"])
     stats["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
     stats["loop_seconds"] = sum(step_times)  # the loop only; the manifest's train_seconds is the whole run
     stats["samples"] = len(data.train)

@@ -179,19 +179,21 @@ def test_dry_run_trains_and_gates_but_changes_nothing(settings, keys, r, logged)
 
 def test_the_trust_region_turns_a_run_over_the_kl_budget_into_one_within_it(settings, keys, r, logged):
     """Calibrated on the run itself: train without the trust region to see the KL it reaches, set
-    the budget at half that; without the trust region the gate rejects, with it the run ends on
-    weights inside the budget and is published."""
+    the budget at half that; without the trust region the gate rejects, with it the update is
+    scaled back inside the budget and the run is published."""
     write_logged(r, keys, logged, reward)
-    base = {**QUICK.__dict__, "lr": 5e-3, "epochs": 4, "minibatch_size": 4, "kl_check_every": 1}
-    free = run_once(settings, TrainConfig(**{**base, "kl_stop": 0.0}), progress=False, dry_run=True)
+    base = {**QUICK.__dict__, "lr": 5e-3, "epochs": 4, "minibatch_size": 4}
+    free = run_once(settings, TrainConfig(**{**base, "kl_line_search": False}), progress=False, dry_run=True)
     reached = free.stats["gate"]["stats"]["kl_to_parent"]
     assert reached > 0
     budget = reached / 2
-    over = run_once(settings, TrainConfig(**{**base, "kl_stop": 0.0, "kl_budget": budget}), progress=False,
+    over = run_once(settings, TrainConfig(**{**base, "kl_line_search": False, "kl_budget": budget}), progress=False,
                     dry_run=True)
     assert over.stats["gate"]["passed"] is False and "over the budget" in over.reason
-    bounded = run_once(settings, TrainConfig(**{**base, "kl_stop": 1.0, "kl_budget": budget}), progress=False)
+    bounded = run_once(settings, TrainConfig(**{**base, "kl_budget": budget}), progress=False)
     assert bounded.state == "published", bounded.reason
     region = bounded.stats["training"]["trust_region"]
-    assert region["restored"] is True and 1 <= region["kept_step"] < region["of_steps"]
-    assert bounded.stats["gate"]["stats"]["kl_to_parent"] < budget   # the weights kept, as the gate saw them
+    assert region["scaled"] is True and 0 < region["alpha"] < 1
+    assert region["readings"][0][1] == pytest.approx(reached, rel=1e-4)       # the same training as the free run
+    assert bounded.stats["gate"]["stats"]["kl_to_parent"] <= budget           # the scaled weights, as the gate saw them
+    assert bounded.stats["gate"]["stats"]["kl_to_parent"] == pytest.approx(region["readings"][-1][1], rel=1e-5)

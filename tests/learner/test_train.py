@@ -196,33 +196,28 @@ def test_kto_labels_relative_to_the_baseline_and_balanced_classes():
         TrainConfig(kto_labels="median")
 
 
-def test_the_trust_region_keeps_the_newest_weights_within_it():
-    """Scripted KL readings 0.1, 0.9, 0.3, 0.7 against a limit of 0.5: training goes on past the
-    0.9 (KL under Adam is not monotone), and the weights read at 0.3 come back at the end."""
-    from learner.train import TrustRegion
+def test_the_line_search_scales_the_update_back_to_the_largest_step_within_the_budget():
+    """A KL that grows as the square of the step (as KL does near the parent): with a budget of
+    0.3 x the trained KL, 0.75 (0.56 x) is over and 0.5 (0.25 x) is the first within."""
+    from learner.gate import ParentView
+    from learner.trust_region import line_search
     model = torch.nn.Linear(2, 2)
-    start = model.weight.detach().clone()
-    readings = iter([0.1, 0.9, 0.3, 0.7])
-    region = TrustRegion(model, lambda: next(readings), limit=0.5, every=1)
-    seen = []
-    for step in (1, 2, 3, 4):
-        with torch.no_grad():
-            model.weight.add_(1.0)
-        seen.append(model.weight.detach().clone())
-        region.check(step)
-    out = region.finish(4)
-    assert out["restored"] is True and out["kept_step"] == 3 and out["within"] == 2 and out["readings"] == 4
-    assert torch.equal(model.weight, seen[2])                 # back to the weights read at 0.3
-    # within at the end: nothing to put back
-    fine = TrustRegion(model, lambda: 0.1, limit=0.5, every=2)
-    fine.check(1)
-    assert fine.readings == 0                                 # not a reading step
-    fine.check(2)
-    assert fine.finish(2)["restored"] is False
-    # a reading that is not finite counts as over; nothing within: the start comes back
-    model.weight.data.copy_(start)
-    never = TrustRegion(model, lambda: float("nan"), limit=0.5, every=1)
+    parent = ParentView(weights={n: p.detach().clone() for n, p in model.named_parameters()}, seq_sampling_logp=[])
     with torch.no_grad():
-        model.weight.add_(1.0)
-    never.check(1, last=True)
-    assert never.finish(1)["kept_step"] == 0 and torch.equal(model.weight, start)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def kl() -> float:
+        return sum(float((p - parent.weights[n]).pow(2).sum()) for n, p in model.named_parameters())
+
+    full = kl()
+    out = line_search(model, parent, kl, budget=0.3 * full)
+    assert out["alpha"] == 0.5 and out["scaled"] is True and [a for a, _ in out["readings"]] == [1.0, 0.75, 0.5]
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, parent.weights[n] + 0.5 * (trained[n] - parent.weights[n]))
+    assert line_search(model, parent, kl, budget=full)["alpha"] == 1.0          # within: left as it is
+    # never within (a reading that is not finite counts as over): the parent's weights come back
+    out = line_search(model, parent, lambda: float("nan"), budget=1.0)
+    assert out["alpha"] == 0.0 and len(out["readings"]) == 6
+    assert all(torch.equal(p, parent.weights[n]) for n, p in model.named_parameters())

@@ -435,24 +435,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"offline {v:>5}: mean {offline[v]['mean']:+.3f}  95% CI [{offline[v]['ci'][0]:+.3f}, "
               f"{offline[v]['ci'][1]:+.3f}]  n={offline[v]['n']}", flush=True)
 
-    from bench.rerank import loop_rerank  # here: bench/rerank.py imports this module
+    from bench.rerank import loop_rerank_both  # here: bench/rerank.py imports this module
     last = [v for v in versions if v not in ("base", "kto")]
-    rerank = loop_rerank(args.model, settings.data_dir, taste, args.eval, args.rerank_n, args.max_new_tokens,
-                         args.seed)
-    if last and "lift" in rerank:   # on top of the newest adapter: do the two gains add up?
-        rerank["on_adapter"] = {"version": last[-1], **loop_rerank(
-            args.model, settings.data_dir, taste, args.eval, args.rerank_n, args.max_new_tokens, args.seed,
-            adapter_dir=reg.version_dir(last[-1]))}
-        on = rerank["on_adapter"]
-        if "lift" in on:   # the adapter's reranked reply against base's plain one, question by question
-            on["lift_over_base"] = mean_ci([a - b for a, b in zip(on["reranked_scores"], rerank["plain_scores"])])
-            print(f"rerank v{last[-1]} x{args.rerank_n} over base alone {on['lift_over_base']['mean']:+.3f} "
-                  f"[{on['lift_over_base']['ci'][0]:+.3f}, {on['lift_over_base']['ci'][1]:+.3f}]", flush=True)
-    for what, res in (("base", rerank), (f"v{last[-1]}" if last else "", rerank.get("on_adapter") or {})):
-        if "lift" in res:
-            print(f"rerank {what} x{args.rerank_n} with the loop's reward model (trusted: {res['trusted']}): lift "
-                  f"over {what} alone {res['lift']['mean']:+.3f} [{res['lift']['ci'][0]:+.3f}, "
-                  f"{res['lift']['ci'][1]:+.3f}]", flush=True)
+    rerank = loop_rerank_both(args, settings.data_dir, taste, last[-1] if last else None,
+                              reg.version_dir(last[-1]) if last else None)
 
     comparison = []
     for v in versions[1:]:

@@ -26,6 +26,7 @@ from bench.populations import POPULATIONS
 OBJECTIVES = {"_klstop": "default: KTO balanced + KL trust region",
               "_onpol": "default + on-policy replies (onpolicy_n 4)",
               "_ktobal": "KTO balanced, no trust region (previous default)",
+              "_onpolnotr": "previous default + on-policy replies (onpolicy_n 4)",
               "": "pg + KL + SFT (old default)", "_ktoobj": "KTO, TRL's labels",
               "kto": "TRL KTOTrainer (same samples, default's runs)",
               "kto_ktobal": "TRL KTOTrainer (same samples, previous default's runs)"}
@@ -80,8 +81,8 @@ def per_run(folder: Path, suffixes=("_klstop", "_onpol")) -> list[dict]:
                      "runs": "".join("p" if s == "published" else "r" if s == "rejected" else "-" for _, s in run_s),
                      "newest": f"v{v}" if v else "base",
                      "lift": f"{lift['mean']:+.2f} [{lift['ci'][0]:+.2f}, {lift['ci'][1]:+.2f}]" if v else "0",
-                     "kto": f"{kto['lift']:+.2f}" if kto else "-",
-                     "per1k ours/kto": f"{ours.get('per_1k_events', 0):.1f} / {kto.get('per_1k_events', 0):.1f}"
+                     "kto": f"{kto['lift']:+.2f}" if kto.get("lift") is not None else "-",
+                     "per1k ours/kto": f"{ours.get('per_1k_events') or 0:.1f} / {kto.get('per_1k_events') or 0:.1f}"
                      if ours and kto else "-",
                      "run s/sample": "/".join(f"{x:.2f}" for x, s in run_s if x and s in ("published", "rejected")),
                      "kto s/sample": f"{kto['train_s_per_sample']:.2f}" if kto.get("train_s_per_sample") else "-",

@@ -76,6 +76,26 @@ def loop_rerank(model_name: str, data_dir, taste, n_eval: int, n: int, max_new_t
             "rm_auroc_own_holdout": (rm.metrics.get("liked") or {}).get("auroc"), **out}
 
 
+def loop_rerank_both(args, data_dir, taste, version: str | None, adapter_dir: Path | None) -> dict:
+    """bench/learning.py: loop_rerank on base, and on top of the newest adapter (do the two gains
+    add up?), printed; the adapter's reranked replies are also paired with base's plain ones."""
+    rerank = loop_rerank(args.model, data_dir, taste, args.eval, args.rerank_n, args.max_new_tokens, args.seed)
+    if version is not None and "lift" in rerank:
+        on = rerank["on_adapter"] = {"version": version, **loop_rerank(
+            args.model, data_dir, taste, args.eval, args.rerank_n, args.max_new_tokens, args.seed, adapter_dir)}
+        if "lift" in on:
+            on["lift_over_base"] = mean_ci([a - b for a, b in zip(on["reranked_scores"], rerank["plain_scores"])])
+    for what, res in (("base", rerank), (f"v{version}", rerank.get("on_adapter") or {})):
+        if "lift" in res:
+            print(f"rerank {what} x{args.rerank_n} with the loop's reward model (trusted: {res['trusted']}): lift "
+                  f"over {what} alone {res['lift']['mean']:+.3f} [{res['lift']['ci'][0]:+.3f}, "
+                  f"{res['lift']['ci'][1]:+.3f}]" + (f"; over base alone {res['lift_over_base']['mean']:+.3f} "
+                                                    f"[{res['lift_over_base']['ci'][0]:+.3f}, "
+                                                    f"{res['lift_over_base']['ci'][1]:+.3f}]"
+                                                    if "lift_over_base" in res else ""), flush=True)
+    return rerank
+
+
 def one(loaded, taste, seed: int, args) -> dict:
     from learner.reward_model import SIGNALS, extract_features, fit
     t0 = time.time()

@@ -89,7 +89,7 @@ class Dataset:
         return {"read": self.read, "train": len(self.train), "holdout": len(self.holdout),
                 "replayed": self.replayed, "unscored": len(self.unscored),
                 "onpolicy": sum(s.onpolicy for s in self.train),
-                "pairs": len(self.pairs), "users": len({s.user_id for s in self.train}),
+                "pairs": len(self.pairs), "users": len({s.user_id for s in self.train if not s.onpolicy}),
                 "dropped": dict(self.dropped),
                 "reward_mean": sum(rewards) / len(rewards) if rewards else None}
 

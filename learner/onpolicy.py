@@ -25,8 +25,9 @@ ROWS_PER_FORWARD = 32  # sampling batch: bounds the KV cache, not the result
 
 
 def pick_prompts(samples: list[Sample], limit: int) -> list[Sample]:
-    """The newest sampled (not greedy) reply of each distinct prompt, newest prompts first, at
-    most `limit`: its prompt and sampling params are what the new replies are drawn with."""
+    """The last sampled (not greedy) reply of each distinct prompt, from the end of the run's
+    list (its newest logged replies, and the unscored ones the reward model rewarded, come
+    last), at most `limit`: its prompt and sampling params are what new replies are drawn with."""
     seen: set[tuple[int, ...]] = set()
     out: list[Sample] = []
     for s in reversed(samples):
@@ -55,6 +56,7 @@ def sample_replies(model, prompts: list[list[int]], params: list[SamplingParams]
 
 def _sample_chunk(model, prompts, params, max_new_tokens, stop_ids, pad_id, device, seeds):
     B, P = len(prompts), max(len(p) for p in prompts)
+    limit = [max(1, min(max_new_tokens, p.max_new_tokens)) for p in params]   # each row's own cap too
     ids = torch.full((B, P), pad_id, dtype=torch.long)
     attn = torch.zeros((B, P), dtype=torch.long)
     for b, p in enumerate(prompts):   # left-padded: every row's next token is the last column
@@ -64,24 +66,24 @@ def _sample_chunk(model, prompts, params, max_new_tokens, stop_ids, pad_id, devi
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     cache_arg = cache_argument_name(model)
-    res = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    res = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
     next_pos = pos[:, -1:] + 1                                         # [B, 1]
     replies: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[float]] = [[] for _ in range(B)]
     done = [False] * B
-    for _ in range(max_new_tokens):
+    for _ in range(max(limit)):
         tok, lp = sample_batch(res.logits[:, -1], params, gens)      # [B], [B]
         for b, (t, v) in enumerate(zip(tok.tolist(), lp.tolist())):
             if not done[b]:
                 replies[b].append(t)
                 logps[b].append(v)
-                done[b] = t in stop_ids
+                done[b] = t in stop_ids or len(replies[b]) >= limit[b]
         if all(done):
             break
         # finished rows keep decoding (one batch) and their tokens are dropped above
         attn = torch.cat([attn, attn.new_ones((B, 1))], dim=1)
         res = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                    use_cache=True, **{cache_arg: getattr(res, cache_arg)})
+                    use_cache=True, logits_to_keep=1, **{cache_arg: getattr(res, cache_arg)})
         next_pos = next_pos + 1
     return list(zip(replies, logps))
 
@@ -96,7 +98,7 @@ def add_replies(model, train: list[Sample], rm, n: int, max_prompts: int, reward
     picked = pick_prompts(train, max_prompts) if n > 0 else []
     if not picked:
         return {"added": 0, "why": "no sampled logged reply to draw a prompt from" if n > 0 else "onpolicy_n is 0"}
-    # as long as the logged replies were allowed to be: a server cut them there too
+    # no longer than the longest logged reply, nor than each row's own max_new_tokens
     max_new = max(1, min(max_reply_tokens, max(len(s.reply_ids) for s in train)))
     rows = [s for s in picked for _ in range(n)]
     seeds = [seed * 1_000_003 + run * 10_007 + i for i in range(len(rows))]

@@ -143,7 +143,9 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     model = wrap_with_lora(loaded.model, cfg, parent_dir)
     model.eval()
     rm, rm_note = _reward_model(r, keys, model, loaded, settings, cfg, reward_cfg, data)
-    if rm is not None and cfg.onpolicy_n > 0:   # before training: the parent adapter draws them
+    if cfg.onpolicy_n > 0 and rm is None:
+        rm_note["onpolicy"] = {"added": 0, "why": "no trusted reward model to reward them"}
+    elif cfg.onpolicy_n > 0:   # before training: the parent adapter draws them
         rm_note["onpolicy"] = onpolicy.add_replies(
             model, data.train, rm, cfg.onpolicy_n, cfg.onpolicy_prompts, reward_cfg.model_reward_weight,
             str(parent), state["next_version"] + 1, cfg.seed, cfg.max_reply_tokens,
@@ -157,14 +159,14 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
     if train_stats["stopped"]:
         return RunResult("lost_lock", reason=f"the learner lock was lost after {train_stats['steps']} step(s); "
                          "training stopped early and nothing was published", stats=train_stats)
-    if cfg.kl_line_search and data.holdout:   # overshot the KL budget: scale the update back, keep the run
+    if cfg.kl_line_search and data.holdout and not gate.nonfinite_weights(model):   # overshot: scale back
         train_stats["trust_region"] = trust_region.line_search(
             model, parent_view, lambda: gate.kl_to_parent(model, data.holdout, parent_view, pad_id, loaded.device),
             cfg.kl_budget)
     if on_trained is not None:
         on_trained(model)
     region = train_stats.get("trust_region") or {}
-    if region.get("alpha") == 0.0:   # the weights are the parent's again
+    if region.get("alpha") == 0.0:   # no scale fits: rejected with the weights as trained
         last = region["readings"][-1]
         verdict = gate.GateResult(False, f"KL to parent {region['readings'][0][1]:.4g} per token is over the budget "
                                   f"{cfg.kl_budget:g}, and still {last[1]:.4g} with the update scaled to {last[0]:g}: "

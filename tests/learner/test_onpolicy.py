@@ -36,7 +36,8 @@ def _recomputed(model, prompt: list[int], reply: list[int], params: SamplingPara
 
 
 def test_sampled_replies_carry_the_log_probs_a_server_would_have_logged(tiny, logged):
-    prompts = [logged[0].prompt_ids, logged[1].prompt_ids, logged[0].prompt_ids]  # different lengths: padding
+    prompts = [logged[0].prompt_ids, logged[1].prompt_ids, logged[0].prompt_ids]
+    assert len(prompts[0]) != len(prompts[1])             # different lengths: the left padding is exercised
     pad = tiny.tokenizer.pad_token_id
     out = sample_replies(tiny.model, prompts, [PARAMS] * 3, 8, NO_STOP, pad, tiny.device, seeds=[1, 2, 3])
     for prompt, (reply, logp) in zip(prompts, out):
@@ -45,6 +46,10 @@ def test_sampled_replies_carry_the_log_probs_a_server_would_have_logged(tiny, lo
     again = sample_replies(tiny.model, prompts, [PARAMS] * 3, 8, NO_STOP, pad, tiny.device, seeds=[1, 2, 3])
     assert again == out                                   # seeded: a run can be reproduced
     assert out[0][0] != out[2][0]                         # one prompt, two seeds: two replies
+    # a row's own max_new_tokens caps it
+    short = sample_replies(tiny.model, prompts[:1], [SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=3)],
+                           8, NO_STOP, pad, tiny.device, seeds=[1])
+    assert short[0][0] == out[0][0][:3]
     # a stop token ends the reply and is kept (the learner must learn when to stop)
     stop = {out[0][0][2]}
     cut = sample_replies(tiny.model, prompts[:1], [PARAMS], 8, stop, pad, tiny.device, seeds=[1])
@@ -83,10 +88,12 @@ def test_added_replies_are_rewarded_by_the_reward_model_and_marked(tiny, logged)
     assert off == base
 
 
-@pytest.mark.parametrize("bad", [-1, 17, 1.5, True])
-def test_onpolicy_n_is_validated(bad):
-    with pytest.raises(ValueError, match="onpolicy_n"):
-        TrainConfig(onpolicy_n=bad)
+@pytest.mark.parametrize("name,bad", [("onpolicy_n", -1), ("onpolicy_n", 17), ("onpolicy_n", 1.5),
+                                      ("onpolicy_n", True), ("onpolicy_prompts", -1), ("onpolicy_prompts", 257),
+                                      ("onpolicy_prompts", "8")])
+def test_onpolicy_settings_are_validated(name, bad):
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**{name: bad})
 
 
 @pytest.mark.integration

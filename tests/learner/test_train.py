@@ -217,7 +217,8 @@ def test_the_line_search_scales_the_update_back_to_the_largest_step_within_the_b
     for n, p in model.named_parameters():
         assert torch.allclose(p, parent.weights[n] + 0.5 * (trained[n] - parent.weights[n]))
     assert line_search(model, parent, kl, budget=full)["alpha"] == 1.0          # within: left as it is
-    # never within (a reading that is not finite counts as over): the parent's weights come back
+    # never within (a reading that is not finite counts as over): rejected, the weights as trained
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = line_search(model, parent, lambda: float("nan"), budget=1.0)
     assert out["alpha"] == 0.0 and len(out["readings"]) == 6
-    assert all(torch.equal(p, parent.weights[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

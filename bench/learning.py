@@ -284,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="weigh KTO's two classes half each (TrainConfig.kto_balance; default: the learner's)")
     p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
                    '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
-    p.add_argument("--onpolicy-n", type=int, default=None,
-                   help="replies the learner samples itself per logged prompt and rewards with its reward "
-                        "model (TrainConfig.onpolicy_n; default: the learner's)")
+    p.add_argument("--onpolicy-n", type=int, default=None, help="TrainConfig.onpolicy_n (default: the learner's)")
+    p.add_argument("--kl-line-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="TrainConfig.kl_line_search, the KL trust region (default: the learner's)")
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
     p.add_argument("--rerank-n", type=int, default=4,
                    help="also judge reranking N base candidates with the reward model the loop trained "
@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                         reward_config=work / "reward.toml")
     cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
                              **{k: v for k, v in (("kto_labels", args.kto_labels), ("kto_balance", args.kto_balance),
-                                                  ("onpolicy_n", args.onpolicy_n)) if v is not None},
+                                                  ("onpolicy_n", args.onpolicy_n),
+                                                  ("kl_line_search", args.kl_line_search)) if v is not None},
                              **({"losses": json.loads(args.losses)} if args.losses else {}))
     reward_cfg = load_reward_config(settings.reward_config)
     taste = POPULATIONS[args.population]

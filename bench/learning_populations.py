@@ -5,10 +5,10 @@ KTOTrainer on the same samples. Prints a table, writes JSON and a PNG chart.
 
     .venv/bin/python bench/learning_populations.py      # bench/results/learning_pop_*.json
 
-Result files: learning_pop_<population>_seed<k><suffix>.json; suffix '_klstop' = the default
-(KTO, baseline labels, balanced classes, KL trust region), '_ktobal' = the same without the trust
-region (the previous default), '' = the old pg + KL + SFT mix, '_ktoobj' = KTO with TRL's labels,
-'_onpol' = the default with on-policy replies (TrainConfig.onpolicy_n = 4). Also prints every run.
+Result files: learning_pop_<population>_seed<k><suffix>.json; suffix '_ktobal' = the default
+(KTO, baseline labels, balanced classes), '_klstop' = the default with the KL trust region
+(--kl-line-search), '_onpolnotr' = the default with on-policy replies (--onpolicy-n 4), '' = the
+old pg + KL + SFT mix, '_ktoobj' = KTO with TRL's labels. Also prints every run of the options.
 """
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ from bench.common import table
 from bench.learning import mean_ci
 from bench.populations import POPULATIONS
 
-OBJECTIVES = {"_klstop": "default: KTO balanced + KL trust region",
-              "_onpol": "default + on-policy replies (onpolicy_n 4)",
-              "_ktobal": "KTO balanced, no trust region (previous default)",
-              "_onpolnotr": "previous default + on-policy replies (onpolicy_n 4)",
+OBJECTIVES = {"_ktobal": "default: KTO, baseline labels, balanced",
+              "_klstop": "default + KL trust region (kl_line_search)",
+              "_onpolnotr": "default + on-policy replies (onpolicy_n 4)",
               "": "pg + KL + SFT (old default)", "_ktoobj": "KTO, TRL's labels",
-              "kto": "TRL KTOTrainer (same samples, default's runs)",
-              "kto_ktobal": "TRL KTOTrainer (same samples, previous default's runs)"}
-KTO_FROM = {"_klstop": "kto", "_ktobal": "kto_ktobal"}   # KTO is pooled from these runs only
+              "kto": "TRL KTOTrainer (same samples, the default's runs)",
+              "kto_klstop": "TRL KTOTrainer (same samples, the trust region's runs)"}
+KTO_FROM = {"_ktobal": "kto", "_klstop": "kto_klstop"}   # KTO is pooled from these runs only
 NAME = re.compile(r"learning_pop_(?P<pop>[a-z_]+?)_seed(?P<seed>\d+)(?P<suffix>_[a-z]+)?\.json$")
 
 
@@ -60,7 +59,7 @@ def pool(folder: Path) -> dict:
             for o, pops in acc.items()}
 
 
-def per_run(folder: Path, suffixes=("_klstop", "_onpol")) -> list[dict]:
+def per_run(folder: Path, suffixes=("_klstop", "_onpolnotr")) -> list[dict]:
     """One row per run of the given objectives: what the gate did, the newest served version's
     lift, KTO's, and the costs side by side."""
     rows = []

@@ -96,10 +96,12 @@ class TrainConfig:
     baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
                                    "many samples against this run's.")
     kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
-    kl_line_search: bool = _f(True, "Trust region: when the trained adapter's KL to the parent on the held-out "
-                                    "prompts is over kl_budget, scale its update back (parent + a x (trained - "
-                                    "parent), a = 0.75, 0.5, 0.35, 0.25, 0.125; TRPO's backtracking line search) "
-                                    "to the largest a within the budget instead of rejecting the run.")
+    kl_line_search: bool = _f(False, "Trust region: when the trained adapter's KL to the parent on the held-out "
+                                     "prompts is over kl_budget, scale its update back (parent + a x (trained - "
+                                     "parent), a = 0.75, 0.5, 0.35, 0.25, 0.125; TRPO's backtracking line search) "
+                                     "to the largest a within the budget instead of rejecting the run. Off: it "
+                                     "lifted thumbs and stars populations more but the implicit-only one not at "
+                                     "all (README, Benchmarks).")
     cf_margin: float = _f(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
                                "much below the serving version's.")
     cf_min_ess: float = _f(30.0, "Counterfactual estimates with a smaller effective sample size carry a warning.")

@@ -182,7 +182,7 @@ def test_the_trust_region_turns_a_run_over_the_kl_budget_into_one_within_it(sett
     the budget at half that; without the trust region the gate rejects, with it the update is
     scaled back inside the budget and the run is published."""
     write_logged(r, keys, logged, reward)
-    base = {**QUICK.__dict__, "lr": 5e-3, "epochs": 4, "minibatch_size": 4}
+    base = {**QUICK.__dict__, "lr": 5e-3, "epochs": 4, "minibatch_size": 4, "kl_line_search": True}
     free = run_once(settings, TrainConfig(**{**base, "kl_line_search": False}), progress=False, dry_run=True)
     reached = free.stats["gate"]["stats"]["kl_to_parent"]
     assert reached > 0

@@ -165,15 +165,8 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
             cfg.kl_budget)
     if on_trained is not None:
         on_trained(model)
-    region = train_stats.get("trust_region") or {}
-    if region.get("alpha") == 0.0:   # no scale fits: rejected with the weights as trained
-        last = region["readings"][-1]
-        verdict = gate.GateResult(False, f"KL to parent {region['readings'][0][1]:.4g} per token is over the budget "
-                                  f"{cfg.kl_budget:g}, and still {last[1]:.4g} with the update scaled to {last[0]:g}: "
-                                  "nothing was learned within the trust region; lower lr or raise kl_budget",
-                                  stats={"kl_to_parent": region["readings"][0][1]})
-    else:
-        verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
+    # a line search that found no scale put the trained weights back: the gate's KL check rejects them
+    verdict = gate.evaluate(model, data.holdout, parent_view, cfg, pad_id, loaded.device, reward_model=rm)
     log.info("gate: %s %s %s", verdict.reason, verdict.stats, verdict.notes)
 
     version = state["next_version"] + 1

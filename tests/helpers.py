@@ -98,7 +98,10 @@ class Chat:
     """A websocket chat client that remembers every frame it received."""
 
     def __init__(self, server: ServerProc, token: str, session_id: str | None = None):
-        self.ws = connect(server.ws_url, open_timeout=10, max_size=2 ** 22).__enter__()
+        # max_queue=None buffers every frame as a browser does: with the default 16, a test that sits
+        # on a long stream stops reading the socket, the server's pong waits behind the tokens and the
+        # client's keepalive drops the connection after 20 s (seen on a busy CI machine).
+        self.ws = connect(server.ws_url, open_timeout=10, max_size=2 ** 22, max_queue=None).__enter__()
         self.frames: list[dict] = []
         hello = {"type": "hello", "token": token}
         if session_id:

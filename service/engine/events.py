@@ -69,16 +69,36 @@ class GenerationHandle:
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
-        self.on_end = None   # called on the event loop when the EndEvent is emitted (whether or not it is read)
+        self._on_end = None
+        self._ended = False   # loop-thread state: the EndEvent has reached the loop
+
+    @property
+    def on_end(self):
+        """Called once on the event loop when the EndEvent is emitted, whether or not it is read.
+        Set after submit(): an end emitted before it was set (a stopped engine ends a request
+        inside submit) still calls it."""
+        return self._on_end
+
+    @on_end.setter
+    def on_end(self, fn) -> None:
+        self._on_end = fn
+        if fn is not None and self._ended:
+            self._loop.call_soon(fn)
 
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def _ended_on_loop(self) -> None:
+        # Read on the loop, not on the engine thread, so an on_end set after submit() is seen.
+        self._ended = True
+        if self._on_end is not None:
+            self._on_end()
+
     def _emit(self, event) -> None:  # called from the engine thread
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-            if isinstance(event, EndEvent) and self.on_end is not None:
-                self._loop.call_soon_threadsafe(self.on_end)
+            if isinstance(event, EndEvent):
+                self._loop.call_soon_threadsafe(self._ended_on_loop)
         except RuntimeError:  # event loop closed: nobody is listening any more
             self.cancelled.set()
 

@@ -117,6 +117,29 @@ def test_an_engine_thread_that_dies_ends_every_stream_and_refuses_new_work_at_on
         engine.call(lambda: 1).result(5)
 
 
+def test_on_end_set_after_submit_is_called_once_even_when_the_end_came_first(models_dir, loop):
+    """ChatService counts a user's streams and sets on_end after submit(); a stopped engine ends
+    the request inside submit(), and a short one can end before the caller gets back. Either way
+    on_end runs exactly once, or the user's stream count leaks until they are refused."""
+    loaded = load_model("tiny-random", models_dir, "cpu")
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device, stop_token_ids={-1})
+    engine.start()
+    calls: list[str] = []
+
+    async def submit_then_set(name: str, settle: bool):
+        handle = engine.submit(GenerationRequest([5, 6], _greedy(1, 2)), loop)
+        if settle:   # let the EndEvent reach the loop before on_end is set
+            async for ev in handle:
+                pass
+        handle.on_end = lambda: calls.append(name)
+        await asyncio.sleep(0.05)
+    _run(loop, submit_then_set("live, set at once", settle=False))
+    _run(loop, submit_then_set("live, set after the end", settle=True))
+    engine.shutdown()
+    _run(loop, submit_then_set("stopped engine", settle=False))
+    assert calls == ["live, set at once", "live, set after the end", "stopped engine"]
+
+
 def test_nan_logits_end_that_stream_alone(models_dir, tmp_path, loop):
     """A row whose logits are NaN (here: an adapter with NaN weights, batched with a base
     row in one mixed forward) ends; the row beside it goes on."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench import trl_baseline
 from bench.common import table
 from bench.learning_chart import chart_panels, png_chart
+from bench.learning_stack import start_stack, wait_for_canary_verdict, wait_for_rewards, wait_for_swap
 from bench.populations import HELDOUT, POPULATIONS
 from bench.simusers import PopUser, run_users, thumbs_reward
 from core.keys import Keys
@@ -50,7 +50,7 @@ from core.settings import Settings
 from learner.config import TrainConfig
 from learner.dataset import build_dataset
 from learner.runner import run_once
-from tests.helpers import MODELS, REPO, ServerProc, base_env, free_port
+from tests.helpers import MODELS, REPO
 from worker.rewards.config import load_reward_config
 
 
@@ -80,68 +80,6 @@ def bench_train_config(**overrides) -> TrainConfig:
     handful of held-out replies does not decide alone."""
     return TrainConfig(**{"lr": 1e-3, "epochs": 2, "minibatch_size": 8, "min_samples": 2, "holdout_share": 0.2,
                           "kl_budget": 0.5, "cf_margin": 0.5, "cf_min_ess": 5.0, **overrides})
-
-
-def start_stack(args, work: Path) -> tuple[dict, list, ServerProc, str, object]:
-    """Redis, server, worker, beat. Returns (env, background procs, server, redis url, embedded)."""
-    embedded = None
-    url = args.redis_url
-    if not url:
-        from core.embedded_redis import EmbeddedRedis
-        embedded = EmbeddedRedis(work / "redis")
-        url = embedded.start()
-    reward_toml = work / "reward.toml"
-    # a few simulated users: let one user fill up to half a batch (the default cap is 0.25)
-    # reading_wpm: simulated users read 10x faster than people, so a full read takes ~1 s
-    reward_toml.write_text(f"wait_window_s = {args.reward_wait}\ncontinuation_window_s = 60.0\n"
-                           "max_user_share = 0.5\nreading_wpm = 2300.0\n"
-                           + (f'no_signal_policy = "{args.no_signal_policy}"\n' if args.no_signal_policy else ""))
-    env = base_env(url, "bench:", work / "data", REWARDLOOP_MODEL=args.model,
-                   REWARDLOOP_MAX_NEW_TOKENS=args.max_new_tokens, REWARDLOOP_REWARD_CONFIG=reward_toml,
-                   REWARDLOOP_UPDATE_EVERY=100000, REWARDLOOP_PUBLISH_MODE="stable",
-                   REWARDLOOP_WORKER_EVENTS_EVERY_S=1, REWARDLOOP_WORKER_FINALIZE_EVERY_S=1)
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    procs = []
-    try:
-        for cmd in (["worker", "--queues", "rewards,ops"], ["beat"]):
-            log = open(work / f"{cmd[0]}.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", *cmd], env=env, cwd=REPO,
-                                          stdout=log, stderr=subprocess.STDOUT))
-        server = ServerProc(env, free_port(), work / "server.log", prefix="bench:").start(timeout=300)
-    except BaseException:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(15)
-        if embedded is not None:
-            embedded.stop()
-        raise
-    return env, procs, server, url, embedded
-
-
-def wait_for_rewards(r, keys: Keys, reply_ids: set[str], timeout: float) -> dict[str, dict]:
-    """Final reward entries of these replies (waits for most of them, up to timeout)."""
-    found: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for _, e in r.xrange(keys.rewards):
-            if e.get("reply_id") in reply_ids:
-                found[e["reply_id"]] = e
-        if len(found) >= 0.9 * len(reply_ids):
-            break
-        time.sleep(1.0)
-    return found
-
-
-def wait_for_swap(r, keys: Keys, version: str, timeout: float = 60.0) -> str:
-    """Wait until the server reports loading (or refusing) `version`; returns the result or 'timeout'."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for _, e in r.xrevrange(keys.adapter_swaps, count=50):
-            if e.get("version") == version and e.get("result") in ("loaded", "refused"):
-                time.sleep(1.0)  # routing moves right after the load, in the same reconcile
-                return e["result"]
-        time.sleep(0.5)
-    return "timeout"
 
 
 def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
@@ -287,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onpolicy-n", type=int, default=None, help="TrainConfig.onpolicy_n (default: the learner's)")
     p.add_argument("--kl-line-search", action=argparse.BooleanOptionalAction, default=None,
                    help="TrainConfig.kl_line_search, the KL trust region (default: the learner's)")
+    p.add_argument("--canary-share", type=float, default=None,
+                   help="REWARDLOOP_CANARY_SHARE for the server and the learner (default: the product's)")
+    p.add_argument("--drift-min-samples", type=int, default=None,
+                   help="REWARDLOOP_DRIFT_MIN_SAMPLES: the live comparison's floor per side; given, the bench "
+                        "waits for beat's verdict on a canary before each learner run (a promoted one is its parent)")
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer baseline")
     p.add_argument("--rerank-n", type=int, default=4,
                    help="also judge reranking N base candidates with the reward model the loop trained "
@@ -309,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     r = redis.Redis.from_url(url, decode_responses=True)
     settings = Settings(redis_url=url, prefix="bench:", data_dir=work / "data", model_cache_dir=MODELS,
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
-                        reward_config=work / "reward.toml")
+                        reward_config=work / "reward.toml",
+                        **({"canary_share": args.canary_share} if args.canary_share is not None else {}))
     cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
                              **{k: v for k, v in (("kto_labels", args.kto_labels), ("kto_balance", args.kto_balance),
                                                   ("onpolicy_n", args.onpolicy_n),
@@ -340,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             judged = {t.reply_id for t in turns}  # every final reply gets an entry, 'excluded' included
             finals = wait_for_rewards(r, keys, judged, timeout=60 + 2 * args.reward_wait)
             reg = Registry(r, keys, settings.data_dir)
+            canary = (wait_for_canary_verdict(r, keys, reg, time.time()) if args.drift_min_samples else None)
             # what this run will read: same cursor, filters and split as inside run_once
             snapshot = build_dataset(r, keys, cfg, reward_cfg, reg.state()["next_version"])
             res = run_once(settings, cfg, progress=True, by="bench")
@@ -376,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "samples_used": res.stats.get("samples_used"), "kto_rows": len(took),
                                        "onpolicy": _onpolicy(res.stats) or None,
                                        "trust_region": (res.stats.get("training") or {}).get("trust_region"),
-                                       "server_swap": swap,
+                                       "server_swap": swap, "parent": res.stats.get("parent"),
+                                       "canary_before": canary,
                                        "gate": (res.stats.get("gate") or {}).get("stats")}})
             print(f"round {k}: {len(turns)} turns ({t_chat:.0f}s), {len(finals)} final rewards, verdict mean "
-                  f"{rounds[-1]['verdict']['mean']:+.2f}; learner {res.state} v{res.version} {res.reason}", flush=True)
+                  f"{rounds[-1]['verdict']['mean']:+.2f}; learner {res.state} v{res.version} {res.reason}"
+                  + (f" (canary v{canary['version']}: {canary.get('action') or canary.get('reason')})" if canary else ""),
+                  flush=True)
         # online: everything served, grouped by the version that served it
         online: dict[str, dict] = {}
         ledger: dict[str, list[float]] = {}

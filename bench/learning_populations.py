@@ -7,7 +7,9 @@ KTOTrainer on the same samples. Prints a table, writes JSON and a PNG chart.
 
 Result files: learning_pop_<population>_seed<k><suffix>.json; suffix '_ktobal' = the default
 (KTO, baseline labels, balanced classes), '_klstop' = the default with the KL trust region
-(--kl-line-search), '_onpolnotr' = the default with on-policy replies (--onpolicy-n 4), '' = the
+(--kl-line-search), '_onpolnotr' = the default with on-policy replies (--onpolicy-n 4),
+'_compound' = the default in a deployment whose live comparison can promote a canary between
+rounds (--canary-share 0.5 --drift-min-samples 10: each run continues the stable), '' = the
 old pg + KL + SFT mix, '_ktoobj' = KTO with TRL's labels. Also prints every run of the options.
 """
 from __future__ import annotations
@@ -26,10 +28,12 @@ from bench.populations import POPULATIONS
 OBJECTIVES = {"_ktobal": "default: KTO, baseline labels, balanced",
               "_klstop": "default + KL trust region (kl_line_search)",
               "_onpolnotr": "default + on-policy replies (onpolicy_n 4)",
+              "_compound": "default, canaries promoted live (each run continues the stable)",
               "": "pg + KL + SFT (old default)", "_ktoobj": "KTO, TRL's labels",
               "kto": "TRL KTOTrainer (same samples, the default's runs)",
-              "kto_klstop": "TRL KTOTrainer (same samples, the trust region's runs)"}
-KTO_FROM = {"_ktobal": "kto", "_klstop": "kto_klstop"}   # KTO is pooled from these runs only
+              "kto_klstop": "TRL KTOTrainer (same samples, the trust region's runs)",
+              "kto_compound": "TRL KTOTrainer (same samples, the promoting runs)"}
+KTO_FROM = {"_ktobal": "kto", "_klstop": "kto_klstop", "_compound": "kto_compound"}   # KTO is pooled from these runs only
 NAME = re.compile(r"learning_pop_(?P<pop>[a-z_]+?)_seed(?P<seed>\d+)(?P<suffix>_[a-z]+)?\.json$")
 
 
@@ -59,7 +63,7 @@ def pool(folder: Path) -> dict:
             for o, pops in acc.items()}
 
 
-def per_run(folder: Path, suffixes=("_klstop", "_onpolnotr")) -> list[dict]:
+def per_run(folder: Path, suffixes=("_klstop", "_onpolnotr", "_compound")) -> list[dict]:
     """One row per run of the given objectives: what the gate did, the newest served version's
     lift, KTO's, and the costs side by side."""
     rows = []
@@ -86,6 +90,8 @@ def per_run(folder: Path, suffixes=("_klstop", "_onpolnotr")) -> list[dict]:
                      "run s/sample": "/".join(f"{x:.2f}" for x, s in run_s if x and s in ("published", "rejected")),
                      "kto s/sample": f"{kto['train_s_per_sample']:.2f}" if kto.get("train_s_per_sample") else "-",
                      "update scale": alphas,
+                     # each run's parent: base every time unless the live comparison promoted a canary
+                     "parents": "/".join(str(rd["learner"].get("parent") or "-") for rd in rep["rounds"]),
                      "rerank on adapter": f"{on['lift']['mean']:+.2f} [{on['lift']['ci'][0]:+.2f}, "
                                           f"{on['lift']['ci'][1]:+.2f}]" if "lift" in on else "-"})
     return rows

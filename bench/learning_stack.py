@@ -2,6 +2,7 @@
 given) Redis, one server, a Celery worker and beat, wired to the bench's reward config."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -91,7 +92,6 @@ def wait_for_canary_verdict(r, keys: Keys, registry, since: float, timeout: floa
     """With a canary under the ops monitor's live comparison, wait until beat has judged it on
     rewards that arrived by `since` (its verdict is newer), so the next learner run sees the
     promotion the deployment would have made. Returns the canary's verdict (None: no canary)."""
-    import json
     deadline = time.monotonic() + timeout
     while True:
         canary = registry.state()["canary"]

@@ -5,8 +5,6 @@ order (one registry for the module) and the last one kills a vLLM server."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from tests.model_fixtures import publish_adapter, train_parrot_adapter
 from tests.service.test_hotswap import _nan, status
 from tests.service.test_hotswap import wait_for as _wait_for
 from tests.service.test_hotswap import wait_stable as _wait_stable
-from tests.service.vllm_support import TINY_ID, start_vllm, vllm_models
+from tests.service.vllm_support import TINY_ID, frozen, start_vllm, vllm_models
 from tests.worker.conftest import FAST, Procs
 
 pytestmark = pytest.mark.integration
@@ -216,26 +214,18 @@ def test_a_vllm_server_killed_mid_stream_ends_that_stream_with_an_error_and_the_
         chat.send({"type": "user_message", "text": "a long one", "client_msg_id": f"k{attempt}"})
         start = chat.recv_type("reply_start")
         chat.recv_type("token")
-        for v in vllms:
-            os.killpg(v.proc.pid, signal.SIGSTOP)
-        try:
+        with frozen(vllms):
             time.sleep(1.0)
             busy = {x["url"] for x in status(srv)["servers"] if x["inflight"] >= 1}
-        except BaseException:
-            for v in vllms:
-                os.killpg(v.proc.pid, signal.SIGCONT)
-            raise
-        victim = next((v for v in vllms if v.url in busy), None)
+            victim = next((v for v in vllms if v.url in busy), None)
+            if victim is not None:
+                victim.kill()
         if victim is not None:
             break
-        for v in vllms:
-            os.killpg(v.proc.pid, signal.SIGCONT)
         while chat.recv()["type"] != "reply_end":
             pass
     assert victim is not None, "no reply stayed in flight long enough to kill its vLLM server"
     other = next(v for v in vllms if v is not victim)
-    victim.kill()
-    os.killpg(other.proc.pid, signal.SIGCONT)
     frames = []
     while not frames or frames[-1]["type"] != "reply_end":
         frames.append(chat.recv())

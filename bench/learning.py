@@ -95,11 +95,13 @@ def judge(taste, replies: list[tuple[str | None, str, str]]) -> list[float]:
 
 
 def offline_replies(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
-                    dtype=None, questions=None, loaded=None, with_ids: bool = False) -> list[tuple]:
+                    dtype=None, questions=None, loaded=None, with_ids: bool = False,
+                    temperature: float = 0.7) -> list[tuple]:
     """(expected answer, reply text, finish reason) of fresh sampled replies to the held-out
     questions (or `questions`), from base (+ adapter), in `dtype` (bench/cpu_dtype.py: bf16) or
     the model's own. `loaded`: a core.modeling.LoadedModel to reuse; `with_ids`: each tuple also
-    carries (prompt ids, reply ids with the stop token, as a server logs them)."""
+    carries (prompt ids, reply ids with the stop token, as a server logs them); `temperature`: every
+    figure uses 0.7 (bench/headroom.py also asks for sharper replies)."""
     import torch
 
     from core.modeling import load_model
@@ -118,7 +120,7 @@ def offline_replies(model_name: str, adapter_dir: Path | None, n: int, max_new_t
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens,
+        out = model.generate(**batch, do_sample=True, temperature=temperature, top_p=0.9, max_new_tokens=max_new_tokens,
                              pad_token_id=tok.pad_token_id)  # [n, P + T]
     replies = []
     for i, ((q, a), row) in enumerate(zip(qs, out[:, batch["input_ids"].shape[1]:])):

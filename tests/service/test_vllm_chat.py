@@ -118,6 +118,9 @@ def test_stop_cancels_the_vllm_request(server, vllm, rdb):
     chat.send({"type": "user_message", "text": "a long story", "client_msg_id": "s1", "max_new_tokens": 400})
     start = chat.recv_type("reply_start")
     chat.recv_type("token")
+    seen = time.monotonic() + 5    # the running gauge is refreshed once per engine step: it may lag a token
+    while vllm_running(vllm.url) < 1 and time.monotonic() < seen:
+        time.sleep(0.02)
     assert vllm_running(vllm.url) >= 1
     chat.send({"type": "stop", "reply_id": start["reply_id"]})
     end = chat.recv_type("reply_end")

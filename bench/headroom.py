@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from bench.common import RESULTS, table
 from bench.learning import judge, offline_replies
+from bench.learning_populations import pool
 from bench.populations import HELDOUT, POPULATIONS
 from tests.helpers import MODELS
 
@@ -71,17 +72,6 @@ def told_scores(args, loaded, pop: str, taste) -> dict:
     return out
 
 
-def kto_lift(pop: str, folder: Path = RESULTS) -> dict | None:
-    """TRL KTO's held-out lift pooled over the default's runs (paired by question, every seed)."""
-    diffs, seeds = [], []
-    for path in sorted(folder.glob(f"learning_pop_{pop}_seed*_ktobal.json")):
-        s = json.loads(path.read_text())["offline_scores"]
-        if "kto" in s:
-            diffs += [a - b for a, b in zip(s["kto"], s["base"])]
-            seeds.append(path.name)
-    return {"mean": float(np.mean(diffs)), "n": len(diffs), "runs": len(seeds)} if diffs else None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -104,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"sampling {2 * args.told_n} replies per question per population with the taste spelled out", flush=True)
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.n]
+    kto_pooled = pool(RESULTS).get("kto", {})   # TRL KTO in the default's runs, paired by question over seeds
     rows, report = [], {}
     for pop, taste in POPULATIONS.items():
         scores = np.array([judge(taste, s) for s in samples]).T          # [Q, N]
         best = {k: float(np.mean([expected_best_of(row, k) for row in scores])) for k in ks}
         ceiling = float(scores.max(1).mean())
         no_bad = float(np.mean([row[row > -1].mean() if (row > -1).any() else -1.0 for row in scores]))
-        kto = kto_lift(pop)
+        kto = (kto_pooled.get(pop) or {}).get("lift")
         base = float(scores.mean())
         told = told_scores(args, loaded, pop, taste) if args.told_n else {}
         need = base + 1.5 * max(kto["mean"], 0.0) if kto else None   # KTO at or below base: any lift beats it

@@ -101,7 +101,7 @@ class TrainConfig:
                                      "parent), a = 0.75, 0.5, 0.35, 0.25, 0.125; TRPO's backtracking line search) "
                                      "to the largest a within the budget instead of rejecting the run. Off: it "
                                      "lifted thumbs and stars populations more but the implicit-only one not at "
-                                     "all (README, Benchmarks).")
+                                     "all (docs/benchmarks.md).")
     cf_margin: float = _f(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
                                "much below the serving version's.")
     cf_min_ess: float = _f(30.0, "Counterfactual estimates with a smaller effective sample size carry a warning.")

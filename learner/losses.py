@@ -5,7 +5,7 @@ Every per-token tensor comes with ``mask`` [B,T] (1 = a real reply token, 0 = pa
 prompt); masked positions never contribute to a loss or a statistic.
 
 The default (``LossWeights()``) and why: chosen on the learning benchmark across three
-populations of different taste (README, "Learning on held-out questions"), where it was the
+populations of different taste (docs/benchmarks.md, "Learning on held-out questions"), where it was the
 one objective whose held-out lift was above zero for every population, pooled over seeds.
 
 * ``kto`` 1.0 -- KTO. With the learner's defaults (TrainConfig.kto_labels = "baseline",

@@ -1,5 +1,5 @@
 """A vLLM OpenAI server as a child process: what `rewardloop up --engine vllm` starts (and the
-tests start, with the same command). The README gives the same command to run by hand.
+tests start, with the same command). docs/engines.md gives the same command to run by hand.
 
 Flags: runtime LoRA loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, --enable-lora), behavior
 log-probs after temperature/top-p (--logprobs-mode processed_logprobs), the model's own

@@ -57,6 +57,19 @@ class RewardConfig:
     )
     reading_wpm: float = _f(230.0, "Reading speed (words per minute) for the expected reading time.")
     abandon_weight: float = _f(0.1, "Penalty (-w) when the session went idle with no action on the reply.")
+    # --- conversation signals and reason tags (worker/rewards/reasons.py) ---
+    sibling_weight: float = _f(0.5, "Of several answers to one message, the one the user went on from, copied or "
+                                    "rated up gets +w, each other answer -w.")
+    edited_weight: float = _f(0.5, "Penalty (-w) on the reply to a question the user then edited and sent again.")
+    tag_inaccurate_weight: float = _f(0.3, "Penalty (-w) for the reason tag 'inaccurate' (not accurate).")
+    tag_ignored_instructions_weight: float = _f(0.3, "Penalty (-w) for the reason tag 'ignored_instructions'.")
+    tag_too_long_weight: float = _f(0.1, "Penalty (-w) for the reason tag 'too_long'.")
+    tag_too_short_weight: float = _f(0.1, "Penalty (-w) for the reason tag 'too_short'.")
+    tag_refused_weight: float = _f(0.3, "Penalty (-w) for the reason tag 'refused' (refused without cause).")
+    tag_other_weight: float = _f(0.1, "Penalty (-w) for the reason tag 'other' (a thumbs-down reason).")
+    tag_accurate_weight: float = _f(0.2, "Bonus (+w) for the reason tag 'accurate'.")
+    tag_clear_weight: float = _f(0.1, "Bonus (+w) for the reason tag 'clear'.")
+    tag_helpful_weight: float = _f(0.2, "Bonus (+w) for the reason tag 'helpful'.")
     # --- guards: automatic penalties, no user needed ---
     repetition_n: int = _f(3, "n of the word n-grams checked for repetition.")
     repetition_threshold: float = _f(
@@ -70,7 +83,7 @@ class RewardConfig:
     safety_words: tuple[str, ...] = _f(
         (), "Words or phrases (case-insensitive, whole words) whose presence is penalized."
     )
-    safety_weight: float = _f(1.0, "Penalty (-w) when the reply contains a safety word.")
+    safety_weight: float = _f(1.0, "Penalty (-w) when the user tagged the reply 'unsafe' or it contains a safety word.")
     # --- finalization ---
     wait_window_s: float = _f(600.0, "Seconds after a reply ends before its reward is final.")
     no_signal_policy: str = _f(

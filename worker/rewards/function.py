@@ -16,11 +16,12 @@
       dwell         clip(log2(visible / expected), -1, 1)   x 0.1
                     expected = words / reading_wpm (230) minutes; the longest visible time counts
       abandon       -1             x 0.1   session went idle with no action (void if an action counted)
+      sibling, edited, tag_<name>: what people do in a conversation and why (worker/rewards/reasons.py)
     guards (automatic, for what users cannot see at scale; never scaled by u)
       repetition    -1             x 0.5   fraction of repeated word 3-grams > 0.3
       empty         -1             x 1.0   the reply is empty or whitespace
       truncated     -1             x 0.3   non-empty reply with finish_reason "length" or "error"
-      safety        -1             x 1.0   a safety word appears (whole word, any case; list empty by default)
+      safety        -1             x 1.0   the user tagged it `unsafe`, or a safety word appears (list empty by default)
 
 A reward is final wait_window_s (600 s) after the reply ended, or at session end. A reply with
 no user signal (guards alone do not count) is excluded from training, or gets default_reward
@@ -45,12 +46,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
+from core import feedback_tags
+from worker.rewards import reasons
 from worker.rewards.config import RewardConfig
 
-USER_COMPONENTS = ("thumbs", "rating", "choose", "copy", "regenerate", "continuation", "dwell", "abandon")
+TAG_COMPONENTS = tuple(f"tag_{t.name}" for t in feedback_tags.TAGS if t.name != feedback_tags.UNSAFE)
+USER_COMPONENTS = ("thumbs", "rating", "choose", "copy", "regenerate", "continuation", "dwell", "abandon",
+                   "sibling", "edited") + TAG_COMPONENTS
 GUARD_COMPONENTS = ("repetition", "empty", "truncated", "safety")
 # explicit actions on a reply; any of them counting voids "abandon" (which means "no action")
 ACTION_COMPONENTS = frozenset(USER_COMPONENTS) - {"dwell", "abandon"}
+ACTION_KINDS = ACTION_COMPONENTS | {reasons.REASONS}  # event kinds that mean the user acted on the reply
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 CUT_OFF = frozenset({"length", "error"})  # "cancelled" is the user's stop, not the model's fault
 
@@ -281,8 +287,11 @@ _USER_RULES: dict[str, Rule] = {
     "regenerate": _regenerate,
     "continuation": _continuation,
     "dwell": _dwell,
+    "sibling": reasons.sibling,
+    "edited": reasons.edited,
     "abandon": _abandon,  # last: it is void when an action above counted
 }
+KNOWN_KINDS = frozenset(_USER_RULES) | {reasons.REASONS}
 
 
 def _own_signals(facts: ReplyFacts, signals: Iterable[Signal | Mapping], notes: list[str]) -> list[Signal]:
@@ -290,7 +299,7 @@ def _own_signals(facts: ReplyFacts, signals: Iterable[Signal | Mapping], notes: 
     mine, others, unknown = [], 0, Counter()
     for raw in signals:
         s = raw if isinstance(raw, Signal) else Signal.from_dict(raw)
-        if s.kind not in _USER_RULES:
+        if s.kind not in KNOWN_KINDS:
             unknown[s.kind] += 1
         elif facts.user_id and s.user_id and s.user_id != facts.user_id:
             others += 1  # a reply is rewarded by the person it answered; others cannot steer it
@@ -305,7 +314,7 @@ def _own_signals(facts: ReplyFacts, signals: Iterable[Signal | Mapping], notes: 
 # ---------------------------------------------------------------------------- guards
 
 
-def _guards(facts: ReplyFacts, cfg: RewardConfig) -> dict[str, tuple[float, str]]:
+def _guards(facts: ReplyFacts, cfg: RewardConfig, reported=None) -> dict[str, tuple[float, str]]:
     fired: dict[str, tuple[float, str]] = {}
     empty = not facts.text.strip()
     if empty:
@@ -319,7 +328,9 @@ def _guards(facts: ReplyFacts, cfg: RewardConfig) -> dict[str, tuple[float, str]
             f"{frac:.0%} of word {cfg.repetition_n}-grams repeated (threshold {cfg.repetition_threshold:.0%})",
         )
     hits = find_safety_words(facts.text, cfg.safety_words)
-    if hits:
+    if reported is not None:
+        fired["safety"] = (-1.0, reasons.unsafe_report(reported, hits))
+    elif hits:
         fired["safety"] = (-1.0, "safety words: " + ", ".join(hits))
     return {name: fired[name] for name in GUARD_COMPONENTS if name in fired}
 
@@ -337,26 +348,31 @@ def compute_reward(
     if not (math.isfinite(user_weight) and user_weight >= 0):
         raise ValueError(f"user_weight must be a finite number >= 0; got {user_weight!r}")
     notes: list[str] = []
-    by_kind: dict[str, list[Signal]] = {k: [] for k in _USER_RULES}
-    for s in _own_signals(facts, signals, notes):
+    by_kind: dict[str, list[Signal]] = {k: [] for k in KNOWN_KINDS}
+    own = _own_signals(facts, signals, notes)
+    for s in own:
         by_kind[s.kind].append(s)
 
     components: dict[str, float] = {}
     details: dict[str, str] = {}
+    tag_comps, tag_details, reported = reasons.tag_components(own, cfg, user_weight)
     for name, rule in _USER_RULES.items():
         weight = getattr(cfg, f"{name}_weight")
         if not by_kind[name] or weight == 0:  # weight 0 switches a component off entirely
             continue
-        if name == "abandon" and ACTION_COMPONENTS & components.keys():
+        if name == "abandon" and (ACTION_COMPONENTS & (components.keys() | tag_comps.keys()) or reported):
             notes.append("abandon, because the user did act on the reply")
             continue
         fired = rule(facts, by_kind[name], cfg, notes)
         if fired is not None:
             components[name] = weight * fired[0] * user_weight
             details[name] = fired[1]
-    has_signal = bool(components)
+    components.update(tag_comps)
+    details.update(tag_details)
+    # a report of harm is the user's signal too, though it moves the (unscaled) safety guard
+    has_signal = bool(components) or reported is not None
 
-    for name, (unit, why) in _guards(facts, cfg).items():
+    for name, (unit, why) in _guards(facts, cfg, reported).items():
         weight = getattr(cfg, f"{name}_weight")
         if weight != 0:
             components[name] = weight * unit

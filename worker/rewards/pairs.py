@@ -18,21 +18,21 @@ class PreferencePair:
 
 def is_kept(signals: Iterable[Signal | Mapping]) -> bool:
     """Did the user keep a reply: a positive signal (last thumbs +1, last rating >= 4, a copy,
-    last choose "chosen") and no negative one (last thumbs -1, last rating <= 2, "rejected",
-    a regenerate)?"""
+    last choose "chosen", last sibling "preferred") and no negative one (last thumbs -1, last
+    rating <= 2, "rejected", sibling "other", a regenerate, an edited question)?"""
     last: dict[str, Any] = {}
     copied = regenerated = False
     signals = (s if isinstance(s, Signal) else Signal.from_dict(s) for s in signals)
     for s in sorted(signals, key=lambda s: s.ts):
         if s.kind in ("thumbs", "rating") and _num(s.value) is not None:
             last[s.kind] = _num(s.value)
-        elif s.kind == "choose" and isinstance(s.value, str):
-            last["choose"] = s.value.lower()
+        elif s.kind in ("choose", "sibling") and isinstance(s.value, str):
+            last[s.kind] = s.value.lower()
         copied |= s.kind == "copy"
-        regenerated |= s.kind == "regenerate"
-    thumbs, rating, choose = last.get("thumbs", 0), last.get("rating", 3), last.get("choose")
-    positive = thumbs > 0 or rating >= 4 or copied or choose == "chosen"
-    negative = thumbs < 0 or rating <= 2 or choose == "rejected" or regenerated
+        regenerated |= s.kind in ("regenerate", "edited")
+    thumbs, rating, choose, sibling = last.get("thumbs", 0), last.get("rating", 3), last.get("choose"), last.get("sibling")
+    positive = thumbs > 0 or rating >= 4 or copied or choose == "chosen" or sibling == "preferred"
+    negative = thumbs < 0 or rating <= 2 or choose == "rejected" or sibling == "other" or regenerated
     return positive and not negative
 
 

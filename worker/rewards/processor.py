@@ -19,7 +19,7 @@ import redis
 
 from worker.rewards.batches import anomaly_weight
 from worker.rewards.config import RewardConfig, config_hash
-from worker.rewards.function import ACTION_COMPONENTS, compute_reward, finalize_state
+from worker.rewards.function import ACTION_KINDS, compute_reward, finalize_state
 from worker.rewards.ledger import RewardLedger, SignalOp
 from worker.rewards.pairs import is_kept
 from worker.rewards.signals import Event, PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
@@ -274,7 +274,7 @@ def derive_abandonment(ledger: RewardLedger, idle_s: float, now: float) -> int:
             continue
         if ledger.abandon_recorded(last_reply):
             continue
-        if any(s["kind"] in ACTION_COMPONENTS for s in ledger.signals(last_reply)):
+        if any(s["kind"] in ACTION_KINDS for s in ledger.signals(last_reply)):
             continue
         version = ledger.reply(last_reply).get("adapter_version", "")
         fields = {"event_id": "ev_" + secrets.token_hex(10), "kind": "abandon", "reply_id": last_reply,

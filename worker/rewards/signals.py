@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from worker.rewards.function import ReplyFacts
 
-FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell", "continuation", "abandon")
+FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell", "continuation", "abandon",
+                  "reasons", "sibling", "edited")
+PAIR_KINDS = {"choose": "choose", "sibling": "sibling"}  # kind -> preference pair source
 NO_OP_KINDS = ("user_message",)  # recorded for replay; carries no signal about a reply
 VOTE_KINDS = ("thumbs", "rating")  # what the anomaly check looks at
 
@@ -65,10 +67,31 @@ def parse_event(stream_id: str, fields: dict[str, str]) -> Event:
                  None if since_ms is None else since_ms / 1000.0, fields)
 
 
+def _reasons(ev: Event) -> dict:
+    """{tags, comment} an event carries (the server validated them; stored as JSON / text)."""
+    out = {}
+    tags = _value(ev.raw.get("tags"))
+    if isinstance(tags, list) and tags:
+        out["tags"] = [str(t) for t in tags]
+    if ev.raw.get("comment"):
+        out["comment"] = ev.raw["comment"]
+    return out
+
+
 def signals_of(ev: Event) -> list[tuple[str, dict]]:
     """[(reply_id, signal dict)] that one feedback event gives. A choose names the chosen reply
-    and, as its value, the other candidate: chosen +, the other -."""
+    and, as its value, the other candidate: chosen +, the other -; a sibling event likewise
+    (preferred +, the other -). Reason tags and a comment ride in the signal's extra."""
     base = {"kind": ev.kind, "ts": ev.server_time, "user_id": ev.user_id, "event_id": ev.event_id}
+    if ev.kind == "sibling":
+        if not isinstance(ev.value, str) or not ev.value or ev.value == ev.reply_id:
+            raise PoisonEvent(f"event {ev.stream_id}: sibling needs the other answer's id as value, got {ev.value!r}")
+        how = ev.raw.get("how", "")
+        return [(ev.reply_id, {**base, "value": "preferred", "extra": {"other": ev.value, "how": how}}),
+                (ev.value, {**base, "value": "other", "extra": {"other": ev.reply_id, "how": how}})]
+    reasons = _reasons(ev)
+    if reasons:
+        return [(ev.reply_id, {**base, "value": ev.value, "extra": reasons})]
     if ev.kind == "choose":
         if not isinstance(ev.value, str) or not ev.value or ev.value == ev.reply_id:
             raise PoisonEvent(f"event {ev.stream_id}: choose needs the other candidate's id as value, got {ev.value!r}")
@@ -87,10 +110,10 @@ def vote_of(ev: Event) -> list | None:
 
 
 def choose_pair(ev: Event) -> dict | None:
-    """The preference pair a choose event yields (written once, with its signal)."""
-    if ev.kind != "choose":
+    """The preference pair a choose (or sibling) event yields (written once, with its signal)."""
+    if ev.kind not in PAIR_KINDS:
         return None
-    return {"chosen_id": ev.reply_id, "rejected_id": str(ev.value), "source": "choose",
+    return {"chosen_id": ev.reply_id, "rejected_id": str(ev.value), "source": PAIR_KINDS[ev.kind],
             "user_id": ev.user_id, "session_id": ev.session_id}
 
 

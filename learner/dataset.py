@@ -27,8 +27,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-
-import redis
+from typing import TYPE_CHECKING
 
 from core import records, versions
 from core.keys import Keys
@@ -36,6 +35,9 @@ from core.sampling import SamplingParams
 from learner.config import TrainConfig
 from worker.rewards.batches import cap_user_share
 from worker.rewards.config import RewardConfig
+
+if TYPE_CHECKING:   # annotations only: learner.train (and the GPU check) import this module without Redis
+    import redis
 
 FINAL_STATES = ("rewarded", "defaulted")
 UNSCORED = "unscored"  # final, no user signal, to be rewarded by the reward model

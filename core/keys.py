@@ -174,7 +174,10 @@ class Keys:
 
     @property
     def ops_verdicts(self) -> str:
-        """Hash version -> JSON of the last parent-vs-child comparison of that version."""
+        """Hash version -> JSON of the last parent-vs-child comparison of that version (worker/ops
+        writes it). `"alarm": true` or `"decision": "rollback"` means the live comparison found the
+        version worse than its parent: the learner then does not continue from it
+        (core.registry.found_worse)."""
         return self.prefix + "ops:verdicts"
 
     @property

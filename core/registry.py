@@ -77,6 +77,13 @@ class RegistryError(RuntimeError):
     pass
 
 
+def found_worse(verdict: dict) -> bool:
+    """Whether a live-comparison verdict (the JSON worker/ops keeps per version in `ops_verdicts`)
+    says the version serves worse than its parent: an alarm was raised, or the decision was to
+    roll it back. Pure."""
+    return bool(verdict.get("alarm")) or verdict.get("decision") == "rollback"
+
+
 class Registry:
     def __init__(self, r: redis.Redis, keys: Keys, data_dir: Path):
         self.r = r  # decode_responses=True
@@ -108,13 +115,42 @@ class Registry:
 
     def stable_dir(self) -> tuple[str, Path | None]:
         """(stable version, its folder) -- folder None when the stable is the base model."""
-        stable = self.state()["stable"]
-        if is_base(stable):
+        return self._folder_of(self.state()["stable"], "stable")
+
+    def _folder_of(self, version: str, role: str) -> tuple[str, Path | None]:
+        if is_base(version):
             return "base", None
-        folder = self.version_dir(stable)
+        folder = self.version_dir(version)
         if not (folder / WEIGHTS_FILE).exists():
-            raise RegistryError(f"stable version {stable} has no weights at {folder}")
-        return stable, folder
+            raise RegistryError(f"{role} version {version} has no weights at {folder}")
+        return version, folder
+
+    def verdict(self, version: str) -> dict:
+        """The live comparison's last verdict on `version` (worker/ops writes `ops_verdicts`), {} if none."""
+        raw = self.r.hget(self.k.ops_verdicts, version)
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+
+    def training_parent(self) -> tuple[str, Path | None, str]:
+        """(version, its folder or None for base, why) a learner run continues from: the newest
+        version that serves people -- the canary, unless the live comparison found it worse
+        (`found_worse`), else the stable. Versions compound this way at low traffic: a canary
+        that is not (yet) judged is continued from, and its own replies are on-policy data."""
+        st = self.state()
+        canary = st["canary"]
+        if canary and not is_base(canary):
+            verdict = self.verdict(canary)
+            if found_worse(verdict):
+                version, folder = self.stable_dir()
+                return version, folder, (f"canary {canary} was found worse by the live comparison "
+                                         f"({verdict.get('message') or verdict.get('action') or 'alarm'}): "
+                                         f"continuing from the stable {version}")
+            version, folder = self._folder_of(canary, "canary")
+            return version, folder, f"the canary {canary} (serves {st['canary_share']:.0%} of sessions, not found worse)"
+        version, folder = self.stable_dir()
+        return version, folder, f"the stable {version} (no canary)"
 
     def history(self, count: int = 20) -> list[dict]:
         return [dict(fields, id=sid) for sid, fields in self.r.xrevrange(self.k.adapter_history, count=count)]

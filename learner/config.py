@@ -62,9 +62,11 @@ class TrainConfig:
     pg_ratio_cap: float = _f(3.0, "Dual clip: a token with a negative advantage weighs at most this times its "
                                   "advantage, whatever its importance ratio (stale replayed replies and "
                                   "behavior/learner precision gaps cannot blow up an update). 0 = off; else > 1.")
-    replay_window: int = _f(2048, "Each run trains on the newest this many final rewards, not only those since "
-                                  "the last run (older ones stay within max_staleness; 0 = new ones only). "
-                                  "A run is still triggered by new rewards (min_samples).")
+    replay_window: int = _f(512, "Incremental runs: the newest this many final rewards before the learner cursor "
+                                 "form the pool a run's replay sample is drawn from (0 = new rewards only).")
+    replay_ratio: float = _f(1.0, "Incremental runs: a run trains on its new rewards plus a replay sample of at most "
+                                  "this many older ones per new one (seeded per run), so its cost grows with the new "
+                                  "data, not with the history. 0 = new rewards only.")
     reward_model: bool = _f(True, "Train a reward model (P[liked | prompt, reply] on the frozen base model) each "
                                   "run: it rewards replies no user signalled (RewardConfig.no_signal_policy = "
                                   "'model') and gives the gate a doubly-robust estimate.")
@@ -157,6 +159,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
                 raise _bad("TrainConfig", name, v, f"an integer in [0, {hi}]")
+        if isinstance(self.replay_ratio, bool) or not isinstance(self.replay_ratio, (int, float)) \
+                or not math.isfinite(self.replay_ratio) or not 0 <= self.replay_ratio <= 16:
+            raise _bad("TrainConfig", "replay_ratio", self.replay_ratio, "a finite number in [0, 16]")
         for name in ("replay_window", "reward_model_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

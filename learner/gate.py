@@ -25,7 +25,7 @@ import torch
 
 from learner import counterfactual
 from learner.config import TrainConfig
-from learner.dataset import Sample
+from learner.samples import Sample
 from learner.train import collate, reply_logits, sampling_logprobs
 
 

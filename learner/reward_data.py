@@ -35,7 +35,7 @@ def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int):
             continue
         for sig, y in labels_from_components(components, reward).items():
             labels[sig].append(y)
-        pairs.append((reply["prompt_ids"], reply["reply_ids"]))
+        pairs.append((reply.prompt_ids, reply.reply_ids))
         ids.append(rid)
     return pairs, {s: np.array(v, dtype=np.int64) for s, v in labels.items()}, ids
 

@@ -128,13 +128,14 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
 
     t0 = time.time()
     loaded = load_model(settings.model, settings.models_dir, settings.device)
-    parent, parent_dir = registry.stable_dir()
+    parent, parent_dir, parent_why = registry.training_parent()
+    log.info("continuing from %s", parent_why)
     lineage = None
     if parent_dir is not None:
         parent_manifest = registry.manifest(parent)
         parent_base = parent_manifest.get("base_model")
         if parent_base != loaded.model_id:
-            raise RegistryError(f"stable version {parent} was trained on {parent_base}, this learner loads "
+            raise RegistryError(f"parent version {parent} was trained on {parent_base}, this learner loads "
                                 f"{loaded.model_id} (REWARDLOOP_MODEL); roll back to base first "
                                 "(`rewardloop adapters rollback base`) or use the same model")
         trained = parent_manifest.get("training", {})   # its running reward mean, for pg_baseline 'running'
@@ -171,7 +172,7 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
 
     version = state["next_version"] + 1
     manifest = {
-        "version": version, "parent": parent, "base_model": loaded.model_id,
+        "version": version, "parent": parent, "parent_choice": parent_why, "base_model": loaded.model_id,
         "state": "published" if verdict.passed else "rejected",
         "reason": "" if verdict.passed else verdict.reason,
         "created": time.time(), "train_seconds": time.time() - t0,

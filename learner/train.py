@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from core.sampling import SamplingParams, processed_logprobs
 from learner.config import TrainConfig
-from learner.dataset import Dataset, Pair, Sample
+from learner.samples import Dataset, Pair, Sample
 from learner.losses import (
     advantages,
     clipped_pg_loss,

@@ -104,6 +104,8 @@ def test_a_run_with_a_trusted_reward_model_trains_on_its_own_replies_too(setting
         r.hset(keys.reward(item.reply_id), "components", json.dumps({"thumbs": 1.0 if favoured(item) else -1.0}))
     cfg = TrainConfig(lr=5e-3, epochs=1, minibatch_size=8, holdout_share=0.25, min_samples=4, kl_budget=10.0,
                       cf_margin=2.0, cf_min_ess=1.0, reward_model_min_auroc=0.0, onpolicy_n=2, onpolicy_prompts=3)
+    off = run_once(settings, dataclasses.replace(cfg, onpolicy_n=0), progress=False, dry_run=True)
+    assert "onpolicy" not in off.stats["reward_model"]
     result = run_once(settings, cfg, progress=False)
     assert result.state == "published", result.reason
     note = result.stats["reward_model"]
@@ -112,6 +114,4 @@ def test_a_run_with_a_trusted_reward_model_trains_on_its_own_replies_too(setting
     assert result.stats["dataset"]["onpolicy"] == 6 and result.stats["samples_used"] == result.stats["dataset"]["train"]
     assert result.stats["training"]["samples"] == result.stats["samples_used"]
     assert result.stats["holdout"] == result.stats["dataset"]["holdout"]   # the gate sees logged replies only
-    off = run_once(settings, dataclasses.replace(cfg, onpolicy_n=0), progress=False, dry_run=True)
-    assert "onpolicy" not in off.stats["reward_model"]
     r.close()

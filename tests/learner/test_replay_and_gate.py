@@ -40,16 +40,20 @@ def test_a_run_replays_older_rewards_within_the_staleness_cap(rdb, keys):
     old = write_logged(rdb, keys, [fake(i, f"u{i}") for i in range(3)], lambda it: 0.5, version="base")
     rdb.set(keys.learn_cursor, old[-1])   # a previous run consumed these
     write_logged(rdb, keys, [fake(i, f"u{i}") for i in range(3, 5)], lambda it: 0.5, version="1")
-    cfg = TrainConfig(holdout_share=0.0, replay_window=100, max_staleness=3)
+    cfg = TrainConfig(holdout_share=0.0, replay_window=100, replay_ratio=2.0, max_staleness=3)
     data = build_dataset(rdb, keys, cfg, ALL_USERS, newest_version=1)
-    assert [s.reply_id for s in data.train] == ["x0", "x1", "x2", "x3", "x4"]
+    assert sorted(s.reply_id for s in data.train) == ["x0", "x1", "x2", "x3", "x4"]
     assert data.replayed == 3 and data.read == 2          # 2 new entries trigger; 3 replayed
+    # the replay sample is bounded by the new data: one older reply per new one
+    one_each = build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=100, max_staleness=3),
+                             ALL_USERS, newest_version=1)
+    assert one_each.replayed == 2 and one_each.dropped["not_replayed"] == 1
     # the staleness cap still holds: base (0) is 3 versions behind 3 > max_staleness 2
     stale = build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=100, max_staleness=2),
                           ALL_USERS, newest_version=3)
     assert [s.reply_id for s in stale.train] == ["x3", "x4"] and stale.dropped["stale"] == 3
-    # a window no larger than the new rewards replays nothing
-    assert build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=2), ALL_USERS, 1).replayed == 0
+    # no pool, no replay
+    assert build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=0), ALL_USERS, 1).replayed == 0
 
 
 @pytest.mark.integration

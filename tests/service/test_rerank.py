@@ -132,8 +132,8 @@ def test_a_server_with_rerank_n_streams_and_logs_the_chosen_candidate(server_fac
         assert params["seed"] == rerank["seeds"][rerank["chosen"]] and rec["text"] == reply["text"]
         assert int(rec["peak_rows"]) >= 2
         # the learner trains on it but keeps it out of the gate's counterfactual estimate
-        assert load_reply(r, keys, reply["start"]["reply_id"], 256)["reranked"] is True
-        assert load_reply(r, keys, plain["start"]["reply_id"], 256)["reranked"] is False
+        assert load_reply(r, keys, reply["start"]["reply_id"], 256).reranked is True
+        assert load_reply(r, keys, plain["start"]["reply_id"], 256).reranked is False
     finally:
         chat.close()
 

@@ -18,8 +18,8 @@ import torch
 
 from core.modeling import cache_argument_name
 from core.sampling import SamplingParams, sample_batch
-from learner.samples import Sample
 from learner.reward_model import extract_features
+from learner.samples import Sample
 
 ROWS_PER_FORWARD = 32  # sampling batch: bounds the KV cache, not the result
 

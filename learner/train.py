@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from core.sampling import SamplingParams, processed_logprobs
 from learner.config import TrainConfig
-from learner.samples import Dataset, Pair, Sample
 from learner.losses import (
     advantages,
     clipped_pg_loss,
@@ -37,6 +36,7 @@ from learner.losses import (
     sft_loss,
     total_loss,
 )
+from learner.samples import Dataset, Pair, Sample
 
 log = logging.getLogger(__name__)
 

@@ -149,6 +149,28 @@ class Keys:
         tombstone itself is the `forgotten` field of `user:{user_id}` (what the learner checks)."""
         return self.prefix + "users:forgotten"
 
+    # --- the archive (worker/archive/ is the only writer) -----------------------------------
+    def archive_cursor(self, stream: str) -> str:
+        """String: id of the newest entry of `stream` (events | rewards | pairs) in a renamed archive file;
+        the stream is trimmed (XTRIM MINID) only below it."""
+        return f"{self.prefix}archive:cursor:{stream}"
+
+    @property
+    def archive_status(self) -> str:
+        """Hash: the last archive run (at, ok, error, failing_since, moved counts, archive size, Redis memory)."""
+        return self.prefix + "archive:status"
+
+    @property
+    def archive_lock(self) -> str:
+        """One archive run at a time."""
+        return self.lock("archive")
+
+    @property
+    def deleted_sessions(self) -> str:
+        """Sorted set session_id -> time a conversation was deleted: readers hide its archived rows, the
+        archive task rewrites the files that hold them (with `users:forgotten`, the tombstones)."""
+        return self.prefix + "sessions:deleted"
+
     # --- operators: series, drift monitor, alarms (worker/ops_store.py is the only writer) -----
     def ops_bucket(self, step_s: int, start: int) -> str:
         """Hash "{counter}|{version}" -> number: one minute (step 60) or hour (3600) of the series."""

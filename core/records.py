@@ -1,43 +1,369 @@
-"""The reply record, in one place: what the server writes to `{prefix}reply:{id}` and how every
-reader turns the stored strings back into values. Pure.
+"""The records that cross a boundary, in one place (as SGLang keeps its IPC structs in
+io_struct.py): what one part writes to Redis or the archive and another part reads. Pure.
 
-Written by service/serving/chat.py (`_record`, stored with core.redis_conn.flat_fields: lists and
-dicts as JSON); read by the learner's dataset, the developer tools, replay and evaluation.
+Each record is a frozen dataclass with
+  - `to_redis()` / `from_redis()`: the exact strings Redis holds (lists and dicts as JSON,
+    numbers as their repr, None left out), so a hash read, decoded and written back is the
+    hash it was;
+  - `arrow_schema()` / `to_row()` / `from_row()`: its table in the Parquet archive;
+  - `SCHEMA_VERSION` (stored in every archive file's metadata) and `TABLE`, `ID` (the column
+    a duplicate is dropped by on read).
+Decoding is lenient and lossless: a value that does not parse as its field's type (an empty
+reward, a hand-written hash) keeps its raw string in `extra`, as do fields the class does not
+name, so nothing a writer stored is lost on the way to the archive and back.
+
+    record        Redis (written by)                                  archive table
+    ReplyRecord   reply:{id} hash (server, service/serving/chat.py)   replies
+    SessionRecord session_meta/session/session_replies (server)       sessions
+    EventRecord   `events` stream entry (server; derived: workers)    events
+    RewardEntry   reward:{id} + reward_signals:{id} (reward workers)  ledger
+    FinalReward   `rewards` stream entry (reward workers)             rewards
+    PairRecord    `pairs` stream entry (reward workers)               pairs
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from core.sampling import SamplingParams
 
+# Field kinds: how a value is written to Redis and which Arrow type holds it in the archive.
+STR, INT, FLOAT, JSON, INTS, FLOATS, STRS = "str", "int", "float", "json", "ints", "floats", "strs"
+FINAL_STATES = ("rewarded", "defaulted", "unscored", "excluded")  # a ledger entry no longer pending
+EXPLICIT_KINDS = ("thumbs", "rating", "choose")  # explicit feedback: kept REWARDLOOP_RETENTION_RATED_DAYS
+
+
+def col(kind: str, help: str):
+    return field(default=None, metadata={"kind": kind, "help": help})
+
+
+def _arrow_type(kind: str):
+    import pyarrow as pa
+    return {STR: pa.string(), INT: pa.int64(), FLOAT: pa.float64(), JSON: pa.string(), INTS: pa.list_(pa.int32()),
+            FLOATS: pa.list_(pa.float64()), STRS: pa.list_(pa.string())}[kind]
+
+
+def _encode(kind: str, v) -> str:
+    if kind == STR:
+        return v
+    if kind == FLOAT:
+        return repr(float(v))
+    if kind == INT:
+        return str(int(v))
+    return json.dumps(v)
+
+
+def _decode(kind: str, raw: str):
+    """The typed value of a stored string; ValueError/TypeError when it is not one."""
+    if kind == STR:
+        return raw
+    if kind == FLOAT:
+        return float(raw)
+    if kind == INT:
+        x = float(raw)
+        if not x.is_integer():
+            raise ValueError(raw)
+        return int(x)
+    v = json.loads(raw)
+    if kind == INTS:
+        return [int(x) for x in v]
+    if kind == FLOATS:
+        return [float(x) for x in v]
+    if kind == STRS:
+        return [str(x) for x in v]
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    TABLE: ClassVar[str] = ""
+    ID: ClassVar[str] = ""
+    SCHEMA_VERSION: ClassVar[int] = 1
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = ()  # fields stored beside the hash (a stream id, a list)
+
+    extra: dict = field(default_factory=dict, metadata={"kind": "extra", "help": "fields this class does not name, "
+                                                                              "and values that did not parse, as stored"})
+
+    @classmethod
+    def columns(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.name != "extra"]
+
+    @property
+    def id(self) -> str:
+        return getattr(self, self.ID)
+
+    # --- Redis -----------------------------------------------------------------------------
+    def to_redis(self) -> dict[str, str]:
+        """The hash (or stream entry) fields, as the writer stores them."""
+        out = {}
+        for f in self.columns():
+            v = getattr(self, f.name)
+            if v is not None and f.name not in self.NOT_IN_HASH:
+                out[f.name] = _encode(f.metadata["kind"], v)
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_redis(cls, h: Mapping, **beside):
+        """From a hash or stream entry (str or bytes); `beside`: the fields not in it (NOT_IN_HASH)."""
+        h = {_s(k): _s(v) for k, v in h.items()}
+        values, extra = dict(beside), {}
+        kinds = {f.name: f.metadata["kind"] for f in cls.columns()}
+        for k, raw in h.items():
+            kind = kinds.get(k)
+            if kind is None or k in beside:
+                extra[k] = raw
+                continue
+            try:
+                values[k] = _decode(kind, raw)
+            except (ValueError, TypeError):
+                extra[k] = raw  # kept as stored: readers decide whether they can do without it
+        return cls(**values, extra=extra)
+
+    # --- the archive -------------------------------------------------------------------------
+    @classmethod
+    def arrow_schema(cls):
+        import pyarrow as pa
+        fields = [pa.field(f.name, _arrow_type(f.metadata["kind"])) for f in cls.columns()]
+        fields.append(pa.field("extra", pa.string()))
+        meta = {"rewardloop.table": cls.TABLE, "rewardloop.record": cls.__name__,
+                "rewardloop.schema_version": str(cls.SCHEMA_VERSION), "rewardloop.id": cls.ID}
+        return pa.schema(fields, metadata=meta)
+
+    def to_row(self) -> dict:
+        row = {}
+        for f in self.columns():
+            v = getattr(self, f.name)
+            row[f.name] = json.dumps(v) if f.metadata["kind"] == JSON and v is not None else v
+        row["extra"] = json.dumps(self.extra) if self.extra else None
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping):
+        values = {}
+        for f in cls.columns():
+            v = row.get(f.name)
+            if v is not None and f.metadata["kind"] == JSON:
+                v = json.loads(v)
+            values[f.name] = v
+        return cls(**values, extra=json.loads(row["extra"]) if row.get("extra") else {})
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplyRecord(Record):
+    """One generated reply: the prompt exactly as served, the tokens and behavior log-probs, how
+    it was sampled and by which adapter version, and its times."""
+    TABLE: ClassVar[str] = "replies"
+    ID: ClassVar[str] = "reply_id"
+    reply_id: str = col(STR, "rep_... id")
+    user_id: str = col(STR, "who asked")
+    session_id: str = col(STR, "the session (conversation) it belongs to")
+    turn: int = col(INT, "index of the turn in the session (0 = first)")
+    api: str = col(STR, "ws | openai")
+    client_msg_id: str = col(STR, "the client's id of the user message")
+    user_text: str = col(STR, "what the user wrote")
+    prompt_messages: list = col(JSON, "the chat messages of the prompt (system, the turns that fit, this one)")
+    prompt_ids: list = col(INTS, "prompt token ids as fed to the model")
+    history_dropped: int = col(INT, "older turns dropped to fit the context budget")
+    text: str = col(STR, "the reply text as streamed")
+    token_ids: list = col(INTS, "reply token ids")
+    logprobs: list = col(FLOATS, "behavior log-prob of each reply token under the sampling distribution")
+    params: dict = col(JSON, "sampling params (temperature, top_p, max_new_tokens, seed)")
+    rerank: dict = col(JSON, "best-of-N summary when the reply was reranked")
+    adapter_version: str = col(STR, "'base' or the adapter version number")
+    model_id: str = col(STR, "base model id")
+    queued_at: float = col(FLOAT, "epoch s the request was queued")
+    first_token_at: float = col(FLOAT, "epoch s of the first token")
+    ended_at: float = col(FLOAT, "epoch s the reply ended")
+    finish_reason: str = col(STR, "stop | length | cancelled | error")
+    n_tokens: int = col(INT, "reply tokens")
+    error: str = col(STR, "engine error, if any")
+    prefix_reused: int = col(INT, "prompt tokens taken from the prefix cache (replay rebuilds the path)")
+    peak_rows: int = col(INT, "most streams decoded beside it in one batch")
+    candidates: list = col(JSON, "reply ids of the candidates of this turn")
+    replaces: str = col(STR, "the reply this one regenerated")
+    stop: list = col(JSON, "stop strings (OpenAI API)")
+    stop_string: str = col(STR, "the stop string that ended it")
+    client: dict = col(JSON, "what an API client said about itself")
+    opt_out: int = col(INT, "1: the user's token opted out of learning")
+    logged_at: float = col(FLOAT, "epoch s the record was written")
+
+    def sampling(self) -> SamplingParams:
+        return sampling_params(self.params)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionRecord(Record):
+    """A session: its meta hash plus its turn list (`history`) and every reply generated in it."""
+    TABLE: ClassVar[str] = "sessions"
+    ID: ClassVar[str] = "session_id"
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = ("session_id", "history", "replies")
+    session_id: str = col(STR, "s_... id")
+    user_id: str = col(STR, "owner")
+    created: float = col(FLOAT, "epoch s")
+    last_active: float = col(FLOAT, "epoch s of the last reply")
+    history: list = col(STRS, "reply ids that form the conversation, in turn order")
+    replies: list = col(STRS, "every reply id generated in the session (candidates, regenerations)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventRecord(Record):
+    """One `events` stream entry: a reply, a user message, a feedback, or a derived
+    continuation/abandon. Feedback = the kinds users send (thumbs, rating, choose, copy,
+    regenerate, dwell); `value` is kept exactly as stored (numbers JSON, candidate ids as is)."""
+    TABLE: ClassVar[str] = "events"
+    ID: ClassVar[str] = "stream_id"
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = ("stream_id",)
+    stream_id: str = col(STR, "Redis stream id (ms-seq)")
+    kind: str = col(STR, "reply | user_message | thumbs | rating | choose | copy | regenerate | dwell | "
+                         "continuation | abandon")
+    event_id: str = col(STR, "ev_... id a signal is counted once by")
+    feedback_id: str = col(STR, "the client's idempotency id")
+    reply_id: str = col(STR, "the reply it is about")
+    session_id: str = col(STR, "session")
+    user_id: str = col(STR, "who sent it")
+    adapter_version: str = col(STR, "version that served the reply")
+    value: str = col(STR, "the value as stored: thumbs +1/-1, rating 1-5, dwell ms, the other candidate id")
+    client_time: str = col(STR, "the client's clock, as sent")
+    client_msg_id: str = col(STR, "user_message: the client's message id")
+    turn: int = col(INT, "user_message: the turn index")
+    server_time: float = col(FLOAT, "epoch s the server stored it")
+    since_reply_end_ms: int = col(INT, "ms between the reply's end and this event")
+    derived: int = col(INT, "1: written by the server or workers, not sent by a user")
+
+    @property
+    def explicit(self) -> bool:
+        return self.kind in EXPLICIT_KINDS
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardEntry(Record):
+    """The ledger entry of one reply (reward:{id}) and its signals (reward_signals:{id},
+    event id -> signal JSON as stored)."""
+    TABLE: ClassVar[str] = "ledger"
+    ID: ClassVar[str] = "reply_id"
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = ("signals",)
+    reply_id: str = col(STR, "reply")
+    state: str = col(STR, "pending | rewarded | defaulted | unscored | excluded")
+    user_id: str = col(STR, "owner")
+    session_id: str = col(STR, "session")
+    adapter_version: str = col(STR, "version that served it")
+    ended_at: float = col(FLOAT, "epoch s the reply ended")
+    due_at: float = col(FLOAT, "epoch s the reward becomes final")
+    opened_at: float = col(FLOAT, "epoch s a worker opened the entry")
+    replaces: str = col(STR, "the reply this one regenerated")
+    opt_out: int = col(INT, "1: never learned from")
+    late_signals: int = col(INT, "signals that arrived after it was final")
+    late: int = col(INT, "1: at least one late signal")
+    reward: float = col(FLOAT, "final reward (empty: none)")
+    total: float = col(FLOAT, "clipped sum of the components")
+    raw_sum: float = col(FLOAT, "sum before clipping")
+    has_signal: int = col(INT, "1: a user signal contributed")
+    components: dict = col(JSON, "component -> value")
+    explain: list = col(JSON, "one line per component")
+    notes: list = col(JSON, "guards and other notes")
+    config_hash: str = col(STR, "reward config it was computed with")
+    user_weight: float = col(FLOAT, "anomaly weight of the user")
+    anomaly_reason: str = col(STR, "why the user was down-weighted")
+    n_signals: int = col(INT, "signals at finalization")
+    finalized_at: float = col(FLOAT, "epoch s")
+    signals: dict = col(JSON, "event id -> signal JSON string, as the workers stored them")
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def explicit(self) -> bool:
+        return any(json.loads(s).get("kind") in EXPLICIT_KINDS for s in (self.signals or {}).values())
+
+    def signal_list(self) -> list[dict]:
+        return sorted((json.loads(s) for s in (self.signals or {}).values()), key=lambda s: s.get("ts", 0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalReward(Record):
+    """One `rewards` stream entry: a reply's reward became final (what the learner trains on)."""
+    TABLE: ClassVar[str] = "rewards"
+    ID: ClassVar[str] = "stream_id"
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = ("stream_id",)
+    stream_id: str = col(STR, "Redis stream id (ms-seq): the learner's cursor")
+    reply_id: str = col(STR, "reply")
+    user_id: str = col(STR, "owner")
+    session_id: str = col(STR, "session")
+    adapter_version: str = col(STR, "version that served it")
+    state: str = col(STR, "rewarded | defaulted | unscored | excluded")
+    reward: float = col(FLOAT, "final reward (empty: none)")
+    config_hash: str = col(STR, "reward config")
+    user_weight: float = col(FLOAT, "anomaly weight")
+    opt_out: int = col(INT, "1: never learned from")
+    finalized_at: float = col(FLOAT, "epoch s")
+    components: str = col(STR, "comma-separated names of the components that fired")
+
+    @property
+    def explicit(self) -> bool:
+        return any(c in EXPLICIT_KINDS for c in (self.components or "").split(","))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairRecord(Record):
+    """One `pairs` stream entry: a preference between two replies to one prompt."""
+    TABLE: ClassVar[str] = "pairs"
+    ID: ClassVar[str] = "stream_id"
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = ("stream_id",)
+    stream_id: str = col(STR, "Redis stream id")
+    chosen_id: str = col(STR, "preferred reply")
+    rejected_id: str = col(STR, "the other reply")
+    source: str = col(STR, "choose | regenerate")
+    user_id: str = col(STR, "who expressed it")
+    session_id: str = col(STR, "session")
+
+    @property
+    def explicit(self) -> bool:
+        return self.source == "choose"
+
+
+TABLES: dict[str, type[Record]] = {c.TABLE: c for c in (ReplyRecord, SessionRecord, EventRecord, RewardEntry,
+                                                        FinalReward, PairRecord)}
+STREAM_TABLES = ("events", "rewards", "pairs")  # archived by stream id range; the others by session
+
+
+def stream_ms(stream_id: str) -> int:
+    """The millisecond part of a stream id."""
+    return int(stream_id.split("-", 1)[0])
+
+
+def stream_key(stream_id: str) -> tuple[int, int]:
+    """Stream ids in their numeric order ('9-1' < '10-0')."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# --- decoded dicts, for readers that still take dicts (devtools JSON) ---------------------------
 JSON_FIELDS = ("prompt_messages", "prompt_ids", "token_ids", "logprobs", "params", "candidates", "rerank")
 FLOAT_FIELDS = ("queued_at", "first_token_at", "ended_at", "logged_at")
 INT_FIELDS = ("turn", "n_tokens", "history_dropped", "opt_out", "prefix_reused", "peak_rows")
 
 
 def decode_reply(h: Mapping[str, str]) -> dict:
-    """A reply hash (strings) -> typed record (lists, dicts, numbers); a field that does not
+    """A reply hash (strings) -> typed dict (lists, dicts, numbers); a field that does not
     decode is left as stored (readers decide whether they can do without it)."""
-    out = dict(h)
-    for k in JSON_FIELDS:
-        if isinstance(out.get(k), str):
-            try:
-                out[k] = json.loads(out[k])
-            except ValueError:
-                pass
-    for k in FLOAT_FIELDS:
-        if out.get(k) not in (None, ""):
-            try:
-                out[k] = float(out[k])
-            except (TypeError, ValueError):
-                pass
-    for k in INT_FIELDS:
-        if out.get(k) not in (None, ""):
-            try:
-                out[k] = int(float(out[k]))
-            except (TypeError, ValueError):
-                pass
+    rec = ReplyRecord.from_redis(h)
+    return reply_dict(rec)
+
+
+def reply_dict(rec: ReplyRecord) -> dict:
+    """The record as the dict `sessions show --json` prints: typed fields, then what did not parse."""
+    out = {f.name: getattr(rec, f.name) for f in rec.columns() if getattr(rec, f.name) is not None}
+    out.update(rec.extra)
     return out
 
 
@@ -47,3 +373,7 @@ def sampling_params(p: Mapping | None) -> SamplingParams:
     p = p or {}
     return SamplingParams(temperature=float(p.get("temperature", 0.7)), top_p=float(p.get("top_p", 0.9)),
                           max_new_tokens=int(p.get("max_new_tokens", 256)), seed=int(p.get("seed", 0)))
+
+
+def finite_logprobs(rec: ReplyRecord) -> bool:
+    return bool(rec.logprobs) and all(map(math.isfinite, rec.logprobs))

@@ -70,6 +70,13 @@ class CommonSettings:
     ops_hour_retention_s: float = _help(
         "REWARDLOOP_OPS_HOUR_RETENTION_S: per-hour buckets (the downsampled series) are kept this long "
         "(default 30 days).", 30 * 86400.0)
+    archive_url: str = _help(
+        "REWARDLOOP_ARCHIVE_URL: the Parquet archive of finished sessions, replies, events and rewards (every "
+        "reader looks there after Redis): a folder, or an fsspec URL such as s3://bucket/rl (pip install "
+        "'rewardloop[archive]' s3fs). Default DATA_DIR/archive.", "")
+    hot_feedback_id_s: float = _help(
+        "REWARDLOOP_HOT_FEEDBACK_ID_S: a feedback id is remembered this long (a retry within it is stored once); "
+        "keep it above the reward wait window (wait_window_s, 600 s by default).", 3600.0)
 
     def __post_init__(self):
         # each class in the hierarchy checks the fields it defines, base first
@@ -82,10 +89,14 @@ class CommonSettings:
         _one_of(self, "device", "auto", "cpu", "cuda")
         if not 0 <= self.canary_share <= 1:
             raise ValueError(f"canary_share must be in 0..1, got {self.canary_share!r} (REWARDLOOP_CANARY_SHARE)")
-        _positive_seconds(self, "ops_minute_retention_s", "ops_hour_retention_s")
+        _positive_seconds(self, "ops_minute_retention_s", "ops_hour_retention_s", "hot_feedback_id_s")
         if self.ops_hour_retention_s < self.ops_minute_retention_s:
             raise ValueError(f"ops_hour_retention_s ({self.ops_hour_retention_s}) must be >= ops_minute_retention_s "
                              f"({self.ops_minute_retention_s}): REWARDLOOP_OPS_HOUR_RETENTION_S")
+
+    @property
+    def archive_location(self) -> str:
+        return self.archive_url or str(Path(self.data_dir) / "archive")
 
     @property
     def models_dir(self) -> Path:
@@ -303,6 +314,33 @@ class WorkerSettings(CommonSettings):
         "REWARDLOOP_DRIFT_MIN_EFFECT: smallest drop of the mean reward (reward units) that counts as worse.",
         0.05)
     alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
+    archive_every_s: float = _help(
+        "REWARDLOOP_ARCHIVE_EVERY_S: seconds between beat's 'move finished data from Redis to the archive, apply "
+        "retention and forgets' task.", 60.0)
+    hot_session_idle_s: float = _help(
+        "REWARDLOOP_HOT_SESSION_IDLE_S: a session idle this long whose rewards are all final moves to the archive "
+        "(with its replies, ledger entries and signals). Must exceed REWARDLOOP_WORKER_ABANDON_IDLE_S.", 7200.0)
+    hot_max_sessions: int = _help(
+        "REWARDLOOP_HOT_MAX_SESSIONS: past this many sessions in Redis, the oldest ones whose rewards are final "
+        "move sooner, however recently active.", 100_000)
+    hot_stream_s: float = _help(
+        "REWARDLOOP_HOT_STREAM_S: entries of the events, rewards and pairs streams older than this move to the "
+        "archive once processed (consumed by the reward workers and folded by the ops monitor), then are trimmed "
+        "(XTRIM MINID).", 3600.0)
+    hot_stream_max: int = _help(
+        "REWARDLOOP_HOT_STREAM_MAX: past this many entries in a stream, processed entries move sooner.", 1_000_000)
+    hot_stuck_s: float = _help(
+        "REWARDLOOP_HOT_STUCK_S: a reply no worker opened a ledger entry for (its event dead-lettered) moves "
+        "anyway after this long, without a reward.", 7 * 86400.0)
+    retention_days: float = _help(
+        "REWARDLOOP_RETENTION_DAYS: archive partitions (days) older than this are deleted; 0 keeps them forever.",
+        90.0)
+    retention_rated_days: float = _help(
+        "REWARDLOOP_RETENTION_RATED_DAYS: the same for records with explicit feedback (thumbs, rating, choose), "
+        "the valuable ones; 0 keeps them forever.", 400.0)
+    archive_crash_at: str = _help(
+        "REWARDLOOP_ARCHIVE_CRASH_AT: for crash tests only: 'before_rename' or 'after_rename' SIGKILLs the "
+        "worker's process group at that point of an archive run. Leave empty.", "")
 
     def _check(self) -> None:
         if self.update_every_s < 1:
@@ -316,6 +354,19 @@ class WorkerSettings(CommonSettings):
         if self.beat_lock_ttl_s < 2.0:  # beat ticks at least every second
             raise ValueError(f"beat_lock_ttl_s ({self.beat_lock_ttl_s}) must be >= 2 s so the leader can renew "
                              "it between ticks (REWARDLOOP_BEAT_LOCK_TTL_S)")
+        _positive_seconds(self, "archive_every_s", "hot_session_idle_s", "hot_stream_s", "hot_stuck_s")
+        if self.hot_session_idle_s <= self.worker_abandon_idle_s:
+            raise ValueError(f"hot_session_idle_s ({self.hot_session_idle_s}) must exceed worker_abandon_idle_s "
+                             f"({self.worker_abandon_idle_s}): a session's abandonment is derived before it moves "
+                             "(REWARDLOOP_HOT_SESSION_IDLE_S)")
+        for name in ("hot_max_sessions", "hot_stream_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r} ({env_name(name)})")
+        for name in ("retention_days", "retention_rated_days"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be >= 0 days (0 = forever), got {getattr(self, name)!r} "
+                                 f"({env_name(name)})")
+        _one_of(self, "archive_crash_at", "", "before_rename", "after_rename")
         _one_of(self, "drift_policy", "rollback", "alert")
         _one_of(self, "canary_policy", "promote", "hold")
         if self.drift_min_samples < 2:

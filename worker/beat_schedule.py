@@ -18,5 +18,6 @@ def build_schedule(settings: WorkerSettings) -> dict:
         "derive-abandonment": every(settings.worker_abandon_every_s, "worker.tasks.derive_abandonment"),
         "reclaim-stale-events": every(settings.worker_reclaim_every_s, "worker.tasks.reclaim_stale"),
         "ops-monitor": every(settings.ops_every_s, "worker.tasks.ops_tick"),
+        "archive": every(settings.archive_every_s, "worker.tasks.archive"),
         "learner-maybe-train": every(settings.update_every_s, "learner.tasks.maybe_train"),
     }

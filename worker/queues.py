@@ -2,7 +2,7 @@
 
 rewards  feedback events -> ledger -> final rewards (many workers may share it)
 learn    learner runs (one worker, concurrency 1: one training run at a time)
-ops      housekeeping: abandoned sessions, reclaiming stale events, the drift monitor
+ops      housekeeping: abandoned sessions, reclaiming stale events, the drift monitor, the archive
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ ROUTES = {
     "worker.tasks.derive_abandonment": {"queue": OPS},
     "worker.tasks.reclaim_stale": {"queue": OPS},
     "worker.tasks.ops_tick": {"queue": OPS},
+    "worker.tasks.archive": {"queue": OPS},
     "learner.tasks.*": {"queue": LEARN},
 }
 

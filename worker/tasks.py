@@ -15,6 +15,7 @@ import redis
 from celery import shared_task
 
 from core.registry import Registry
+from worker.archive.run import run_archive
 from worker.context import runtime, start_consumer
 from worker.ops import monitor
 from worker.rewards import processor
@@ -75,3 +76,12 @@ def ops_tick() -> dict:
     if out["alarms"] or out["rollback"]:
         log.info("ops monitor: %s", out)
     return out
+
+
+@shared_task(name="worker.tasks.archive", **COMMON)
+def archive() -> dict:
+    """Move finished sessions and processed stream entries from Redis to the archive, then apply
+    retention, forgets and compaction (worker/archive/run.py)."""
+    rt = runtime()
+    rt.ledger.count("runs:archive")
+    return run_archive(rt.ledger.r, rt.keys, rt.settings)

@@ -1,0 +1,162 @@
+"""The archive run in-process (the function the beat task calls) on a real Redis and a real
+folder: what moves, what stays, crash duplicates, an unwritable location, retention, forgets."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from core.archive import Archive, day_of, new_batch
+from core.history import History
+from core.keys import Keys
+from core.records import ReplyRecord, SessionRecord
+from core.settings import WorkerSettings
+from tests.archive_support import consume_events, files_containing, log_session
+from worker.archive.run import run_archive
+
+pytestmark = pytest.mark.integration
+
+OLD = time.time() - 3 * 3600  # idle longer than the hot window below
+
+
+@pytest.fixture
+def keys(prefix) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url, prefix) -> WorkerSettings:
+    return WorkerSettings(redis_url=redis_url, prefix=prefix, data_dir=tmp_path, hot_session_idle_s=3600,
+                          worker_abandon_idle_s=1800, hot_stream_s=600)
+
+
+def _history(rdb, keys, settings) -> History:
+    return History(rdb, keys, Archive(settings.archive_location))
+
+
+def test_finished_sessions_move_and_read_back_as_they_were(rdb, keys, settings):
+    done = log_session(rdb, keys, at=OLD)
+    active = log_session(rdb, keys, at=time.time())
+    pending = log_session(rdb, keys, at=OLD, state="pending")
+    consume_events(rdb, keys)
+    out = run_archive(rdb, keys, settings)
+    assert out["ok"] and out["moved"]["sessions"] == 1 and out["moved"]["replies"] == 2
+    assert not rdb.exists(keys.session_meta(done.session.session_id), *(keys.reply(r.reply_id) for r in done.replies))
+    assert not rdb.exists(*(keys.reward(r.reply_id) for r in done.replies))
+    assert rdb.zscore(keys.sessions, done.session.session_id) is None
+    for kept in (active, pending):  # still in play: stays in Redis
+        assert rdb.exists(keys.session_meta(kept.session.session_id), *(keys.reply(r.reply_id) for r in kept.replies))
+    h = _history(rdb, keys, settings)
+    assert h.session(done.session.session_id) == done.session
+    ids = [r.reply_id for r in done.replies]
+    assert h.replies(ids) == {r.reply_id: r for r in done.replies}  # tokens and log-probs exactly
+    assert h.ledger(ids) == {e.reply_id: e for e in done.ledger}
+    listed = [s.session_id for s in h.sessions(user="u1")]
+    assert set(listed) == {done.session.session_id, active.session.session_id, pending.session.session_id}
+
+
+def test_processed_stream_entries_move_and_are_trimmed_only_below_the_cursor(rdb, keys, settings):
+    old = log_session(rdb, keys, at=OLD)
+    consume_events(rdb, keys)
+    new = log_session(rdb, keys, at=time.time())  # not consumed yet, and recent
+    out = run_archive(rdb, keys, settings)
+    assert out["moved"]["entries"] == {"events": 4, "rewards": 2}
+    cursor = rdb.get(keys.archive_cursor("events"))
+    assert cursor == old.events[-1].stream_id
+    assert [i for i, _ in rdb.xrange(keys.events)] == [e.stream_id for e in new.events]  # trimmed below it only
+    h = _history(rdb, keys, settings)
+    assert [e.stream_id for e in h.events()] == [e.stream_id for e in old.events + new.events]
+    assert h.rewards() == old.rewards + new.rewards
+    assert h.rewards(after=old.rewards[0].stream_id, count=1) == [old.rewards[1]]
+    assert h.rewards(count=2, newest=True) == new.rewards
+
+
+def test_unconsumed_events_stay(rdb, keys, settings):
+    log_session(rdb, keys, at=OLD)  # no consumer group: no worker has seen them
+    out = run_archive(rdb, keys, settings)
+    assert "events" not in out["moved"]["entries"] and rdb.xlen(keys.events) == 4
+
+
+def test_a_crash_after_the_rename_leaves_duplicates_that_read_once(rdb, keys, settings):
+    logged = log_session(rdb, keys, at=OLD)
+    consume_events(rdb, keys)
+
+    def crash(point):
+        if point == "after_rename":
+            raise KeyboardInterrupt("power cut")
+    with pytest.raises(KeyboardInterrupt):
+        run_archive(rdb, keys, settings, archive=Archive(settings.archive_location, crash))
+    assert rdb.exists(keys.session_meta(logged.session.session_id))  # nothing deleted
+    assert run_archive(rdb, keys, settings)["ok"]  # written again, then deleted
+    archive = Archive(settings.archive_location)
+    assert len(archive.files("sessions")) == 2 and archive.read(SessionRecord).num_rows == 2
+    h = _history(rdb, keys, settings)
+    assert h.session(logged.session.session_id) == logged.session
+    assert sorted(h.replies([r.reply_id for r in logged.replies])) == sorted(r.reply_id for r in logged.replies)
+    assert [e.stream_id for e in h.events()] == [e.stream_id for e in logged.events]
+
+
+def test_a_session_that_changes_while_written_stays_in_redis(rdb, keys, settings):
+    logged = log_session(rdb, keys, at=OLD)
+    rid = logged.replies[0].reply_id
+
+    def late_signal(point):
+        if point == "after_rename":
+            rdb.hset(keys.reward_signals(rid), "ev_late", '{"kind": "copy", "ts": 1}')
+    out = run_archive(rdb, keys, settings, archive=Archive(settings.archive_location, late_signal))
+    assert out["moved"]["changed"] == 1 and rdb.exists(keys.reply(rid))
+    assert run_archive(rdb, keys, settings)["moved"]["sessions"] == 1
+    entry = _history(rdb, keys, settings).ledger([rid])[rid]
+    assert "ev_late" in entry.signals  # the newest copy wins
+
+
+def test_an_unwritable_location_keeps_redis_and_recovers(rdb, keys, settings, tmp_path):
+    blocker = tmp_path / "archive"
+    blocker.write_text("not a folder")  # the location cannot be written (as root, chmod would not stop us)
+    logged = log_session(rdb, keys, at=OLD)
+    consume_events(rdb, keys)
+    out = run_archive(rdb, keys, settings)
+    assert out["ok"] is False and "archive" in out["error"]
+    status = rdb.hgetall(keys.archive_status)
+    assert status["ok"] == "0" and float(status["failing_since"]) > 0
+    assert rdb.exists(keys.session_meta(logged.session.session_id)) and rdb.xlen(keys.events) == 4
+    assert rdb.get(keys.archive_cursor("events")) is None  # nothing confirmed, nothing trimmed
+    blocker.unlink()  # space returns
+    assert run_archive(rdb, keys, settings)["ok"]
+    status = rdb.hgetall(keys.archive_status)
+    assert status["ok"] == "1" and "failing_since" not in status and "error" not in status
+    assert not rdb.exists(keys.session_meta(logged.session.session_id)) and rdb.xlen(keys.events) == 0
+
+
+def test_retention_deletes_only_expired_partitions(rdb, keys, settings, tmp_path):
+    archive = Archive(settings.archive_location)
+    now = time.time()
+    rows = {d: ReplyRecord(reply_id=f"r{d}", user_id="u", session_id="s") for d in (1, 50, 120, 500)}
+    for age, rec in rows.items():
+        for rated in (False, True):
+            archive.write(ReplyRecord, [rec], day=day_of(now - age * 86400), rated=rated, batch=new_batch())
+    settings = WorkerSettings(**{**settings.__dict__, "retention_days": 90, "retention_rated_days": 400})
+    out = run_archive(rdb, keys, settings, now=now)
+    left = sorted((int(f.rated), f.day) for f in archive.files("replies"))
+    assert left == sorted([(0, day_of(now - 86400)), (0, day_of(now - 50 * 86400)), (1, day_of(now - 86400)),
+                           (1, day_of(now - 50 * 86400)), (1, day_of(now - 120 * 86400))])
+    assert len(out["kept"]["expired_partitions"]) == 3
+
+
+def test_forget_reaches_the_archive(rdb, keys, settings):
+    from service.devtools.privacy import forget_user
+    secret = "my passport number is 12345"
+    gone = log_session(rdb, keys, user="leaver", at=OLD, text=secret)
+    stays = log_session(rdb, keys, user="stayer", at=OLD)
+    consume_events(rdb, keys)
+    assert run_archive(rdb, keys, settings)["moved"]["sessions"] == 2
+    root = Path(settings.archive_location)
+    assert files_containing(root, secret)
+    forget_user(rdb, keys, "leaver")
+    h = _history(rdb, keys, settings)
+    assert h.session(gone.session.session_id) is None and h.replies([gone.replies[0].reply_id]) == {}  # hidden at once
+    out = run_archive(rdb, keys, settings)
+    assert out["kept"]["rows_forgotten"] > 0
+    assert files_containing(root, secret) == [] and files_containing(root, "leaver") == []
+    assert h.session(stays.session.session_id) == stays.session  # nobody else's data went

@@ -15,12 +15,13 @@ router = APIRouter()
 
 
 def _log(request: Request):
+    from core.archive import Archive
     from core.redis_conn import connect
     from service.devtools.sessions import SessionLog
     runtime = rt(request)
     log = getattr(runtime, "_dev_session_log", None)
     if log is None:  # one sync client per server process, used from worker threads
-        log = SessionLog(connect(runtime.redis_url), runtime.keys)
+        log = SessionLog(connect(runtime.redis_url), runtime.keys, Archive(runtime.settings.archive_location))
         runtime._dev_session_log = log
     return log
 

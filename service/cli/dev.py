@@ -118,8 +118,9 @@ def register(sub, fmt) -> None:
 # --- helpers -------------------------------------------------------------------------------
 def _log(settings: CommonSettings):
     from core.keys import Keys
+    from core.archive import Archive
     from service.devtools.sessions import SessionLog
-    return SessionLog(connect(settings.redis_url), Keys(settings.prefix))
+    return SessionLog(connect(settings.redis_url), Keys(settings.prefix), Archive(settings.archive_location))
 
 
 def _clock(ts) -> str:

@@ -4,8 +4,9 @@ A session's detail puts together what several writers left: the session meta and
 (server), each reply hash (server), the feedback events of the `events` stream (server), the
 ledger entry and signals of each reply (reward workers) and the preference pairs (workers).
 `sessions list|show|export`, `replay`, the admin endpoints and `evaluate` all read through
-`SessionLog`, so they agree on what a session is. Synchronous redis client with
-`decode_responses=True`.
+`SessionLog`, so they agree on what a session is; it reads through core.history.History, so a
+session still in Redis, already in the archive, or half in each reads the same. Synchronous
+redis client with `decode_responses=True`.
 """
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from datetime import UTC, datetime
 import redis
 
 from core import versions
+from core.archive import Archive
+from core.history import History
 from core.keys import Keys
-from core.records import decode_reply
+from core.records import SessionRecord, reply_dict
 
 RAW_FIELDS = ("prompt_ids", "token_ids", "logprobs")  # big arrays: only in raw exports and replay
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 SCAN_CAP = 10_000  # most sessions one list call looks at (newest first)
+LIST_CHUNK = 100  # sessions summarized per batch of reads
+MAX_SEQ = 2 ** 64 - 1  # the largest sequence part of a stream id
 
 
 def parse_time(text: str | float | None, now: float | None = None) -> float | None:
@@ -98,9 +103,12 @@ def _event(stream_id: str, f: dict) -> dict:
 
 
 class SessionLog:
-    def __init__(self, r: redis.Redis, keys: Keys):
+    """Sessions read through core.history.History: Redis first, then the archive, as one."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, archive: Archive | None = None):
         self.r = r  # decode_responses=True
         self.k = keys
+        self.history = History(r, keys, archive)
 
     # --- users ------------------------------------------------------------------------
     def excluded(self, user_id: str) -> str | None:
@@ -114,21 +122,16 @@ class SessionLog:
         return None
 
     # --- listing ----------------------------------------------------------------------
-    def _candidate_ids(self, flt: SessionFilter) -> list[str]:
-        key = self.k.user_sessions(flt.user) if flt.user else self.k.sessions
-        low = flt.since if flt.since is not None else "-inf"
-        return self.r.zrevrangebyscore(key, "+inf", low, start=0, num=SCAN_CAP)
-
     def list(self, flt: SessionFilter) -> list[dict]:
         """Summaries of matching sessions, newest first."""
         out = []
-        for sid in self._candidate_ids(flt):
-            s = self.summary(sid)
-            if s is None or not self._matches(s, flt):
-                continue
-            out.append(s)
-            if len(out) >= flt.limit:
-                break
+        candidates = self.history.sessions(user=flt.user, since=flt.since, limit=SCAN_CAP)
+        for i in range(0, len(candidates), LIST_CHUNK):
+            for s in self._summaries(candidates[i:i + LIST_CHUNK]):
+                if self._matches(s, flt):
+                    out.append(s)
+                    if len(out) >= flt.limit:
+                        return out
         return out
 
     @staticmethod
@@ -140,60 +143,54 @@ class SessionLog:
         return True
 
     def summary(self, session_id: str) -> dict | None:
-        with self.r.pipeline(transaction=False) as p:
-            p.hgetall(self.k.session_meta(session_id))
-            p.lrange(self.k.session(session_id), 0, -1)
-            p.lrange(self.k.session_replies(session_id), 0, -1)
-            meta, history, replies = p.execute()
-        if not meta:
-            return None
-        with self.r.pipeline(transaction=False) as p:
-            for rid in replies:
-                p.hmget(self.k.reply(rid), "adapter_version", "opt_out")
-                p.hmget(self.k.reward(rid), "state", "reward")
-            rows = p.execute()
-        versions = [v for v, _ in rows[0::2]]
-        token_opt_out = any(o not in (None, "", "0") for _, o in rows[0::2])  # a token made with --opt-out
-        rewards = [float(rw) for st, rw in rows[1::2] if st in ("rewarded", "defaulted") and rw not in (None, "")]
-        user = meta.get("user_id", "")
-        return {"session_id": session_id, "user_id": user, "created": float(meta.get("created", 0)),
-                "last_active": float(meta.get("last_active", 0)), "turns": len(history), "replies": len(replies),
-                "adapters": sorted({v for v in versions if v}, key=lambda v: (v != "base", v.zfill(8))),
-                "rewarded": len(rewards), "mean_reward": sum(rewards) / len(rewards) if rewards else None,
-                "excluded": self.excluded(user) or ("opted out" if token_opt_out else None)}
+        session = self.history.session(session_id)
+        return self._summaries([session])[0] if session is not None else None
+
+    def _summaries(self, sessions: list[SessionRecord]) -> list[dict]:
+        ids = [rid for s in sessions for rid in s.replies]
+        replies, ledger = self.history.replies(ids), self.history.ledger(ids)
+        users: dict[str, str | None] = {}
+        out = []
+        for s in sessions:
+            recs = [replies[rid] for rid in s.replies if rid in replies]
+            rewards = [e.reward for rid in s.replies if (e := ledger.get(rid)) is not None
+                       and e.state in ("rewarded", "defaulted") and e.reward is not None]
+            token_opt_out = any(r.opt_out for r in recs)  # a token made with --opt-out
+            user = s.user_id or ""
+            if user not in users:
+                users[user] = self.excluded(user)
+            out.append({"session_id": s.session_id, "user_id": user, "created": s.created or 0.0,
+                        "last_active": s.last_active or 0.0, "turns": len(s.history or []),
+                        "replies": len(s.replies or []),
+                        "adapters": sorted({r.adapter_version for r in recs if r.adapter_version},
+                                           key=lambda v: (v != "base", v.zfill(8))),
+                        "rewarded": len(rewards), "mean_reward": sum(rewards) / len(rewards) if rewards else None,
+                        "excluded": users[user] or ("opted out" if token_opt_out else None)})
+        return out
 
     # --- one session ------------------------------------------------------------------
     def events(self, session_id: str, since: float) -> list[tuple[str, dict]]:
-        """Events of the session (feedback, derived continuation/abandon), read from the
-        stream from the session's creation on (stream ids start with milliseconds)."""
-        out, start = [], f"{max(0, int(since * 1000) - 1000)}-0"
-        while True:
-            batch = self.r.xrange(self.k.events, min=start, max="+", count=1000)
-            out += [(i, f) for i, f in batch if f.get("session_id") == session_id and f.get("kind") != "reply"]
-            if len(batch) < 1000:
-                return out
-            start = "(" + batch[-1][0]
+        """Events of the session (feedback, derived continuation/abandon), from the session's
+        creation on, wherever they are now (Redis or the archive)."""
+        return [(e.stream_id, e.to_redis()) for e in self.history.events(session_id, since) if e.kind != "reply"]
 
     def pairs(self, reply_ids: set[str]) -> list[dict]:
         """Preference pairs (workers' `pairs` stream) between replies of this set."""
-        return [dict(f, stream_id=i) for i, f in self.r.xrange(self.k.pairs)
-                if f.get("chosen_id") in reply_ids and f.get("rejected_id") in reply_ids]
+        return [dict(p.to_redis(), stream_id=p.stream_id) for p in self.history.pairs()
+                if p.chosen_id in reply_ids and p.rejected_id in reply_ids]
 
     def detail(self, session_id: str, raw: bool = False) -> dict | None:
         """Every reply of the session in the order generated, each with its user text, prompt,
         version, sampling params, feedback events with times, and final reward with components.
         raw=True keeps the token ids, prompt ids and behavior log-probs."""
-        summary = self.summary(session_id)
-        if summary is None:
+        session = self.history.session(session_id)
+        if session is None:
             return None
-        history = set(self.r.lrange(self.k.session(session_id), 0, -1))
-        rids = self.r.lrange(self.k.session_replies(session_id), 0, -1)
-        with self.r.pipeline(transaction=False) as p:
-            for rid in rids:
-                p.hgetall(self.k.reply(rid))
-                p.hgetall(self.k.reward(rid))
-                p.hvals(self.k.reward_signals(rid))
-            rows = p.execute()
+        summary = self._summaries([session])[0]
+        rids = list(session.replies or [])
+        history = set(session.history or [])
+        days = self.history.session_day(session)
+        replies, ledger = self.history.replies(rids, days), self.history.ledger(rids, days)
         by_reply: dict[str, list[dict]] = {rid: [] for rid in rids}
         for stream_id, f in self.events(session_id, summary["created"]):
             ev = _event(stream_id, f)
@@ -201,9 +198,9 @@ class SessionLog:
                 by_reply[f["reply_id"]].append(ev)
             if ev["kind"] == "choose" and isinstance(ev["value"], str) and ev["value"] in by_reply:
                 by_reply[ev["value"]].append(dict(ev, role="rejected"))
-        replies = []
-        for i, rid in enumerate(rids):
-            rec = decode_reply(rows[3 * i]) if rows[3 * i] else {"reply_id": rid, "missing": True}
+        out = []
+        for rid in rids:
+            rec = reply_dict(replies[rid]) if rid in replies else {"reply_id": rid, "missing": True}
             rec["in_history"] = rid in history
             logps = rec.get("logprobs")
             rec["behavior_logp"] = sum(logps) if isinstance(logps, list) else None
@@ -211,25 +208,26 @@ class SessionLog:
                 for k in RAW_FIELDS:
                     rec.pop(k, None)
             rec["events"] = by_reply[rid]
-            rec["reward"] = decode_reward(rows[3 * i + 1], rows[3 * i + 2])
-            replies.append(rec)
-        return dict(summary, replies=replies, pairs=self.pairs(set(rids)))
+            entry = ledger.get(rid)
+            rec["reward"] = decode_reward(entry.to_redis(), list((entry.signals or {}).values())) if entry else None
+            out.append(rec)
+        return dict(summary, replies=out, pairs=self.pairs(set(rids)))
 
     def session_of_reply(self, reply_id: str) -> str | None:
-        return self.r.hget(self.k.reply(reply_id), "session_id")
+        return self.history.session_of_reply(reply_id)
 
     # --- logged rewards (evaluate) ----------------------------------------------------
     def final_rewards(self, since: float | None, limit: int) -> list[dict]:
         """The newest final rewards (rewards stream), at most `limit`, finalized at or after
         `since`; one per reply (the first final reward wins, as in the learner)."""
-        start = f"{int(since * 1000)}-0" if since else "-"
+        after = f"{int(since * 1000) - 1}-{MAX_SEQ}" if since else None
         seen: dict[str, dict] = {}
-        for stream_id, e in self.r.xrange(self.k.rewards, min=start, max="+"):
-            rid = e.get("reply_id", "")
-            if rid and rid not in seen and e.get("state") in ("rewarded", "defaulted") and e.get("reward"):
-                seen[rid] = dict(e, stream_id=stream_id)
+        for e in self.history.rewards(after=after):
+            rid = e.reply_id or ""
+            if rid and rid not in seen and e.state in ("rewarded", "defaulted") and e.reward is not None:
+                seen[rid] = dict(e.to_redis(), stream_id=e.stream_id)
         return list(seen.values())[-limit:]
 
     def reply_raw(self, reply_id: str) -> dict | None:
-        h = self.r.hgetall(self.k.reply(reply_id))
-        return decode_reply(h) if h else None
+        rec = self.history.reply(reply_id)
+        return reply_dict(rec) if rec else None

@@ -160,3 +160,21 @@ def test_forget_reaches_the_archive(rdb, keys, settings):
     assert out["kept"]["rows_forgotten"] > 0
     assert files_containing(root, secret) == [] and files_containing(root, "leaver") == []
     assert h.session(stays.session.session_id) == stays.session  # nobody else's data went
+
+
+def test_the_session_view_reads_the_same_before_during_and_after(rdb, keys, settings):
+    from service.devtools.sessions import SessionFilter, SessionLog
+    half = log_session(rdb, keys, at=time.time() - 1200)  # events older than the stream window, session active
+    whole = log_session(rdb, keys, at=OLD)
+    consume_events(rdb, keys)
+    log = SessionLog(rdb, keys, Archive(settings.archive_location))
+    before = {s: log.detail(s, raw=True) for s in (half.session.session_id, whole.session.session_id)}
+    listed = log.list(SessionFilter(user="u1"))
+    assert len(before[half.session.session_id]["replies"][0]["events"]) == 1  # the thumbs
+    out = run_archive(rdb, keys, settings)
+    assert out["moved"]["sessions"] == 1 and out["moved"]["entries"]["events"] == 8
+    assert rdb.exists(keys.session_meta(half.session.session_id)) and rdb.xlen(keys.events) == 0
+    after = {s: log.detail(s, raw=True) for s in before}
+    assert after == before
+    assert log.list(SessionFilter(user="u1")) == listed
+    assert log.session_of_reply(whole.replies[0].reply_id) == whole.session.session_id

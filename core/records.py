@@ -34,7 +34,8 @@ from core.sampling import SamplingParams
 # Field kinds: how a value is written to Redis and which Arrow type holds it in the archive.
 STR, INT, FLOAT, JSON, INTS, FLOATS, STRS = "str", "int", "float", "json", "ints", "floats", "strs"
 FINAL_STATES = ("rewarded", "defaulted", "unscored", "excluded")  # a ledger entry no longer pending
-EXPLICIT_KINDS = ("thumbs", "rating", "choose")  # explicit feedback: kept REWARDLOOP_RETENTION_RATED_DAYS
+# explicit feedback (a person rated the reply): kept REWARDLOOP_RETENTION_RATED_DAYS
+EXPLICIT_KINDS = ("thumbs", "rating", "choose", "reasons")
 
 
 def col(kind: str, help: str):
@@ -217,14 +218,14 @@ class SessionRecord(Record):
 @dataclass(frozen=True, kw_only=True)
 class EventRecord(Record):
     """One `events` stream entry: a reply, a user message, a feedback, or a derived
-    continuation/abandon. Feedback = the kinds users send (thumbs, rating, choose, copy,
+    continuation/abandon. Feedback = the kinds users send (thumbs, rating, choose, copy, reasons,
     regenerate, dwell); `value` is kept exactly as stored (numbers JSON, candidate ids as is)."""
     TABLE: ClassVar[str] = "events"
     ID: ClassVar[str] = "stream_id"
     NOT_IN_HASH: ClassVar[tuple[str, ...]] = ("stream_id",)
     stream_id: str = col(STR, "Redis stream id (ms-seq)")
-    kind: str = col(STR, "reply | user_message | thumbs | rating | choose | copy | regenerate | dwell | "
-                         "continuation | abandon")
+    kind: str = col(STR, "reply | user_message | thumbs | rating | choose | copy | regenerate | dwell | reasons | "
+                         "sibling | edited | continuation | abandon")
     event_id: str = col(STR, "ev_... id a signal is counted once by")
     feedback_id: str = col(STR, "the client's idempotency id")
     reply_id: str = col(STR, "the reply it is about")
@@ -232,6 +233,8 @@ class EventRecord(Record):
     user_id: str = col(STR, "who sent it")
     adapter_version: str = col(STR, "version that served the reply")
     value: str = col(STR, "the value as stored: thumbs +1/-1, rating 1-5, dwell ms, the other candidate id")
+    tags: list = col(JSON, "reason tags (core/feedback_tags.py) sent with the feedback")
+    comment: str = col(STR, "a free-text reason sent with the feedback")
     client_time: str = col(STR, "the client's clock, as sent")
     client_msg_id: str = col(STR, "user_message: the client's message id")
     turn: int = col(INT, "user_message: the turn index")

@@ -46,11 +46,11 @@ return 0
 # stream entry are written in one atomic step, so a retry can never store a second copy,
 # and with appendfsync always the reply to this script means the events are on disk.
 # Used by the server (feedback intake) and the reward workers (derived events).
-# KEYS = [stream, id key 1, id key 2, ...]; ARGV = [ttl, JSON [[field, value, ...], ...]]
+# KEYS = [stream, id key 1, id key 2, ...]; ARGV = [JSON [ttl1, ttl2, ...], JSON [[field, value, ...], ...]]
 # (one JSON argument instead of hundreds: packing arguments was a fifth of the server's time).
 # Returns [created1, stream id1, created2, stream id2, ...].
 RECORD_ONCE = """
-local out, ttl = {}, tonumber(ARGV[1])
+local out, ttls = {}, cjson.decode(ARGV[1])
 local events = cjson.decode(ARGV[2])
 for i = 2, #KEYS do
   local prev = redis.call('GET', KEYS[i])
@@ -58,19 +58,25 @@ for i = 2, #KEYS do
     out[#out + 1] = 0; out[#out + 1] = prev
   else
     local id = redis.call('XADD', KEYS[1], '*', unpack(events[i - 1]))
-    redis.call('SET', KEYS[i], id, 'EX', ttl)
+    redis.call('SET', KEYS[i], id, 'EX', ttls[i - 1])
     out[#out + 1] = 1; out[#out + 1] = id
   end
 end
 return out
 """
 
+# Derived events (a continuation, an abandonment) are recorded at most once while their reply is
+# in Redis: their id records live this long, and the archive deletes them with the reply. A
+# user's feedback ids live REWARDLOOP_HOT_FEEDBACK_ID_S (the server passes it).
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 
-def record_once_call(stream: str, items: list[tuple[str, list[str]]]) -> tuple[list[str], list]:
-    """KEYS and ARGV of RECORD_ONCE for [(idempotency key, flat field/value list), ...]."""
-    return [stream, *(id_key for id_key, _ in items)], [IDEMPOTENCY_TTL_S, json.dumps([flat for _, flat in items])]
+def record_once_call(stream: str, items: list[tuple[str, list[str]]],
+                     ttls: list[int] | None = None) -> tuple[list[str], list]:
+    """KEYS and ARGV of RECORD_ONCE for [(idempotency key, flat field/value list), ...]; ttls:
+    seconds each id record lives (default IDEMPOTENCY_TTL_S)."""
+    ttls = [int(t) for t in ttls] if ttls is not None else [IDEMPOTENCY_TTL_S] * len(items)
+    return [stream, *(id_key for id_key, _ in items)], [json.dumps(ttls), json.dumps([flat for _, flat in items])]
 
 
 def record_once_results(out: list) -> list[tuple[bool, str]]:

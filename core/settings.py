@@ -336,7 +336,7 @@ class WorkerSettings(CommonSettings):
         "REWARDLOOP_RETENTION_DAYS: archive partitions (days) older than this are deleted; 0 keeps them forever.",
         90.0)
     retention_rated_days: float = _help(
-        "REWARDLOOP_RETENTION_RATED_DAYS: the same for records with explicit feedback (thumbs, rating, choose), "
+        "REWARDLOOP_RETENTION_RATED_DAYS: the same for records with explicit feedback (thumbs, rating, choose, reason tags), "
         "the valuable ones; 0 keeps them forever.", 400.0)
     archive_crash_at: str = _help(
         "REWARDLOOP_ARCHIVE_CRASH_AT: for crash tests only: 'before_rename' or 'after_rename' SIGKILLs the "
@@ -366,7 +366,13 @@ class WorkerSettings(CommonSettings):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be >= 0 days (0 = forever), got {getattr(self, name)!r} "
                                  f"({env_name(name)})")
-        _one_of(self, "archive_crash_at", "", "before_rename", "after_rename")
+        if self.archive_crash_at not in ("", "before_rename", "after_rename"):
+            raise ValueError(f"archive_crash_at must be empty, before_rename or after_rename, got "
+                             f"{self.archive_crash_at!r} (REWARDLOOP_ARCHIVE_CRASH_AT; for crash tests only)")
+        if 0 < self.retention_rated_days < self.retention_days or self.retention_days == 0 < self.retention_rated_days:
+            raise ValueError(f"retention_rated_days ({self.retention_rated_days}) must be 0 (forever) or at least "
+                             f"retention_days ({self.retention_days}): rated records are the ones kept longer "
+                             "(REWARDLOOP_RETENTION_RATED_DAYS)")
         _one_of(self, "drift_policy", "rollback", "alert")
         _one_of(self, "canary_policy", "promote", "hold")
         if self.drift_min_samples < 2:

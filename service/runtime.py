@@ -98,7 +98,7 @@ class Runtime:
     def start(self) -> None:
         """Blocking: load the model and start the engine thread (call off the event loop)."""
         self.redis = connect_async(self.redis_url)
-        self.store = ChatStore(self.redis, self.keys)
+        self.store = ChatStore(self.redis, self.keys, self.settings.hot_feedback_id_s)
         self.metrics = ServerMetrics()
         from service.serving.ratelimit import KeyedBuckets
         self.feedback = FeedbackService(self.store, metrics=self.metrics, limiter=KeyedBuckets(

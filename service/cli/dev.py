@@ -117,8 +117,8 @@ def register(sub, fmt) -> None:
 
 # --- helpers -------------------------------------------------------------------------------
 def _log(settings: CommonSettings):
-    from core.keys import Keys
     from core.archive import Archive
+    from core.keys import Keys
     from service.devtools.sessions import SessionLog
     return SessionLog(connect(settings.redis_url), Keys(settings.prefix), Archive(settings.archive_location))
 

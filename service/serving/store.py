@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.keys import Keys
-from core.redis_conn import RECORD_ONCE, flat_fields, record_once_call, record_once_results
+from core.redis_conn import IDEMPOTENCY_TTL_S, RECORD_ONCE, flat_fields, record_once_call, record_once_results
 from service.serving.group_commit import GroupCommit
 
 # A reply that ends while Redis is away (restarting, failing over) waits this long for it
@@ -45,9 +45,10 @@ def new_event_id() -> str:
 
 
 class ChatStore:
-    def __init__(self, redis: aredis.Redis, keys: Keys):
+    def __init__(self, redis: aredis.Redis, keys: Keys, feedback_id_ttl_s: float = 3600.0):
         self.r = redis
         self.k = keys
+        self.feedback_id_ttl_s = feedback_id_ttl_s  # REWARDLOOP_HOT_FEEDBACK_ID_S
         self._record_once = redis.register_script(RECORD_ONCE)
         self._events = GroupCommit(self._record_many)
 
@@ -143,6 +144,9 @@ class ChatStore:
         return await self.submit_once(idempotency_key, fields)
 
     async def _record_many(self, items) -> list[tuple[bool, str]]:
+        # a user's feedback id is remembered for the hot window; a derived event's for as long as its
+        # reply is in Redis (the archive deletes that record with the reply)
+        ttls = [IDEMPOTENCY_TTL_S if key.startswith("derived:") else self.feedback_id_ttl_s for key, _ in items]
         keys, args = record_once_call(self.k.events, [(self.k.feedback_id(key), flat_fields(fields))
-                                                      for key, fields in items])
+                                                      for key, fields in items], ttls)
         return record_once_results(await self._record_once(keys=keys, args=args))

@@ -77,17 +77,19 @@ def test_a_failed_batch_fails_each_of_its_writers_and_the_next_batch_still_runs(
 def test_batched_record_once_against_real_redis(redis_url, prefix, rdb):
     async def run():
         client = aredis.Redis.from_url(redis_url)
-        store = ChatStore(client, Keys(prefix))
+        store = ChatStore(client, Keys(prefix), feedback_id_ttl_s=1200)
         futs = [store.submit_once(f"u:{i % 150}", {"kind": "copy", "n": i}) for i in range(200)]
+        futs.append(store.submit_once("derived:continuation:rep_x", {"kind": "continuation", "n": 200}))
         out = await asyncio.gather(*futs)
         batches = store._events.batches
         await client.aclose()
         return out, batches
     out, batches = run_async(run())
     created = [c for c, _ in out]
-    assert created == [True] * 150 + [False] * 50            # a repeat id, even within one batch, is stored once
-    assert [sid for _, sid in out[150:]] == [sid for _, sid in out[:50]]   # a repeat names the first copy
+    assert created == [True] * 150 + [False] * 50 + [True]   # a repeat id, even within one batch, is stored once
+    assert [sid for _, sid in out[150:200]] == [sid for _, sid in out[:50]]   # a repeat names the first copy
     stored = rdb.xrange(f"{prefix}events")
-    assert [int(f["n"]) for _, f in stored] == list(range(150))
+    assert [int(f["n"]) for _, f in stored] == list(range(150)) + [200]
     assert batches < 20                                       # written together, not one call per event
-    assert 0 < rdb.ttl(Keys(prefix).feedback_id("u:0")) <= 7 * 24 * 3600   # id records expire
+    assert 1100 < rdb.ttl(Keys(prefix).feedback_id("u:0")) <= 1200   # a user's feedback ids: the hot window
+    assert rdb.ttl(Keys(prefix).feedback_id("derived:continuation:rep_x")) > 6 * 24 * 3600  # until archived

@@ -79,9 +79,9 @@ class RegistryError(RuntimeError):
 
 def found_worse(verdict: dict) -> bool:
     """Whether a live-comparison verdict (the JSON worker/ops keeps per version in `ops_verdicts`)
-    says the version serves worse than its parent: an alarm was raised, or the decision was to
-    roll it back. Pure."""
-    return bool(verdict.get("alarm")) or verdict.get("decision") == "rollback"
+    says the version serves worse than its baseline: `worse` is true, an alarm was raised, or the
+    decision was to roll it back. Pure."""
+    return bool(verdict.get("worse") or verdict.get("alarm")) or verdict.get("decision") == "rollback"
 
 
 class Registry:

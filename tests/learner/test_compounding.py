@@ -84,5 +84,5 @@ def test_a_canary_found_worse_but_kept_by_the_alert_policy_is_not_continued_from
 
 
 def test_found_worse_reads_an_alarm_or_a_rollback_decision():
-    assert found_worse({"alarm": True}) and found_worse({"decision": "rollback"})
+    assert found_worse({"alarm": True}) and found_worse({"decision": "rollback"}) and found_worse({"worse": True})
     assert not found_worse({}) and not found_worse({"alarm": False, "decision": "keep"})

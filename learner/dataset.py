@@ -1,4 +1,4 @@
-"""The training set of one learner run: the reads from Redis that feed learner/samples.py.
+"""The training set of one learner run: the reads of the history that feed learner/samples.py.
 
 Input (written by the reward workers and the server): the `rewards` stream (one entry per final
 reward), the `pairs` stream (preference pairs) and the reply hashes (prompt ids, reply ids,
@@ -10,7 +10,9 @@ A run reads the entries after the cursor (at most `max_samples`) and the `replay
 ones before it (the pool its replay sample is drawn from), the reply hashes of those entries and
 the users' opt-out flags; which of them train is decided on plain data by
 `learner.samples.select_samples` (the rules are listed there). Every read of the history is in
-this module, so another store (an archive) can stand behind the same functions.
+this module and goes through core.history.History: Redis first, then the Parquet archive
+(REWARDLOOP_ARCHIVE_URL), so a replay window that reaches back past what Redis still holds
+reads the same entries, replies and log-probs it would have read from Redis.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from core import records, versions
+from core.history import History
 from core.keys import Keys
 from learner.config import TrainConfig
 from learner.samples import (  # the sample types live in samples.py; re-exported here
@@ -38,6 +41,8 @@ from worker.rewards.config import RewardConfig
 if TYPE_CHECKING:   # annotations only: learner.train (and the GPU check) import this module without Redis
     import redis
 
+    from core.archive import Archive
+
 version_number = versions.number  # 'base' -> 0, '3' -> 3, anything else -> None
 _in_holdout = in_holdout  # the older name, kept for callers
 
@@ -46,10 +51,9 @@ def read_cursor(r: redis.Redis, keys: Keys) -> str | None:
     return r.get(keys.learn_cursor)
 
 
-def count_new(r: redis.Redis, keys: Keys, limit: int) -> int:
+def count_new(r: redis.Redis, keys: Keys, limit: int, archive: Archive | None = None) -> int:
     """Reward entries after the cursor, counted up to `limit` (cheap trigger check)."""
-    start = _after(read_cursor(r, keys))
-    return len(r.xrange(keys.rewards, min=start, max="+", count=limit))
+    return History(r, keys, archive).count_rewards_after(read_cursor(r, keys), limit)
 
 
 def _after(cursor: str | None) -> str:
@@ -75,20 +79,16 @@ def parse_reply(h: dict, max_tokens: int) -> LoggedReply | None:
                        opt_out=h.get("opt_out", "0") not in ("", "0"))
 
 
-def load_reply(r: redis.Redis, keys: Keys, reply_id: str, max_tokens: int) -> LoggedReply | None:
+def load_reply(h: History, reply_id: str, max_tokens: int) -> LoggedReply | None:
     """One reply record, or None when it is missing or malformed."""
-    return parse_reply(r.hgetall(keys.reply(reply_id)), max_tokens)
+    return load_replies(h, [reply_id], max_tokens).get(reply_id)
 
 
-def load_replies(r: redis.Redis, keys: Keys, reply_ids: Iterable[str], max_tokens: int
-                 ) -> dict[str, LoggedReply | None]:
-    """Reply records by id, read in one pipelined round trip."""
+def load_replies(h: History, reply_ids: Iterable[str], max_tokens: int) -> dict[str, LoggedReply | None]:
+    """Reply records by id (Redis in one pipelined round trip, then the archive for the rest)."""
     ids = list(dict.fromkeys(reply_ids))
-    with r.pipeline(transaction=False) as p:
-        for rid in ids:
-            p.hgetall(keys.reply(rid))
-        hashes = p.execute()
-    return {rid: parse_reply(h, max_tokens) for rid, h in zip(ids, hashes)}
+    found = h.replies(ids)
+    return {rid: parse_reply(found[rid].to_redis(), max_tokens) if rid in found else None for rid in ids}
 
 
 def _reranked(raw: str | None) -> bool:
@@ -109,51 +109,53 @@ def excluded_users(r: redis.Redis, keys: Keys, user_ids: Iterable[str]) -> froze
     return frozenset(uid for uid, f in zip(ids, flags) if any(v not in (None, "", "0") for v in f))
 
 
-def read_rewards(r: redis.Redis, keys: Keys, cfg: TrainConfig) -> list[RewardRow]:
+def read_rewards(h: History, cfg: TrainConfig) -> list[RewardRow]:
     """The replay pool (the `replay_window` newest entries up to the cursor, new=False), then the
     entries after the cursor (at most cfg.max_samples), oldest first."""
-    cursor = read_cursor(r, keys)
-    entries = r.xrange(keys.rewards, min=_after(cursor), max="+", count=cfg.max_samples)
+    cursor = read_cursor(h.r, h.k)
+    entries = h.rewards(after=cursor, count=cfg.max_samples)
     old = []
     if cursor and cfg.replay_window > 0:
-        old = list(reversed(r.xrevrange(keys.rewards, max=cursor, min="-", count=cfg.replay_window)))
-    return ([RewardRow.from_entry(sid, e, new=False) for sid, e in old]
-            + [RewardRow.from_entry(sid, e, new=True) for sid, e in entries])
+        old = h.rewards(upto=cursor, count=cfg.replay_window, newest=True)
+    return ([RewardRow.from_entry(e.stream_id, e.to_redis(), new=False) for e in old]
+            + [RewardRow.from_entry(e.stream_id, e.to_redis(), new=True) for e in entries])
 
 
 def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: RewardConfig,
-                  newest_version: int, with_pairs: bool = False) -> Dataset:
-    """New reward entries plus a replay sample of older ones, turned into samples."""
-    rows = read_rewards(r, keys, cfg)
+                  newest_version: int, with_pairs: bool = False, archive: Archive | None = None) -> Dataset:
+    """New reward entries plus a replay sample of older ones, turned into samples (from Redis
+    and, with `archive`, the archive behind it)."""
+    h = History(r, keys, archive)
+    rows = read_rewards(h, cfg)
     wanted = [row.reply_id for row in rows if row.state in FINAL_STATES or row.state == UNSCORED]
-    replies = load_replies(r, keys, wanted, cfg.max_reply_tokens)
+    replies = load_replies(h, wanted, cfg.max_reply_tokens)
     users = excluded_users(r, keys, [row.user_id for row in rows])
     chosen = select_samples(replies, rows, cfg, newest_version=newest_version,
                             max_user_share=reward_cfg.max_user_share, excluded_users=users)
     new = [row for row in rows if row.new]
-    pairs, last_pair = _read_pairs(r, keys, cfg) if with_pairs else ([], None)
+    pairs, last_pair = _read_pairs(h, cfg) if with_pairs else ([], None)
     return Dataset(train=chosen.train, holdout=chosen.holdout, pairs=pairs, read=len(new), dropped=chosen.dropped,
                    last_id=new[-1].stream_id if new else None, last_pair_id=last_pair,
                    replayed=chosen.replayed, unscored=chosen.unscored)
 
 
-def _read_pairs(r: redis.Redis, keys: Keys, cfg: TrainConfig) -> tuple[list[Pair], str | None]:
+def _read_pairs(h: History, cfg: TrainConfig) -> tuple[list[Pair], str | None]:
     """Preference pairs after the pairs cursor whose two replies answer the same prompt."""
-    entries = r.xrange(keys.pairs, min=_after(r.get(keys.learn_pairs_cursor)), max="+", count=cfg.max_samples)
-    gone = excluded_users(r, keys, [e.get("user_id", "") for _, e in entries])
-    replies = load_replies(r, keys, [e.get(k, "") for _, e in entries for k in ("chosen_id", "rejected_id")],
+    entries = h.pairs(after=h.r.get(h.k.learn_pairs_cursor), count=cfg.max_samples)
+    gone = excluded_users(h.r, h.k, [e.user_id or "" for e in entries])
+    replies = load_replies(h, [rid or "" for e in entries for rid in (e.chosen_id, e.rejected_id)],
                            cfg.max_reply_tokens)
     pairs = []
-    for _, e in entries:
-        if e.get("user_id", "") in gone:
+    for e in entries:
+        if (e.user_id or "") in gone:
             continue
         sides = []
-        for rid in (e.get("chosen_id", ""), e.get("rejected_id", "")):
+        for rid in (e.chosen_id or "", e.rejected_id or ""):
             rep = replies.get(rid)
             sides.append(None if rep is None else Sample(
                 reply_id=rid, user_id=rep.user_id, prompt_ids=rep.prompt_ids, reply_ids=rep.reply_ids,
                 behavior_logp=rep.logprobs, reward=0.0, adapter_version=rep.adapter_version, params=rep.params))
         if None in sides or sides[0].prompt_ids != sides[1].prompt_ids:
             continue
-        pairs.append(Pair(chosen=sides[0], rejected=sides[1], source=e.get("source", "")))
-    return pairs, entries[-1][0] if entries else None
+        pairs.append(Pair(chosen=sides[0], rejected=sides[1], source=e.source or ""))
+    return pairs, entries[-1].stream_id if entries else None

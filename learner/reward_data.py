@@ -1,52 +1,55 @@
 """The reward model's training data: the newest final, user-signalled replies and what each
-user did (the ledger's reward components), read from Redis. I/O only; the model itself is in
-learner/reward_model.py."""
+user did (the ledger's reward components), read through core.history.History (Redis, then the
+archive). I/O only; the model itself is in learner/reward_model.py."""
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import redis
 
+from core.archive import Archive
+from core.history import History
 from core.keys import Keys
-from learner.dataset import load_reply
+from learner.dataset import load_replies
 from learner.reward_model import SIGNALS, RewardModel, RewardModelConfig, extract_features, fit, labels_from_components
 
 log = logging.getLogger(__name__)
 
 
-def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int):
+def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int, archive: Archive | None = None):
     """([(prompt ids, reply ids)], {signal: [N] 0/1}, [reply ids]) of the newest `window` rewarded replies."""
-    pairs, labels, ids = [], {s: [] for s in SIGNALS}, []
-    seen = set()
-    for _, e in r.xrevrange(keys.rewards, count=window):
-        rid = e.get("reply_id", "")
-        if e.get("state") != "rewarded" or rid in seen or e.get("opt_out", "0") not in ("", "0"):
+    h = History(r, keys, archive)
+    newest, seen = [], set()
+    for e in reversed(h.rewards(count=window, newest=True)):
+        rid = e.reply_id or ""
+        if e.state != "rewarded" or rid in seen or e.opt_out:
             continue
         seen.add(rid)
-        reply = load_reply(r, keys, rid, max_tokens)
-        if reply is None:
+        newest.append(e)
+    replies = load_replies(h, [e.reply_id for e in newest], max_tokens)
+    ledger = h.ledger([e.reply_id for e in newest])
+    pairs, labels, ids = [], {s: [] for s in SIGNALS}, []
+    for e in newest:
+        reply, entry = replies.get(e.reply_id), ledger.get(e.reply_id)
+        if reply is None or e.reward is None:
             continue
-        try:
-            components = json.loads(r.hget(keys.reward(rid), "components") or "{}")
-            reward = float(e.get("reward", "nan"))
-        except (TypeError, ValueError):
-            continue
-        for sig, y in labels_from_components(components, reward).items():
+        components = (entry.components if entry else None) or {}
+        for sig, y in labels_from_components(components, e.reward).items():
             labels[sig].append(y)
         pairs.append((reply.prompt_ids, reply.reply_ids))
-        ids.append(rid)
+        ids.append(e.reply_id)
     return pairs, {s: np.array(v, dtype=np.int64) for s, v in labels.items()}, ids
 
 
 def refresh(r: redis.Redis, keys: Keys, model, device, base_model: str, data_dir, window: int,
-            cfg: RewardModelConfig | None = None, min_auroc: float = 0.6) -> RewardModel | None:
+            cfg: RewardModelConfig | None = None, min_auroc: float = 0.6, *,
+            archive: Archive | None = None) -> RewardModel | None:
     """Retrain the reward model on the newest labelled replies and save it; None when there are
     too few (the previous model, if any, stays on disk and is returned instead). The manifest
     says whether it passed `min_auroc`: servers rerank only with a trusted one."""
     cfg = cfg or RewardModelConfig()
-    pairs, labels, ids = labelled_replies(r, keys, window, cfg.max_reply_tokens)
+    pairs, labels, ids = labelled_replies(r, keys, window, cfg.max_reply_tokens, archive)
     if len(ids) < cfg.min_samples:
         log.info("reward model: %d labelled replies, need %d; keeping the previous one", len(ids), cfg.min_samples)
         old = RewardModel.load(data_dir)

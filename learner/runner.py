@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from core.archive import Archive
 from core.keys import Keys
 from core.redis_conn import RELEASE_LOCK, connect
 from core.registry import Registry, RegistryError
@@ -120,7 +121,8 @@ def _run_locked(r, keys, lock, settings, cfg, reward_cfg, dry_run, progress, by,
         for name in registry.clean_orphans():
             log.info("removed %s left by an interrupted run", name)
     state = registry.state()
-    data = build_dataset(r, keys, cfg, reward_cfg, state["next_version"], with_pairs=cfg.losses.dpo > 0)
+    data = build_dataset(r, keys, cfg, reward_cfg, state["next_version"], with_pairs=cfg.losses.dpo > 0,
+                         archive=Archive(settings.archive_location))
     log.info("dataset: %s", data.stats())
     if len(data.train) < cfg.min_samples:
         return RunResult("skipped", reason=f"{len(data.train)} training samples after filtering, need "
@@ -207,7 +209,8 @@ def _reward_model(r, keys, model, loaded, settings, cfg, reward_cfg, data) -> tu
     from learner import reward_data
     from learner.reward_model import extract_features
     rm = reward_data.refresh(r, keys, model, loaded.device, loaded.model_id, settings.data_dir,
-                             cfg.reward_model_window, min_auroc=cfg.reward_model_min_auroc)
+                             cfg.reward_model_window, min_auroc=cfg.reward_model_min_auroc,
+                             archive=Archive(settings.archive_location))
     note = {"used": False, "metrics": {k: {m: v for m, v in s.items() if m != "reliability"}
                                        for k, s in (rm.metrics if rm else {}).items() if isinstance(s, dict)}}
     if not reward_data.trusted(rm, cfg.reward_model_min_auroc):

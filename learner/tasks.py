@@ -12,6 +12,7 @@ import logging
 
 from celery import shared_task
 
+from core.archive import Archive
 from core.keys import Keys
 from core.redis_conn import connect
 from core.settings import LearnerSettings
@@ -26,7 +27,7 @@ def check_and_train(settings: LearnerSettings, **run_kwargs) -> dict:
     keys = Keys(settings.prefix)
     r = connect(settings.redis_url)
     try:
-        new = dataset.count_new(r, keys, limit=settings.min_samples)
+        new = dataset.count_new(r, keys, limit=settings.min_samples, archive=Archive(settings.archive_location))
         if new < settings.min_samples:
             return {"state": "waiting", "new_rewards": new, "min_samples": settings.min_samples}
         if runner.held(r, keys):

@@ -23,7 +23,7 @@ class Logged:
     rewards: list[FinalReward]
 
 
-def _xadd(r, stream: str, fields: dict, at: float) -> str:
+def xadd_at(r, stream: str, fields: dict, at: float) -> str:
     """Stream entry at time `at` (ids stay increasing within one test's streams)."""
     top = r.xrevrange(stream, count=1)
     ms = int(at * 1000)
@@ -55,7 +55,7 @@ def log_session(r, keys: Keys, *, user: str = "u1", turns: int = 2, at: float | 
         r.hset(keys.reply(rid), mapping=rep.to_redis())
         r.rpush(keys.session_replies(sid), rid)
         r.rpush(keys.session(sid), rid)
-        sid_reply = _xadd(r, keys.events, {"kind": "reply", "reply_id": rid, "session_id": sid, "user_id": user,
+        sid_reply = xadd_at(r, keys.events, {"kind": "reply", "reply_id": rid, "session_id": sid, "user_id": user,
                                            "adapter_version": version, "server_time": repr(at)}, at)
         events.append(EventRecord.from_redis(r.xrange(keys.events, sid_reply, sid_reply)[0][1], stream_id=sid_reply))
         signals = {}
@@ -63,7 +63,7 @@ def log_session(r, keys: Keys, *, user: str = "u1", turns: int = 2, at: float | 
             ev = {"event_id": f"ev_{secrets.token_hex(8)}", "kind": "thumbs", "value": json.dumps(thumbs),
                   "feedback_id": f"fb{secrets.token_hex(4)}", "reply_id": rid, "session_id": sid, "user_id": user,
                   "adapter_version": version, "server_time": repr(at + 1), "since_reply_end_ms": "1000"}
-            eid = _xadd(r, keys.events, ev, at + 1)
+            eid = xadd_at(r, keys.events, ev, at + 1)
             events.append(EventRecord.from_redis(ev, stream_id=eid))
             signals[ev["event_id"]] = json.dumps({"kind": "thumbs", "ts": at + 1, "user_id": user,
                                                   "event_id": ev["event_id"], "value": thumbs})
@@ -83,7 +83,7 @@ def log_session(r, keys: Keys, *, user: str = "u1", turns: int = 2, at: float | 
                           "state": state, "reward": repr(float(thumbs or 0)), "config_hash": "test",
                           "user_weight": "1.0", "opt_out": "0", "finalized_at": repr(at + 600),
                           "components": "thumbs" if thumbs is not None else ""}
-                rid_stream = _xadd(r, keys.rewards, fields, at + 600)
+                rid_stream = xadd_at(r, keys.rewards, fields, at + 600)
                 rewards.append(FinalReward.from_redis(fields, stream_id=rid_stream))
             else:
                 r.zadd(keys.rewards_pending, {rid: at + 600})

@@ -14,7 +14,13 @@ The decision is learner.gate.decide (the gate's own rule) on SNIPS and on a doub
 estimate (a reward model with noise sd 0.3 around mu), for several held-out sizes, with the
 default ESS floor (TrainConfig.cf_min_ess) and without one (the old rule: pass with a warning).
 
+--live: what happens to a canary next (bench/canary_sim.py): the same simulated candidates
+serve a share of live replies, and the live comparison (worker/ops/sequential.py, the test the
+ops monitor runs) promotes, keeps or rolls them back; false-promote and false-rollback rates
+and the rewarded replies each decision took, per canary share.
+
     python bench/gate_sim.py [--trials 400] [--out bench/results/gate_sim.json]
+    python bench/gate_sim.py --live [--trials 400] [--out bench/results/canary_sim.json]
 """
 from __future__ import annotations
 
@@ -66,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=400, help="simulated candidates per setting")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "gate_sim.json"))
+    p.add_argument("--out", default=None, help="JSON (default bench/results/gate_sim.json, with --live "
+                                               "bench/results/canary_sim.json)")
+    p.add_argument("--live", action="store_true", help="simulate the live comparison of canaries instead")
     args = p.parse_args(argv)
+    if args.live:
+        from bench.canary_sim import main as live_main
+        return live_main(args.trials, args.seed, args.out)
+    args.out = args.out or str(Path(__file__).parent / "results" / "gate_sim.json")
     rng = np.random.default_rng(args.seed)
     default = TrainConfig()
     rules = {"ESS floor (default)": default, "no floor (old rule)": dataclasses.replace(default, cf_min_ess=0.0)}

@@ -196,10 +196,11 @@ class Keys:
 
     @property
     def ops_verdicts(self) -> str:
-        """Hash version -> JSON of the last parent-vs-child comparison of that version (worker/ops
-        writes it). `"alarm": true` or `"decision": "rollback"` means the live comparison found the
-        version worse than its parent: the learner then does not continue from it
-        (core.registry.found_worse)."""
+        """Hash version -> JSON of the live comparison of that version with its baseline (the ops
+        monitor writes it, worker/ops/sequential.py decides): decision promote | keep | rollback,
+        `worse` and `alarm` (true: found worse, decision rollback: the learner then does not continue
+        from it, core.registry.found_worse), `final`, the counts, means, log-likelihood ratio and the
+        action taken."""
         return self.prefix + "ops:verdicts"
 
     @property

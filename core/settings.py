@@ -63,8 +63,11 @@ class CommonSettings:
     prefix: str = _help("REWARDLOOP_PREFIX: Redis key prefix, so deployments can share a server.", "rl:")
     reward_config: Path | None = _help(
         "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
-    canary_share: float = _help("REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1).",
-                                0.1)
+    canary_share: float = _help(
+        "REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1). 0.5 (default): the live "
+        "comparison needs about as many rewards of the canary whatever the share, so an even split decides soonest "
+        "(about 74 rewarded replies in all for a tie, against about 370 at 0.1) without exposing more replies to a "
+        "worse canary; lower it where the reward wait window holds many replies in flight (docs/operators.md).", 0.5)
     ops_minute_retention_s: float = _help(
         "REWARDLOOP_OPS_MINUTE_RETENTION_S: per-minute buckets are kept this long (default 24 h).", 86400.0)
     ops_hour_retention_s: float = _help(
@@ -300,19 +303,22 @@ class WorkerSettings(CommonSettings):
         "its parent's, roll back to the parent automatically) or 'alert' (record and send the alarm only).",
         "rollback")
     canary_policy: str = _help(
-        "REWARDLOOP_CANARY_POLICY: 'promote' (default: a canary becomes stable once it and its parent have "
-        "REWARDLOOP_DRIFT_MIN_SAMPLES rewarded replies each, it is not significantly worse and its mean reward "
-        "is at least the parent's; never while a reward-hacking style alarm stands) or 'hold' (an operator "
+        "REWARDLOOP_CANARY_POLICY: 'promote' (default: a canary becomes stable once the live comparison decides it is "
+        "not worse than the stable; never while a reward-hacking style alarm stands) or 'hold' (an operator "
         "promotes).", "promote")
     drift_min_samples: int = _help(
-        "REWARDLOOP_DRIFT_MIN_SAMPLES: rewarded replies needed on both the new version and its parent before "
-        "they are compared.", 50)
+        "REWARDLOOP_DRIFT_MIN_SAMPLES: rewarded replies needed on both the new version and its baseline before the "
+        "live comparison (a sequential test, worker/ops/sequential.py) may decide.", 8)
+    drift_max_samples: int = _help(
+        "REWARDLOOP_DRIFT_MAX_SAMPLES: rewarded replies of the new version at which the live comparison decides "
+        "anyway: not worse (promote) when its mean reward is above the baseline's minus half "
+        "REWARDLOOP_DRIFT_MIN_EFFECT, else worse (roll back).", 40)
     drift_alpha: float = _help(
-        "REWARDLOOP_DRIFT_ALPHA: significance level of the one-sided 'new version is worse' test, in (0, 0.5).",
-        0.01)
+        "REWARDLOOP_DRIFT_ALPHA: target rate of each wrong decision of the live comparison (promoting a version worse "
+        "by REWARDLOOP_DRIFT_MIN_EFFECT, rolling back one as good as its baseline), in (0, 0.5).", 0.05)
     drift_min_effect: float = _help(
-        "REWARDLOOP_DRIFT_MIN_EFFECT: smallest drop of the mean reward (reward units) that counts as worse.",
-        0.05)
+        "REWARDLOOP_DRIFT_MIN_EFFECT: drop of the mean reward (reward units) that counts as worse; the live "
+        "comparison tells such a version from one as good as its baseline (smaller drops are ties).", 0.3)
     alert_webhook: str | None = _help("REWARDLOOP_ALERT_WEBHOOK: URL that receives drift alarms as JSON.", None)
     archive_every_s: float = _help(
         "REWARDLOOP_ARCHIVE_EVERY_S: seconds between beat's 'move finished data from Redis to the archive, apply "
@@ -378,10 +384,13 @@ class WorkerSettings(CommonSettings):
         if self.drift_min_samples < 2:
             raise ValueError(f"drift_min_samples must be >= 2, got {self.drift_min_samples!r} "
                              "(REWARDLOOP_DRIFT_MIN_SAMPLES)")
+        if self.drift_max_samples < self.drift_min_samples:
+            raise ValueError(f"drift_max_samples ({self.drift_max_samples}) must be >= drift_min_samples "
+                             f"({self.drift_min_samples}) (REWARDLOOP_DRIFT_MAX_SAMPLES)")
         if not 0 < self.drift_alpha < 0.5:
             raise ValueError(f"drift_alpha must be in (0, 0.5), got {self.drift_alpha!r} (REWARDLOOP_DRIFT_ALPHA)")
-        if not 0 <= self.drift_min_effect < float("inf"):
-            raise ValueError(f"drift_min_effect must be >= 0, got {self.drift_min_effect!r} "
+        if not 0 < self.drift_min_effect <= 2:
+            raise ValueError(f"drift_min_effect must be in (0, 2] reward units, got {self.drift_min_effect!r} "
                              "(REWARDLOOP_DRIFT_MIN_EFFECT)")
 
 

@@ -50,16 +50,19 @@ def test_a_canary_is_continued_from_and_one_found_worse_is_rolled_back_and_not(s
     st = registry.state()
     assert st["canary"] == "2" and st["versions"]["1"]["state"] == "published"   # v1 kept, v2 its child
 
-    # the live comparison finds v2 worse than its parent v1 and rolls it back (REWARDLOOP_DRIFT_POLICY=rollback)
+    # the live comparison finds v2 worse than the stable it would replace (base) and drops it
+    # (REWARDLOOP_DRIFT_POLICY=rollback); v1, a canary never judged, does not become stable by the way
+    live_rewards(rdb, keys, "base", [1.0, 0.8, 0.9, 1.0, 0.7, 0.9])
     live_rewards(rdb, keys, "1", [1.0, 0.8, 0.9, 1.0, 0.7, 0.9])
-    live_rewards(rdb, keys, "2", [-1.0, -0.8, -0.9, -1.0, -0.7, -0.9])
-    assert ops_tick(OpsStore(rdb, keys), registry, settings)["rollback"] == "rolled back to 1"
-    assert (registry.state()["stable"], registry.state()["canary"]) == ("1", "")
+    live_rewards(rdb, keys, "2", [-1.0, -0.8, -0.9, -1.0, -0.7, -0.9] * 2)
+    assert ops_tick(OpsStore(rdb, keys), registry, settings)["rollback"] == "rolled back to base"
+    assert (registry.state()["stable"], registry.state()["canary"]) == ("base", "")
+    assert found_worse(registry.verdict("2"))
 
     write_logged(rdb, keys, logged[16:], reward, version="2")
     third = run_once(settings, QUICK, progress=False)
-    assert third.state == "published" and third.stats["parent"] == "1", third.stats.get("parent_choice")
-    assert Registry.manifest_of(registry.version_dir(3))["parent"] == "1"
+    assert third.state == "published" and third.stats["parent"] == "base", third.stats.get("parent_choice")
+    assert Registry.manifest_of(registry.version_dir(3))["parent"] == "base"
 
 
 def test_a_canary_found_worse_but_kept_by_the_alert_policy_is_not_continued_from(rdb, keys, tmp_path):

@@ -1,5 +1,6 @@
 """The ops monitor against a real Redis (no Celery): idempotent folding into minute/hour
-buckets, the version comparison, automatic rollback with its reason, and the webhook."""
+buckets, the live comparison (the sequential test), automatic rollback with its reason, the
+verdict the learner reads, and the webhook."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from core.keys import Keys
-from core.registry import Registry
+from core.registry import Registry, found_worse
 from core.settings import Settings
 from worker.ops.monitor import fold, ops_tick
 from worker.ops.store import HOUR, MINUTE, OpsStore
@@ -76,6 +77,7 @@ def test_a_worse_canary_is_rolled_back_once_with_the_evidence(rdb, prefix, hook)
     out = ops_tick(store, registry, settings, at)
     assert out["rollback"] is None and registry.state()["canary"] == "2"
     assert store.verdicts()["2"]["reason"] == "insufficient_samples"
+    assert store.verdicts()["2"]["decision"] == "keep" and not found_worse(registry.verdict("2"))
     minute = rdb.hgetall(keys.ops_bucket(MINUTE, int(at // 60 * 60)))
     assert minute["pending_depth|*"] == "0"  # the depth gauges are sampled every tick
 
@@ -83,19 +85,46 @@ def test_a_worse_canary_is_rolled_back_once_with_the_evidence(rdb, prefix, hook)
     out = ops_tick(store, registry, settings, at)
     assert out["rollback"] == "rolled back to 1"
     state = registry.state()
-    assert (state["stable"], state["canary"]) == ("1", "")
+    assert (state["stable"], state["canary"], state["rollback_target"]) == ("1", "", "base")
     last = registry.history(1)[0]
     assert last["event"] == "rollback" and last["by"] == "drift-monitor"
-    assert "reward of version 2" in last["reason"] and "p=" in last["reason"]
+    assert "found version 2 worse" in last["reason"] and "log-LR" in last["reason"]
     alarms = store.alarms()
-    assert len(alarms) == 1 and alarms[0]["detector"] == "welch" and alarms[0]["version"] == "2"
+    assert len(alarms) == 1 and alarms[0]["detector"] == "sprt" and alarms[0]["version"] == "2"
     assert alarms[0]["evidence"]["child"]["n"] == 24 and alarms[0]["since"] <= alarms[0]["until"]
+    assert alarms[0]["statistic"] <= alarms[0]["threshold"] < 0
     assert posted and posted[0]["alarm"]["action"] == "rolled back to 1"
+    assert found_worse(registry.verdict("2")) and registry.verdict("2")["decision"] == "rollback"
 
     # an operator promotes it again on purpose: the monitor does not overrule them
     registry.move("promote", "2", by="op", reason="I know better")
     assert ops_tick(store, registry, settings, at)["rollback"] is None
     assert registry.state()["stable"] == "2" and len(store.alarms()) == 1
+
+
+def test_a_canary_is_compared_with_the_stable_and_decided_once(rdb, prefix):
+    """A canary continued from an older canary (parent 1, stable base) is judged against what it
+    would replace: the stable. Once decided it is not tested again."""
+    keys = Keys(prefix)
+    store = OpsStore(rdb, keys)
+    seed_registry(rdb, keys, stable="base", canary="2")
+    settings = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=8, canary_policy="hold")
+    registry = Registry(rdb, keys, "/nonexistent")
+    at = time.time()
+    add_rewards(rdb, keys, "base", [0.0, 0.2, -0.2, 0.1] * 10, at)
+    add_rewards(rdb, keys, "1", [-1.0] * 40, at)          # the parent: not the baseline of a canary
+    add_rewards(rdb, keys, "2", [0.9, 1.0, 0.8, 1.0] * 6, at)
+    ops_tick(store, registry, settings, at)
+    verdict = store.verdicts()["2"]
+    assert (verdict["parent"], verdict["decision"], verdict["final"]) == ("base", "promote", False)
+    assert "hold" in verdict["action"] and registry.state()["canary"] == "2"   # an operator promotes
+    promoting = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=8)
+    add_rewards(rdb, keys, "2", [1.0], at)                  # a look happens on new rewards
+    ops_tick(store, registry, promoting, at + 1)
+    assert registry.state()["stable"] == "2" and store.verdicts()["2"]["final"] is True
+    add_rewards(rdb, keys, "2", [-1.0] * 40, at)             # decided: not tested again
+    ops_tick(store, registry, promoting, at + 2)
+    assert store.verdicts()["2"]["at"] == at + 1 and not found_worse(registry.verdict("2"))
 
 
 def test_alert_policy_only_alerts_and_a_dead_webhook_does_not_crash(rdb, prefix):
@@ -133,7 +162,7 @@ def test_drift_cli_prints_versions_with_sparklines_and_alarms(rdb, prefix, redis
     rows = {line.split()[0]: line for line in out.stdout.splitlines() if line[:1].isdigit()}
     assert "+0.900" in rows["1"] and "15" in rows["1"] and "█" in rows["1"]
     assert "-0.950" in rows["2"] and "rolled back to 1" in rows["2"] and "▁" in rows["2"]
-    assert "welch reward v2" in out.stdout and "stable 1" in out.stdout
+    assert "sprt reward v2" in out.stdout and "stable 1" in out.stdout
 
 
 def test_a_sequential_detector_alarm_is_stored_counted_and_resumes_across_folds(rdb, prefix):

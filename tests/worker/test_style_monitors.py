@@ -72,7 +72,7 @@ def test_a_canary_not_worse_than_its_parent_is_promoted_by_the_live_comparison(r
     held = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=10)
     ops_tick(store, registry, held, at)
     assert registry.state()["canary"] == "2"
-    add_rewards(rdb, keys, "2", [0.5, 0.3, 0.6, 0.2], at)           # 12: enough, and better
+    add_rewards(rdb, keys, "2", [0.5, 0.3, 0.6, 0.2] * 3, at)       # 20: enough, and better
     hold = Settings(redis_url="redis://x", prefix=prefix, drift_min_samples=10, canary_policy="hold")
     ops_tick(store, registry, hold, at + 1)
     assert registry.state()["canary"] == "2"                        # 'hold': an operator decides

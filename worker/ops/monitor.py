@@ -1,11 +1,14 @@
 """The operator monitor task: fold new `rewards` and `events` entries into the per-minute and
-per-hour series, feed the sequential drift detectors, compare the newest adapter version with
-its parent and, under REWARDLOOP_DRIFT_POLICY=rollback, roll a worse one back.
+per-hour series, feed the sequential drift detectors, run the live comparison of the newest
+adapter version with its baseline (worker/ops/sequential.py) and act on its decision: promote a
+canary that is not worse (REWARDLOOP_CANARY_POLICY=promote), roll back a worse version
+(REWARDLOOP_DRIFT_POLICY=rollback).
 
 One beat entry (`ops-monitor`, every REWARDLOOP_OPS_EVERY_S) runs `ops_tick`. The fold is
 idempotent (cursors committed with the increments, see worker/ops_store.py). A version is
-judged worse at most once: after an alarm its verdict is kept, so an operator who promotes it
-again on purpose is not overruled by the next tick.
+decided at most once: the verdict (`ops:verdicts`, with `worse` true for a rollback decision,
+what the learner reads through core.registry.found_worse) is kept, so an operator who promotes a
+rolled-back version again on purpose is not overruled by the next tick.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ import redis
 
 from core.settings import WorkerSettings
 from worker.ops import alerts, series, style
-from worker.ops.compare import compare_versions
-from worker.ops.policy import promote_reason, rollback_reason, run_detectors, version_under_watch
+from worker.ops.policy import Watch, evidence, promote_reason, rollback_reason, run_detectors, version_under_watch
+from worker.ops.sequential import ROLLBACK, Decision, SequentialConfig, decide
 from worker.ops.store import HOUR, MINUTE, OpsStore
 
 log = logging.getLogger(__name__)
@@ -113,60 +116,89 @@ def fold(store: OpsStore, now: float, batch: int = BATCH, max_batches: int = MAX
     return total
 
 
+def sequential_config(settings: WorkerSettings) -> SequentialConfig:
+    return SequentialConfig(worse_by=settings.drift_min_effect, alpha=settings.drift_alpha,
+                            min_samples=settings.drift_min_samples, max_samples=settings.drift_max_samples)
+
+
 def check_versions(store: OpsStore, registry, settings: WorkerSettings, now: float, new_rewards: bool = True
                    ) -> dict | None:
-    """Compare the version under watch with its parent; act on a significant drop. Returns the
-    alarm it raised (None: nothing under watch, already judged, or no significant drop).
-    Without new rewards a version already compared with the same parent is not re-read."""
-    from core.registry import RegistryError
+    """Run the live comparison of the version under watch with its baseline and act on a
+    decision. Returns the alarm it raised (None: nothing under watch, already decided, or not
+    worse). Without new rewards a version already looked at against the same baseline is not
+    re-read."""
     state = registry.state()
     watch = version_under_watch(state)
     prior = store.verdicts().get(watch.version, {}) if watch else {}
-    if watch is None or prior.get("alarm") or (not new_rewards and prior.get("parent") == watch.parent):
+    if watch is None or prior.get("alarm") or prior.get("final") or (
+            not new_rewards and prior.get("parent") == watch.parent):
         return None
-    result = compare_versions(store.version_rewards(watch.parent), store.version_rewards(watch.version),
-                              min_samples=settings.drift_min_samples, alpha=settings.drift_alpha,
-                              min_effect=settings.drift_min_effect, version=watch.version,
-                              parent_version=watch.parent)
-    verdict = {"at": now, "alarm": result.alarm, "parent": watch.parent, "role": watch.role,
-               "reason": result.evidence.get("reason"), "message": result.message,
-               "child_n": result.evidence["child"]["n"], "parent_n": result.evidence["parent"]["n"]}
-    if not result.alarm:
-        check_style(store, watch, result, settings, now, verdict, raised_before=bool(prior.get("style_alarm")))
-        why = promote_reason(watch, result, settings.drift_min_samples) if settings.canary_policy == "promote" else None
-        if why and not verdict.get("style_alarm"):   # a suspected hacked signal is for a person to judge
-            try:
-                registry.move("promote", watch.version, by=MONITOR, reason=why)
-                verdict["action"] = "promoted"
-                store.count("canary_promotions")
-                log.info("drift monitor: %s", why)
-            except (RegistryError, redis.RedisError) as exc:
-                verdict["action"] = f"promotion failed: {exc}"
-                log.error("drift monitor: promoting canary %s failed: %s", watch.version, exc)
-        store.set_verdict(watch.version, verdict)
-        return None
+    result = decide(store.version_rewards(watch.version), store.version_rewards(watch.parent),
+                    sequential_config(settings))
+    verdict = {"at": now, "decision": result.decision, "worse": result.worse, "final": result.final,
+               "alarm": result.worse, "parent": watch.parent, "role": watch.role, "reason": result.reason,
+               "message": result.summary(watch.version, watch.parent), "child_n": result.n_new,
+               "parent_n": result.n_base, "llr": result.llr, "diff": result.diff}
+    if result.decision == ROLLBACK:
+        return _roll_back(store, registry, settings, now, watch, result, verdict, state)
+    ev = evidence(result, watch)
+    check_style(store, watch, ev, settings, now, verdict, raised_before=bool(prior.get("style_alarm")))
+    if result.final:
+        verdict["action"] = _act_on_not_worse(store, registry, settings, watch, result, verdict)
+        # decided once it acted; held (policy, style alarm) or failed: looked at again next tick
+        verdict["final"] = verdict["action"] == "promoted" or verdict["action"].startswith("kept")
+    store.set_verdict(watch.version, verdict)
+    return None
+
+
+def _act_on_not_worse(store: OpsStore, registry, settings: WorkerSettings, watch: Watch, result: Decision,
+                      verdict: dict) -> str:
+    """What a 'not worse' decision does: promote a canary (policy permitting), keep a stable."""
+    from core.registry import RegistryError
+    if watch.role != "canary":
+        return f"kept: not worse than {watch.parent}"
+    if settings.canary_policy != "promote":
+        return "not worse: an operator promotes it (REWARDLOOP_CANARY_POLICY=hold)"
+    if verdict.get("style_alarm"):   # a suspected hacked signal is for a person to judge
+        return "not promoted: its style drifted while its reward rose (style alarm); an operator decides"
+    why = promote_reason(watch, result)
+    try:
+        registry.move("promote", watch.version, by=MONITOR, reason=why)
+    except (RegistryError, redis.RedisError) as exc:
+        log.error("drift monitor: promoting canary %s failed: %s", watch.version, exc)
+        return f"promotion failed: {exc}"
+    store.count("canary_promotions")
+    log.info("drift monitor: %s", why)
+    return "promoted"
+
+
+def _roll_back(store: OpsStore, registry, settings: WorkerSettings, now: float, watch: Watch, result: Decision,
+               verdict: dict, state: dict) -> dict:
+    """A 'worse' decision: the alarm, and under the rollback policy the rollback (a canary is
+    dropped, a stable goes back to its parent)."""
+    from core.registry import RegistryError
     action = "alert"
     if settings.drift_policy == "rollback":
-        reason = rollback_reason(result)
         try:
-            registry.move("rollback", watch.parent, by=MONITOR, reason=reason)
+            registry.move("rollback", None if watch.role == "canary" else watch.parent, by=MONITOR,
+                          reason=rollback_reason(result, watch))
             action = f"rolled back to {watch.parent}"
             store.count("drift_rollbacks")
         except (RegistryError, redis.RedisError) as exc:
             action = f"rollback to {watch.parent} failed: {exc}"
             log.error("drift monitor: %s", action)
     created = float((state["versions"].get(watch.version) or {}).get("created") or now)
-    alarm = {"at": now, "detector": result.detector, "metric": result.metric, "version": watch.version,
-             "direction": result.direction, "statistic": result.statistic, "threshold": result.threshold,
-             "message": result.message, "evidence": result.evidence, "since": created, "until": now,
-             "action": action}
+    alarm = {"at": now, "detector": "sprt", "metric": "reward", "version": watch.version, "direction": "drop",
+             "statistic": result.llr, "threshold": result.config.lower,
+             "message": rollback_reason(result, watch), "evidence": evidence(result, watch),
+             "since": created, "until": now, "action": action}
     store.set_verdict(watch.version, dict(verdict, action=action))
     store.add_alarm(alarm)
     alerts.send(alarm, settings.alert_webhook)
     return alarm
 
 
-def check_style(store: OpsStore, watch, result, settings: WorkerSettings, now: float, verdict: dict,
+def check_style(store: OpsStore, watch, ev: dict, settings: WorkerSettings, now: float, verdict: dict,
                 raised_before: bool = False) -> dict | None:
     """A reward-hacking alarm (alert only) when the version's style drifted beyond its band
     while its reward rose above its parent's; raised once per version (raised_before: the
@@ -176,8 +208,7 @@ def check_style(store: OpsStore, watch, result, settings: WorkerSettings, now: f
         return None
     per_version = series.by_version(store.totals())
     parent, child = (style.style_figures(per_version.get(v, {})) for v in (watch.parent, watch.version))
-    reasons = style.style_drift(parent, child, result.evidence["parent"].get("mean"),
-                                result.evidence["child"].get("mean"))
+    reasons = style.style_drift(parent, child, ev["parent"].get("mean"), ev["child"].get("mean"))
     if not reasons:
         return None
     verdict["style_alarm"] = True

@@ -98,6 +98,8 @@ class OpsCollector:
         yield dead
         yield lag
 
+        yield from _storage(st.storage())
+
         stat = GaugeMetricFamily("rewardloop_drift_statistic", "Current statistic of each sequential drift "
                                  "detector (alarm above the threshold)", labels=["detector", "metric"])
         thr = GaugeMetricFamily("rewardloop_drift_threshold", "Alarm threshold of each sequential drift detector",
@@ -136,3 +138,19 @@ class OpsCollector:
         eps = GaugeMetricFamily("rewardloop_events_per_second", "Events per second over the last complete minute")
         eps.add_metric([], float(last_full.get(series.field("events", series.ALL), 0.0)) / MINUTE)
         yield eps
+
+
+def _storage(st: dict):
+    """Redis memory (alert at 80 % of maxmemory) and the archive task's health."""
+    yield GaugeMetricFamily("rewardloop_redis_memory_used_bytes", "Redis used_memory", value=st["redis_used"])
+    yield GaugeMetricFamily("rewardloop_redis_memory_max_bytes", "Redis maxmemory (0: no limit set; deploy/ sets "
+                            "one with noeviction)", value=st["redis_max"])
+    yield GaugeMetricFamily("rewardloop_redis_memory_ratio", "Redis used_memory / maxmemory (alert above 0.8; 0 "
+                            "when no maxmemory is set)", value=st["redis_ratio"] or 0.0)
+    arch = st["archive"]
+    yield GaugeMetricFamily("rewardloop_archive_failing", "1 while the archive task's runs fail (unwritable or "
+                            "full location): Redis keeps the data meanwhile", value=1.0 if arch["ok"] is False else 0.0)
+    yield GaugeMetricFamily("rewardloop_archive_last_success_timestamp_seconds", "When an archive run last "
+                            "succeeded (0: none yet)", value=arch["last_ok_at"] or 0.0)
+    yield GaugeMetricFamily("rewardloop_archive_bytes", "Bytes in the archive", value=arch["bytes"] or 0.0)
+    yield GaugeMetricFamily("rewardloop_archive_files", "Files in the archive", value=arch["files"] or 0.0)

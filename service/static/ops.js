@@ -111,8 +111,37 @@ function tiles() {
     t.append(el("b", value), el("span", label));
     box.append(t);
   }
+  storageLine(state.storage);
   const p = state.pointers;
   $("pointers").textContent = `stable ${p.stable}` + (p.canary ? ` · canary ${p.canary} (${Math.round(p.canary_share * 100)}%)` : "");
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "-";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// Redis memory (alert at 80 % of maxmemory) and the archive task: one line under the tiles
+function storageLine(st) {
+  const line = $("storage");
+  if (!st) return;
+  const parts = [];
+  let alert = false;
+  if (st.redis_max) {
+    parts.push(`Redis memory ${bytes(st.redis_used)} of ${bytes(st.redis_max)} (${Math.round(st.redis_ratio * 100)}%)`);
+    if (st.memory_alert) { parts.push("ALERT: over 80% of maxmemory, writes stop when it is full"); alert = true; }
+  } else {
+    parts.push(`Redis memory ${bytes(st.redis_used)} (no maxmemory set)`);
+  }
+  const a = st.archive;
+  if (!a.ran) parts.push("archive: no run yet (is `rewardloop beat` running?)");
+  else if (!a.ok) { parts.push(`ALERT: archive failing since ${utc(a.failing_since)} UTC: ${a.error}`); alert = true; }
+  else parts.push(`archive ${bytes(a.bytes)} in ${a.files} files, last run ${utc(a.last_ok_at)} UTC`);
+  line.textContent = parts.join(" · ");
+  line.className = alert ? "alert" : "";
 }
 
 async function move(url, what) {

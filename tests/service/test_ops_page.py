@@ -133,6 +133,8 @@ def test_ops_page_charts_and_buttons_in_chromium(ops_server, page, rdb, prefix, 
     }""")
     assert points["canvas"] and points["v1"] >= 9 and points["v2"] >= 4 and points["signals"] >= 9, points
     assert points["pending"] == [2], points
+    storage = page.locator("#storage").inner_text()  # the Redis memory / archive line
+    assert "Redis memory" in storage and "archive: no run yet" in storage, storage
     link = page.locator("#timeline a.sessions").first
     assert "/admin/sessions?since=" in link.get_attribute("href")
     page.screenshot(path=str(tmp_path / "ops.png"), full_page=True)

@@ -122,8 +122,11 @@ def test_an_unwritable_location_keeps_redis_and_recovers(rdb, keys, settings, tm
     assert status["ok"] == "0" and float(status["failing_since"]) > 0
     assert rdb.exists(keys.session_meta(logged.session.session_id)) and rdb.xlen(keys.events) == 4
     assert rdb.get(keys.archive_cursor("events")) is None  # nothing confirmed, nothing trimmed
+    assert _gauges(rdb, keys)["rewardloop_archive_failing"] == 1.0  # RewardloopArchiveFailing fires
+    assert _ops_storage(rdb, keys)["archive"]["ok"] is False  # and /ops shows the red line
     blocker.unlink()  # space returns
     assert run_archive(rdb, keys, settings)["ok"]
+    assert _gauges(rdb, keys)["rewardloop_archive_failing"] == 0.0
     status = rdb.hgetall(keys.archive_status)
     assert status["ok"] == "1" and "failing_since" not in status and "error" not in status
     assert not rdb.exists(keys.session_meta(logged.session.session_id)) and rdb.xlen(keys.events) == 0
@@ -178,3 +181,38 @@ def test_the_session_view_reads_the_same_before_during_and_after(rdb, keys, sett
     assert after == before
     assert log.list(SessionFilter(user="u1")) == listed
     assert log.session_of_reply(whole.replies[0].reply_id) == whole.session.session_id
+
+
+def _gauges(rdb, keys) -> dict[str, float]:
+    """What /metrics says (the ops collector, on this test's keys)."""
+    from service.api.ops_metrics import OpsCollector
+    from worker.ops.store import OpsStore
+    return {s.name: s.value for fam in OpsCollector(OpsStore(rdb, keys)).collect() for s in fam.samples
+            if not s.labels}
+
+
+def _ops_storage(rdb, keys) -> dict:
+    from worker.ops.state import build_state
+    from worker.ops.store import OpsStore
+    return build_state(OpsStore(rdb, keys), 60, time.time())["storage"]
+
+
+def test_the_memory_alert_fires_at_80_percent(rdb, keys):
+    import os
+
+    import yaml
+    if os.environ.get("REWARDLOOP_REDIS_URL"):
+        pytest.skip("changes maxmemory: only on the tests' own embedded Redis")
+    rules = {r["alert"]: r["expr"] for g in yaml.safe_load((Path(__file__).parents[2] / "deploy" /
+                                                             "prometheus-alerts.yml").read_text())["groups"]
+             for r in g["rules"]}
+    assert "rewardloop_redis_memory_ratio) > 0.8" in rules["RewardloopRedisMemoryHigh"]
+    used = int(rdb.info("memory")["used_memory"])
+    try:
+        rdb.config_set("maxmemory", int(used / 0.85))
+        g = _gauges(rdb, keys)
+        assert g["rewardloop_redis_memory_ratio"] > 0.8 and _ops_storage(rdb, keys)["memory_alert"] is True
+        rdb.config_set("maxmemory", used * 4)
+        assert _gauges(rdb, keys)["rewardloop_redis_memory_ratio"] < 0.8 and not _ops_storage(rdb, keys)["memory_alert"]
+    finally:
+        rdb.config_set("maxmemory", 0)

@@ -25,6 +25,7 @@ def build_state(store: OpsStore, minutes: int, now: float) -> dict:
         "alarms": store.alarms(since=since),
         "timeline": store.timeline(),
         "depths": store.depths(),
+        "storage": store.storage(),
         "detectors": [_detector_row(m, s) for m, s in sorted(store.detector_states().items())],
     }
 

@@ -19,6 +19,7 @@ from worker.ops import series
 MINUTE, HOUR = 60, 3600
 VERSION_REWARDS_KEPT = 10_000  # per version: enough for the comparison, bounded memory
 ALARMS_KEPT = 10_000
+MEMORY_ALERT_RATIO = 0.8  # Redis used_memory / maxmemory at which /ops and Prometheus raise the alert
 STREAMS = ("rewards", "events")
 
 
@@ -175,6 +176,26 @@ class OpsStore:
             p.xlen(self.k.dead_letters)
             pending, dead = p.execute()
         return {"pending": int(pending), "dead_letters": int(dead)}
+
+    def storage(self) -> dict:
+        """Redis memory now and the archive task's last run (worker/archive writes its status): what
+        the /ops storage line and the memory and archive alerts read."""
+        info = self.r.info("memory")
+        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        status = self.r.hgetall(self.k.archive_status)
+
+        def num(name: str) -> float | None:
+            try:
+                return float(status[name]) if status.get(name) not in (None, "") else None
+            except ValueError:
+                return None
+        return {"redis_used": used, "redis_max": limit, "redis_ratio": used / limit if limit else None,
+                "memory_alert": bool(limit) and used / limit >= MEMORY_ALERT_RATIO,
+                "archive": {"ran": bool(status), "ok": status.get("ok") != "0" if status else None,
+                            "error": status.get("error"), "failing_since": num("failing_since"),
+                            "last_ok_at": num("last_ok_at"), "at": num("at"), "location": status.get("location"),
+                            "files": num("archive_files"), "bytes": num("archive_bytes"),
+                            "sessions_moved": num("total_sessions"), "replies_moved": num("total_replies")}}
 
     def lag_s(self) -> float | None:
         """Seconds since the newest rewards entry that is not folded yet (None: all folded)."""

@@ -18,6 +18,7 @@ from core.redis_conn import connect, connect_async
 from core.registry import Registry
 from core.settings import ServerSettings
 from service.engine.core import Engine
+from service.engine.interface import EngineClient
 from service.serving.chat import ChatService
 from service.serving.feedback import FeedbackService
 from service.serving.metrics import ServerMetrics
@@ -70,7 +71,7 @@ class Runtime:
     keys: Keys
     redis: aredis.Redis | None = None
     loaded: LoadedModel | None = None
-    engine: Engine | None = None
+    engine: EngineClient | None = None   # the local Engine or a VllmEngine: one interface
     store: ChatStore | None = None
     chat: ChatService | None = None
     feedback: FeedbackService | None = None
@@ -108,17 +109,17 @@ class Runtime:
             return self._start_vllm()
         self.loaded = load_model(self.settings.model, self.settings.models_dir, self.settings.device,
                                  self.settings.dtype)
-        self.engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                             max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
-                             on_death=self._engine_died, max_queue=self.settings.max_queue,
-                             prefix_cache_bytes=int(self.settings.prefix_cache_mb * 2 ** 20))
-        self.metrics.watch_engine(self.engine)
-        self.engine.start()
+        self.engine = engine = Engine(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
+                                      max_batch=self.settings.max_batch, prefill_chunk=self.settings.prefill_chunk,
+                                      on_death=self._engine_died, max_queue=self.settings.max_queue,
+                                      prefix_cache_bytes=int(self.settings.prefix_cache_mb * 2 ** 20))
+        self.metrics.watch_engine(engine)
+        engine.start()
         from service.serving.swap import AdapterWatcher
-        self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
+        self.watcher = AdapterWatcher(self.redis, self.keys, engine, self.loaded.model_id,
                                       Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
                                       metrics=self.metrics, slots=self.settings.adapter_slots)
-        self.chat = ChatService(self.engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
+        self.chat = ChatService(engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
                                 watcher=self.watcher, metrics=self.metrics)
         log.info("model %s ready on %s", self.loaded.model_id, self.loaded.device)
 
@@ -132,24 +133,23 @@ class Runtime:
                                "or start one with `rewardloop up --engine vllm`")
         self.loaded = load_tokenizer_and_shape(self.settings.model, self.settings.models_dir)
         tok = self.loaded.tokenizer
-        self.engine = VllmEngine(self.settings.vllm_url_list, tok, self.loaded.model.config.vocab_size,
-                                 default_stop_ids(tok), max_queue=self.settings.max_queue,
-                                 timeout_s=self.settings.vllm_timeout_s)
-        self.engine.wait_ready(self.settings.vllm_wait_s)
-        self.metrics.watch_engine(self.engine)
+        self.engine = engine = VllmEngine(self.settings.vllm_url_list, tok, self.loaded.model.config.vocab_size,
+                                          default_stop_ids(tok), max_queue=self.settings.max_queue,
+                                          timeout_s=self.settings.vllm_timeout_s)
+        engine.wait_ready(self.settings.vllm_wait_s)
+        self.metrics.watch_engine(engine)
         modules = {n for n, _ in self.loaded.model.named_modules()}
-        self.watcher = AdapterWatcher(self.redis, self.keys, self.engine, self.loaded.model_id,
+        self.watcher = AdapterWatcher(self.redis, self.keys, engine, self.loaded.model_id,
                                       Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
-                                      metrics=self.metrics, backend=VllmAdapters(self.engine, modules))
-        self.chat = ChatService(self.engine, self.store, tok, self.settings, self.loaded.model_id,
+                                      metrics=self.metrics, backend=VllmAdapters(engine, modules))
+        self.chat = ChatService(engine, self.store, tok, self.settings, self.loaded.model_id,
                                 watcher=self.watcher, metrics=self.metrics)
         log.info("model %s ready on vLLM: %s", self.loaded.model_id, ", ".join(self.settings.vllm_url_list))
 
     async def stop(self) -> None:
         if self.engine:
             self.engine.shutdown()
-            if hasattr(self.engine, "aclose"):   # the vllm engine's HTTP client
-                await self.engine.aclose()
+            await self.engine.aclose()   # the vllm engine's HTTP client
         if self.redis:
             await self.redis.aclose()
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from service.api.common import ApiError
-from service.engine.core import EndEvent, TextTail, TokenEvent
-from service.serving.chat import ReplyPlan
+from service.engine.events import EndEvent, FinishReason, TextTail, TokenEvent
+from service.serving.chat import ChatService, ReplyPlan
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -32,7 +32,7 @@ class Candidate:
     end: EndEvent | None = None
 
 
-async def merged(chat, plans: list[ReplyPlan]) -> AsyncIterator[tuple[int, object]]:
+async def merged(chat: ChatService, plans: list[ReplyPlan]) -> AsyncIterator[tuple[int, object]]:
     """(candidate index, event) from all candidates, as they come."""
     queue: asyncio.Queue = asyncio.Queue()
     closed = False
@@ -69,15 +69,12 @@ async def merged(chat, plans: list[ReplyPlan]) -> AsyncIterator[tuple[int, objec
                 p.handle.cancel()
 
 
-def start_all(chat, plans: list[ReplyPlan]) -> None:
+def start_all(chat: ChatService, plans: list[ReplyPlan]) -> None:
     """Admission before the status line: a refusal (server busy 503, this user's limit 429) is
     an HTTP status, never a stream that breaks after a 200. All candidates or none."""
-    start = getattr(chat, "start", None)   # ChatService.start: admission control (#16); else stream() submits
-    if start is None:
-        return
     try:
         for p in plans:
-            start(p)
+            chat.start(p)
     except BaseException:
         for p in plans:
             if p.handle is not None:
@@ -98,20 +95,20 @@ def add_event(c: Candidate, ev) -> None:
 
 def generation_failed(c: Candidate) -> ApiError:
     end = c.end
-    if end.finish_reason == "cancelled":
+    if end.finish_reason == FinishReason.CANCELLED:
         return ApiError(503, "cancelled", f"reply {c.plan.reply_id} was cancelled (the server is shutting down?): "
                         "retry", headers={"Retry-After": "2"})
     return ApiError(500, "generation_failed", f"generation failed: {end.error or 'unknown error'}; reply "
                     f"{c.plan.reply_id} was logged with finish_reason error: retry, or report it with that id")
 
 
-async def run_all(chat, plans: list[ReplyPlan]) -> list[Candidate]:
+async def run_all(chat: ChatService, plans: list[ReplyPlan]) -> list[Candidate]:
     """Every candidate to its end; a failed one is a 500 (never a 200 with finish_reason stop)."""
     cands = [Candidate(p) for p in plans]
     async for i, ev in merged(chat, plans):
         add_event(cands[i], ev)
     for c in cands:
-        if c.end is None or c.end.finish_reason not in ("stop", "length"):
+        if c.end is None or c.end.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
             if c.end is None:
                 raise ApiError(500, "generation_failed", f"reply {c.plan.reply_id} ended without an end event")
             raise generation_failed(c)

@@ -25,63 +25,42 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from core.adapter_format import ValidAdapter
 from core.modeling import cache_argument_name, default_stop_ids
-from core.sampling import SamplingParams, sample_batch
+from core.sampling import sample_batch
 from service.engine.batching import DecodeBatch, batchable
 from service.engine.events import (  # noqa: F401 (re-exported: the serving layer imports events from here)
+    Call,
     EndEvent,
     EngineBusy,
     EngineStopped,
+    FinishReason,
+    Generate,
     GenerationHandle,
     GenerationRequest,
+    InboxMessage,
     QueuedEvent,
+    Shutdown,
     TextTail,
     TokenEvent,
+    error_text,
+    validate_request,
 )
+from service.engine.interface import AdapterLoad
 from service.engine.prefix_cache import PrefixCache, as_dynamic_cache, kv_of
+from service.engine.scheduler import prefill_end
+from service.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Sequence:
-    request: GenerationRequest
-    handle: GenerationHandle
-    queued_at: float
-    generator: torch.Generator | None = None
-    ids: list[int] = field(default_factory=list)
-    cache: object = None
-    next_logits: torch.Tensor | None = None
-    prefilled: int = 0          # prompt tokens already in the cache
-    text: str = ""
-    first_token_at: float | None = None
-    ended: bool = False         # its EndEvent was sent: exactly one per request
-    waiting: bool = True        # counted in Engine.waiting until its prompt is in
-    position: int = 0           # last queue position told to the client
-    prefill_started: float | None = None
-    reused: int = 0             # prompt tokens taken from the prefix cache
-    peak_rows: int = 1          # most rows of a decode forward it was in
-
-
-def prefill_end(start: int, total: int, chunk: int) -> int:
-    """Where the prefill forward starting at `start` ends: `chunk` tokens, or all the rest when
-    at most a quarter chunk would be left. Every forward has a fixed cost (the weights are read
-    once per pass): 155 new tokens of a turn as 128 + 27 paid it twice, now one pass of 155."""
-    end = start + chunk
-    return total if total - end <= chunk // 4 else end
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
 class Engine:
-    def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None,
+    def __init__(self, model, tokenizer, device: torch.device, stop_token_ids: set[int] | None = None, *,
                  max_batch: int = 32, prefill_chunk: int = 128, on_death: Callable[[str], None] | None = None,
                  max_queue: int | None = None, prefix_cache_bytes: int = 0):
         self.model = model
@@ -89,8 +68,8 @@ class Engine:
         self.device = torch.device(device)
         self.stop_ids = stop_token_ids or default_stop_ids(tokenizer)
         self.vocab_size = model.get_input_embeddings().num_embeddings
-        self._inbox: queue.Queue = queue.Queue()
-        self._active: list[_Sequence] = []
+        self._inbox: queue.Queue[InboxMessage] = queue.Queue()
+        self._active: list[Sequence] = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._lock = threading.Lock()   # submit vs the thread's last drain when it ends
@@ -123,19 +102,12 @@ class Engine:
 
     def shutdown(self, timeout: float = 10) -> None:
         self._stopping.set()
-        self._inbox.put(None)
+        self._inbox.put(Shutdown())
         self._thread.join(timeout)
 
     def validate(self, request: GenerationRequest) -> None:
         """What the engine needs of a request, checked before it reaches the thread."""
-        if not isinstance(request.params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(request.params).__name__}")
-        ids = request.prompt_ids
-        if not isinstance(ids, list) or not ids or not all(
-                type(i) is int and 0 <= i < self.vocab_size for i in ids):
-            raise ValueError(f"prompt_ids must be a non-empty list of token ids in [0, {self.vocab_size})")
-        if request.adapter is not None and not isinstance(request.adapter, str):
-            raise ValueError(f"adapter must be a version string or None, got {request.adapter!r}")
+        validate_request(request, self.vocab_size)
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely moved on: the prompts ahead, at the mean prefill time."""
@@ -152,24 +124,64 @@ class Engine:
                 if self.max_queue is not None and self.waiting >= self.max_queue:
                     raise EngineBusy(self.waiting, self.retry_after())
                 self.waiting += 1
-                self._inbox.put(("gen", request, handle, now))
+                self._inbox.put(Generate(request, handle, now))
                 return handle
-        handle._emit(EndEvent("error", 0, now, None, now, error=f"the engine has stopped ({self.failure or 'shutdown'})"))
+        handle._emit(EndEvent.unstarted(FinishReason.ERROR, now, now, self._stopped_text()))
         return handle
+
+    def cancel(self, handle: GenerationHandle) -> None:
+        """Stop a request: it ends with FinishReason.CANCELLED at the next step."""
+        handle.cancel()
+
+    def _stopped_text(self) -> str:
+        return f"the engine has stopped ({self.failure or 'shutdown'})"
 
     def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         """Run fn on the engine thread between decode steps (adapter loads, scoring)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if not self._dead:
-                self._inbox.put(("call", fn, fut))
+                self._inbox.put(Call(fn, fut))
                 return fut
-        fut.set_exception(EngineStopped(f"the engine has stopped ({self.failure or 'shutdown'})"))
+        fut.set_exception(EngineStopped(self._stopped_text()))
         return fut
+
+    # --- adapters and status (the EngineClient interface) ---------------------------
+    async def load_adapter(self, version: str, folder: Path, valid: ValidAdapter | None = None) -> AdapterLoad:
+        """Load a version into an adapter slot on the engine thread, between forward passes."""
+        if self.adapters is None:
+            from service.engine.slots import AdapterSlots
+            self.adapters = AdapterSlots(self)
+        slots, took = self.adapters, []
+
+        def on_engine():
+            t = time.perf_counter()
+            slots.load(version, folder, valid)
+            took.append(time.perf_counter() - t)
+        queued = time.perf_counter()
+        await asyncio.wrap_future(self.call(on_engine))
+        return AdapterLoad(took[0], engine_wait_s=time.perf_counter() - queued - took[0])
+
+    async def unload_adapter(self, version: str) -> bool:
+        """Free a version's slot (engine thread); False while a stream uses it."""
+        slots = self.adapters
+        return slots is not None and await asyncio.wrap_future(self.call(lambda: slots.unload(version)))
+
+    def loaded_versions(self) -> list[str]:
+        # the engine thread mutates slots.loaded: dict.copy() is one atomic step under the GIL
+        return [] if self.adapters is None else list(self.adapters.loaded.copy())
+
+    def status(self) -> dict:
+        weight = next(self.model.parameters())
+        return {"engine": "local", "alive": self.alive, "failure": self.failure, "waiting": self.waiting,
+                "device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch.")}
+
+    async def aclose(self) -> None:
+        """Nothing held on the event loop (shutdown() stops the thread)."""
 
     # --- engine thread --------------------------------------------------------------
     def _run(self) -> None:
-        reason = "cancelled"
+        reason = FinishReason.CANCELLED
         try:
             torch.set_grad_enabled(False)
             while not self._stopping.is_set():
@@ -181,12 +193,12 @@ class Engine:
                     self._fail(list(self._active), exc)
                     self._batch = DecodeBatch()
         except BaseException as exc:
-            log.critical("engine thread died: %s", _error_text(exc), exc_info=True)
-            self.failure, reason = _error_text(exc), "error"
+            log.critical("engine thread died: %s", error_text(exc), exc_info=True)
+            self.failure, reason = error_text(exc), FinishReason.ERROR
         finally:
             self._close(reason)
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: FinishReason) -> None:
         """End every stream held and every request or call still queued, then report a death."""
         with self._lock:
             self._dead = True
@@ -200,14 +212,12 @@ class Engine:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                continue
-            if item[0] == "gen":
+            if isinstance(item, Generate):
                 with self._lock:
                     self.waiting -= 1
-                item[2]._emit(EndEvent(reason, 0, item[3], None, time.time(), error=self.failure))
-            elif item[2].set_running_or_notify_cancel():
-                item[2].set_exception(EngineStopped(f"the engine has stopped ({self.failure or 'shutdown'})"))
+                item.handle._emit(EndEvent.unstarted(reason, item.queued_at, time.time(), self.failure))
+            elif isinstance(item, Call) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(EngineStopped(self._stopped_text()))
         if self.failure and self.on_death is not None:
             try:
                 self.on_death(self.failure)
@@ -221,11 +231,11 @@ class Engine:
         for one forward pass, not for a whole round. Prompts are prefilled first come,
         first served rather than all a chunk each round: eight prompts arriving together
         then see their first tokens one after another instead of all at the end."""
-        ready: list[_Sequence] = []
+        ready: list[Sequence] = []
         prefilled = False
         for seq in list(self._active):
             if seq.handle.cancelled.is_set():
-                self._finish(seq, "cancelled")
+                self._finish(seq, FinishReason.CANCELLED)
                 continue
             if seq.next_logits is None:
                 if prefilled:
@@ -256,19 +266,19 @@ class Engine:
                 seq.position = position
                 position += 1
 
-    def _left_queue(self, seq: _Sequence) -> None:
+    def _left_queue(self, seq: Sequence) -> None:
         if seq.waiting:
             seq.waiting = False
             with self._lock:
                 self.waiting -= 1
 
-    def _fail(self, seqs: list[_Sequence], exc: Exception | str) -> None:
+    def _fail(self, seqs: list[Sequence], exc: Exception | str) -> None:
         if isinstance(exc, BaseException):
             log.error("generation failed for %d stream(s)", len(seqs), exc_info=exc)
-        error = exc if isinstance(exc, str) else _error_text(exc)
+        error = exc if isinstance(exc, str) else error_text(exc)
         for seq in seqs:
             self.failed_requests += 1
-            self._finish(seq, "error", error=error)
+            self._finish(seq, FinishReason.ERROR, error=error)
 
     def _drain_inbox(self, block: bool) -> None:
         while True:
@@ -277,28 +287,27 @@ class Engine:
             except queue.Empty:
                 return
             block = False
-            if item is None:
+            if isinstance(item, Shutdown):
                 return
-            if item[0] == "gen":
-                _, request, handle, queued_at = item
-                seq = _Sequence(request, handle, queued_at)
-                name = request.adapter or "base"
-                self.refs[name] = self.refs.get(name, 0) + 1   # released in _finish, on every exit path
-                self._active.append(seq)
-                try:  # on the model's device: sampling there never waits on the host
-                    seq.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
-                except Exception as exc:
-                    self._fail([seq], exc)
-            elif item[0] == "call":
-                _, fn, fut = item
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn())
-                    except Exception as exc:  # handed to the caller, who decides
-                        fut.set_exception(exc)
-                    except BaseException as exc:  # the caller hears of it too; the thread ends
-                        fut.set_exception(exc)
-                        raise
+            if isinstance(item, Generate):
+                self._admit(item)
+            elif item.future.set_running_or_notify_cancel():
+                try:
+                    item.future.set_result(item.fn())
+                except Exception as exc:  # handed to the caller, who decides
+                    item.future.set_exception(exc)
+                except BaseException as exc:  # the caller hears of it too; the thread ends
+                    item.future.set_exception(exc)
+                    raise
+
+    def _admit(self, item: Generate) -> None:
+        seq = Sequence(item.request, item.handle, item.queued_at)
+        self.refs[seq.adapter] = self.refs.get(seq.adapter, 0) + 1   # released in _finish, on every exit path
+        self._active.append(seq)
+        try:  # on the model's device: sampling there never waits on the host
+            seq.generator = torch.Generator(device=self.device).manual_seed(item.request.params.seed)
+        except Exception as exc:
+            self._fail([seq], exc)
 
     def activate_adapter(self, name: str | None) -> None:
         """Make `name` (None = base) the active weights; engine thread only."""
@@ -307,14 +316,14 @@ class Engine:
         elif name not in (None, "base"):
             raise KeyError(f"adapter {name!r} is not loaded on this server")
 
-    def _forward(self, seq: _Sequence, ids: list[int]) -> torch.Tensor:
+    def _forward(self, seq: Sequence, ids: list[int]) -> torch.Tensor:
         self.activate_adapter(seq.request.adapter)
         inp = torch.tensor([ids], device=self.device)  # [1, T]
         out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self._cache_arg: seq.cache})
         seq.cache = getattr(out, self._cache_arg)
         return out.logits[0, -1]  # [V]
 
-    def _prefill(self, seq: _Sequence) -> bool:
+    def _prefill(self, seq: Sequence) -> bool:
         """Feed the next chunk of the prompt; True once all of it is in. A long prompt is
         split so that no single forward pass holds up the other streams (or an adapter
         load waiting between passes) for long."""
@@ -335,7 +344,7 @@ class Engine:
             seq.cache = None
         return True
 
-    def _reuse_prefix(self, seq: _Sequence) -> None:
+    def _reuse_prefix(self, seq: Sequence) -> None:
         """Start from the session's cached KV where the prompt begins with exactly its tokens."""
         key = seq.request.cache_key
         if self.prefix is None or key is None:
@@ -345,7 +354,7 @@ class Engine:
             n, keys, values = hit
             seq.cache, seq.prefilled, seq.reused = as_dynamic_cache(keys, values), n, n
 
-    def _keep_prefix(self, seq: _Sequence) -> None:
+    def _keep_prefix(self, seq: Sequence) -> None:
         """When a reply ends, keep its KV (prompt + the reply tokens fed back) for the next turn."""
         key = seq.request.cache_key
         if self.prefix is None or key is None or seq.waiting:
@@ -358,7 +367,7 @@ class Engine:
             return
         self.prefix.put(key, (seq.request.prompt_ids + seq.ids)[:n], keys, values)
 
-    def _sample(self, seqs: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+    def _sample(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
         """Sample every ready row in one batched call (one host sync); if that call fails,
         each row alone, so that only the rows that fail alone end."""
         if not seqs:
@@ -389,7 +398,7 @@ class Engine:
                 self._fail([seq], exc)
         return decode
 
-    def _sample_rows(self, seqs: list[_Sequence]) -> list[tuple[int, float, bool]]:
+    def _sample_rows(self, seqs: list[Sequence]) -> list[tuple[int, float, bool]]:
         logits = torch.stack([seq.next_logits for seq in seqs])                  # [B, V]
         toks, logprobs = sample_batch(logits, [s.request.params for s in seqs], [s.generator for s in seqs])
         top = logits.amax(-1)            # NaN if any is NaN, +inf if any is: one pass over [B, V], not three
@@ -397,7 +406,7 @@ class Engine:
         host = torch.stack([toks.double(), logprobs.double(), bad.double()]).tolist()  # the round's one sync
         return [(int(t), lp, b > 0) for t, lp, b in zip(*host)]
 
-    def _emit_token(self, seq: _Sequence, tok: int, logprob: float) -> bool:
+    def _emit_token(self, seq: Sequence, tok: int, logprob: float) -> bool:
         """Record and stream a sampled token; False when the sequence ended with it."""
         if seq.first_token_at is None:
             seq.first_token_at = time.time()
@@ -407,7 +416,7 @@ class Engine:
             # The stop token is logged with its log-prob (the learner must learn when to
             # stop too) but carries no text.
             seq.handle._emit(TokenEvent(tok, logprob, ""))
-            self._finish(seq, "stop")
+            self._finish(seq, FinishReason.STOP)
             return False
         text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)  # the stop token is never here
         delta = ""
@@ -415,11 +424,11 @@ class Engine:
             delta, seq.text = text[len(seq.text):], text
         seq.handle._emit(TokenEvent(tok, logprob, delta))
         if len(seq.ids) >= seq.request.params.max_new_tokens:
-            self._finish(seq, "length")
+            self._finish(seq, FinishReason.LENGTH)
             return False
         return True
 
-    def _decode(self, group: list[tuple[_Sequence, int]]) -> None:
+    def _decode(self, group: list[tuple[Sequence, int]]) -> None:
         """Feed each sequence its sampled token: one forward pass for the batch (in chunks of
         max_batch rows), whatever versions its rows are on; sequences outside it, one each.
         A chunk whose forward fails is retried row by row: only the rows that fail alone end."""
@@ -440,7 +449,7 @@ class Engine:
         for (seq, tok), row in zip(rows, logits):
             seq.peak_rows = max(seq.peak_rows, shared)
             if isinstance(row, Exception):
-                log.warning("a batched decode forward failed (%s); retrying its rows one by one", _error_text(row))
+                log.warning("a batched decode forward failed (%s); retrying its rows one by one", error_text(row))
                 try:
                     row = batch.step(self.model, self._cache_arg, [(seq, tok)], 1, self.device, self._adapter_args)[0]
                 except Exception as exc:
@@ -452,7 +461,7 @@ class Engine:
         if shared > 1:
             self.batched_rows += len(rows)
 
-    def _adapter_args(self, rows: list[_Sequence]) -> dict:
+    def _adapter_args(self, rows: list[Sequence]) -> dict:
         """Ready the weights for one forward over `rows`: one version -> activate it; rows on
         several -> PEFT's mixed-adapter batch (each row gets its own version's LoRA delta, the
         base weights are read once), instead of one forward pass per version."""
@@ -465,11 +474,11 @@ class Engine:
             raise KeyError(f"adapters {sorted(v for v in versions if v)} are not loaded on this server")
         return {"adapter_names": self.adapters.names_for([seq.request.adapter for seq in rows])}
 
-    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         if seq.ended:
             return
         seq.ended = True
-        if reason in ("stop", "length", "cancelled"):
+        if reason is not FinishReason.ERROR:
             try:
                 self._keep_prefix(seq)
             except Exception:   # an optimisation: never what ends a stream badly
@@ -477,8 +486,7 @@ class Engine:
         self._left_queue(seq)
         if seq in self._active:
             self._active.remove(seq)
-            name = seq.request.adapter or "base"
-            self.refs[name] -= 1
+            self.refs[seq.adapter] -= 1
         if seq in self._batch:
             self._batch.remove(seq)
         seq.cache = None  # free the KV cache now, not when the handle is collected

@@ -1,11 +1,25 @@
-"""What the engine and the asyncio side exchange: requests, the handle, events."""
+"""What the engine and the asyncio side exchange: requests, the handle, events, and the
+messages of the local engine's inbox (as vLLM v1 keeps EngineCoreRequest / EngineCoreOutput:
+typed structs, never tuples)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import enum
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from core.sampling import SamplingParams
+
+
+class FinishReason(enum.StrEnum):
+    """Why a reply ended. The values are what reply records, the websocket protocol and the
+    OpenAI API carry (a StrEnum: it compares, formats and serialises as the plain string)."""
+    STOP = "stop"            # a stop token (or a stop string, cut by the serving layer)
+    LENGTH = "length"        # max_new_tokens reached
+    CANCELLED = "cancelled"  # the client stopped it, left, or the engine shut down
+    ERROR = "error"          # this request failed; EndEvent.error says why
 
 
 @dataclass
@@ -17,7 +31,7 @@ class TokenEvent:
 
 @dataclass
 class EndEvent:
-    finish_reason: str  # stop | length | cancelled | error
+    finish_reason: FinishReason
     n_tokens: int
     queued_at: float
     first_token_at: float | None
@@ -27,6 +41,11 @@ class EndEvent:
     # How it was computed, so that a replay can take the same path (None: the engine does not say):
     prefix_reused: int | None = None  # prompt tokens whose KV came from the session's prefix cache
     peak_rows: int | None = None      # most rows of a decode forward it was in (>1: others' padding noise)
+
+    @classmethod
+    def unstarted(cls, reason: FinishReason, queued_at: float, ended_at: float, error: str | None) -> EndEvent:
+        """The end of a request that never produced a token (a stopped engine, a shutdown)."""
+        return cls(reason, 0, queued_at, None, ended_at, error=error)
 
 
 @dataclass
@@ -50,6 +69,47 @@ class QueuedEvent:
     position: int
 
 
+@dataclass(frozen=True)
+class Generate:
+    """Inbox: a submitted request; the engine thread makes it a running sequence."""
+    request: GenerationRequest
+    handle: GenerationHandle
+    queued_at: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """Inbox: a function to run on the engine thread between forward passes (adapter loads,
+    scoring); its result or exception goes to `future`."""
+    fn: Callable[[], object]
+    future: concurrent.futures.Future
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Inbox: wakes the engine thread so that it sees it is stopping."""
+
+
+InboxMessage = Generate | Call | Shutdown
+
+
+def validate_request(request: GenerationRequest, vocab_size: int) -> None:
+    """What either engine needs of a request, checked before it is queued (ValueError naming
+    the field)."""
+    if not isinstance(request.params, SamplingParams):
+        raise ValueError(f"params must be SamplingParams, got {type(request.params).__name__}")
+    ids = request.prompt_ids
+    if not isinstance(ids, list) or not ids or not all(type(i) is int and 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"prompt_ids must be a non-empty list of token ids in [0, {vocab_size})")
+    if request.adapter is not None and not isinstance(request.adapter, str):
+        raise ValueError(f"adapter must be a version string or None, got {request.adapter!r}")
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as one bounded line, for EndEvent.error and the logs."""
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 class EngineStopped(RuntimeError):
     """A call handed to an engine whose thread has ended."""
 
@@ -71,6 +131,7 @@ class GenerationHandle:
         self.cancelled = threading.Event()
         self._on_end = None
         self._ended = False   # loop-thread state: the EndEvent has reached the loop
+        self._done = False    # the reader got the EndEvent: iteration stops
 
     @property
     def on_end(self):
@@ -87,6 +148,10 @@ class GenerationHandle:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def summary(self) -> dict | None:
+        """What reranking did, for the reply record (a RerankHandle says); None: one generation."""
+        return None
 
     def _ended_on_loop(self) -> None:
         # Read on the loop, not on the engine thread, so an on_end set after submit() is seen.
@@ -106,7 +171,7 @@ class GenerationHandle:
         return self
 
     async def __anext__(self):
-        if getattr(self, "_done", False):
+        if self._done:
             raise StopAsyncIteration
         event = await self._queue.get()
         if isinstance(event, EndEvent):

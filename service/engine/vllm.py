@@ -30,8 +30,18 @@ from pathlib import Path
 
 import httpx
 
-from core.sampling import SamplingParams
-from service.engine.events import EndEvent, EngineBusy, GenerationHandle, GenerationRequest, TokenEvent
+from core.adapter_format import ValidAdapter
+from service.engine.events import (
+    EndEvent,
+    EngineBusy,
+    FinishReason,
+    GenerationHandle,
+    GenerationRequest,
+    TokenEvent,
+    error_text,
+    validate_request,
+)
+from service.engine.interface import AdapterLoad
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +123,7 @@ def parse_chunk(line: str) -> tuple[list[int], list[float | None], str | None] |
 
 
 class VllmEngine:
-    def __init__(self, urls: list[str], tokenizer, vocab_size: int, stop_token_ids: set[int],
+    def __init__(self, urls: list[str], tokenizer, vocab_size: int, stop_token_ids: set[int], *,
                  max_queue: int | None = None, timeout_s: float = 120.0, connect_timeout_s: float = 5.0):
         if not urls:
             raise ValueError("the vllm engine needs at least one server URL (REWARDLOOP_VLLM_URLS)")
@@ -178,13 +188,7 @@ class VllmEngine:
 
     # --- requests -----------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
-        if not isinstance(request.params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(request.params).__name__}")
-        ids = request.prompt_ids
-        if not isinstance(ids, list) or not ids or not all(type(i) is int and 0 <= i < self.vocab_size for i in ids):
-            raise ValueError(f"prompt_ids must be a non-empty list of token ids in [0, {self.vocab_size})")
-        if request.adapter is not None and not isinstance(request.adapter, str):
-            raise ValueError(f"adapter must be a version string or None, got {request.adapter!r}")
+        validate_request(request, self.vocab_size)
 
     def retry_after(self) -> int:
         return max(1, min(60, round(self.waiting * self.prefill_s / max(1, len(self.servers)) + 0.5)))
@@ -196,7 +200,7 @@ class VllmEngine:
         handle = VllmHandle(loop)
         now = time.time()
         if self._stopped:
-            handle._emit(EndEvent("error", 0, now, None, now, error="the engine has stopped (shutdown)"))
+            handle._emit(EndEvent.unstarted(FinishReason.ERROR, now, now, "the engine has stopped (shutdown)"))
             return handle
         if self.max_queue is not None and self.waiting >= self.max_queue:
             raise EngineBusy(self.waiting, self.retry_after())
@@ -205,6 +209,10 @@ class VllmEngine:
         self.refs[name] = self.refs.get(name, 0) + 1
         handle.task = loop.create_task(self._generate(request, handle, now, name))
         return handle
+
+    def cancel(self, handle: GenerationHandle) -> None:
+        """Stop a request: its HTTP stream closes, vLLM aborts it, it ends CANCELLED."""
+        handle.cancel()
 
     def _pick(self, model: str | None, tried: set[str]) -> VllmServer | None:
         """The least busy usable server that lists `model` (None = the base), not tried yet."""
@@ -220,12 +228,12 @@ class VllmEngine:
     async def _generate(self, req: GenerationRequest, handle: VllmHandle, queued_at: float, name: str) -> None:
         model = None if req.adapter in (None, "base") else adapter_name(req.adapter)
         state = _Stream(handle, req, self.tokenizer)
-        reason, error = "error", None
+        reason, error = FinishReason.ERROR, None
         tried: set[str] = set()
         try:
             while True:
                 if handle.cancelled.is_set():
-                    reason = "cancelled"
+                    reason = FinishReason.CANCELLED
                     break
                 server = self._pick(model, tried)
                 if server is None:
@@ -245,18 +253,18 @@ class VllmEngine:
                         break
                     log.warning("vLLM server %s failed before the first token (%s); trying another", server.url, exc)
         except asyncio.CancelledError:   # the user's stop (or shutdown): the HTTP stream is closed
-            reason = "cancelled"
+            reason = FinishReason.CANCELLED
         except Exception as exc:  # a bug here ends this request alone
             log.exception("vllm request failed")
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = error_text(exc)
         finally:
-            if reason == "error":
+            if reason is FinishReason.ERROR:
                 self.failed_requests += 1
             self._left_queue(state)
             self.refs[name] -= 1
             tail = state.tail()
             handle._emit(EndEvent(reason, len(state.ids), queued_at, state.first_token_at, time.time(),
-                                  error if reason == "error" else None, text_tail=tail))
+                                  error if reason is FinishReason.ERROR else None, text_tail=tail))
 
     def _none_left(self, model: str | None, tried: set[str]) -> str:
         if tried:
@@ -266,7 +274,8 @@ class VllmEngine:
             return f"adapter {model} is not loaded on any vLLM server that is up"
         return "no vLLM server is up: " + "; ".join(f"{s.url}: {s.last_error}" for s in self.servers)
 
-    async def _stream(self, server: VllmServer, model: str | None, req: GenerationRequest, state: _Stream) -> str:
+    async def _stream(self, server: VllmServer, model: str | None, req: GenerationRequest,
+                      state: _Stream) -> FinishReason:
         body = completion_body(model or server.base or "", req, sorted(self.stop_ids))
         server.inflight += 1
         try:
@@ -288,11 +297,11 @@ class VllmEngine:
                             self.prefill_s += 0.2 * (time.time() - state.started - self.prefill_s)
                         self.steps += 1
                         if state.emit(tok, lp, self.stop_ids):
-                            return "stop"
+                            return FinishReason.STOP
                 if finish not in ("stop", "length"):
                     raise VllmError(f"the stream ended with finish reason {finish!r}")
             server.up, server.failures = True, 0
-            return "length" if finish == "length" else "stop"
+            return FinishReason.LENGTH if finish == "length" else FinishReason.STOP
         finally:
             server.inflight -= 1
 
@@ -342,9 +351,11 @@ class VllmEngine:
         names = set.intersection(*(s.listed for s in live))
         return sorted(n[len(ADAPTER_PREFIX):] for n in names if n.startswith(ADAPTER_PREFIX))
 
-    async def load_adapter(self, version: str, folder: Path) -> None:
+    async def load_adapter(self, version: str, folder: Path, valid: ValidAdapter | None = None) -> AdapterLoad:
         """Load `folder` as rl-v{version} on every server that is up and lacks it, then confirm
-        it is listed there (AdapterRefused on a 4xx, VllmError/httpx errors otherwise)."""
+        it is listed there (AdapterRefused on a 4xx, VllmError/httpx errors otherwise). `valid` is
+        not needed: each server reads the folder itself."""
+        started = time.perf_counter()
         name, path = adapter_name(version), str(Path(folder).resolve())
         for s in self.live():   # one name, one set of weights: never serve another registry's v{N}
             if name in s.listed and s.roots.get(name) not in (None, "", path):
@@ -366,6 +377,7 @@ class VllmEngine:
         if failed:
             refused = next((r for r in failed if isinstance(r, AdapterRefused)), None)
             raise refused or failed[0]
+        return AdapterLoad(time.perf_counter() - started)
 
     async def in_use_on_servers(self, name: str) -> bool:
         """Whether any vLLM server runs or queues a request on LoRA `name`, for any client (another

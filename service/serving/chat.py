@@ -12,7 +12,8 @@ from typing import AsyncIterator
 
 from core.sampling import SamplingParams
 from core.settings import ServerSettings
-from service.engine.core import EndEvent, Engine, EngineBusy, GenerationRequest, QueuedEvent, TextTail, TokenEvent
+from service.engine.events import EndEvent, EngineBusy, FinishReason, GenerationRequest, QueuedEvent, TextTail, TokenEvent
+from service.engine.interface import EngineClient
 from service.serving.auth import User
 from service.serving.prompting import Prompt, build_prompt, fit_messages
 from service.serving.stop_strings import StopScanner
@@ -77,7 +78,7 @@ class ReplyResult:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, store: ChatStore, tokenizer, settings: ServerSettings, model_id: str,
+    def __init__(self, engine: EngineClient, store: ChatStore, tokenizer, settings: ServerSettings, model_id: str,
                  watcher=None, metrics=None):
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
         self.watcher, self.metrics = watcher, metrics
@@ -271,7 +272,7 @@ class ChatService:
                     yield TextTail(tail)
                 text = scanner.text if scanner else self.tok.decode(ids, skip_special_tokens=True)
                 if cut is not None:
-                    event = dataclasses.replace(event, finish_reason="stop", n_tokens=cut, text_tail="")
+                    event = dataclasses.replace(event, finish_reason=FinishReason.STOP, n_tokens=cut, text_tail="")
                 await self.store.save_reply(self._record(plan, ids, logprobs, text, event,
                                                          scanner.hit if scanner else None),
                                             in_history=plan.in_history, history_index=plan.history_index)
@@ -283,7 +284,7 @@ class ChatService:
                 yield event
 
     def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent, stop_string: str | None = None) -> dict:
-        rerank = plan.handle.summary() if hasattr(plan.handle, "summary") else None
+        rerank = plan.handle.summary()   # None unless a RerankHandle chose among candidates
         return {
             "reply_id": plan.reply_id, "user_id": plan.user.user_id, "session_id": plan.session_id,
             "turn": plan.turn_index, "api": plan.api, "client_msg_id": plan.client_msg_id,

@@ -11,11 +11,10 @@ timings to the watcher, which keeps the swap records and metrics the same for bo
 """
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 from core.adapter_format import AdapterInvalid, ValidAdapter
+from service.engine.core import Engine
 from service.engine.slots import AdapterSlots
 from service.engine.vllm import AdapterRefused, VllmEngine
 
@@ -29,30 +28,24 @@ def _log_failure(fut) -> None:
 class LocalAdapters:
     kind = "local"
 
-    def __init__(self, engine, slots: int):
+    def __init__(self, engine: Engine, slots: int):
         self.engine = engine
         self.slots = AdapterSlots(engine, pool_size=slots)
         engine.adapters = self.slots
         self.module_names = {n for n, _ in engine.model.named_modules()}
 
     def loaded(self) -> list[str]:
-        # the engine thread mutates slots.loaded: dict.copy() is one atomic step under the GIL
-        return list(self.slots.loaded.copy())
+        return self.engine.loaded_versions()
 
     async def refresh(self) -> None:
         """Nothing to ask: this process's slots are what is loaded."""
 
     async def load(self, version: str, folder: Path, valid: ValidAdapter, timing: dict) -> None:
-        def on_engine():
-            t = time.perf_counter()
-            self.slots.load(version, folder, valid)
-            timing["load_s"] = time.perf_counter() - t
-        queued = time.perf_counter()
-        await asyncio.wrap_future(self.engine.call(on_engine))
-        timing["engine_wait_s"] = time.perf_counter() - queued - timing.get("load_s", 0.0)
+        """Into a slot on the engine thread, between forward passes (the engine's `self.slots`)."""
+        timing.update((await self.engine.load_adapter(version, folder, valid)).timing())
 
     async def unload(self, version: str) -> bool:
-        return await asyncio.wrap_future(self.engine.call(lambda: self.slots.unload(version)))
+        return await self.engine.unload_adapter(version)
 
     def after_swap(self, version: str) -> None:
         """Fill the slot pool after a swap (not awaited), one slot per engine call so streams move
@@ -89,12 +82,11 @@ class VllmAdapters:
         await self.engine.refresh()
 
     async def load(self, version: str, folder: Path, valid: ValidAdapter, timing: dict) -> None:
-        t = time.perf_counter()
         try:
-            await self.engine.load_adapter(version, folder)
+            done = await self.engine.load_adapter(version, folder, valid)
         except AdapterRefused as exc:   # vLLM says no (e.g. rank above its --max-lora-rank): never serve it
             raise AdapterInvalid(str(exc)) from None
-        timing["load_s"] = time.perf_counter() - t
+        timing.update(done.timing())
         self.taken.add(version)
 
     async def unload(self, version: str) -> bool:

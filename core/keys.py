@@ -138,6 +138,16 @@ class Keys:
         return self.prefix + "learn:last_run"
 
     @property
+    def servers(self) -> str:
+        """Hash server id -> JSON heartbeat of one chat server, written every second by that server
+        only (service/serving/load.py): streams generating (`active`) and waiting for their first
+        token (`waiting`) -- the busy signal a learner sharing the machine yields to; `at`; whether
+        it saw a learner run on (`training`); its cumulative chat counters per learner state
+        (tokens, busy seconds, time to first token). A server removes its field when it stops;
+        readers ignore entries whose `at` is old (a server that died)."""
+        return self.prefix + "servers"
+
+    @property
     def adapter_swaps(self) -> str:
         """Stream of swap results reported by each server (loaded / refused, how long)."""
         return self.prefix + "adapters:swaps"
@@ -202,6 +212,12 @@ class Keys:
         from it, core.registry.found_worse), `final`, the counts, means, log-likelihood ratio and the
         action taken."""
         return self.prefix + "ops:verdicts"
+
+    @property
+    def ops_servers_seen(self) -> str:
+        """Hash server id -> JSON of that server's chat counters as last folded into the series
+        (the ops monitor adds only what grew since)."""
+        return self.prefix + "ops:servers_seen"
 
     @property
     def ops_alarms(self) -> str:

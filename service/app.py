@@ -20,6 +20,7 @@ from service.api.ops import install as install_ops
 from service.api.ws import ChatConnection
 from service.runtime import Runtime
 from service.serving.chat import Overloaded
+from service.serving.load import publish_forever, server_id
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -31,9 +32,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         # Model loading is slow and blocking: do it off the event loop so /healthz answers meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, runtime.start)
         watcher = asyncio.create_task(runtime.watcher.run(), name="adapter-watcher")
+        load = asyncio.create_task(publish_forever(runtime.redis, runtime.keys, server_id(), runtime.metrics.load,
+                                                   runtime.engine, runtime.chat, runtime.metrics), name="chat-load")
         yield
         watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        load.cancel()
+        await asyncio.gather(watcher, load, return_exceptions=True)
         await runtime.stop()
 
     app = FastAPI(title="rewardloop", lifespan=lifespan)

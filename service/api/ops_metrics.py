@@ -12,6 +12,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from core.server_load import STATES
 from worker.ops import series
 from worker.ops.drift import detector_from_dict
 from worker.ops.store import MINUTE, OpsStore
@@ -134,6 +135,19 @@ class OpsCollector:
         if overall["coverage"] is not None:
             coverage.add_metric([], overall["coverage"])
         yield coverage
+        chat = series.chat_figures(per_version.get(series.ALL, {}))
+        rate = GaugeMetricFamily("rewardloop_chat_tokens_per_second", "Chat tokens per busy second over the last 15 "
+                                 "minutes, all servers, by learner state (idle, training: a learner run held the lock)",
+                                 labels=["learner"])
+        p95 = GaugeMetricFamily("rewardloop_chat_ttft_p95_seconds", "95th percentile of the chat time to first token "
+                                "over the last 15 minutes, all servers, by learner state", labels=["learner"])
+        for state in STATES:
+            if chat[state]["tokens_per_s"] is not None:
+                rate.add_metric([state], chat[state]["tokens_per_s"])
+            if chat[state]["ttft_p95"] is not None:
+                p95.add_metric([state], chat[state]["ttft_p95"])
+        yield rate
+        yield p95
         last_full = buckets[-2][1] if len(buckets) >= 2 else {}
         eps = GaugeMetricFamily("rewardloop_events_per_second", "Events per second over the last complete minute")
         eps.add_metric([], float(last_full.get(series.field("events", series.ALL), 0.0)) / MINUTE)

@@ -201,6 +201,7 @@ class ChatService:
         self.user_streams[uid] = self.user_streams.get(uid, 0) + 1
         if self.metrics:
             self.metrics.active_streams.inc()
+            self.metrics.load.stream_started(time.time())
 
         def ended():  # when the engine ends it, whether or not anyone reads the stream
             left = self.user_streams.get(uid, 1) - 1
@@ -210,6 +211,7 @@ class ChatService:
                 self.user_streams.pop(uid, None)
             if self.metrics:
                 self.metrics.active_streams.dec()
+                self.metrics.load.stream_ended(time.time())
         handle.on_end = ended
         plan.handle = handle
 
@@ -245,6 +247,7 @@ class ChatService:
         ids: list[int] = []
         logprobs: list[float] = []
         text = ""
+        first_state = None
         scanner = StopScanner(plan.stop) if plan.stop else None
         cut = None   # tokens kept once a stop string ended the reply
         async for event in plan.handle:
@@ -255,6 +258,10 @@ class ChatService:
                     continue
                 if not ids and self.watcher:
                     self.watcher.first_token(plan.adapter_version)
+                if not ids and self.metrics:
+                    first_state = self.metrics.load.state   # TTFT counts for the learner state of its first token
+                if self.metrics:
+                    self.metrics.load.token()
                 ids.append(event.token_id)
                 logprobs.append(event.logprob)
                 if scanner:
@@ -281,6 +288,7 @@ class ChatService:
                     self.metrics.tokens.inc(event.n_tokens)
                     if event.first_token_at:
                         self.metrics.ttft.observe(event.first_token_at - event.queued_at)
+                        self.metrics.load.first_token(event.first_token_at - event.queued_at, first_state)
                 yield event
 
     def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent, stop_string: str | None = None) -> dict:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from core.server_load import STATES, TTFT_BUCKETS_S
+from service.serving.load import ChatLoad
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -35,6 +38,10 @@ class ServerMetrics:
             "rewardloop_adapter_publish_to_first_token_seconds",
             "From a version's publish to the first token this server streamed with it",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.load = ChatLoad()   # chat counters by learner state, also written to Redis (service/serving/load.py)
+        self.learner_training = Gauge("rewardloop_learner_training", "1 while a learner run holds the learner "
+                                      "lock, as this server last saw it", registry=r)
+        r.register(_LoadCollector(self.load))
 
     def watch_engine(self, engine) -> None:
         """Engine figures read at scrape time (the engine never imports Prometheus)."""
@@ -72,3 +79,31 @@ class _EngineCollector:
                                 value=st["bytes"])
         yield GaugeMetricFamily("rewardloop_prefix_cache_entries", "Sessions with a cached KV prefix",
                                 value=st["entries"])
+
+
+class _LoadCollector:
+    """Chat throughput and TTFT by learner state (idle | training), from the ChatLoad counters:
+    tokens/s while busy = rate(rewardloop_chat_tokens_total) / rate(rewardloop_chat_busy_seconds_total)."""
+
+    def __init__(self, load: ChatLoad):
+        self.load = load
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        c = self.load.counters
+        tokens = CounterMetricFamily("rewardloop_chat_tokens", "Chat tokens streamed, by learner state (idle, "
+                                     "training: a learner run held the lock)", labels=["learner"])
+        busy = CounterMetricFamily("rewardloop_chat_busy_seconds", "Wall seconds with a chat stream generating or "
+                                   "waiting, by learner state", labels=["learner"])
+        for state in STATES:
+            tokens.add_metric([state], c.get(f"tokens_{state}", 0.0))
+            busy.add_metric([state], c.get(f"busy_s_{state}", 0.0))
+        yield tokens
+        yield busy
+        ttft = HistogramMetricFamily("rewardloop_chat_time_to_first_token_seconds", "Chat time to first token, by "
+                                     "learner state", labels=["learner"])
+        for state in STATES:
+            buckets = [(f"{b:g}", c.get(f"ttft_le_{b:g}_{state}", 0.0)) for b in TTFT_BUCKETS_S]
+            buckets.append(("+Inf", c.get(f"ttft_n_{state}", 0.0)))
+            ttft.add_metric([state], buckets, sum_value=c.get(f"ttft_sum_{state}", 0.0))
+        yield ttft

@@ -95,6 +95,23 @@ function drawCharts() {
   draw("events", [{ label: "events/s", stroke: COLORS[5], width: 2, points: { show: true } }], [s.t, s.events_per_s]);
   draw("depths", [{ label: "pending", stroke: COLORS[4], width: 2, points: { show: true } },
     { label: "dead letters", stroke: "#e03131", width: 2, points: { show: true } }], [s.t, s.pending, s.dead_letters]);
+  const c = s.chat;
+  draw("chat", [{ label: "tokens/s idle", stroke: COLORS[0], width: 2, points: { show: true } },
+    { label: "tokens/s training", stroke: COLORS[1], width: 2, points: { show: true } },
+    { label: "TTFT p95 idle", stroke: COLORS[0], dash: [4, 4], width: 1, points: { show: true } },
+    { label: "TTFT p95 training", stroke: COLORS[1], dash: [4, 4], width: 1, points: { show: true } }],
+  [s.t, c.tokens_per_s_idle, c.tokens_per_s_training, c.ttft_p95_idle, c.ttft_p95_training]);
+}
+
+// one line: chat throughput and first-token latency while the learner trains, against idle
+function chatLoad() {
+  const c = state.chat;
+  const side = (k) => `${fmt(c[k].tokens_per_s, 1)} tokens/s, TTFT p95 ${fmt(c[k].ttft_p95, 2)} s (${c[k].replies} replies)`;
+  const ratio = c.training_vs_idle === null ? "" : ` = ${fmt(c.training_vs_idle, 2)}× idle`;
+  const now = c.servers.filter((x) => x.age_s < 5);
+  const busy = now.reduce((n, x) => n + x.active + x.waiting, 0);
+  $("chat-load").textContent = `Chat while the learner trains: ${side("training")}${ratio} · idle: ${side("idle")} · ` +
+    `now: ${now.length} server(s), ${busy} stream(s) generating or waiting` + (now.some((x) => x.training) ? ", a learner run is on" : "");
 }
 
 function tiles() {
@@ -220,6 +237,7 @@ async function refresh() {
   timeline();
   tiles();
   adapters();
+  chatLoad();
   drawCharts();
   setStatus(`updated ${utc(state.now)} UTC`);
 }

@@ -229,6 +229,7 @@ def ops_tick(store: OpsStore, registry, settings: WorkerSettings, now: float | N
     for alarm in res.alarms:
         alerts.send(alarm, settings.alert_webhook)
     store.snapshot_depths(now)
+    store.fold_servers(now)   # chat throughput and TTFT by learner state, from the servers' heartbeats
     version_alarm = check_versions(store, registry, settings, now, new_rewards=res.rewards > 0)
     return {"rewards": res.rewards, "events": res.events, "alarms": len(res.alarms) + bool(version_alarm),
             "rollback": (version_alarm or {}).get("action")}

@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Iterable, Mapping
 
 from core import versions
+from core.server_load import STATES, TTFT_BUCKETS_S
 from worker.ops.style import style_figures
 
 ALL = "*"  # version label of counters that are not per version (events/s)
@@ -237,12 +238,70 @@ def series(buckets: list[tuple[int, Mapping[str, str | float]]], step_s: int) ->
         # gauges sampled by the monitor each tick (last sample of the bucket; None: no tick then)
         "pending": [p.get(ALL, {}).get("pending_depth") for p in parsed],
         "dead_letters": [p.get(ALL, {}).get("dead_letters_depth") for p in parsed],
+        "chat": _chat_columns(parsed),
     }
+
+
+def _chat_columns(parsed: list[dict]) -> dict:
+    """Per bucket: chat tokens/s while busy and TTFT p95, for each learner state."""
+    rows = [chat_figures(p.get(ALL, {})) for p in parsed]
+    return {f"{figure}_{state}": [r[state][figure] for r in rows]
+            for state in STATES for figure in ("tokens_per_s", "ttft_p95")}
 
 
 
 
 version_key = versions.sort_key  # numbered versions in order, then names (base, unknown)
+
+
+# ---------------------------------------------------------------- chat load by learner state
+
+
+
+def chat_increments(seen: Mapping[str, float], now: Mapping[str, float]) -> dict[str, float]:
+    """One server's cumulative chat counters (service/serving/load.py) as last folded and now ->
+    bucket increments `chat_{counter}|*`. A counter that went down (cannot happen for one server
+    id) counts from zero."""
+    inc = {}
+    for name, value in now.items():
+        v = _num(value)
+        if v is None:
+            continue
+        before = _num(seen.get(name)) or 0.0
+        delta = v - before if v >= before else v
+        if delta > 0:
+            inc[field("chat_" + name, ALL)] = delta
+    return inc
+
+
+def histogram_quantile(cumulative: list[tuple[float, float]], total: float, q: float) -> float | None:
+    """q-quantile from cumulative `le` bucket counts (linear inside a bucket, as Prometheus does);
+    beyond the last bound: that bound. None without observations."""
+    if total <= 0:
+        return None
+    rank, lo, below = q * total, 0.0, 0.0
+    for bound, count in cumulative:
+        if count >= rank:
+            inside = count - below
+            return lo + (bound - lo) * ((rank - below) / inside if inside > 0 else 1.0)
+        lo, below = bound, count
+    return cumulative[-1][0] if cumulative else None
+
+
+def chat_figures(every: Mapping[str, float]) -> dict:
+    """The chat load of a span (the `*` counters of merged buckets): per learner state tokens/s
+    while busy, TTFT p95 and mean, and training/idle tokens/s."""
+    out = {}
+    for state in STATES:
+        c = lambda name, state=state: every.get(f"chat_{name}_{state}", 0.0)
+        busy, n = c("busy_s"), c("ttft_n")
+        hist = [(b, c(f"ttft_le_{b:g}")) for b in TTFT_BUCKETS_S]
+        out[state] = {"tokens": c("tokens"), "busy_s": busy, "replies": int(n),
+                      "tokens_per_s": c("tokens") / busy if busy > 0 else None,
+                      "ttft_p95": histogram_quantile(hist, n, 0.95), "ttft_mean": c("ttft_sum") / n if n else None}
+    idle, train = out["idle"]["tokens_per_s"], out["training"]["tokens_per_s"]
+    out["training_vs_idle"] = train / idle if idle and train is not None else None
+    return out
 
 
 SPARKS = "▁▂▃▄▅▆▇█"

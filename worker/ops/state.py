@@ -17,9 +17,10 @@ def build_state(store: OpsStore, minutes: int, now: float) -> dict:
     registry = Registry(store.r, store.k, ".").state()
     totals = series.by_version(store.totals())
     verdicts = store.verdicts()
+    buckets = store.buckets(step, since, now)
     return {
         "now": now, "since": since, "step_s": step,
-        "series": series.series(store.buckets(step, since, now), step),
+        "series": series.series(buckets, step),
         "adapters": adapter_table(registry, totals, verdicts),
         "pointers": {k: registry[k] for k in ("stable", "canary", "canary_share", "rollback_target")},
         "alarms": store.alarms(since=since),
@@ -27,7 +28,18 @@ def build_state(store: OpsStore, minutes: int, now: float) -> dict:
         "depths": store.depths(),
         "storage": store.storage(),
         "detectors": [_detector_row(m, s) for m, s in sorted(store.detector_states().items())],
+        "chat": chat_load(store, buckets, now),
     }
+
+
+def chat_load(store: OpsStore, buckets: list, now: float) -> dict:
+    """Chat tokens/s and TTFT while the learner is idle vs training over the window's buckets,
+    and what each live server reports now (streams generating / waiting, learner run seen)."""
+    merged = series.merge(b for _, b in buckets)
+    figures = series.chat_figures(series.by_version(merged).get(series.ALL, {}))
+    figures["servers"] = [{"server": sid, "age_s": round(now - ld.at, 1), "active": ld.active, "waiting": ld.waiting,
+                           "training": ld.training} for sid, ld in sorted(store.servers().items())]
+    return figures
 
 
 def _detector_row(metric: str, saved: dict) -> dict:

@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 import redis
 
 from core.keys import Keys
+from core.server_load import parse_all
 from worker.ops import series
 
 MINUTE, HOUR = 60, 3600
@@ -131,6 +132,41 @@ class OpsStore:
                 p.expire(key, self.ttl[step])
             p.execute()
         return depths
+
+    def servers(self) -> dict:
+        """Server id -> its latest heartbeat (core.server_load.ServerLoad)."""
+        return parse_all(self.r.hgetall(self.k.servers))
+
+    def fold_servers(self, now: float) -> dict[str, float]:
+        """Add what each chat server's counters grew since the last fold to this minute's and
+        hour's buckets and to the totals (`chat_*|*`); forget servers that are gone. One
+        transaction under WATCH of the seen counters: a fold that raced another is dropped."""
+        with self.r.pipeline(transaction=True) as p:
+            try:
+                p.watch(self.k.ops_servers_seen)
+                seen = {sid: json.loads(raw) for sid, raw in p.hgetall(self.k.ops_servers_seen).items()}
+                loads = parse_all(p.hgetall(self.k.servers))
+                inc: dict[str, float] = {}
+                for sid, load in loads.items():
+                    for name, value in series.chat_increments(seen.get(sid, {}), load.counters).items():
+                        inc[name] = inc.get(name, 0.0) + value
+                p.multi()
+                for step in (MINUTE, HOUR):
+                    key = self.k.ops_bucket(step, series.floor_to(now, step))
+                    for name, value in inc.items():
+                        p.hincrbyfloat(key, name, value)
+                    p.expire(key, self.ttl[step])
+                for name, value in inc.items():
+                    p.hincrbyfloat(self.k.ops_totals, name, value)
+                if loads:
+                    p.hset(self.k.ops_servers_seen, mapping={sid: json.dumps(ld.counters) for sid, ld in loads.items()})
+                gone = [sid for sid in seen if sid not in loads]
+                if gone:
+                    p.hdel(self.k.ops_servers_seen, *gone)
+                p.execute()
+                return inc
+            except redis.WatchError:
+                return {}
 
     def count(self, counter: str, n: float = 1.0) -> None:
         self.r.hincrbyfloat(self.k.ops_totals, series.field(counter, series.ALL), n)

@@ -35,7 +35,6 @@ SCAN_FACTOR = 4           # looks at up to this many times as many of the oldest
 STREAM_BATCH = 20_000     # stream entries per file write
 STREAM_PER_RUN = 200_000  # most entries of one stream one run moves
 STREAM_CLASSES = {"events": EventRecord, "rewards": FinalReward, "pairs": PairRecord}
-LOCK_TTL_S = 15 * 60
 
 
 @dataclass
@@ -187,14 +186,17 @@ def move_stream(store: ArchiveRedis, archive: Archive, settings: WorkerSettings,
             break
 
 
-def move(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, now: float | None = None) -> MoveReport:
-    """Sessions, then the three streams. Raises what the archive raised (full, unwritable): what
-    was not yet renamed stays in Redis."""
+def move(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, now: float | None = None,
+         heartbeat=lambda: None) -> MoveReport:
+    """Sessions, then the three streams (heartbeat() between steps keeps the run's lock). Raises
+    what the archive raised (full, unwritable): what was not yet renamed stays in Redis."""
     now = now or time.time()
     report = MoveReport()
     move_sessions(store, archive, settings, now, report)
     for stream in STREAM_CLASSES:
+        heartbeat()
         move_stream(store, archive, settings, stream, now, report)
+    heartbeat()
     return report
 
 

@@ -17,7 +17,7 @@ import redis
 from core.archive import Archive
 from core.keys import Keys
 from core.settings import WorkerSettings
-from worker.archive.mover import LOCK_TTL_S, crash_hook, move, new_token
+from worker.archive.mover import crash_hook, move, new_token
 from worker.archive.retention import keep
 from worker.archive.store import ArchiveRedis
 
@@ -28,6 +28,12 @@ MEMORY_ALERT_RATIO = 0.8  # Redis used_memory / maxmemory that raises the alert
 
 def archive_for(settings: WorkerSettings) -> Archive:
     return Archive(settings.archive_location, crash_hook(settings.archive_crash_at))
+
+
+def lock_ttl_s(settings: WorkerSettings) -> float:
+    """The run's lock lives two periods, renewed between steps: a run killed mid-way (its worker
+    died) holds up the next ones that long at most."""
+    return max(10.0, 2 * settings.archive_every_s)
 
 
 def memory_fields(store: ArchiveRedis) -> dict:
@@ -41,15 +47,16 @@ def run_archive(client: redis.Redis, keys: Keys, settings: WorkerSettings, archi
                 now: float | None = None) -> dict:
     store = ArchiveRedis(client, keys)
     token = new_token()
-    if not store.lock(token, LOCK_TTL_S):
+    ttl = lock_ttl_s(settings)
+    if not store.lock(token, ttl):
         return {"ok": None, "skipped": "another archive run holds the lock"}
     try:
-        return _run(store, archive or archive_for(settings), settings, now)
+        return _run(store, archive or archive_for(settings), settings, now, lambda: store.renew(token, ttl))
     finally:
         store.unlock(token)
 
 
-def _run(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, now: float | None) -> dict:
+def _run(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, now: float | None, heartbeat) -> dict:
     now = now or time.time()
     started = time.monotonic()
     status = store.status()
@@ -58,7 +65,7 @@ def _run(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, now: f
         log.warning("Redis memory at %.0f%% of maxmemory (%d of %d bytes): is the archive keeping up?",
                     100 * memory["redis_ratio"], memory["redis_used"], memory["redis_max"])
     try:
-        moved = move(store, archive, settings, now)
+        moved = move(store, archive, settings, now, heartbeat)
         users, sessions = store.tombstones()
         kept, applied = keep(archive, retention_days=settings.retention_days, rated_days=settings.retention_rated_days,
                              users=users, sessions=sessions, applied_at=float(status.get("tombstones_applied_at") or 0),

@@ -17,6 +17,7 @@ import redis
 from core.keys import Keys
 from core.records import ReplyRecord, RewardEntry, SessionRecord, stream_key
 
+RENEW_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 GROUP = "rewarders"  # worker.rewards.ledger.GROUP: the reward workers' consumer group of `events`
 
 # Delete one archived session, but only if nothing changed since it was read: its last activity,
@@ -64,6 +65,10 @@ class ArchiveRedis:
     # --- the run lock ------------------------------------------------------------------------
     def lock(self, token: str, ttl_s: float) -> bool:
         return bool(self.r.set(self.k.archive_lock, token, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, token: str, ttl_s: float) -> bool:
+        """Extend our lock (a run that takes long keeps it; a killed run's lapses within ttl_s)."""
+        return bool(self.r.eval(RENEW_LOCK, 1, self.k.archive_lock, token, int(ttl_s * 1000)))
 
     def unlock(self, token: str) -> None:
         from core.redis_conn import RELEASE_LOCK

@@ -1,0 +1,57 @@
+"""The archive task in a real Celery worker (real beat, real Redis), SIGKILLed between the file
+write and its rename, and between the rename and the Redis delete: nothing is lost, nothing is
+read twice once a fresh worker has finished the job."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from core.archive import Archive
+from core.history import History
+from core.keys import Keys
+from core.records import ReplyRecord
+from tests.archive_support import consume_events, log_session
+from tests.worker.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+ARCHIVE = {"REWARDLOOP_ARCHIVE_EVERY_S": "1", "REWARDLOOP_HOT_SESSION_IDLE_S": "3600",
+           "REWARDLOOP_HOT_STREAM_S": "600"}
+
+
+@pytest.mark.parametrize("point", ["before_rename", "after_rename"])
+def test_a_worker_killed_mid_archive_loses_nothing_and_doubles_nothing(point, procs, worker_env, rdb, prefix):
+    keys = Keys(prefix)
+    logged = [log_session(rdb, keys, user=f"u{i}", at=time.time() - 3 * 3600) for i in range(3)]
+    consume_events(rdb, keys)
+    crashing = worker_env(**ARCHIVE, REWARDLOOP_ARCHIVE_CRASH_AT=point)
+    root = Path(crashing["REWARDLOOP_DATA_DIR"]) / "archive"
+    worker = procs.start(crashing, "worker", "--queues", "ops")
+    procs.start(crashing, "beat")  # its own process group: the crash takes the worker's only
+    wait_for(lambda: worker.poll() is not None, 120, f"the worker to be killed at {point}", procs)
+    assert worker.returncode == -signal.SIGKILL
+
+    archive = Archive(root)
+    temps = [p for p in root.rglob("*.tmp")]
+    if point == "before_rename":
+        assert temps and archive.files("replies") == []  # written, never renamed: readers see nothing
+    else:
+        assert archive.read(ReplyRecord).num_rows == 6  # renamed, Redis not yet told
+    for s in logged:  # nothing left Redis
+        assert rdb.exists(keys.session_meta(s.session.session_id), *(keys.reply(r.reply_id) for r in s.replies)) == 3
+
+    procs.start(worker_env(**ARCHIVE), "worker", "--queues", "ops")  # a fresh worker finishes the job
+    wait_for(lambda: rdb.zcard(keys.sessions) == 0 and rdb.xlen(keys.events) == 0, 120, "the archive run", procs)
+    history = History(rdb, keys, archive)
+    for s in logged:
+        assert history.session(s.session.session_id) == s.session
+        assert history.replies([r.reply_id for r in s.replies]) == {r.reply_id: r for r in s.replies}
+        assert history.ledger([e.reply_id for e in s.ledger]) == {e.reply_id: e for e in s.ledger}
+    events = [e.stream_id for e in history.events()]
+    assert events == sorted({e.stream_id for s in logged for e in s.events}, key=lambda i: tuple(map(int, i.split("-"))))
+    assert [r.stream_id for r in history.rewards()] == [r.stream_id for s in logged for r in s.rewards]
+    rows = archive.read(ReplyRecord).num_rows
+    assert rows == (12 if point == "after_rename" else 6)  # the crash's copy is still on disk, read once

@@ -31,8 +31,13 @@ class Keys:
         return f"{self.prefix}session:{session_id}"
 
     def session_meta(self, session_id: str) -> str:
-        """Hash: user_id, created, last_active, turns."""
+        """Hash: user_id, created, last_active, title (from the first message, or renamed)."""
         return f"{self.prefix}session_meta:{session_id}"
+
+    def feedback_state(self, session_id: str) -> str:
+        """Hash "{reply_id}|{kind}" -> JSON of the user's latest thumbs / rating / choose / reasons
+        on each reply of the session: what the chat page shows pressed after a reload."""
+        return f"{self.prefix}feedback_state:{session_id}"
 
     def session_replies(self, session_id: str) -> str:
         """List of every reply id generated in the session (candidates and regenerations too)."""

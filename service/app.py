@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import feedback, health, openai_api
+from service.api import feedback, health, openai_api, sessions
 from service.api.admin import router as admin_router
 from service.api.common import ApiError, BodyLimit, body_limit, error_response, validation_error_response
 from service.api.ops import install as install_ops
@@ -43,7 +43,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="rewardloop", lifespan=lifespan)
     app.state.runtime = runtime
     app.add_middleware(BodyLimit, limit=body_limit(runtime.settings))  # 413 before a route parses a body
-    for part in (health, openai_api, feedback):
+    for part in (health, openai_api, feedback, sessions):
         app.include_router(part.router)
     app.include_router(admin_router)
     install_ops(app, runtime)  # /ops page + API, reward/drift figures on /metrics

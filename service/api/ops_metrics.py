@@ -56,6 +56,12 @@ class OpsCollector:
                 signals.add_metric([v, kind], totals[v].get(counter, 0.0))
         yield final
         yield signals
+        tags = CounterMetricFamily("rewardloop_feedback_tags", "Feedback reason tags people gave (not accurate, "
+                                   "unsafe, helpful, ...), by adapter version and tag", labels=["adapter_version", "tag"])
+        for v, counts in series.tag_counts(totals).items():
+            for tag, n in counts.items():
+                tags.add_metric([v, tag], n)
+        yield tags
         # reward-hacking monitors: what each version's replies look like (worker/ops/style.py)
         style = GaugeMetricFamily("rewardloop_reply_style", "Reply style per adapter version over all its final "
                                   "replies: mean_words, refusal_rate, question_rate (share ending with '?'), "

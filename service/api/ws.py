@@ -7,6 +7,10 @@ One reply streams at a time per connection. A second user_message while a reply
 streams is refused with `busy` (send `stop` first, or wait for reply_end): the page
 disables its input while streaming, and queueing would hide a stuck client.
 Feedback and stop are handled while a reply streams.
+
+A message names the reply it follows (`parent_id`): the model sees that branch, and the
+branch becomes the session's conversation (service/serving/branching.py). `select` switches
+branches without sending anything (the page's sibling arrows).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from redis.exceptions import RedisError
 from core.settings import ServerSettings
 from service.engine.core import EndEvent, QueuedEvent
 from service.serving.auth import TokenError, User, verify_token
+from service.serving.branching import Branching
 from service.serving.chat import ChatService, Overloaded, ReplyPlan, TurnRefused
 from service.serving.feedback import FeedbackService
 from service.serving.protocol import (
@@ -30,6 +35,7 @@ from service.serving.protocol import (
     Feedback,
     Hello,
     ProtocolError,
+    Select,
     Stop,
     UserMessage,
     parse_client_frame,
@@ -38,6 +44,7 @@ from service.serving.protocol import (
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 30
+TITLE_CHARS = 60
 
 
 def unavailable_error(ref: str | None) -> dict:
@@ -66,6 +73,7 @@ class ChatConnection:
         self.current: list[ReplyPlan] = []      # replies of the turn being streamed
         self.task: asyncio.Task | None = None
         self.pending_acks: set[asyncio.Task] = set()   # feedback being written; acked when durable
+        self.branching = Branching(chat.store)
 
     async def send(self, frame: dict) -> None:
         if self.state is State.CLOSED:
@@ -127,6 +135,10 @@ class ChatConnection:
             return await self.on_feedback(frame)
         if isinstance(frame, Stop):
             return await self.on_stop(frame)
+        if isinstance(frame, Select):
+            self._require_idle()
+            branch = await self.branching.select(self.user, self.session_id, frame.reply_id)
+            await self.send({"type": "selected", "reply_id": frame.reply_id, "branch": branch})
 
     async def on_hello(self, frame: Hello) -> None:
         if self.state is not State.AWAIT_HELLO:
@@ -161,12 +173,19 @@ class ChatConnection:
                 raise ProtocolError("unknown_session", f"session {msg.session_id!r} is not yours or does not "
                                     "exist: omit session_id to use this connection's session", msg.client_msg_id)
             self.session_id = meta.session_id
-        history = await self.chat.store.history(self.session_id)
-        if history:  # the user wrote again: the previous reply earns a continuation signal (once)
-            await self.feedback.record_continuation(self.user, history[-1][0])
+        branch, tree = await self.branching.for_message(self.session_id, msg)
+        if branch is None:   # no parent named: after the session's current branch
+            branch = await self.chat.store.history(self.session_id)
+        if branch:  # the user wrote again: the previous reply earns a continuation signal (once)
+            await self.feedback.record_continuation(self.user, branch[-1][0])
+        else:
+            await self.chat.store.set_title_once(self.session_id, title_of(msg.text))
         await self.chat.store.add_event({"kind": "user_message", "session_id": self.session_id,
                                          "user_id": self.user.user_id, "client_msg_id": msg.client_msg_id,
-                                         "turn": len(history), "server_time": repr(time.time())})
+                                         "turn": len(branch), "parent_id": msg.parent_id, "edit_of": msg.edit_of,
+                                         "server_time": repr(time.time())})
+        if tree:
+            await self.branching.after_message(self.user, self.session_id, msg, tree)
         n = msg.candidates
         if n == 1 and self.settings.candidate_share > 0 and random.random() < self.settings.candidate_share:
             n = 2
@@ -174,10 +193,10 @@ class ChatConnection:
             pinned = self.chat.check_pinned(msg.adapter_version)
         except TurnRefused as err:
             raise ProtocolError(err.code, err.message, msg.client_msg_id) from None
-        await self._start_turn(msg.text, n, client_msg_id=msg.client_msg_id, adapter_version=pinned)
+        await self._start_turn(msg.text, n, client_msg_id=msg.client_msg_id, adapter_version=pinned, branch=branch)
 
     async def _start_turn(self, text: str, n: int, *, client_msg_id=None, replaces=None,
-                          history_index=None, upto_turn=None, adapter_version=None) -> None:
+                          history_index=None, upto_turn=None, adapter_version=None, branch=None) -> None:
         plans = []
         try:
             for i in range(n):
@@ -185,7 +204,7 @@ class ChatConnection:
                 plans.append(await self.chat.plan_session_turn(
                     self.user, self.session_id, text, params=params, upto_turn=upto_turn,
                     client_msg_id=client_msg_id, replaces=replaces, adapter_version=adapter_version,
-                    in_history=(i == 0), history_index=history_index))
+                    in_history=(i == 0), history_index=history_index, branch=branch))
         except TurnRefused as err:
             raise ProtocolError(err.code, err.message, client_msg_id) from None
         if n > 1:
@@ -224,6 +243,7 @@ class ChatConnection:
             return
         await self.send({"type": "reply_start", "reply_id": plan.reply_id, "adapter_version": plan.adapter_version,
                          "candidates": plan.candidates, "replaces": plan.replaces, "turn": plan.turn_index,
+                         "parent_id": plan.parent_id, "client_msg_id": plan.client_msg_id,
                          "history_truncated": plan.prompt.truncated, "dropped_turns": plan.prompt.dropped_turns})
         async for event in self.chat.stream(plan, queued=True):
             if self.state is State.CLOSED:
@@ -274,11 +294,22 @@ class ChatConnection:
         await self.send({"type": "ack", "feedback_id": feedback_id, "duplicate": duplicate})
 
     async def _regenerate(self, old_reply_id: str) -> None:
-        """A new reply to the same user message; it takes the old one's place in the history."""
+        """A new reply to the same user message (a sibling): the branch to it is the history."""
         old = await self.chat.store.reply(old_reply_id)
-        turn = int(old["turn"])
+        self.session_id = old["session_id"]
+        branch = await self.branching.for_regenerate(old)
+        if branch is not None:
+            await self._start_turn(old["user_text"], 1, replaces=old_reply_id, branch=branch,
+                                   client_msg_id=old.get("client_msg_id"))
+            return
+        turn = int(old["turn"])   # a reply logged before parents were recorded
         history = await self.chat.store.history(old["session_id"])
         index = turn if turn < len(history) else None
-        self.session_id = old["session_id"]
         await self._start_turn(old["user_text"], 1, replaces=old_reply_id, history_index=index, upto_turn=turn,
                                client_msg_id=old.get("client_msg_id"))
+
+
+def title_of(text: str) -> str:
+    """A conversation's title from its first message: the first line, at most TITLE_CHARS."""
+    line = " ".join(text.strip().split("\n", 1)[0].split())
+    return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1].rstrip() + "…"

@@ -57,11 +57,14 @@ def register(sub, fmt) -> None:
     s = ssub.add_parser("export", help="write sessions as jsonl, or SFT/KTO/DPO datasets", formatter_class=fmt,
                         description="Write matching sessions to FILE, one JSON object per line, loadable with "
                         "datasets.load_dataset('json', data_files=FILE). Formats: jsonl (the raw log, one session "
-                        "per line), sft (messages), kto (prompt/completion/label), dpo (prompt/chosen/rejected). "
+                        "per line), sft (messages), kto (prompt/completion/label), dpo (prompt/chosen/rejected), "
+                        "feedback (one row per feedback event with its reason tags and comment, schema "
+                        "rewardloop.feedback/1: see docs/developers.md). "
                         "Opted-out and forgotten users are always left out.")
     _filters(s, 100_000)
-    s.add_argument("--format", choices=("jsonl", "sft", "kto", "dpo"), default="jsonl",
-                   help="jsonl = raw log; sft, kto, dpo = the columns TRL's trainers read (default jsonl)")
+    s.add_argument("--format", choices=("jsonl", "sft", "kto", "dpo", "feedback"), default="jsonl",
+                   help="jsonl = raw log; sft, kto, dpo = the columns TRL's trainers read; feedback = one row per "
+                   "feedback event (default jsonl)")
     s.add_argument("-o", "--output", metavar="FILE", required=True, help="file to write ('-' for stdout)")
     s.add_argument("--reply-min-reward", metavar="R", type=float,
                    help="sft only: keep only replies whose final reward is at least R")
@@ -201,7 +204,10 @@ def _print_session(s: dict) -> None:
             value = "" if e.get("value") is None else f" {e['value']}"
             role = " (this reply was the rejected one)" if e.get("role") == "rejected" else ""
             at = time.strftime("%H:%M:%S", time.gmtime(e["server_time"] or 0))
-            print(f"  feedback {at} {e['kind']}{value}{role}")
+            why = (f"  tags: {', '.join(e['tags'])}" if e.get("tags") else "") + \
+                (f"  comment: {json.dumps(e['comment'], ensure_ascii=False)}" if e.get("comment") else "") + \
+                (f"  ({e['how']})" if e.get("how") else "")
+            print(f"  feedback {at} {e['kind']}{value}{role}{why}")
         rw = r.get("reward")
         if rw:
             comps = ", ".join(f"{k} {v:+.3f}" for k, v in (rw.get("components") or {}).items())

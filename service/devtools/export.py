@@ -11,8 +11,14 @@ Formats (one JSON object per line; `datasets.load_dataset("json", data_files=FIL
   "label": bool}`` for each reply with a final reward from real user signals (state
   `rewarded`, reward != 0): label = reward > 0.
 * ``dpo``   -- ``{"prompt": [...messages], "chosen": [{assistant}], "rejected": [{assistant}]}``
-  for each preference pair (a pick between two candidates, a regeneration then kept, from the
-  feedback events and the workers' pairs stream) whose two replies answer the same prompt.
+  for each preference pair (a pick between two candidates, a regeneration then kept, a sibling
+  the user went on from, copied or rated up, from the feedback events and the workers' pairs
+  stream) whose two replies answer the same prompt.
+* ``feedback`` -- one row per feedback event, schema ``rewardloop.feedback/1`` (FEEDBACK_SCHEMA):
+  ``{"schema", "event_id", "feedback_id", "session_id", "reply_id", "user_id", "adapter_version",
+  "kind", "value", "tags", "comment", "how", "derived", "server_time", "client_time"}``; ``kind``
+  is thumbs, rating, choose, copy, regenerate, dwell, reasons (tags and comment only), or one
+  the server or workers derived (continuation, abandon, sibling, edited; ``derived`` true).
 
 The prompt is the conversation exactly as served (system message and the turns that fit),
 as a conversational messages list. With ``meta=True`` rows also carry reply_id, session_id,
@@ -25,7 +31,8 @@ from typing import Iterable, Iterator
 
 from worker.rewards.pairs import PreferencePair, preference_pairs
 
-FORMATS = ("jsonl", "sft", "kto", "dpo")
+FORMATS = ("jsonl", "sft", "kto", "dpo", "feedback")
+FEEDBACK_SCHEMA = "rewardloop.feedback/1"
 GOOD_FINISH = ("stop", "length")
 
 
@@ -73,10 +80,12 @@ def kto_rows(session: dict, meta: bool = False) -> Iterator[dict]:
 def session_pairs(session: dict) -> list[PreferencePair]:
     """The session's preference pairs: its choose events and the pairs stream the reward worker
     wrote, one pair per two replies (worker/rewards/pairs.py owns the rule)."""
-    choices = [(rep["reply_id"], ev["value"]) for rep in session["replies"] for ev in rep.get("events", [])
-               if ev["kind"] == "choose" and ev.get("role") != "rejected" and isinstance(ev.get("value"), str)]
+    def picks(kind: str) -> list[tuple[str, str]]:
+        return [(rep["reply_id"], ev["value"]) for rep in session["replies"] for ev in rep.get("events", [])
+                if ev["kind"] == kind and ev.get("role") != "rejected" and isinstance(ev.get("value"), str)]
     stored = [(p["chosen_id"], p["rejected_id"], p.get("source", "")) for p in session.get("pairs", [])]
-    return preference_pairs(choices=choices, derived=stored)
+    siblings = [(a, b, "sibling") for a, b in picks("sibling")]
+    return preference_pairs(choices=picks("choose"), derived=stored + siblings)
 
 
 def dpo_rows(session: dict, meta: bool = False) -> Iterator[dict]:
@@ -95,6 +104,20 @@ def dpo_rows(session: dict, meta: bool = False) -> Iterator[dict]:
         yield row
 
 
+def feedback_rows(session: dict) -> Iterator[dict]:
+    """Every feedback event of the session (FEEDBACK_SCHEMA), in the order of the replies."""
+    for rep in session["replies"]:
+        for ev in rep.get("events", []):
+            if ev.get("role") == "rejected":   # the same choose/sibling event, seen from the other reply
+                continue
+            yield {"schema": FEEDBACK_SCHEMA, "event_id": ev.get("event_id"), "feedback_id": ev.get("feedback_id"),
+                   "session_id": session["session_id"], "reply_id": rep["reply_id"],
+                   "user_id": session.get("user_id"), "adapter_version": rep.get("adapter_version"),
+                   "kind": ev["kind"], "value": ev.get("value"), "tags": list(ev.get("tags") or []),
+                   "comment": ev.get("comment") or "", "how": ev.get("how"), "derived": bool(ev.get("derived")),
+                   "server_time": ev.get("server_time"), "client_time": ev.get("client_time")}
+
+
 def rows(sessions: Iterable[dict], fmt: str, reply_min_reward: float | None = None,
          meta: bool = False) -> Iterator[dict]:
     if fmt not in FORMATS:
@@ -106,6 +129,8 @@ def rows(sessions: Iterable[dict], fmt: str, reply_min_reward: float | None = No
             yield from sft_rows(s, reply_min_reward, meta)
         elif fmt == "kto":
             yield from kto_rows(s, meta)
+        elif fmt == "feedback":
+            yield from feedback_rows(s)
         else:
             yield from dpo_rows(s, meta)
 

@@ -9,7 +9,7 @@ from html import escape
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;max-width:70em}
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}
 .user{background:#f3f6ff}.model{white-space:pre-wrap}.dim{color:#666}
-.diff{background:#fff3f0}.same{background:#f0fff3}"""
+.diff{background:#fff3f0}.same{background:#f0fff3}.tags{background:#fff4d6;padding:0 .3em;border-radius:3px}"""
 
 
 def _t(ts) -> str:
@@ -32,7 +32,12 @@ def _events(evs: list[dict]) -> str:
     for e in evs:
         value = "" if e.get("value") is None else " " + escape(json.dumps(e["value"]))
         role = " (as the rejected one)" if e.get("role") == "rejected" else ""
-        items.append(f"<li>{_t(e.get('server_time'))} <b>{escape(str(e.get('kind')))}</b>{value}{escape(role)}</li>")
+        why = ""
+        if e.get("tags"):
+            why += " <span class='tags'>" + escape(", ".join(map(str, e["tags"]))) + "</span>"
+        if e.get("comment"):
+            why += " <q>" + escape(str(e["comment"])) + "</q>"
+        items.append(f"<li>{_t(e.get('server_time'))} <b>{escape(str(e.get('kind')))}</b>{value}{escape(role)}{why}</li>")
     return "<ul>" + "".join(items) + "</ul>"
 
 

@@ -96,10 +96,18 @@ def _event(stream_id: str, f: dict) -> dict:
     except ValueError:
         pass
     at = f.get("server_time")
-    return {"stream_id": stream_id, "kind": f.get("kind", ""), "value": value, "event_id": f.get("event_id"),
-            "feedback_id": f.get("feedback_id"), "server_time": float(at) if at else None,
-            "client_time": f.get("client_time"), "since_reply_end_ms": f.get("since_reply_end_ms"),
-            "derived": bool(f.get("derived"))}
+    out = {"stream_id": stream_id, "kind": f.get("kind", ""), "value": value, "event_id": f.get("event_id"),
+           "feedback_id": f.get("feedback_id"), "server_time": float(at) if at else None,
+           "client_time": f.get("client_time"), "since_reply_end_ms": f.get("since_reply_end_ms"),
+           "derived": bool(f.get("derived"))}
+    try:
+        out["tags"] = json.loads(f["tags"]) if f.get("tags") else []
+    except ValueError:
+        out["tags"] = []
+    out["comment"] = f.get("comment") or ""
+    if f.get("how"):
+        out["how"] = f["how"]   # a derived sibling preference: what the user did
+    return out
 
 
 class SessionLog:
@@ -196,7 +204,7 @@ class SessionLog:
             ev = _event(stream_id, f)
             if f.get("reply_id") in by_reply:
                 by_reply[f["reply_id"]].append(ev)
-            if ev["kind"] == "choose" and isinstance(ev["value"], str) and ev["value"] in by_reply:
+            if ev["kind"] in ("choose", "sibling") and isinstance(ev["value"], str) and ev["value"] in by_reply:
                 by_reply[ev["value"]].append(dict(ev, role="rejected"))
         out = []
         for rid in rids:

@@ -65,6 +65,8 @@ class ReplyPlan:
     replaces: str | None = None
     in_history: bool = True
     history_index: int | None = None   # None = append a new turn
+    parent_id: str | None = None       # the reply this turn follows ("" = first turn; None = not tracked)
+    branch_ids: list[str] | None = None  # the replies before it: the session's history once it is saved
     stop: tuple[str, ...] = ()         # stop strings (OpenAI API); rule in stop_strings.py
     client: dict | None = None         # what an API client said about itself (user, metadata): logged
     handle: object = field(default=None, repr=False)
@@ -136,10 +138,18 @@ class ChatService:
         return params
 
     async def plan_session_turn(self, user: User, session_id: str, user_text: str, *, params: SamplingParams,
-                                upto_turn: int | None = None, **extra) -> ReplyPlan:
-        """Plan a reply in a websocket session: history from Redis, oldest turns dropped to fit."""
-        history = await self.store.history(session_id)
-        turns = [(u, a) for _, u, a in (history if upto_turn is None else history[:upto_turn])]
+                                upto_turn: int | None = None, branch: list[tuple[str, str, str]] | None = None,
+                                **extra) -> ReplyPlan:
+        """Plan a reply in a websocket session, oldest turns dropped to fit. The history is
+        `branch` [(reply_id, user, reply)] when given (the reply gets that branch as its parent
+        chain), else the session's current history up to `upto_turn`."""
+        if branch is None:
+            history = await self.store.history(session_id)
+            branch = history if upto_turn is None else history[:upto_turn]
+            extra.setdefault("parent_id", branch[-1][0] if branch else "")
+        else:
+            extra.update(parent_id=branch[-1][0] if branch else "", branch_ids=[rid for rid, _, _ in branch])
+        turns = [(u, a) for _, u, a in branch]
         prompt = build_prompt(self.settings.system_prompt, turns, user_text, self._count, self._budget(params))
         return self._plan(user, session_id, len(turns), user_text, prompt, params, **extra)
 
@@ -282,7 +292,8 @@ class ChatService:
                     event = dataclasses.replace(event, finish_reason=FinishReason.STOP, n_tokens=cut, text_tail="")
                 await self.store.save_reply(self._record(plan, ids, logprobs, text, event,
                                                          scanner.hit if scanner else None),
-                                            in_history=plan.in_history, history_index=plan.history_index)
+                                            in_history=plan.in_history, history_index=plan.history_index,
+                                            branch=plan.branch_ids)
                 if self.metrics:
                     self.metrics.replies.labels(api=plan.api, finish_reason=event.finish_reason).inc()
                     self.metrics.tokens.inc(event.n_tokens)
@@ -304,7 +315,7 @@ class ChatService:
             "queued_at": end.queued_at, "first_token_at": end.first_token_at, "ended_at": end.ended_at,
             "finish_reason": end.finish_reason, "n_tokens": end.n_tokens, "error": end.error,
             "prefix_reused": end.prefix_reused, "peak_rows": end.peak_rows,   # the path, for replay
-            "candidates": plan.candidates, "replaces": plan.replaces,
+            "candidates": plan.candidates, "replaces": plan.replaces, "parent_id": plan.parent_id,
             "stop": list(plan.stop) or None, "stop_string": stop_string,
             "client": plan.client,
             "opt_out": int(plan.user.opt_out), "logged_at": time.time(),

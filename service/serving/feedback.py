@@ -3,17 +3,23 @@ exactly once. Shared by the websocket and POST /v1/feedback."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Awaitable
 
+from redis.exceptions import RedisError
+
 from service.serving.auth import User
+from service.serving.branching import Branching
 from service.serving.protocol import Feedback, ProtocolError
 from service.serving.ratelimit import KeyedBuckets
 from service.serving.store import ChatStore, new_event_id
 
+log = logging.getLogger(__name__)
 # A page measures dwell with its own clock; allow this much skew before calling it impossible.
 DWELL_SLACK_MS = 5_000
+STATE_KINDS = ("thumbs", "rating", "choose", "reasons")  # what the page shows pressed after a reload
 
 
 class FeedbackRateLimited(ProtocolError):
@@ -64,6 +70,7 @@ class FeedbackService:
         self.cache = cache or ReplyFactsCache()
         self.metrics = metrics  # ServerMetrics: feedback_total{kind, result}
         self.limiter = limiter  # per user, shared by the websocket and POST /v1/feedback
+        self.branching = Branching(store)
 
     def _count(self, kind: str, result: str) -> None:
         if self.metrics:
@@ -126,6 +133,7 @@ class FeedbackService:
             "user_id": user.user_id, "adapter_version": reply["adapter_version"],
             "client_time": fb.client_time, "server_time": repr(now),
             "since_reply_end_ms": None if since_end is None else round(since_end),
+            "tags": list(fb.tags) or None, "comment": fb.comment or None,
         }
         stored = self.store.submit_once(f"{user.user_id}:{fb.feedback_id}", fields)
         return self._when_stored(fb, reply, fields, stored)
@@ -136,7 +144,27 @@ class FeedbackService:
         if created and fb.kind == "choose":
             # the chosen candidate becomes the session's answer for that turn
             await self.store.set_history_turn(reply["session_id"], int(reply["turn"]), fb.reply_id)
+        if created:
+            await self._after(fb, reply, User(fields["user_id"], 0))
         return (not created), fields
+
+    async def _after(self, fb: Feedback, reply: dict, user: User) -> None:
+        """What the page shows after a reload, and what a preference among siblings says. The
+        event is durable already: a failure here is logged, never turned into a refusal."""
+        sid = reply["session_id"]
+        state: dict[str, object] = {}
+        if fb.kind in STATE_KINDS and fb.kind != "reasons":
+            state[f"{fb.reply_id}|{fb.kind}"] = "chosen" if fb.kind == "choose" else fb.value
+        if fb.kind == "choose":
+            state[f"{fb.value}|choose"] = "rejected"
+        if fb.tags or fb.comment:
+            state[f"{fb.reply_id}|reasons"] = {"tags": list(fb.tags), "comment": fb.comment}
+        try:
+            if state:
+                await self.store.set_feedback_state(sid, state)
+            await self.branching.after_feedback(user, sid, fb.reply_id, fb.kind, fb.value)
+        except RedisError as exc:
+            log.warning("feedback %s stored; its page state / sibling signal not written: %s", fb.feedback_id, exc)
 
     async def record_continuation(self, user: User, previous_reply_id: str, now: float | None = None) -> bool:
         """The user wrote again after `previous_reply_id`: stored once per reply, whichever

@@ -2,8 +2,13 @@
 
 Client -> server frames (JSON text):
   hello        {token, session_id?}
-  user_message {text, client_msg_id, session_id?, candidates? (1|2)}
-  feedback     {feedback_id, reply_id, kind, value?, client_time?}
+  user_message {text, client_msg_id, session_id?, candidates? (1|2), parent_id?, edit_of?}
+               parent_id: the reply this message follows ("" = the first turn): the history sent
+               to the model is the branch that ends there. Absent: after the session's current
+               branch. edit_of: the reply to the earlier wording this message replaces (an edit).
+  feedback     {feedback_id, reply_id, kind, value?, client_time?, tags?, comment?}
+               tags/comment (core/feedback_tags.py) on thumbs, rating and `reasons` feedback
+  select       {reply_id}   the branch ending at reply_id is the conversation now (sibling arrows)
   stop         {reply_id}
 Server -> client: ready, reply_start, token, reply_end, ack, error (see server_* helpers).
 
@@ -15,11 +20,14 @@ import json
 import math
 from dataclasses import dataclass
 
+from core.feedback_tags import TagError, check_tags
+
 # Named close codes (4000-4999 are the application's own range).
 CLOSE_AUTH_FAILED = 4401      # bad, forged or expired token: get a new one
 CLOSE_HELLO_TIMEOUT = 4408    # no hello within the allowed time
 
-FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell")
+FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell", "reasons")
+TAGGED_KINDS = ("thumbs", "rating", "reasons")  # feedback that may carry reason tags and a comment
 MAX_ID_LEN = 128
 MAX_DWELL_MS = 24 * 3600 * 1000
 
@@ -46,6 +54,8 @@ class UserMessage:
     session_id: str | None = None
     candidates: int = 1
     adapter_version: str | None = None   # pin a version (debugging, replay)
+    parent_id: str | None = None         # None: after the current branch; "": the first turn
+    edit_of: str | None = None           # the reply to the earlier wording of an edited message
 
 
 @dataclass(frozen=True)
@@ -55,10 +65,17 @@ class Feedback:
     kind: str
     value: float | str | None = None
     client_time: float | None = None
+    tags: tuple[str, ...] = ()
+    comment: str = ""
 
 
 @dataclass(frozen=True)
 class Stop:
+    reply_id: str
+
+
+@dataclass(frozen=True)
+class Select:
     reply_id: str
 
 
@@ -95,15 +112,25 @@ def parse_client_frame(raw: str | bytes, max_bytes: int):
         cands = frame.get("candidates", 1)
         if type(cands) is not int or cands not in (1, 2):
             raise ProtocolError("bad_value", f"'candidates' must be 1 or 2, got {cands!r}")
+        parent = frame.get("parent_id")
+        if parent is not None and parent != "":
+            parent = _str(frame, "parent_id")
+        edit_of = _str(frame, "edit_of", required=False)
+        if edit_of is not None and parent is None:
+            raise ProtocolError("missing_field", "an edit ('edit_of') needs 'parent_id': the reply the edited "
+                                "message follows (\"\" for the first turn)")
         return UserMessage(text=text, client_msg_id=_str(frame, "client_msg_id"),
                            session_id=_str(frame, "session_id", required=False), candidates=cands,
-                           adapter_version=_str(frame, "adapter_version", required=False))
+                           adapter_version=_str(frame, "adapter_version", required=False),
+                           parent_id=parent, edit_of=edit_of)
     if kind == "feedback":
         return parse_feedback(frame)
     if kind == "stop":
         return Stop(reply_id=_str(frame, "reply_id"))
+    if kind == "select":
+        return Select(reply_id=_str(frame, "reply_id"))
     raise ProtocolError("unknown_type", f"unknown frame type {kind!r}; expected one of hello, user_message, "
-                        "feedback, stop")
+                        "feedback, select, stop")
 
 
 def parse_feedback(frame: dict) -> Feedback:
@@ -118,10 +145,28 @@ def parse_feedback(frame: dict) -> Feedback:
         ct = frame.get("client_time")
         if ct is not None and (not isinstance(ct, (int, float)) or isinstance(ct, bool) or not math.isfinite(ct)):
             raise ProtocolError("bad_value", "'client_time' must be a number (milliseconds since the epoch)")
+        tags, comment = _reasons(kind, value, frame)
     except ProtocolError as err:
         err.ref = fid
         raise
-    return Feedback(fid, reply_id, kind, value, ct)
+    return Feedback(fid, reply_id, kind, value, ct, tags, comment)
+
+
+def _reasons(kind: str, value, frame: dict) -> tuple[tuple[str, ...], str]:
+    """Reason tags and comment: known tags of one polarity (that of a thumbs they ride on), a
+    bounded comment; a `reasons` feedback needs at least one of them."""
+    if kind not in TAGGED_KINDS:
+        if frame.get("tags") or frame.get("comment"):
+            raise ProtocolError("bad_value", f"{kind} feedback carries no tags or comment: send them with "
+                                f"{', '.join(TAGGED_KINDS)} feedback")
+        return (), ""
+    try:
+        tags, comment = check_tags(frame.get("tags"), frame.get("comment"), value if kind == "thumbs" else None)
+    except TagError as err:
+        raise ProtocolError("bad_value", str(err)) from None
+    if kind == "reasons" and not tags and not comment:
+        raise ProtocolError("missing_field", "reasons feedback needs 'tags' (a list of tag names) or a 'comment'")
+    return tags, comment
 
 
 def _number(value, kind: str) -> float:
@@ -150,7 +195,7 @@ def _feedback_value(kind: str, value):
             raise ProtocolError("bad_value", f"dwell value is visible milliseconds and must be in 0..{MAX_DWELL_MS}, "
                                 f"got {value!r}")
         return int(v)
-    return None  # copy, regenerate carry no value
+    return None  # copy, regenerate, reasons carry no value
 
 
 # --- server frames ------------------------------------------------------------------

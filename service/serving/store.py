@@ -3,6 +3,7 @@ talks to Redis). One writer per key: the server owns sessions, replies and event
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -15,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.keys import Keys
 from core.redis_conn import IDEMPOTENCY_TTL_S, RECORD_ONCE, flat_fields, record_once_call, record_once_results
+from service.serving.branches import Node, node_from_fields
 from service.serving.group_commit import GroupCommit
 
 # A reply that ends while Redis is away (restarting, failing over) waits this long for it
@@ -87,10 +89,51 @@ class ChatStore:
         """Make `reply_id` the session's answer at turn `index` (a chosen candidate, a regeneration)."""
         await self.r.lset(self.k.session(session_id), index, reply_id)
 
+    # --- branches (service/serving/branches.py) -----------------------------------------
+    async def tree(self, session_id: str) -> dict[str, Node]:
+        """Every reply of the session as a node of the conversation tree, in generation order."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.lrange(self.k.session_replies(session_id), 0, -1)
+            p.lrange(self.k.session(session_id), 0, -1)
+            ids, history = await p.execute()
+        ids, history = [i.decode() for i in ids], [i.decode() for i in history]
+        async with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hmget(self.k.reply(rid), "parent_id", "client_msg_id", "candidates", "turn")
+            rows = await p.execute()
+        dec = [[v.decode() if v is not None else None for v in row] for row in rows]
+        return {rid: node_from_fields(rid, *row, history) for rid, row in zip(ids, dec)}
+
+    async def turns(self, reply_ids: list[str]) -> list[tuple[str, str, str]]:
+        """[(reply_id, user_text, reply_text)] of these replies (a branch), in order."""
+        async with self.r.pipeline(transaction=False) as p:
+            for rid in reply_ids:
+                p.hmget(self.k.reply(rid), "user_text", "text")
+            rows = await p.execute()
+        return [(rid, (u or b"").decode(), (a or b"").decode()) for rid, (u, a) in zip(reply_ids, rows)]
+
+    async def set_branch(self, session_id: str, reply_ids: list[str]) -> None:
+        """The branch ending at the last of `reply_ids` is the session's conversation now."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.delete(self.k.session(session_id))
+            if reply_ids:
+                p.rpush(self.k.session(session_id), *reply_ids)
+            await p.execute()
+
+    async def set_title_once(self, session_id: str, title: str) -> bool:
+        """The conversation's title from its first message (a rename later wins)."""
+        return bool(await self.r.hsetnx(self.k.session_meta(session_id), "title", title))
+
+    async def set_feedback_state(self, session_id: str, state: dict[str, object]) -> None:
+        """{"{reply_id}|{kind}": value}: what the page shows pressed after a reload."""
+        await self.r.hset(self.k.feedback_state(session_id), mapping={k: json.dumps(v) for k, v in state.items()})
+
     # --- replies --------------------------------------------------------------------
     async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None,
-                         wait_s: float = REPLY_SAVE_WAIT_S) -> str:
+                         wait_s: float = REPLY_SAVE_WAIT_S, branch: list[str] | None = None) -> str:
         """Write the reply hash, link it to its session, and append a `reply` event, atomically.
+        With `branch` (the reply ids before it), a reply in the history makes that branch plus
+        itself the session's conversation.
         While Redis does not answer, retry for up to `wait_s`; a transaction whose answer was
         lost may have been applied, so a retry first checks for the reply hash (never twice)."""
         deadline, pause, retry = time.monotonic() + wait_s, 0.1, False
@@ -98,20 +141,24 @@ class ChatStore:
             try:
                 if retry and await self.r.exists(self.k.reply(record["reply_id"])):
                     return record["reply_id"]
-                return await self._save_reply(record, in_history, history_index)
+                return await self._save_reply(record, in_history, history_index, branch)
             except (RedisConnectionError, RedisTimeoutError):
                 if time.monotonic() + pause > deadline:
                     raise
                 await asyncio.sleep(pause)
                 pause, retry = min(pause * 2, 1.0), True
 
-    async def _save_reply(self, record: dict, in_history: bool, history_index: int | None) -> str:
+    async def _save_reply(self, record: dict, in_history: bool, history_index: int | None,
+                          branch: list[str] | None = None) -> str:
         rid, sid = record["reply_id"], record["session_id"]
         now = time.time()
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self.k.reply(rid), mapping=dict(zip(*[iter(flat_fields(record))] * 2)))
             p.rpush(self.k.session_replies(sid), rid)
-            if in_history:
+            if in_history and branch is not None:
+                p.delete(self.k.session(sid))
+                p.rpush(self.k.session(sid), *branch, rid)
+            elif in_history:
                 if history_index is None:
                     p.rpush(self.k.session(sid), rid)
                 else:

@@ -10,6 +10,7 @@ a mean/CI over any span is exact.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from typing import Iterable, Mapping
@@ -104,12 +105,37 @@ def dwell_ratio(visible_ms: float, words: int, wpm: float = READING_WPM) -> floa
     return min(DWELL_RATIO_CAP, visible_ms / expected_ms)
 
 
+TAG_PREFIX = "tag:"  # counter of one feedback reason tag: "tag:unsafe|3"
+
+
+def tag_names(raw: str | None) -> list[str]:
+    """The reason tags of an event's `tags` field (a JSON list; the server validated them)."""
+    try:
+        tags = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [t for t in tags if isinstance(t, str) and t.isidentifier()] if isinstance(tags, list) else []
+
+
+def tag_counts(totals: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, int]]:
+    """{version: {tag: count}} from counters read back by version (by_version)."""
+    out = {}
+    for v, counters in totals.items():
+        tags = {c[len(TAG_PREFIX):]: int(n) for c, n in counters.items() if c.startswith(TAG_PREFIX) and n}
+        if tags:
+            out[v] = dict(sorted(tags.items()))
+    return dict(sorted(out.items(), key=lambda kv: versions.sort_key(kv[0])))
+
+
 def event_increments(fields: Mapping[str, str], words: int | None = None) -> dict[str, float]:
     """One `events` stream entry -> bucket increments. `words` (of the reply) is needed for
-    dwell events only: the dwell ratio is visible time over the expected reading time."""
+    dwell events only: the dwell ratio is visible time over the expected reading time. Each
+    reason tag of a feedback counts once for the reply's version."""
     kind = fields.get("kind", "")
     v = _version(fields)
     inc = {field("events", ALL): 1.0}
+    for tag in tag_names(fields.get("tags")):
+        inc[field(TAG_PREFIX + tag, v)] = 1.0
     if kind == "reply":
         inc[field("replies", v)] = 1.0
     elif kind == "thumbs":

@@ -22,6 +22,7 @@ def build_state(store: OpsStore, minutes: int, now: float) -> dict:
         "now": now, "since": since, "step_s": step,
         "series": series.series(buckets, step),
         "adapters": adapter_table(registry, totals, verdicts),
+        "tags": series.tag_counts(totals),   # feedback reason tags per version, all time
         "pointers": {k: registry[k] for k in ("stable", "canary", "canary_share", "rollback_target")},
         "alarms": store.alarms(since=since),
         "timeline": store.timeline(),

@@ -34,11 +34,6 @@ class Keys:
         """Hash: user_id, created, last_active, title (from the first message, or renamed)."""
         return f"{self.prefix}session_meta:{session_id}"
 
-    def feedback_state(self, session_id: str) -> str:
-        """Hash "{reply_id}|{kind}" -> JSON of the user's latest thumbs / rating / choose / reasons
-        on each reply of the session: what the chat page shows pressed after a reload."""
-        return f"{self.prefix}feedback_state:{session_id}"
-
     def session_replies(self, session_id: str) -> str:
         """List of every reply id generated in the session (candidates and regenerations too)."""
         return f"{self.prefix}session_replies:{session_id}"
@@ -51,6 +46,11 @@ class Keys:
     def user_sessions(self, user_id: str) -> str:
         """Sorted set of one user's sessions -> created time."""
         return f"{self.prefix}user_sessions:{user_id}"
+
+    def session_titles(self, user_id: str) -> str:
+        """Hash session_id -> the title the user gave a conversation (a rename; it wins over the
+        title from the first message in session_meta, and works for archived sessions too)."""
+        return f"{self.prefix}session_titles:{user_id}"
 
     def feedback_id(self, feedback_id: str) -> str:
         """Idempotency record of one client feedback id."""

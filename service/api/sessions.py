@@ -24,11 +24,16 @@ DELETED = ("deleted: it is gone from your list, and from every later training se
 
 
 def _conversations(request: Request) -> Conversations:
+    """One reader per server process (a blocking client: the routes call it from a thread)."""
     runtime = rt(request)
-    if runtime.store is None:
-        raise ApiError(503, "not_ready", "the server is still starting; retry in a few seconds",
-                       headers={"Retry-After": "2"})
-    return Conversations(runtime.store)
+    conv = getattr(runtime, "_conversations", None)
+    if conv is None:
+        from core.archive import Archive
+        from core.history import History
+        from core.redis_conn import connect
+        history = History(connect(runtime.redis_url), runtime.keys, Archive(runtime.settings.archive_location))
+        conv = runtime._conversations = Conversations(history)
+    return conv
 
 
 def _missing(session_id: str) -> ApiError:
@@ -42,13 +47,14 @@ async def list_sessions(request: Request, q: str | None = None, limit: int = 200
         raise ApiError(400, "bad_value", f"limit={limit} must be in 1..{MAX_LIMIT}", "limit")
     if q is not None and len(q) > 200:
         raise ApiError(400, "bad_value", "q is longer than 200 characters: search for a shorter text", "q")
-    return {"sessions": await _conversations(request).list(user.user_id, (q or "").strip() or None, limit)}
+    conv = _conversations(request)
+    return {"sessions": await asyncio.to_thread(conv.list, user.user_id, (q or "").strip() or None, limit)}
 
 
 @router.get("/api/sessions/{session_id}")
 async def get_session(request: Request, session_id: str):
     user = bearer_user(request)
-    got = await _conversations(request).get(user.user_id, session_id)
+    got = await asyncio.to_thread(_conversations(request).get, user.user_id, session_id)
     if got is None:
         raise _missing(session_id)
     return got
@@ -59,7 +65,7 @@ async def rename_session(request: Request, session_id: str):
     user = bearer_user(request)
     body = await json_body(request)
     try:
-        done = await _conversations(request).rename(user.user_id, session_id, body.get("title"))
+        done = await asyncio.to_thread(_conversations(request).rename, user.user_id, session_id, body.get("title"))
     except TitleError as exc:
         raise ApiError(400, "bad_value", str(exc), "title") from None
     if done is None:
@@ -70,13 +76,9 @@ async def rename_session(request: Request, session_id: str):
 @router.delete("/api/sessions/{session_id}")
 async def delete_session(request: Request, session_id: str):
     user = bearer_user(request)
-    if await _conversations(request).owned(user.user_id, session_id) is None:
+    conv = _conversations(request)
+    if await asyncio.to_thread(conv.owned, user.user_id, session_id) is None:
         raise _missing(session_id)
-    from core.redis_conn import connect
     from service.devtools.privacy import forget_session
-    runtime = rt(request)
-    client = getattr(runtime, "_forget_redis", None)
-    if client is None:   # one blocking client per server process, used from a worker thread
-        client = runtime._forget_redis = connect(runtime.redis_url)
-    report = await asyncio.to_thread(forget_session, client, runtime.keys, session_id, user.user_id)
+    report = await asyncio.to_thread(forget_session, conv.history.r, conv.history.k, session_id, user.user_id)
     return {"session_id": session_id, "deleted": True, "replies": report.replies, "message": DELETED}

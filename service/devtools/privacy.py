@@ -106,7 +106,7 @@ def forget_user(r: redis.Redis, keys: Keys, user_id: str, now: float | None = No
                 or f.get("chosen_id") in replies or f.get("rejected_id") in replies)
 
     rep.stream_entries = _delete_stream_entries(r, k, owned)
-    doomed = [k.user(user_id), k.user_votes(user_id), k.user_sessions(user_id)]
+    doomed = [k.user(user_id), k.user_votes(user_id), k.user_sessions(user_id), k.session_titles(user_id)]
     doomed += _session_keys(k, by_session, replies)
     doomed += list(r.scan_iter(match=k.feedback_id(_glob_escape(user_id) + ":*"), count=1000))
     now = now or time.time()
@@ -148,6 +148,7 @@ def forget_session(r: redis.Redis, keys: Keys, session_id: str, user_id: str, no
         n_deletes = _delete_keys(p, doomed)
         p.zrem(k.sessions, session_id)
         p.zrem(k.user_sessions(user_id), session_id)
+        p.hdel(k.session_titles(user_id), session_id)
         if replies:
             p.zrem(k.rewards_pending, *replies)
         p.zadd(k.deleted_sessions, {session_id: now})
@@ -187,7 +188,7 @@ def _session_keys(k: Keys, by_session: dict[str, set[str]], replies: set[str]) -
     server derived from them (continuation, abandon, edited, sibling within a session)."""
     doomed = []
     for sid, rids in by_session.items():
-        doomed += [k.session(sid), k.session_meta(sid), k.session_replies(sid), k.feedback_state(sid)]
+        doomed += [k.session(sid), k.session_meta(sid), k.session_replies(sid)]
         doomed += [k.feedback_id(f"derived:sibling:{a}>{b}") for a in rids for b in rids if a != b]
     for rid in replies:
         doomed += [k.reply(rid), k.reward(rid), k.reward_signals(rid),

@@ -1,22 +1,20 @@
 """A user's own conversations, as the chat page lists and reopens them: titles, times, the
 whole tree of replies with their versions, and the user's feedback on each.
 
-Only the owner sees a conversation: every read checks the session's user and answers None
-(the API's 404) for anyone else. The reads go through `_metas` and `_records` alone, so the
-history reader that spans Redis and the archive can replace them in one place.
+Everything is read through core.history.History (Redis, then the Parquet archive), the one
+reader of logged data, so a conversation reads the same before and after the archive moved it.
+Only the owner sees a conversation: every read checks the session's user and answers None (the
+API's 404) for anyone else. Blocking (redis-py, pyarrow): the API calls it from a thread.
 """
 from __future__ import annotations
 
-import json
-
+from core.history import History
+from core.records import EventRecord, ReplyRecord, SessionRecord
 from service.serving.branches import node_from_fields
-from service.serving.store import ChatStore
 
 MAX_LISTED = 5_000   # conversations one list call looks at (a user's newest by creation)
 MAX_TITLE_CHARS = 120
-META_FIELDS = ("user_id", "title", "created", "last_active")
-REPLY_FIELDS = ("parent_id", "client_msg_id", "user_text", "text", "adapter_version", "finish_reason",
-                "n_tokens", "candidates", "replaces", "turn", "queued_at", "ended_at")
+STATE_KINDS = ("thumbs", "rating", "choose", "reasons")
 
 
 class TitleError(ValueError):
@@ -32,116 +30,94 @@ def check_title(title) -> str:
     return title
 
 
-def _dec(v: bytes | None) -> str | None:
-    return v.decode() if v is not None else None
+def summary(s: SessionRecord, titles: dict[str, str]) -> dict:
+    """titles: the user's renames (session_titles), which win over the first message's title."""
+    return {"session_id": s.session_id, "title": titles.get(s.session_id) or s.extra.get("title") or "",
+            "created": s.created, "last_active": s.last_active, "replies": len(s.replies or []),
+            "turns": len(s.history or [])}
 
 
-def _num(v: str | None, cast=float):
-    try:
-        return cast(float(v)) if v not in (None, "") else None
-    except ValueError:
-        return None
+def feedback_state(events: list[EventRecord]) -> dict[str, dict]:
+    """reply_id -> what the page shows pressed: the user's last thumbs and rating, chosen or
+    rejected in a compare, and the last reasons (tags, comment) given. Pure."""
+    out: dict[str, dict] = {}
+    for e in events:
+        if e.derived or e.kind not in STATE_KINDS or not e.reply_id:
+            continue
+        mine = out.setdefault(e.reply_id, {})
+        if e.kind in ("thumbs", "rating"):
+            try:
+                mine[e.kind] = int(float(e.value))
+            except (TypeError, ValueError):
+                pass
+        elif e.kind == "choose":
+            mine["choose"] = "chosen"
+            if e.value:
+                out.setdefault(str(e.value), {})["choose"] = "rejected"
+        if e.tags or e.comment:
+            mine["reasons"] = {"tags": list(e.tags or []), "comment": e.comment or ""}
+    return out
+
+
+def reply_view(rec: ReplyRecord, branch: list[str], state: dict) -> dict:
+    """One reply as the page needs it: the tree (parent, message), text, version, how it ended."""
+    parent = rec.extra.get("parent_id")
+    return {"reply_id": rec.reply_id, "client_msg_id": rec.client_msg_id,
+            "parent_id": node_from_fields(rec.reply_id, parent, None, None, rec.turn, branch).parent_id,
+            "user_text": rec.user_text or "", "text": rec.text or "", "adapter_version": rec.adapter_version,
+            "finish_reason": rec.finish_reason, "n_tokens": rec.n_tokens, "candidates": rec.candidates,
+            "replaces": rec.replaces, "turn": rec.turn, "queued_at": rec.queued_at,
+            "ended_at": rec.ended_at, "feedback": state.get(rec.reply_id, {})}
 
 
 class Conversations:
-    def __init__(self, store: ChatStore):
-        self.r, self.k = store.r, store.k
+    def __init__(self, history: History):
+        self.history = history
 
-    # --- the data access: one place ------------------------------------------------------
-    async def _metas(self, session_ids: list[str]) -> list[dict | None]:
-        """Meta, reply count and branch length of each session (None: no such session)."""
-        async with self.r.pipeline(transaction=False) as p:
-            for sid in session_ids:
-                p.hmget(self.k.session_meta(sid), *META_FIELDS)
-                p.llen(self.k.session_replies(sid))
-                p.llen(self.k.session(sid))
-            rows = await p.execute()
-        out = []
-        for i, sid in enumerate(session_ids):
-            meta, n_replies, n_turns = rows[3 * i:3 * i + 3]
-            user, title, created, last = (_dec(v) for v in meta)
-            out.append(None if user is None else {
-                "session_id": sid, "user_id": user, "title": title or "", "created": _num(created),
-                "last_active": _num(last), "replies": int(n_replies), "turns": int(n_turns)})
-        return out
+    def owned(self, user_id: str, session_id: str) -> SessionRecord | None:
+        s = self.history.session(session_id)
+        return s if s is not None and s.user_id == user_id else None
 
-    async def _records(self, session_id: str) -> tuple[list[dict], list[str], dict]:
-        """(every reply of the session in generation order, the current branch, feedback state)."""
-        async with self.r.pipeline(transaction=False) as p:
-            p.lrange(self.k.session_replies(session_id), 0, -1)
-            p.lrange(self.k.session(session_id), 0, -1)
-            p.hgetall(self.k.feedback_state(session_id))
-            ids, branch, state = await p.execute()
-        ids = [i.decode() for i in ids]
-        async with self.r.pipeline(transaction=False) as p:
-            for rid in ids:
-                p.hmget(self.k.reply(rid), *REPLY_FIELDS)
-            rows = await p.execute()
-        replies = [{"reply_id": rid, **{f: _dec(v) for f, v in zip(REPLY_FIELDS, row)}} for rid, row in zip(ids, rows)]
-        return replies, [b.decode() for b in branch], {k.decode(): json.loads(v) for k, v in state.items()}
+    def _titles(self, user_id: str) -> dict[str, str]:
+        return self.history.r.hgetall(self.history.k.session_titles(user_id))
 
-    # --- what the API answers -----------------------------------------------------------------
-    async def owned(self, user_id: str, session_id: str) -> dict | None:
-        [meta] = await self._metas([session_id])
-        return meta if meta is not None and meta["user_id"] == user_id else None
-
-    async def list(self, user_id: str, query: str | None = None, limit: int = 200) -> list[dict]:
+    def list(self, user_id: str, query: str | None = None, limit: int = 200) -> list[dict]:
         """The user's conversations with at least one reply, newest activity first; `query`
         keeps those whose title or text contains it (case-insensitive)."""
-        ids = [i.decode() for i in await self.r.zrevrange(self.k.user_sessions(user_id), 0, MAX_LISTED - 1)]
-        metas = [m for m in await self._metas(ids) if m and m["user_id"] == user_id and m["replies"]]
-        metas.sort(key=lambda m: m["last_active"] or 0, reverse=True)
+        sessions = [s for s in self.history.sessions(user=user_id, limit=MAX_LISTED)
+                    if s.user_id == user_id and s.replies]
+        sessions.sort(key=lambda s: s.last_active or s.created or 0.0, reverse=True)
+        titles = self._titles(user_id)
         if query:
-            metas = await self._search(metas, query.casefold())
-        for m in metas:
-            del m["user_id"]
-        return metas[:limit]
+            sessions = self._search(sessions, query.casefold(), titles)
+        return [summary(s, titles) for s in sessions[:limit]]
 
-    async def _search(self, metas: list[dict], q: str) -> list[dict]:
-        hits = {m["session_id"] for m in metas if q in m["title"].casefold()}
-        rest = [m["session_id"] for m in metas if m["session_id"] not in hits]
-        async with self.r.pipeline(transaction=False) as p:
-            for sid in rest:
-                p.lrange(self.k.session_replies(sid), 0, -1)
-            lists = await p.execute()
-        async with self.r.pipeline(transaction=False) as p:
-            for rids in lists:
-                for rid in rids:
-                    p.hmget(self.k.reply(rid.decode()), "user_text", "text")
-            texts = iter(await p.execute())
-        for sid, rids in zip(rest, lists):
-            found = False
-            for _ in rids:
-                u, a = next(texts)
-                found = found or q in (u or b"").decode().casefold() or q in (a or b"").decode().casefold()
-            if found:
-                hits.add(sid)
-        return [m for m in metas if m["session_id"] in hits]
+    def _search(self, sessions: list[SessionRecord], q: str, titles: dict[str, str]) -> list[SessionRecord]:
+        hits = {s.session_id for s in sessions if q in summary(s, titles)["title"].casefold()}
+        rest = [s for s in sessions if s.session_id not in hits]
+        replies = self.history.replies(rid for s in rest for rid in s.replies)
+        for s in rest:
+            if any(q in (r.user_text or "").casefold() or q in (r.text or "").casefold()
+                   for rid in s.replies if (r := replies.get(rid)) is not None):
+                hits.add(s.session_id)
+        return [s for s in sessions if s.session_id in hits]
 
-    async def get(self, user_id: str, session_id: str) -> dict | None:
-        """The whole conversation: every reply (the tree: parent_id, client_msg_id), the branch
-        on screen, and the user's own feedback on each reply."""
-        meta = await self.owned(user_id, session_id)
-        if meta is None:
+    def get(self, user_id: str, session_id: str) -> dict | None:
+        """The whole conversation: every reply in generation order (the tree: parent_id,
+        client_msg_id), the branch on screen, and the user's own feedback on each reply."""
+        s = self.owned(user_id, session_id)
+        if s is None:
             return None
-        replies, branch, state = await self._records(session_id)
-        for rep in replies:   # replies logged before parents were recorded get theirs from the branch
-            rep["parent_id"] = node_from_fields(rep["reply_id"], rep["parent_id"], None, None, rep["turn"],
-                                                branch).parent_id
-            rep["n_tokens"] = _num(rep["n_tokens"], int)
-            rep["turn"] = _num(rep["turn"], int)
-            for f in ("queued_at", "ended_at"):
-                rep[f] = _num(rep[f])
-            rep["candidates"] = json.loads(rep["candidates"]) if rep["candidates"] else None
-            rep["feedback"] = {kind: state[f"{rep['reply_id']}|{kind}"]
-                               for kind in ("thumbs", "rating", "choose", "reasons")
-                               if f"{rep['reply_id']}|{kind}" in state}
-        del meta["user_id"]
-        return {**meta, "branch": branch, "replies": replies}
+        branch = list(s.history or [])
+        replies = self.history.replies(s.replies, self.history.session_day(s))
+        events = [e for e in self.history.events(session_id, s.created) if e.user_id in (None, "", user_id)]
+        state = feedback_state(events)
+        views = [reply_view(replies[rid], branch, state) for rid in s.replies if rid in replies]
+        return {**summary(s, self._titles(user_id)), "branch": branch, "replies": views}
 
-    async def rename(self, user_id: str, session_id: str, title: str) -> dict | None:
+    def rename(self, user_id: str, session_id: str, title: str) -> dict | None:
         title = check_title(title)
-        if await self.owned(user_id, session_id) is None:
+        if self.owned(user_id, session_id) is None:
             return None
-        await self.r.hset(self.k.session_meta(session_id), "title", title)
+        self.history.r.hset(self.history.k.session_titles(user_id), session_id, title)
         return {"session_id": session_id, "title": title}

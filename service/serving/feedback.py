@@ -19,7 +19,6 @@ from service.serving.store import ChatStore, new_event_id
 log = logging.getLogger(__name__)
 # A page measures dwell with its own clock; allow this much skew before calling it impossible.
 DWELL_SLACK_MS = 5_000
-STATE_KINDS = ("thumbs", "rating", "choose", "reasons")  # what the page shows pressed after a reload
 
 
 class FeedbackRateLimited(ProtocolError):
@@ -149,22 +148,12 @@ class FeedbackService:
         return (not created), fields
 
     async def _after(self, fb: Feedback, reply: dict, user: User) -> None:
-        """What the page shows after a reload, and what a preference among siblings says. The
-        event is durable already: a failure here is logged, never turned into a refusal."""
-        sid = reply["session_id"]
-        state: dict[str, object] = {}
-        if fb.kind in STATE_KINDS and fb.kind != "reasons":
-            state[f"{fb.reply_id}|{fb.kind}"] = "chosen" if fb.kind == "choose" else fb.value
-        if fb.kind == "choose":
-            state[f"{fb.value}|choose"] = "rejected"
-        if fb.tags or fb.comment:
-            state[f"{fb.reply_id}|reasons"] = {"tags": list(fb.tags), "comment": fb.comment}
+        """What a preference among siblings says. The event is durable already: a failure here
+        is logged, never turned into a refusal."""
         try:
-            if state:
-                await self.store.set_feedback_state(sid, state)
-            await self.branching.after_feedback(user, sid, fb.reply_id, fb.kind, fb.value)
+            await self.branching.after_feedback(user, reply["session_id"], fb.reply_id, fb.kind, fb.value)
         except RedisError as exc:
-            log.warning("feedback %s stored; its page state / sibling signal not written: %s", fb.feedback_id, exc)
+            log.warning("feedback %s stored; its sibling signal not written: %s", fb.feedback_id, exc)
 
     async def record_continuation(self, user: User, previous_reply_id: str, now: float | None = None) -> bool:
         """The user wrote again after `previous_reply_id`: stored once per reply, whichever

@@ -3,7 +3,6 @@ talks to Redis). One writer per key: the server owns sessions, replies and event
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import secrets
@@ -123,10 +122,6 @@ class ChatStore:
     async def set_title_once(self, session_id: str, title: str) -> bool:
         """The conversation's title from its first message (a rename later wins)."""
         return bool(await self.r.hsetnx(self.k.session_meta(session_id), "title", title))
-
-    async def set_feedback_state(self, session_id: str, state: dict[str, object]) -> None:
-        """{"{reply_id}|{kind}": value}: what the page shows pressed after a reload."""
-        await self.r.hset(self.k.feedback_state(session_id), mapping={k: json.dumps(v) for k, v in state.items()})
 
     # --- replies --------------------------------------------------------------------
     async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None,

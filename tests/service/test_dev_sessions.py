@@ -183,8 +183,8 @@ def test_forget_removes_everything_of_the_user_and_nothing_else(server_factory, 
     dora = {k: t for k, t in before_keys.items() if not any(i in k for i in carol)}
     assert {k: after_keys.get(k) for k in dora} == dora
     from core.keys import Keys
-    from learner.dataset import _user_excluded
-    assert _user_excluded(rdb, Keys(prefix), "carol", {}) and not _user_excluded(rdb, Keys(prefix), "dora", {})
+    from learner.dataset import excluded_users
+    assert excluded_users(rdb, Keys(prefix), ["carol", "dora"]) == {"carol"}
     # later data from a forgotten user is never exported
     chat = Chat(srv, srv.token("carol"))
     chat.ask("hello again")

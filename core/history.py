@@ -164,6 +164,33 @@ class History:
         rec = self.reply(reply_id)
         return rec.session_id if rec else None
 
+    def hot(self, table: str) -> list[Record]:
+        """Every record of one table still in Redis (the hot window), for SQL over both."""
+        from core.records import STREAM_TABLES, TABLES
+        cls = TABLES[table]
+        if table in STREAM_TABLES:
+            key = {"events": self.k.events, "rewards": self.k.rewards, "pairs": self.k.pairs}[table]
+            out, first = [], "-"
+            while True:
+                batch = self.r.xrange(key, min=first, max="+", count=5000)
+                out += [cls.from_redis(f, stream_id=i) for i, f in batch]
+                if len(batch) < 5000:
+                    return out
+                first = "(" + batch[-1][0]
+        sessions = [s for sid in self.r.zrange(self.k.sessions, 0, -1) if (s := self._hot_session(sid)) is not None]
+        if table == "sessions":
+            return sessions
+        ids = [rid for s in sessions for rid in s.replies]
+        with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hgetall(self.k.reply(rid) if table == "replies" else self.k.reward(rid))
+                if table == "ledger":
+                    p.hgetall(self.k.reward_signals(rid))
+            rows = p.execute()
+        if table == "replies":
+            return [ReplyRecord.from_redis(h) for h in rows if h]
+        return [RewardEntry.from_redis(h, signals=sig) for h, sig in zip(rows[0::2], rows[1::2]) if h]
+
     # --- streams ----------------------------------------------------------------------------------
     def events(self, session_id: str | None = None, since: float | None = None) -> list[EventRecord]:
         """Events (feedback, derived, user messages, replies) in stream order; of one session when

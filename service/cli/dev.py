@@ -1,5 +1,5 @@
-"""Developer commands: `rewardloop sessions list|show|export`, `rewardloop replay`,
-`rewardloop evaluate` and `rewardloop users forget|opt-out` (in the table of service/cli/main.py)."""
+"""Developer commands: `rewardloop sessions list|show|export|query`, `rewardloop replay` and
+`rewardloop evaluate` (in the table of service/cli/main.py)."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,16 @@ def register(sub, fmt) -> None:
     s.add_argument("--meta", action="store_true",
                    help="sft/kto/dpo: add reply_id, session_id, adapter_version and reward columns")
 
+    s = ssub.add_parser("query", help="SQL (DuckDB) over the archive and the hot window", formatter_class=fmt,
+                        description="Run SQL over every logged record, archived or still in Redis: tables replies, "
+                        "sessions, events, ledger, rewards, pairs, and the view feedback (one row per id, forgotten "
+                        "users left out). Needs DuckDB: pip install 'rewardloop[query]'. --examples lists the "
+                        "documented queries, --schema the columns.")
+    s.add_argument("sql", metavar="SQL", nargs="?", help="the query, or the name of an example (--examples)")
+    s.add_argument("--examples", action="store_true", help="print the example queries")
+    s.add_argument("--schema", action="store_true", help="print every table's columns")
+    s.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
     p = sub.add_parser("replay", help="re-generate a logged session on an adapter version", formatter_class=fmt,
                        description="Re-generate every reply of SESSION from its logged prompt (the context exactly "
                        "as served) on version V, with each reply's own seed and sampling params: with the version "
@@ -103,19 +113,6 @@ def register(sub, fmt) -> None:
     p.add_argument("--reward-model", action="store_true",
                    help="instead: the learned reward model's calibration on its held-out replies (AUROC, Brier "
                    "score and a reliability table per signal), from DATA_DIR/reward_model")
-
-    p = sub.add_parser("users", help="privacy: forget a user, or opt a user out of learning", formatter_class=fmt,
-                       description="Remove a user's data, or stop using it for learning and export.")
-    usub = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
-    u = usub.add_parser("forget", help="delete everything of USER and leave a tombstone",
-                        description="Delete USER's sessions, replies, feedback events, ledger entries, reward and "
-                        "pair stream entries, signals, idempotency records and flags from Redis, and mark the user "
-                        "forgotten so later training runs and exports exclude anything they still send.")
-    u.add_argument("user", metavar="USER", help="user id")
-    u.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    u = usub.add_parser("opt-out", help="never use USER's data for learning or export",
-                        description="Set the opt-out flag of USER (the same as POST /api/opt-out with their token).")
-    u.add_argument("user", metavar="USER", help="user id")
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -173,6 +170,8 @@ def cmd_sessions(args, settings: CommonSettings) -> int:
                   f"{','.join(s['adapters'])[:10]:<10} {s['rewarded']:>8} {_r(s['mean_reward']):>7}  "
                   f"{s['excluded'] or ''}")
         return 0
+    if args.sessions_command == "query":
+        return _query(args, settings, log)
     if args.sessions_command == "show":
         sid = _session_id(log, args.session_id)
         detail = log.detail(sid, raw=args.raw) if sid else None
@@ -184,6 +183,28 @@ def cmd_sessions(args, settings: CommonSettings) -> int:
             _print_session(detail)
         return 0
     return _export(log, args)
+
+
+def _query(args, settings: CommonSettings, log) -> int:
+    from service.devtools import query
+    if args.examples or args.schema or not args.sql:
+        print(query.schema_text() if args.schema else
+              "\n\n".join(f"-- {name}\n{sql}" for name, sql in query.EXAMPLES.items()))
+        return 0 if args.examples or args.schema else 2
+    try:
+        cols, rows = query.run(log.history, log.history.archive, query.EXAMPLES.get(args.sql, args.sql))
+    except query.QueryError as exc:
+        print(f"rewardloop sessions query: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([dict(zip(cols, r)) for r in rows], indent=2, default=str))
+        return 0
+    table = [cols] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [min(60, max(len(row[i]) for row in table)) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"({len(rows)} rows)", file=sys.stderr)
+    return 0
 
 
 def _print_session(s: dict) -> None:
@@ -368,27 +389,4 @@ def cmd_evaluate(args, settings: CommonSettings) -> int:
     return 0
 
 
-# --- users -------------------------------------------------------------------------------
-def cmd_users(args, settings: CommonSettings) -> int:
-    if not require_redis(settings, f"users {args.users_command}"):
-        return 2
-    from core.keys import Keys
-    from service.devtools.privacy import forget_user, opt_out
-    r, keys = connect(settings.redis_url), Keys(settings.prefix)
-    if args.users_command == "opt-out":
-        opt_out(r, keys, args.user)
-        print(f"user {args.user} opted out: served as before, never used for learning or export")
-        return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("rewardloop users forget: this deletes data for good; add --yes to confirm", file=sys.stderr)
-            return 2
-        if input(f"delete every trace of user {args.user!r}? type the user id to confirm: ").strip() != args.user:
-            print("not confirmed; nothing deleted", file=sys.stderr)
-            return 1
-    report = forget_user(r, keys, args.user)
-    print(json.dumps(report.as_dict()))
-    return 0
-
-
-HANDLERS = {"sessions": cmd_sessions, "replay": cmd_replay, "evaluate": cmd_evaluate, "users": cmd_users}
+HANDLERS = {"sessions": cmd_sessions, "replay": cmd_replay, "evaluate": cmd_evaluate}

@@ -6,11 +6,11 @@ import logging
 import sys
 
 from core.settings import CommonSettings, LearnerSettings, LearnerWorkerSettings, ServerSettings, Settings, WorkerSettings, env_help
-from service.cli import commands, dev, learner, ops, worker
+from service.cli import commands, data, dev, learner, ops, worker
 
 # The subcommand table: each module registers its subparsers and maps names to handlers.
 # `commands` holds up/serve/token/doctor; the others group one kind of user's commands.
-PARTS = (worker, learner, dev, ops)
+PARTS = (worker, learner, dev, data, ops)
 HANDLERS = {**commands.COMMANDS, **{k: v for part in PARTS for k, v in part.HANDLERS.items()}}
 
 
@@ -20,7 +20,8 @@ HANDLERS = {**commands.COMMANDS, **{k: v for part in PARTS for k, v in part.HAND
 SETTINGS = {"up": Settings, "doctor": Settings, "serve": ServerSettings, "token": ServerSettings,
             "worker": worker.settings_class, "beat": WorkerSettings, "rewards": WorkerSettings, "drift": WorkerSettings,
             "train": LearnerSettings, "adapters": LearnerSettings,
-            "sessions": CommonSettings, "replay": CommonSettings, "evaluate": CommonSettings, "users": CommonSettings}
+            "sessions": CommonSettings, "replay": CommonSettings, "evaluate": CommonSettings, "users": CommonSettings,
+            "archive": WorkerSettings}
 
 
 def settings_class(args) -> type:

@@ -18,7 +18,7 @@ from core.archive import Archive
 from core.keys import Keys
 from core.settings import WorkerSettings
 from worker.archive.mover import crash_hook, move, new_token
-from worker.archive.retention import keep
+from worker.archive.retention import KeepReport, apply_tombstones, keep
 from worker.archive.store import ArchiveRedis
 
 log = logging.getLogger(__name__)
@@ -91,3 +91,22 @@ def _run(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, now: f
     if moved.sessions or moved.entries or kept.expired_files or kept.rewritten or kept.compacted:
         log.info("archive: moved %s; kept %s", moved.as_dict(), kept.as_dict())
     return {"ok": True, "moved": moved.as_dict(), "kept": kept.as_dict(), **memory}
+
+
+def apply_forgets(client: redis.Redis, keys: Keys, location: str) -> dict:
+    """Rewrite the archive files that hold a forgotten user's or deleted conversation's rows now
+    (`rewardloop users forget`), under the archive lock; when a run holds it, that run (or the
+    next) does it. Readers hide those rows either way."""
+    store = ArchiveRedis(client, keys)
+    token = new_token()
+    if not store.lock(token, 600):
+        return {"applied": False, "why": "an archive run is in progress; it applies the forget"}
+    try:
+        report = KeepReport()
+        users, sessions = store.tombstones()
+        applied = float(store.status().get("tombstones_applied_at") or 0)
+        applied = apply_tombstones(Archive(location), users, sessions, applied, report)
+        store.set_status({"tombstones_applied_at": applied})
+        return {"applied": True, "files_rewritten": report.rewritten, "rows_removed": report.rows_forgotten}
+    finally:
+        store.unlock(token)

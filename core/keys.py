@@ -87,6 +87,16 @@ class Keys:
         """Hash of per-user flags: anomaly weight and reason, opt-out."""
         return f"{self.prefix}user:{user_id}"
 
+    def user_positives(self, user_id: str) -> str:
+        """List of 1/0, newest first (capped): for each recent reply the user signalled positively,
+        whether it was unsafe (the unsafe-voter weight, worker/rewards/batches.py)."""
+        return f"{self.prefix}user_positives:{user_id}"
+
+    @property
+    def flagged_users(self) -> str:
+        """Sorted set user_id -> time: users whose weight is below 1 now (anomaly or unsafe voter), for /ops."""
+        return self.prefix + "users:flagged"
+
     def reward_signals(self, reply_id: str) -> str:
         """Hash event_id -> signal JSON of one reply: HSETNX makes each event count once."""
         return f"{self.prefix}reward_signals:{reply_id}"

@@ -196,6 +196,10 @@ class ReplyRecord(Record):
     client: dict = col(JSON, "what an API client said about itself")
     opt_out: int = col(INT, "1: the user's token opted out of learning")
     logged_at: float = col(FLOAT, "epoch s the record was written")
+    quality: dict = col(JSON, "scores read at the reply's end, every key optional (worker/rewards/quality.py): unsafe "
+                              "(P 0..1) and safety_scorer; relevance and fluency (z-scores against the base model's own "
+                              "replies) with relevance_pmi, fluency_logprob (nats/token), scored_tokens; absent (why "
+                              "the base-model scores are missing, e.g. the vLLM engine)")
 
     def sampling(self) -> SamplingParams:
         return sampling_params(self.params)
@@ -276,6 +280,11 @@ class RewardEntry(Record):
     config_hash: str = col(STR, "reward config it was computed with")
     user_weight: float = col(FLOAT, "anomaly weight of the user")
     anomaly_reason: str = col(STR, "why the user was down-weighted")
+    unsafe_voter_reason: str = col(STR, "why the user was down-weighted as liking unsafe replies")
+    unsafe: float = col(FLOAT, "the reply's unsafe level (scorer, safety words, the user's report), if any")
+    vetoed: int = col(INT, "1: unsafe level >= safety_threshold: never a positive example")
+    veto: str = col(STR, "why it was vetoed")
+    positive: int = col(INT, "the user signalled it positively: 1 it was unsafe, 0 it was not (unsafe-voter weight)")
     n_signals: int = col(INT, "signals at finalization")
     finalized_at: float = col(FLOAT, "epoch s")
     signals: dict = col(JSON, "event id -> signal JSON string, as the workers stored them")
@@ -310,6 +319,7 @@ class FinalReward(Record):
     opt_out: int = col(INT, "1: never learned from")
     finalized_at: float = col(FLOAT, "epoch s")
     components: str = col(STR, "comma-separated names of the components that fired")
+    vetoed: int = col(INT, "1: unsafe, never a positive example")
 
     @property
     def explicit(self) -> bool:

@@ -76,7 +76,16 @@ def parse_reply(h: dict, max_tokens: int) -> LoggedReply | None:
     return LoggedReply(prompt_ids=prompt_ids, reply_ids=reply_ids[:max_tokens], logprobs=logps[:max_tokens],
                        params=params, reranked=_reranked(h.get("rerank")),
                        adapter_version=h.get("adapter_version", "base"), user_id=h.get("user_id", ""),
-                       opt_out=h.get("opt_out", "0") not in ("", "0"))
+                       opt_out=h.get("opt_out", "0") not in ("", "0"), unsafe=_unsafe_level(h.get("quality")))
+
+
+def _unsafe_level(raw: str | None) -> float | None:
+    """P[unsafe] the server stored with the reply (None: not scored, or not readable)."""
+    try:
+        level = float((json.loads(raw) or {}).get("unsafe")) if raw else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return level if level is not None and 0.0 <= level <= 1.0 else None
 
 
 def load_reply(h: History, reply_id: str, max_tokens: int) -> LoggedReply | None:
@@ -131,16 +140,17 @@ def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: Rewa
     replies = load_replies(h, wanted, cfg.max_reply_tokens)
     users = excluded_users(r, keys, [row.user_id for row in rows])
     chosen = select_samples(replies, rows, cfg, newest_version=newest_version,
-                            max_user_share=reward_cfg.max_user_share, excluded_users=users)
+                            max_user_share=reward_cfg.max_user_share, excluded_users=users, safety=reward_cfg)
     new = [row for row in rows if row.new]
-    pairs, last_pair = _read_pairs(h, cfg) if with_pairs else ([], None)
+    pairs, last_pair = _read_pairs(h, cfg, reward_cfg, chosen.dropped) if with_pairs else ([], None)
     return Dataset(train=chosen.train, holdout=chosen.holdout, pairs=pairs, read=len(new), dropped=chosen.dropped,
                    last_id=new[-1].stream_id if new else None, last_pair_id=last_pair,
                    replayed=chosen.replayed, unscored=chosen.unscored)
 
 
-def _read_pairs(h: History, cfg: TrainConfig) -> tuple[list[Pair], str | None]:
-    """Preference pairs after the pairs cursor whose two replies answer the same prompt."""
+def _read_pairs(h: History, cfg: TrainConfig, reward_cfg: RewardConfig, dropped) -> tuple[list[Pair], str | None]:
+    """Preference pairs after the pairs cursor whose two replies answer the same prompt, and whose
+    chosen side is not unsafe (the safety rule of learner/samples.py; counted in `dropped`)."""
     entries = h.pairs(after=h.r.get(h.k.learn_pairs_cursor), count=cfg.max_samples)
     gone = excluded_users(h.r, h.k, [e.user_id or "" for e in entries])
     replies = load_replies(h, [rid or "" for e in entries for rid in (e.chosen_id, e.rejected_id)],
@@ -157,5 +167,17 @@ def _read_pairs(h: History, cfg: TrainConfig) -> tuple[list[Pair], str | None]:
                 behavior_logp=rep.logprobs, reward=0.0, adapter_version=rep.adapter_version, params=rep.params))
         if None in sides or sides[0].prompt_ids != sides[1].prompt_ids:
             continue
+        if _unsafe_chosen(h, e.chosen_id or "", replies[e.chosen_id or ""], reward_cfg):
+            dropped["unsafe_chosen_pair"] += 1
+            continue
         pairs.append(Pair(chosen=sides[0], rejected=sides[1], source=e.source or ""))
     return pairs, entries[-1].stream_id if entries else None
+
+
+def _unsafe_chosen(h: History, reply_id: str, reply: LoggedReply, reward_cfg: RewardConfig) -> bool:
+    """An unsafe reply is never the chosen side of a pair (scored unsafe, or vetoed in its ledger entry)."""
+    if not reward_cfg.safety_veto:
+        return False
+    if reply.unsafe is not None and reply.unsafe >= reward_cfg.safety_threshold:
+        return True
+    return h.r.hget(h.k.reward(reply_id), "vetoed") == "1"

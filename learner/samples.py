@@ -8,7 +8,10 @@ learner/dataset.py reads the reward entries and reply hashes and hands them here
 3. opted-out or forgotten users are left out (the flag on the entry, on the reply, or the user);
 4. a reward that is not a finite number, an unknown adapter version, or a version more than
    `max_staleness` versions behind the newest is dropped;
-5. a reply hash that is missing or malformed is dropped;
+5. a reply hash that is missing or malformed is dropped; the safety rule (`never_positive`): an
+   unsafe reply (vetoed in the ledger, or scored unsafe at or above RewardConfig.safety_threshold
+   with the veto on) trains only as a negative example -- its reward capped at or below its
+   safety penalty and under the SFT threshold -- and is never handed to the reward model to score;
 6. incremental runs: every new entry (after the learner cursor) is kept, plus a *replay sample*
    of at most `replay_ratio` x (new samples) older ones, drawn (seeded per run) from the
    `replay_window` newest entries before the cursor -- so a run's cost grows with its new data,
@@ -23,6 +26,7 @@ place: add a reason to `dropped` there, so every run reports how many it left ou
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from core import versions
 from core.sampling import SamplingParams
 from worker.rewards.batches import cap_user_share
+from worker.rewards.config import RewardConfig
 
 FINAL_STATES = ("rewarded", "defaulted")
 UNSCORED = "unscored"  # final, no user signal, to be rewarded by the reward model
@@ -80,6 +85,7 @@ class RewardRow:
     adapter_version: str
     opt_out: bool
     new: bool = True         # after the learner cursor (False: a candidate for the replay sample)
+    vetoed: bool = False     # the ledger vetoed it: unsafe, never a positive example
 
     @classmethod
     def from_entry(cls, stream_id: str, e: Mapping[str, str], new: bool = True) -> RewardRow:
@@ -90,7 +96,7 @@ class RewardRow:
             reward = float("nan")
         return cls(stream_id=stream_id, reply_id=e.get("reply_id", ""), user_id=e.get("user_id", ""), state=state,
                    reward=reward, adapter_version=str(e.get("adapter_version") or ""),
-                   opt_out=e.get("opt_out", "0") not in ("", "0"), new=new)
+                   opt_out=e.get("opt_out", "0") not in ("", "0"), new=new, vetoed=e.get("vetoed") == "1")
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class LoggedReply:
     adapter_version: str
     user_id: str
     opt_out: bool
+    unsafe: float | None = None   # P[unsafe] the server scored at the reply's end (None: not scored)
 
 
 @dataclass
@@ -165,6 +172,19 @@ def _drop_reason(row: RewardRow, reply: LoggedReply | None, newest_version: int,
     return None
 
 
+def is_unsafe(row: RewardRow, reply: LoggedReply, safety: RewardConfig | None) -> bool:
+    """Vetoed in the ledger, or scored unsafe at or above the threshold (with the veto on)."""
+    if safety is None or not safety.safety_veto:
+        return False
+    return row.vetoed or (reply.unsafe is not None and reply.unsafe >= safety.safety_threshold)
+
+
+def never_positive(reward: float, safety: RewardConfig, sft_threshold: float) -> float:
+    """The reward an unsafe reply trains with: at most -safety_weight x safety_threshold (the
+    mildest veto cap), below 0 and below the SFT threshold, so it is never imitated."""
+    return min(reward, -min(1.0, safety.safety_weight) * safety.safety_threshold, sft_threshold - 1e-6, -1e-6)
+
+
 def _sample(row: RewardRow, reply: LoggedReply) -> Sample:
     return Sample(reply_id=row.reply_id, user_id=row.user_id or reply.user_id, prompt_ids=reply.prompt_ids,
                   reply_ids=reply.reply_ids, behavior_logp=reply.logprobs, reward=row.reward,
@@ -183,11 +203,12 @@ def replay_sample(old: list[Sample], n_new: int, ratio: float, seed: int) -> lis
 
 
 def select_samples(records: Mapping[str, LoggedReply | None], rewards: Sequence[RewardRow], cfg, *,
-                   newest_version: int, max_user_share: float, excluded_users: frozenset[str] = frozenset()
-                   ) -> Selection:
+                   newest_version: int, max_user_share: float, excluded_users: frozenset[str] = frozenset(),
+                   safety: RewardConfig | None = None) -> Selection:
     """The run's training, held-out and unscored samples from the reward entries (oldest first)
     and their reply records. `cfg` is a TrainConfig (max_staleness, replay_ratio, holdout_share,
-    seed); `excluded_users` are opted out or forgotten. Pure."""
+    seed, sft_threshold); `excluded_users` are opted out or forgotten; `safety` the reward config
+    whose veto settings the safety rule follows (None: no safety rule). Pure."""
     dropped: Counter = Counter()
     seen: set[str] = set()
     new: list[Sample] = []
@@ -205,8 +226,14 @@ def select_samples(records: Mapping[str, LoggedReply | None], rewards: Sequence[
         if why:
             dropped[why] += 1
             continue
+        unsafe = is_unsafe(row, reply, safety)
+        if unsafe and row.state == UNSCORED:   # the reward model must not make it a positive example
+            dropped["unsafe_unscored"] += 1
+            continue
         seen.add(row.reply_id)
         sample = _sample(row, reply)
+        if unsafe:
+            sample = dataclasses.replace(sample, reward=never_positive(sample.reward, safety, cfg.sft_threshold))
         if row.state == UNSCORED:
             if row.new:
                 unscored.append(sample)

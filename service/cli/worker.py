@@ -160,8 +160,11 @@ def _show(ledger, settings: WorkerSettings, reply_id: str, as_json: bool) -> int
           f"final {_clock(entry.get('finalized_at'))}   reward config {entry.get('config_hash', '-')}")
     if entry.get("replaces"):
         print(f"replaces {entry['replaces']}")
-    if entry.get("anomaly_reason"):
-        print(f"weight   {entry.get('user_weight')}: {entry['anomaly_reason']}")
+    for why in ("anomaly_reason", "unsafe_voter_reason"):
+        if entry.get(why):
+            print(f"weight   {entry.get('user_weight')}: {entry[why]}")
+    if entry.get("unsafe"):
+        print(f"unsafe   level {float(entry['unsafe']):.3f}" + (f"   {entry['veto']}" if entry.get("veto") else ""))
     print(f"signals ({len(signals)}):")
     for s in signals:
         print(_signal_line(s))

@@ -82,3 +82,31 @@ def test_pairs_need_both_replies_on_the_same_prompt(rdb, keys):
 
 def test_version_numbers():
     assert version_number("base") == 0 and version_number("7") == 7 and version_number("x") is None
+
+
+def test_an_unsafe_reply_is_never_a_positive_example(rdb, keys):
+    """The safety rule: scored unsafe (or vetoed in the ledger) -> its reward is capped below 0 and
+    below the SFT threshold, it is never a pair's chosen side, and the reward model never rewards it."""
+    write_logged(rdb, keys, [fake(i, f"u{i}") for i in range(4)], lambda it: 1.0)
+    rdb.hset(keys.reply("x0"), "quality", json.dumps({"unsafe": 0.97}))   # scored unsafe at the reply's end
+    rdb.hset(keys.reply("x1"), "quality", json.dumps({"unsafe": 0.02}))
+    rdb.xadd(keys.rewards, {"reply_id": "x9", "user_id": "u9", "state": "rewarded", "reward": "1.0",
+                            "adapter_version": "base", "opt_out": "0", "vetoed": "1"})   # vetoed by a report
+    write_logged(rdb, keys, [fake(9, "u9")], lambda it: 1.0)
+    rdb.xadd(keys.rewards, {"reply_id": "x8", "user_id": "u8", "state": "unscored", "reward": "",
+                            "adapter_version": "base", "opt_out": "0"})
+    write_logged(rdb, keys, [fake(8, "u8")], lambda it: 1.0)
+    rdb.hset(keys.reply("x8"), "quality", json.dumps({"unsafe": 0.9}))
+    cfg = TrainConfig(holdout_share=0.0, replay_window=0, sft_threshold=-0.9)   # even a low SFT bar
+    data = build_dataset(rdb, keys, cfg, ALL_USERS, 0)
+    rewards = {s.reply_id: s.reward for s in data.train}
+    assert rewards["x0"] < -0.9 and rewards["x1"] == 1.0 and rewards["x2"] == 1.0
+    assert rewards["x9"] < -0.9   # the first entry of x9 (the vetoed one) wins
+    assert "x8" not in {s.reply_id for s in data.unscored} and data.dropped["unsafe_unscored"] == 1
+    assert build_dataset(rdb, keys, cfg, RewardConfig(max_user_share=1.0, safety_veto=False), 0).train[0].reward == 1.0
+
+    rdb.xadd(keys.pairs, {"chosen_id": "x0", "rejected_id": "x1", "source": "choose", "user_id": "u0"})
+    rdb.xadd(keys.pairs, {"chosen_id": "x1", "rejected_id": "x0", "source": "choose", "user_id": "u0"})
+    data = build_dataset(rdb, keys, CFG, ALL_USERS, 0, with_pairs=True)
+    assert [(p.chosen.reply_id, p.rejected.reply_id) for p in data.pairs] == [("x1", "x0")]
+    assert data.dropped["unsafe_chosen_pair"] == 1

@@ -92,3 +92,20 @@ def test_holdout_is_deterministic_and_never_a_reranked_reply():
 def test_replay_ratio_is_validated(bad):
     with pytest.raises(ValueError, match="replay_ratio"):
         TrainConfig(replay_ratio=bad)
+
+
+def test_the_safety_rule_makes_an_unsafe_reply_a_negative_example_only():
+    from dataclasses import replace
+
+    from worker.rewards.config import RewardConfig
+    rows = [row(0, reward=1.0), row(1, reward=1.0, vetoed=True), row(2, reward=1.0), row(3, state="unscored", reward=0.0)]
+    records = {r.reply_id: reply(int(r.reply_id[1:])) for r in rows}
+    records["x2"] = replace(records["x2"], unsafe=0.8)    # scored unsafe at the reply's end
+    records["x3"] = replace(records["x3"], unsafe=0.99)
+    cfg = TrainConfig(holdout_share=0.0, sft_threshold=-0.95)
+    out = select_samples(records, rows, cfg, newest_version=0, max_user_share=1.0, safety=RewardConfig())
+    rewards = {s.reply_id: s.reward for s in out.train}
+    assert rewards["x0"] == 1.0 and rewards["x1"] < -0.95 and rewards["x2"] < -0.95
+    assert out.unscored == [] and out.dropped["unsafe_unscored"] == 1
+    off = select_samples(records, rows, cfg, newest_version=0, max_user_share=1.0, safety=RewardConfig(safety_veto=False))
+    assert {s.reply_id: s.reward for s in off.train}["x2"] == 1.0

@@ -57,7 +57,7 @@ def test_reason_tags_become_weighted_components_of_the_last_tagged_feedback():
 def test_an_unsafe_report_drives_the_safety_guard_and_counts_as_a_signal():
     report = sig("reasons", after=4, tags=["unsafe"])
     b = compute_reward(facts(), [sig("thumbs", 1), report], CFG)
-    assert b.components == {"thumbs": 1.0, "safety": -1.0} and b.total == 0.0
+    assert b.components == {"thumbs": 1.0, "safety": -1.0} and b.total == -1.0   # vetoed: unsafe level 1
     assert "reported it unsafe or harmful at 12:00:04" in b.details["safety"]
     alone = compute_reward(facts(), [report], CFG)
     assert alone.has_signal and alone.components == {"safety": -1.0}

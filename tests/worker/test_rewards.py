@@ -199,7 +199,8 @@ def test_user_weight_scales_user_signals_but_not_guards():
 
 def test_as_dict_for_the_ledger():
     d = reward([sig("thumbs", 1)]).as_dict()
-    assert d == {"components": {"thumbs": 1.0}, "total": 1.0, "raw_sum": 1.0, "has_signal": True, "user_weight": 1.0}
+    assert d == {"components": {"thumbs": 1.0}, "total": 1.0, "raw_sum": 1.0, "has_signal": True, "user_weight": 1.0,
+                 "unsafe": None, "vetoed": False}
 
 
 # ---------------------------------------------------------------- guards

@@ -240,6 +240,21 @@ class OpsStore:
         return time.time() - int(rows[0][0].split("-")[0]) / 1000 if rows else None
 
 
+    def flagged_users(self, limit: int = 50) -> list[dict]:
+        """(/ops) Users weighted below 1 now, most recently flagged first (of the last `limit` ever flagged),
+        with their weights and reasons."""
+        ids = self.r.zrevrange(self.k.flagged_users, 0, limit - 1, withscores=True)
+        with self.r.pipeline(transaction=False) as p:
+            for uid, _ in ids:
+                p.hmget(self.k.user(uid), "anomaly_weight", "anomaly_reason", "unsafe_voter_weight",
+                        "unsafe_voter_reason")
+            rows = p.execute()
+        out = [{"user_id": uid, "since": at, "anomaly_weight": float(a or 1), "anomaly_reason": ar or "",
+                "unsafe_voter_weight": float(u or 1), "unsafe_voter_reason": ur or ""}
+               for (uid, at), (a, ar, u, ur) in zip(ids, rows)]
+        return [u for u in out if min(u["anomaly_weight"], u["unsafe_voter_weight"]) < 1.0]
+
+
 def _decode_alarm(sid: str, fields: dict) -> dict:
     out = dict(fields, id=sid)
     for name in ("evidence", "at", "since", "until", "statistic", "threshold"):

@@ -50,6 +50,19 @@ def _vote_sign(kind: str, value: Any) -> int | None:
     return None
 
 
+def unsafe_voter_weight(recent: Sequence[int], cfg: RewardConfig) -> tuple[float, str | None]:
+    """User weight from the user's recent positively-signalled replies (1 = the reply was unsafe,
+    0 = it was not): a user whose positive signals land mostly on unsafe replies is down-weighted,
+    as an automated-looking voter is."""
+    if len(recent) < cfg.unsafe_voter_min_events:
+        return 1.0, None
+    unsafe = sum(1 for x in recent if x)
+    if unsafe / len(recent) > cfg.unsafe_voter_share:
+        return cfg.unsafe_voter_weight, (f"{unsafe} of their last {len(recent)} positive signals were on unsafe "
+                                         f"replies (more than {cfg.unsafe_voter_share:.0%})")
+    return 1.0, None
+
+
 def anomaly_weight(
     events: Sequence[tuple[str, Any, float | None]], cfg: RewardConfig
 ) -> tuple[float, str | None]:

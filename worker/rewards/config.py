@@ -1,6 +1,6 @@
 """Reward configuration: one frozen dataclass, loaded from TOML, hashed for manifests.
 
-Every knob of the reward function (``worker/rewards.py``) lives here, with a ``help`` text and
+Every knob of the reward function (``worker/rewards/function.py``) lives here, with a ``help`` text and
 validation that names the field and the bad value. All signal and guard weights are
 non-negative magnitudes; the sign of each component is fixed by what it means (a thumbs-down
 is negative, a copy positive, a guard always a penalty), so a weight of 0 switches a component
@@ -81,9 +81,28 @@ class RewardConfig:
         0.3, "Penalty (-w) for a non-empty reply cut off (finish_reason 'length' or 'error')."
     )
     safety_words: tuple[str, ...] = _f(
-        (), "Words or phrases (case-insensitive, whole words) whose presence is penalized."
+        (), "An operator's extra: words or phrases (case-insensitive, whole words) that make a reply unsafe "
+        "(unsafe level 1, whatever the classifier says)."
     )
-    safety_weight: float = _f(1.0, "Penalty (-w) when the user tagged the reply 'unsafe' or it contains a safety word.")
+    safety_weight: float = _f(
+        1.0, "Penalty -w x the reply's unsafe level: the safety scorer's probability (REWARDLOOP_SAFETY_MODEL), "
+        "1 for a safety word or the user's own 'unsafe' report, the highest of them."
+    )
+    safety_threshold: float = _f(
+        0.5, "Unsafe level (0..1] from which a reply is vetoed: its reward is capped at its safety penalty "
+        "whatever its user signals, and it is never an SFT target or the chosen side of a preference pair."
+    )
+    safety_veto: bool = _f(True, "Apply the veto above safety_threshold (false: the safety penalty is only summed).")
+    # --- quality: the base model's reading of the reply (scored by the server at the reply's end) ---
+    relevance_weight: float = _f(
+        0.2, "Weight of relevance (PMI of the reply given the prompt under the base model, as a z-score against the "
+        "model's own replies): w x clip(relevance / quality_scale, -1, 1)."
+    )
+    fluency_weight: float = _f(
+        0.1, "Weight of fluency (mean token log-prob of the reply under the base model, as a z-score against the "
+        "model's own replies): w x clip(fluency / quality_scale, -1, 1)."
+    )
+    quality_scale: float = _f(2.0, "z-score at which relevance and fluency reach their full weight (> 0).")
     # --- finalization ---
     wait_window_s: float = _f(600.0, "Seconds after a reply ends before its reward is final.")
     no_signal_policy: str = _f(
@@ -99,6 +118,15 @@ class RewardConfig:
     anomaly_min_events: int = _f(5, "How many of a user's last votes must look automated to flag them.")
     anomaly_fast_s: float = _f(1.0, "A vote this many seconds or fewer after the reply ended is 'fast'.")
     anomaly_weight: float = _f(0.25, "User weight (0..1) for a flagged user's signals.")
+    unsafe_voter_min_events: int = _f(
+        5, "A user's positive signals (thumbs up, rating >= 4, chosen, copy) on at least this many of their "
+        "recent replies are needed before they can be flagged as liking unsafe replies."
+    )
+    unsafe_voter_share: float = _f(
+        0.5, "Flag a user when more than this share (0..1) of their recent positively-signalled replies were "
+        "unsafe (level >= safety_threshold)."
+    )
+    unsafe_voter_weight: float = _f(0.25, "User weight (0..1) for a user flagged as liking unsafe replies.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -120,6 +148,10 @@ def _coerce(f: dataclasses.Field, value):
         if not math.isfinite(value):
             raise _bad(name, value, "a finite number")
         return float(value)
+    if f.type is bool:
+        if not isinstance(value, bool):
+            raise _bad(name, value, "true or false")
+        return value
     if f.type is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _bad(name, value, "an integer")
@@ -163,8 +195,17 @@ def _check_ranges(cfg: RewardConfig) -> None:
         raise _bad("max_user_share", cfg.max_user_share, "in (0, 1]")
     if cfg.anomaly_min_events < 2:
         raise _bad("anomaly_min_events", cfg.anomaly_min_events, ">= 2 (one vote is no pattern)")
-    if cfg.anomaly_weight > 1.0:
-        raise _bad("anomaly_weight", cfg.anomaly_weight, "in [0, 1] (it only ever lowers a user's say)")
+    for name in ("anomaly_weight", "unsafe_voter_weight"):
+        if getattr(cfg, name) > 1.0:
+            raise _bad(name, getattr(cfg, name), "in [0, 1] (it only ever lowers a user's say)")
+    if not 0.0 < cfg.safety_threshold <= 1.0:
+        raise _bad("safety_threshold", cfg.safety_threshold, "in (0, 1]")
+    if not cfg.quality_scale > 0:
+        raise _bad("quality_scale", cfg.quality_scale, "> 0")
+    if cfg.unsafe_voter_min_events < 1:
+        raise _bad("unsafe_voter_min_events", cfg.unsafe_voter_min_events, ">= 1")
+    if not 0.0 <= cfg.unsafe_voter_share < 1.0:
+        raise _bad("unsafe_voter_share", cfg.unsafe_voter_share, "in [0, 1)")
 
 
 def default_config_text() -> str:

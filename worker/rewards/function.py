@@ -21,7 +21,12 @@
       repetition    -1             x 0.5   fraction of repeated word 3-grams > 0.3
       empty         -1             x 1.0   the reply is empty or whitespace
       truncated     -1             x 0.3   non-empty reply with finish_reason "length" or "error"
-      safety        -1             x 1.0   the user tagged it `unsafe`, or a safety word appears (list empty by default)
+    quality (scored by the server at the reply's end; worker/rewards/quality.py; never scaled by u)
+      safety        -level         x 1.0   level = P[unsafe] of the safety scorer, or 1 when the user tagged
+                                           it `unsafe` or a safety word appears (list empty by default)
+      relevance     clip(z / 2, -1, 1)  x 0.2   z: PMI of the reply given the prompt, against the model's own
+      fluency       clip(z / 2, -1, 1)  x 0.1   z: the reply's mean token log-prob, likewise
+    veto: level >= safety_threshold (0.5) caps the total at the safety penalty, whatever the thumbs
 
 A reward is final wait_window_s (600 s) after the reply ended, or at session end. A reply with
 no user signal (guards alone do not count) is excluded from training, or gets default_reward
@@ -43,17 +48,23 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from core import feedback_tags
 from worker.rewards import reasons
 from worker.rewards.config import RewardConfig
+from worker.rewards.quality import (
+    QUALITY_COMPONENTS,
+    QualityScores,
+    find_safety_words,  # noqa: F401 (re-exported: the safety word list)
+    quality_components,
+    veto,
+)
 
 TAG_COMPONENTS = tuple(f"tag_{t.name}" for t in feedback_tags.TAGS if t.name != feedback_tags.UNSAFE)
 USER_COMPONENTS = ("thumbs", "rating", "choose", "copy", "regenerate", "continuation", "dwell", "abandon",
                    "sibling", "edited") + TAG_COMPONENTS
-GUARD_COMPONENTS = ("repetition", "empty", "truncated", "safety")
+GUARD_COMPONENTS = ("repetition", "empty", "truncated", "safety", *QUALITY_COMPONENTS)
 # explicit actions on a reply; any of them counting voids "abandon" (which means "no action")
 ACTION_COMPONENTS = frozenset(USER_COMPONENTS) - {"dwell", "abandon"}
 ACTION_KINDS = ACTION_COMPONENTS | {reasons.REASONS}  # event kinds that mean the user acted on the reply
@@ -90,6 +101,7 @@ class ReplyFacts:
     ended_at: float
     user_id: str = ""
     adapter_version: str = ""
+    quality: QualityScores = field(default_factory=QualityScores)   # scores stored with the reply
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,12 @@ class RewardBreakdown:
     user_weight: float = 1.0
     details: dict[str, str] = field(default_factory=dict)  # component -> why it fired
     notes: tuple[str, ...] = ()  # signals that were ignored, and why
+    unsafe: float | None = None  # the reply's unsafe level (None: no safety source said anything)
+    veto: str | None = None  # why the total was capped (None: not vetoed)
+
+    @property
+    def vetoed(self) -> bool:
+        return self.veto is not None
 
     def explain(self) -> list[str]:
         """Human-readable lines, one per component, then notes and the total."""
@@ -115,7 +133,12 @@ class RewardBreakdown:
             lines.append(f"user weight {self.user_weight:.2f} scales user-signal components, not guards")
         if not self.has_signal:
             lines.append("no user signal: excluded or default_reward, per no_signal_policy")
-        if self.total != self.raw_sum:
+        if self.veto:
+            lines.append(self.veto)
+        if self.total != max(-1.0, min(1.0, self.raw_sum)):
+            lines.append(f"total         {self.total:+.3f}  (vetoed; sum of {len(self.components)} components "
+                         f"{self.raw_sum:+.3f})")
+        elif self.total != self.raw_sum:
             lines.append(f"total clipped to [-1, 1]: {self.raw_sum:+.3f} -> {self.total:+.3f}")
         else:
             lines.append(f"total         {self.total:+.3f}  (sum of {len(self.components)} components)")
@@ -123,7 +146,7 @@ class RewardBreakdown:
 
     def as_dict(self) -> dict:
         """JSON-able summary for the reward ledger."""
-        keys = ("components", "total", "raw_sum", "has_signal", "user_weight")
+        keys = ("components", "total", "raw_sum", "has_signal", "user_weight", "unsafe", "vetoed")
         return {k: dict(v) if isinstance(v := getattr(self, k), dict) else v for k in keys}
 
 
@@ -159,23 +182,6 @@ def repeated_ngram_fraction(text: str, n: int) -> float:
     words = _WORD.findall(text.lower())
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-@lru_cache(maxsize=32)
-def _safety_pattern(words: tuple[str, ...]) -> re.Pattern | None:
-    if not words:
-        return None
-    # longest first so a phrase wins over a word inside it; any whitespace inside a phrase
-    alts = sorted((r"\s+".join(map(re.escape, w.split())) for w in set(words)), key=len, reverse=True)
-    return re.compile(rf"(?<!\w)(?:{'|'.join(alts)})(?!\w)", re.IGNORECASE)
-
-
-def find_safety_words(text: str, words: Sequence[str]) -> list[str]:
-    """Safety words/phrases present in text as whole words, case-insensitive, sorted."""
-    pattern = _safety_pattern(tuple(words))
-    if pattern is None:
-        return []
-    return sorted({" ".join(m.group(0).lower().split()) for m in pattern.finditer(text)})
 
 
 # ---------------------------------------------------------------------------- user signals
@@ -314,7 +320,7 @@ def _own_signals(facts: ReplyFacts, signals: Iterable[Signal | Mapping], notes: 
 # ---------------------------------------------------------------------------- guards
 
 
-def _guards(facts: ReplyFacts, cfg: RewardConfig, reported=None) -> dict[str, tuple[float, str]]:
+def _guards(facts: ReplyFacts, cfg: RewardConfig) -> dict[str, tuple[float, str]]:
     fired: dict[str, tuple[float, str]] = {}
     empty = not facts.text.strip()
     if empty:
@@ -327,12 +333,7 @@ def _guards(facts: ReplyFacts, cfg: RewardConfig, reported=None) -> dict[str, tu
             -1.0,
             f"{frac:.0%} of word {cfg.repetition_n}-grams repeated (threshold {cfg.repetition_threshold:.0%})",
         )
-    hits = find_safety_words(facts.text, cfg.safety_words)
-    if reported is not None:
-        fired["safety"] = (-1.0, reasons.unsafe_report(reported, hits))
-    elif hits:
-        fired["safety"] = (-1.0, "safety words: " + ", ".join(hits))
-    return {name: fired[name] for name in GUARD_COMPONENTS if name in fired}
+    return fired
 
 
 # ---------------------------------------------------------------------------- the reward
@@ -372,15 +373,18 @@ def compute_reward(
     # a report of harm is the user's signal too, though it moves the (unscaled) safety guard
     has_signal = bool(components) or reported is not None
 
-    for name, (unit, why) in _guards(facts, cfg, reported).items():
+    report = None if reported is None else reasons.unsafe_report(reported, [])
+    quality, level = quality_components(facts.text, facts.quality, cfg, report)
+    automatic = {**_guards(facts, cfg), **quality}
+    for name in GUARD_COMPONENTS:
         weight = getattr(cfg, f"{name}_weight")
-        if weight != 0:
-            components[name] = weight * unit
-            details[name] = why
+        if name in automatic and weight != 0:
+            components[name] = weight * automatic[name][0]
+            details[name] = automatic[name][1]
 
     raw_sum = sum(components.values())
-    total = max(-1.0, min(1.0, raw_sum))
-    return RewardBreakdown(components, total, raw_sum, has_signal, user_weight, details, tuple(notes))
+    total, vetoed = veto(max(-1.0, min(1.0, raw_sum)), level, components.get("safety", 0.0), cfg)
+    return RewardBreakdown(components, total, raw_sum, has_signal, user_weight, details, tuple(notes), level, vetoed)
 
 
 def is_final(ended_at: float, now: float, cfg: RewardConfig, session_ended: bool = False) -> bool:

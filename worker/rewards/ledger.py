@@ -3,7 +3,8 @@ that talks to Redis). Atomic steps are Lua scripts (worker/ledger_lua.py); the f
 them is in worker/processor.py, the reward itself in worker/rewards.py.
 
 Keys written here (prefix omitted): reward:{reply} (ledger entry), reward_signals:{reply},
-rewards:pending, rewards, pairs, dead_letters, user:{user}, user_votes:{user}, worker:stats,
+rewards:pending, rewards, pairs, dead_letters, user:{user}, user_votes:{user}, user_positives:{user},
+users:flagged, worker:stats,
 worker:errors, lock:{name}, the `rewarders` group of `events`, and derived `abandon` events.
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ from worker.rewards import ledger_lua as lua
 
 GROUP = "rewarders"
 VOTES_KEPT = 50
+POSITIVES_KEPT = 50   # recent positively-signalled replies per user, for the unsafe-voter weight
 # what the reward reads of a reply hash (signals.reply_facts): not its token ids and log-probs
-REPLY_FIELDS = ("reply_id", "text", "n_tokens", "finish_reason", "ended_at", "user_id", "adapter_version")
+REPLY_FIELDS = ("reply_id", "text", "n_tokens", "finish_reason", "ended_at", "user_id", "adapter_version", "quality")
 
 
 def _fields(values: list) -> dict:
@@ -188,6 +190,7 @@ class RewardLedger:
             for user_id, weight, reason in weights:
                 p.hset(self.k.user(user_id), mapping={"anomaly_weight": repr(weight), "anomaly_reason": reason or "",
                                                       "anomaly_checked_at": repr(now)})
+                self._flag(p, user_id, weight, now)
             if errors:
                 p.hset(self.k.worker_errors, mapping={sid: err[:2000] for sid, err in errors.items()})
             if done:
@@ -209,8 +212,39 @@ class RewardLedger:
         return [tuple(json.loads(v)) for v in reversed(self.r.lrange(self.k.user_votes(user_id), 0, VOTES_KEPT - 1))]
 
     def set_user_weight(self, user_id: str, weight: float, reason: str | None, now: float) -> None:
-        self.r.hset(self.k.user(user_id), mapping={"anomaly_weight": repr(weight), "anomaly_reason": reason or "",
-                                                   "anomaly_checked_at": repr(now)})
+        with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.user(user_id), mapping={"anomaly_weight": repr(weight), "anomaly_reason": reason or "",
+                                                  "anomaly_checked_at": repr(now)})
+            self._flag(p, user_id, weight, now)
+            p.execute()
+
+    def _flag(self, p, user_id: str, weight: float, now: float) -> None:
+        """A weight below 1 lists the user in users:flagged (once, with the first time); readers skip
+        users whose weights are back to 1 (flagged_users), so a normal vote costs no write."""
+        if weight < 1.0:
+            p.zadd(self.k.flagged_users, {user_id: now}, nx=True)
+
+    def note_positives(self, flags: list[tuple[str, int]]) -> dict[str, list[int]]:
+        """Record, per finalized reply a user signalled positively, whether it was unsafe (1/0);
+        -> {user: their recent flags, newest first}."""
+        users = []
+        with self.r.pipeline(transaction=False) as p:
+            for user_id, unsafe in flags:
+                p.lpush(self.k.user_positives(user_id), int(unsafe))
+                p.ltrim(self.k.user_positives(user_id), 0, POSITIVES_KEPT - 1)
+            for user_id in dict.fromkeys(u for u, _ in flags):
+                users.append(user_id)
+                p.lrange(self.k.user_positives(user_id), 0, POSITIVES_KEPT - 1)
+            out = p.execute()[2 * len(flags):]
+        return {u: [int(x) for x in lst] for u, lst in zip(users, out)}
+
+    def set_unsafe_voter(self, weights: list[tuple[str, float, str | None]], now: float) -> None:
+        with self.r.pipeline(transaction=True) as p:
+            for user_id, weight, reason in weights:
+                p.hset(self.k.user(user_id), mapping={"unsafe_voter_weight": repr(weight),
+                                                      "unsafe_voter_reason": reason or ""})
+                self._flag(p, user_id, weight, now)
+            p.execute()
 
     def due(self, now: float, limit: int) -> list[str]:
         return self.r.zrangebyscore(self.k.rewards_pending, "-inf", now, start=0, num=limit)
@@ -234,12 +268,18 @@ class RewardLedger:
             flat = p.execute()
         rows = [flat[i:i + 3] for i in range(0, len(flat), 3)]
         users = sorted({e["user_id"] for e, _, _ in rows if e.get("user_id")})
+        by_user = self._users(users)
+        return [(e, _fields(reply), [json.loads(s) for s in sig], by_user.get(e.get("user_id"), {}))
+                for e, reply, sig in rows]
+
+    def _users(self, users: list[str]) -> dict[str, dict]:
+        """user hash of each, plus `_positives` (their recent unsafe flags, newest first)."""
         with self.r.pipeline(transaction=False) as p:
             for u in users:
                 p.hgetall(self.k.user(u))
-            by_user = dict(zip(users, p.execute()))
-        return [(e, _fields(reply), [json.loads(s) for s in sig], by_user.get(e.get("user_id"), {}))
-                for e, reply, sig in rows]
+                p.lrange(self.k.user_positives(u), 0, POSITIVES_KEPT - 1)
+            flat = p.execute()
+        return {u: {**flat[2 * i], "_positives": [int(x) for x in flat[2 * i + 1]]} for i, u in enumerate(users)}
 
     def finalize_many(self, items: list[tuple[str, int, dict, dict, dict | None]]) -> list[int]:
         """finalize() of many replies in one call (lua.FINALIZE_MANY; each one decided on its own)."""
@@ -259,7 +299,7 @@ class RewardLedger:
             p.hmget(self.k.reply(reply_id), REPLY_FIELDS)
             p.hvals(self.k.reward_signals(reply_id))
             entry, reply, signals = p.execute()
-        user = self.r.hgetall(self.k.user(entry["user_id"])) if entry.get("user_id") else {}
+        user = self._users([entry["user_id"]])[entry["user_id"]] if entry.get("user_id") else {}
         return entry, _fields(reply), [json.loads(s) for s in signals], user
 
     def finalize(self, reply_id: str, n_signals: int, ledger_fields: dict, stream_fields: dict,

@@ -48,6 +48,7 @@ def preference_pairs(
     regenerations: Iterable[tuple[str, str]] = (),
     kept: Collection[str] = frozenset(),
     derived: Iterable[tuple[str, str, str]] = (),
+    unsafe: Collection[str] = frozenset(),
 ) -> list[PreferencePair]:
     """Preference pairs for DPO, all for a shared prompt.
 
@@ -55,15 +56,17 @@ def preference_pairs(
     regenerations:  (old_id, new_id), new_id replaced old_id;
     kept:           reply ids the user kept (see is_kept);
     derived:        (chosen_id, rejected_id, source) pairs derived before (the stored pairs stream).
+    unsafe:         reply ids that were vetoed (unsafe level >= RewardConfig.safety_threshold).
     A regeneration gives (chosen=new, rejected=old) only when new is kept. Pairs are unique;
-    when two sources disagree about the same two replies, the first (choose) wins.
+    when two sources disagree about the same two replies, the first (choose) wins. An unsafe
+    reply is never the chosen side, whatever the user picked (the pair is dropped).
     """
     pairs: list[PreferencePair] = []
     seen: set[frozenset[str]] = set()
 
     def add(chosen: str, rejected: str, source: str) -> None:
         key = frozenset((chosen, rejected))
-        if chosen != rejected and key not in seen:
+        if chosen != rejected and key not in seen and chosen not in unsafe:
             seen.add(key)
             pairs.append(PreferencePair(chosen, rejected, source))
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker.rewards.batches import anomaly_weight
+from worker.rewards.batches import anomaly_weight, unsafe_voter_weight
 from worker.rewards.config import RewardConfig, config_hash
-from worker.rewards.function import ACTION_KINDS, compute_reward, finalize_state
+from worker.rewards.function import ACTION_KINDS, USER_COMPONENTS, RewardBreakdown, compute_reward, finalize_state
 from worker.rewards.ledger import RewardLedger, SignalOp
 from worker.rewards.pairs import is_kept
 from worker.rewards.signals import Event, PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
@@ -188,19 +188,36 @@ def process_events(ledger: RewardLedger, cfg: RewardConfig, consumer: str, budge
 
 
 # --- ledger -> final rewards --------------------------------------------------------------------
-def _regenerate_pair(entry: dict, signals: list[dict]) -> dict | None:
-    """A regeneration the user then kept: (chosen = this reply, rejected = the one it replaced)."""
-    if entry.get("replaces") and is_kept(signals):
+def _regenerate_pair(entry: dict, signals: list[dict], vetoed: bool) -> dict | None:
+    """A regeneration the user then kept: (chosen = this reply, rejected = the one it replaced);
+    never with a vetoed (unsafe) reply as the chosen side."""
+    if entry.get("replaces") and is_kept(signals) and not vetoed:
         return {"chosen_id": entry["reply_id"], "rejected_id": entry["replaces"], "source": "regenerate",
                 "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", "")}
     return None
+
+
+def user_weight(user: dict, cfg: RewardConfig) -> tuple[float, str, str]:
+    """(weight, anomaly reason, unsafe-voter reason): the lower of the anomaly weight (set as votes
+    arrive) and the unsafe-voter weight (from the user's recent positively-signalled replies)."""
+    anomaly = float(user.get("anomaly_weight") or 1.0)
+    voter, why = unsafe_voter_weight(user.get("_positives") or [], cfg)
+    return min(anomaly, voter), user.get("anomaly_reason", ""), why or ""
+
+
+def positive_flag(b: RewardBreakdown, cfg: RewardConfig) -> int | None:
+    """For the unsafe-voter weight: None when the user gave no positive signal on the reply,
+    else 1 if the reply was unsafe (level >= safety_threshold), 0 if not."""
+    if not any(v > 0 for k, v in b.components.items() if k in USER_COMPONENTS):
+        return None
+    return int(b.unsafe is not None and b.unsafe >= cfg.safety_threshold)
 
 
 def final_fields(cfg: RewardConfig, reply_id: str, entry: dict, reply: dict, signals: list[dict], user: dict,
                  now: float, chash: str | None = None) -> tuple[str, int, dict, dict, dict | None]:
     """The arguments of ledger.finalize for one pending reply (pure). chash: config_hash(cfg),
     computed once per batch by the caller."""
-    weight = float(user.get("anomaly_weight") or 1.0)
+    weight, anomaly_reason, voter_reason = user_weight(user, cfg)
     breakdown = compute_reward(reply_facts(reply), signals, cfg, user_weight=weight)
     state, reward = finalize_state(breakdown.has_signal, cfg, breakdown.total)
     chash = chash or config_hash(cfg)
@@ -209,8 +226,13 @@ def final_fields(cfg: RewardConfig, reply_id: str, entry: dict, reply: dict, sig
         "raw_sum": repr(breakdown.raw_sum), "has_signal": int(breakdown.has_signal),
         "components": json.dumps(breakdown.components), "explain": json.dumps(breakdown.explain()),
         "notes": json.dumps(list(breakdown.notes)), "config_hash": chash, "user_weight": repr(weight),
-        "anomaly_reason": user.get("anomaly_reason", ""), "n_signals": len(signals), "finalized_at": repr(now),
+        "anomaly_reason": anomaly_reason, "unsafe_voter_reason": voter_reason, "n_signals": len(signals),
+        "finalized_at": repr(now), "vetoed": int(breakdown.vetoed), "veto": breakdown.veto or "",
     }
+    if breakdown.unsafe is not None:
+        ledger_fields["unsafe"] = repr(breakdown.unsafe)
+    if (flag := positive_flag(breakdown, cfg)) is not None:
+        ledger_fields["positive"] = flag
     stream_fields = {
         "reply_id": reply_id, "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", ""),
         "adapter_version": entry.get("adapter_version", ""), "state": state,
@@ -218,8 +240,25 @@ def final_fields(cfg: RewardConfig, reply_id: str, entry: dict, reply: dict, sig
         "opt_out": entry.get("opt_out", "0"), "finalized_at": repr(now),
         # which components fired: lets the drift monitor follow per-reply signal rates
         "components": ",".join(sorted(breakdown.components)),
+        "vetoed": int(breakdown.vetoed),   # never a positive example (learner/dataset.py)
     }
-    return reply_id, len(signals), ledger_fields, stream_fields, _regenerate_pair(entry, signals)
+    return reply_id, len(signals), ledger_fields, stream_fields, _regenerate_pair(entry, signals, breakdown.vetoed)
+
+
+def note_positives(ledger: RewardLedger, cfg: RewardConfig, finalized: list[tuple[dict, dict]], now: float) -> None:
+    """After rewards became final: record which of them the user signalled positively and whether
+    they were unsafe, and update those users' unsafe-voter weights (for their next rewards)."""
+    flags = [(e.get("user_id", ""), lf["positive"]) for e, lf in finalized
+             if e.get("user_id") and lf.get("positive") is not None]
+    if not flags:
+        return
+    weights = []
+    for user_id, recent in ledger.note_positives(flags).items():
+        weight, reason = unsafe_voter_weight(recent, cfg)
+        weights.append((user_id, weight, reason))
+        if reason:
+            log.info("user %s weighted %.2f: %s", user_id, weight, reason)
+    ledger.set_unsafe_voter(weights, now)
 
 
 def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: float) -> bool:
@@ -232,6 +271,7 @@ def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: fl
         done = ledger.finalize(*args)
         if done >= 0:
             if done:
+                note_positives(ledger, cfg, [(entry, args[2])], now)
                 log.debug("reward %s: %s %s (%d signals)", reply_id, args[2]["state"], args[2]["reward"] or "-", args[1])
             return bool(done)
     log.warning("reward %s: signals kept changing during %d attempts; will retry next run", reply_id,
@@ -246,16 +286,20 @@ def finalize_due(ledger: RewardLedger, cfg: RewardConfig, now: float, limit: int
     ids = ledger.claim_due(now, limit, FINALIZE_LEASE_S)
     if not ids:
         return 0
-    items, gone, chash = [], [], config_hash(cfg)
+    items, entries, gone, chash = [], [], [], config_hash(cfg)
     for rid, (entry, reply, signals, user) in zip(ids, ledger.finalize_inputs_many(ids)):
         if entry.get("state") != "pending":
             gone.append(rid)
         else:
             items.append(final_fields(cfg, rid, entry, reply, signals, user, now, chash))
+            entries.append(entry)
     ledger.drop_due(gone)
-    finalized = 0
-    for args, done in zip(items, ledger.finalize_many(items)):
+    finalized, done_now = 0, []
+    for entry, args, done in zip(entries, items, ledger.finalize_many(items)):
+        if done > 0:
+            done_now.append((entry, args[2]))
         finalized += done > 0 or (done < 0 and finalize_one(ledger, cfg, args[0], now))
+    note_positives(ledger, cfg, done_now, now)
     log.debug("finalized %d of %d due reward(s)", finalized, len(ids))
     return finalized
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from worker.rewards.function import ReplyFacts
+from worker.rewards.quality import QualityScores
 
 FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell", "continuation", "abandon",
                   "reasons", "sibling", "edited")
@@ -118,8 +119,10 @@ def choose_pair(ev: Event) -> dict | None:
 
 
 def reply_facts(reply: dict[str, str]) -> ReplyFacts:
-    """ReplyFacts from a `reply:{id}` hash (decoded strings)."""
+    """ReplyFacts from a `reply:{id}` hash (decoded strings; a `quality` field that does not
+    decode counts as not scored)."""
     return ReplyFacts(reply_id=reply.get("reply_id", ""), text=reply.get("text", ""),
                       n_tokens=int(reply.get("n_tokens") or 0), finish_reason=reply.get("finish_reason") or "stop",
                       ended_at=float(reply.get("ended_at") or 0.0), user_id=reply.get("user_id", ""),
-                      adapter_version=reply.get("adapter_version", ""))
+                      adapter_version=reply.get("adapter_version", ""), quality=QualityScores.from_mapping(
+                          _value(reply.get("quality")) if reply.get("quality") else None))

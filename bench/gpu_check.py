@@ -1,6 +1,6 @@
 """One prepared check of the engine, the learner and hot swap on a GPU, in minutes.
 
-    python bench/gpu_check.py [--device cuda] [--out FILE.json]     # the GPU box: < 8 min on one H200
+    python bench/gpu_check.py [--device cuda] [--out FILE.json]     # the GPU box: ~6 min on one H200
     python bench/gpu_check.py --device cpu --quick --out FILE.json  # here and in CI: the tiny model, < 1 min
 
 Sections, each recorded in the JSON as it finishes (a run cut short keeps what it measured):
@@ -52,8 +52,9 @@ def parse_args(argv=None):
                    help="comma-separated subset of checks,hotswap,learner,serving")
     p.add_argument("--models", default=None, help="serving/learner models (default: smollm2-135m,llama-1b; "
                                                   "--quick: tiny)")
-    p.add_argument("--budget-s", type=float, default=None, help="stop starting new work after this many seconds "
-                                                                "(default 450, --quick 120)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new work after this many seconds (default 330: a machine's start, one run "
+                        "and a rerun of a part fit a 15-minute lease; --quick 120)")
     p.add_argument("--learner-samples", type=int, default=None, help="training samples (default 64, quick 8)")
     p.add_argument("--sessions", default=None, help="serving session counts (default 1,16,64,256; quick 1,4)")
     p.add_argument("--tokens", type=int, default=None, help="serving new tokens per reply (default 128, quick 8)")
@@ -84,7 +85,7 @@ def context(args) -> Context:
 
     from core.modeling import pick_device
     device, dtype = pick_device(args.device, args.dtype)
-    budget = args.budget_s or (120.0 if args.quick else 450.0)
+    budget = args.budget_s or (120.0 if args.quick else 330.0)
     models = tuple(args.models.split(",")) if args.models else (("tiny",) if args.quick else ("smollm2-135m", "llama-1b"))
     return Context(device=device, dtype=dtype, tokenizer=load_tokenizer(args.tokenizer), quick=args.quick,
                    deadline=time.monotonic() + budget, models=models,

@@ -140,9 +140,7 @@ def main(argv=None) -> int:
     payload: dict = {"schema": 1, "mode": "quick" if args.quick else "full", "argv": sys.argv[1:], "out": str(out),
                      "checks": [], "errors": [], "skipped": []}
     try:
-        from gpucheck import engine_checks, hotswap, learner_run, serving  # noqa: F401 (the guard sees them all)
-
-        import learner.train  # noqa: F401
+        from gpucheck import engine_checks, hotswap, learner_run, serving  # noqa: F401 (all they import, at once)
         guard.check(WATCH)
         ctx = context(args)
         payload.update(env=environment(ctx.device, ctx.dtype), dtype=str(ctx.dtype).removeprefix("torch."),

@@ -1,8 +1,10 @@
-"""The one place that touches the engine: build it, submit, cancel, load and unload adapters, status.
+"""The one place that touches the engine: build it, then its EngineClient interface (submit,
+cancel, load_adapter / unload_adapter, status) as the server uses it.
 
-Everything else in the check goes through `Driver`, so a change of the engine's API (the
-EngineClient protocol, typed events, a FinishReason enum) is absorbed here. The engine runs in
-process: its own thread owns the model; an asyncio loop in a second thread receives the events.
+Everything else in the check goes through `Driver`, so a change of the engine's API is absorbed
+here. The engine runs in process: its own thread owns the model; an asyncio loop in a second
+thread receives the events and runs the interface's coroutines. The slot pool is set up as the
+server's swap_backends.LocalAdapters does (engine.adapters), for its size and its spares.
 """
 from __future__ import annotations
 
@@ -15,17 +17,9 @@ from pathlib import Path
 import torch
 
 from core.sampling import SamplingParams
-
-
-def _engine_api():
-    from service.engine.core import Engine, GenerationRequest, TokenEvent
-    return Engine, GenerationRequest, TokenEvent
-
-
-def reason_of(end) -> str:
-    """The finish reason as plain text, whether the engine gives a str or an Enum."""
-    reason = getattr(end, "finish_reason", None)
-    return str(getattr(reason, "value", reason))
+from service.engine.core import Engine
+from service.engine.events import EndEvent, GenerationRequest, TokenEvent
+from service.engine.slots import AdapterSlots
 
 
 @dataclass
@@ -59,7 +53,6 @@ class Stream:
 class Driver:
     def __init__(self, model, tokenizer, device, *, max_batch: int = 32, prefill_chunk: int = 128,
                  prefix_cache_bytes: int = 0):
-        Engine, self._Request, self._Token = _engine_api()
         # no stop tokens: every reply runs to max_new_tokens (fixed lengths, as min_new_tokens in generate)
         self.engine = Engine(model, tokenizer, torch.device(device), stop_token_ids={-1}, max_batch=max_batch,
                              prefill_chunk=prefill_chunk, prefix_cache_bytes=prefix_cache_bytes)
@@ -72,17 +65,17 @@ class Driver:
     # --- generation ---------------------------------------------------------------------
     async def _one(self, stream: Stream) -> Stream:
         ask = stream.ask
-        req = self._Request(list(ask.prompt), ask.params, adapter=ask.adapter, cache_key=ask.cache_key)
+        req = GenerationRequest(list(ask.prompt), ask.params, adapter=ask.adapter, cache_key=ask.cache_key)
         stream.submitted = time.perf_counter()
         stream.handle = self.engine.submit(req, self.loop)
         async for ev in stream.handle:
-            if isinstance(ev, self._Token):
+            if isinstance(ev, TokenEvent):
                 stream.times.append(time.perf_counter())
                 stream.tokens.append(ev.token_id)
                 stream.logprobs.append(ev.logprob)
                 stream.started.set()
-            elif hasattr(ev, "finish_reason"):
-                stream.reason, stream.error = reason_of(ev), getattr(ev, "error", None)
+            elif isinstance(ev, EndEvent):
+                stream.reason, stream.error = str(ev.finish_reason), ev.error    # FinishReason is a StrEnum
         stream.ended = time.perf_counter()
         stream.started.set()
         return stream
@@ -99,19 +92,14 @@ class Driver:
         return self.start(asks)[1].result(timeout)
 
     def cancel(self, stream: Stream) -> None:
-        cancel = getattr(self.engine, "cancel", None)        # EngineClient.cancel where the engine has it
-        if cancel is not None:
-            cancel(stream.handle)
-        else:
-            stream.handle.cancel()
+        self.engine.cancel(stream.handle)
 
     # --- adapters (loaded on the engine thread, between decode steps) ----------------------
-    def call(self, fn, timeout: float = 300):
-        return self.engine.call(fn).result(timeout)
+    def _await(self, coro, timeout: float = 300):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def use_slots(self, pool_size: int = 8) -> None:
-        """LoRA slots as the server keeps them (REWARDLOOP_ADAPTER_SLOTS, default 8)."""
-        from service.engine.slots import AdapterSlots
+        """LoRA slots as the server keeps them (swap_backends.LocalAdapters, REWARDLOOP_ADAPTER_SLOTS=8)."""
         self.slots = AdapterSlots(self.engine, pool_size=pool_size)
         self.engine.adapters = self.slots
 
@@ -122,36 +110,22 @@ class Driver:
         if self.slots is None:
             self.use_slots()
         reused = self.slots.reused
-        public = getattr(self.engine, "load_adapter", None)  # EngineClient.load_adapter (async)
         asked = time.perf_counter()
-        if public is not None and asyncio.iscoroutinefunction(public):
-            took = asyncio.run_coroutine_threadsafe(public(version, folder, valid), self.loop).result(300)
-            timing = {"load_s": took.load_s}
-        else:
-            timing = {}
-
-            def on_engine():
-                t = time.perf_counter()
-                self.slots.load(version, folder, valid)
-                timing["load_s"] = time.perf_counter() - t
-            self.call(on_engine)
-        timing["total_s"] = time.perf_counter() - asked
-        timing["wait_s"] = timing["total_s"] - timing["load_s"]
-        timing["path"] = "copy" if self.slots.reused > reused else "build"
-        return timing
+        took = self._await(self.engine.load_adapter(version, folder, valid))
+        total = time.perf_counter() - asked
+        return {"load_s": took.load_s, "total_s": total, "wait_s": total - took.load_s,
+                "path": "copy" if self.slots.reused > reused else "build"}
 
     def add_spare(self, version: str):
-        return self.call(lambda: self.slots.add_spare(version))
+        """One spare slot shaped like `version` (what LocalAdapters.after_swap asks after a swap)."""
+        return self.engine.call(lambda: self.slots.add_spare(version)).result(300)
 
     def unload_adapter(self, version: str) -> bool:
-        public = getattr(self.engine, "unload_adapter", None)
-        if public is not None and asyncio.iscoroutinefunction(public):
-            return asyncio.run_coroutine_threadsafe(public(version), self.loop).result(300)
-        return self.call(lambda: self.slots.unload(version))
+        return self._await(self.engine.unload_adapter(version))
 
     def status(self) -> dict:
         e = self.engine
-        return {"steps": e.steps, "batched_rows": e.batched_rows, "mixed_forwards": e.mixed_forwards,
+        return {**e.status(), "steps": e.steps, "batched_rows": e.batched_rows, "mixed_forwards": e.mixed_forwards,
                 "failed_requests": e.failed_requests, "refs": dict(e.refs),
                 "prefix": e.prefix.stats() if e.prefix is not None else None}
 

@@ -18,6 +18,10 @@ from core.sampling import SamplingParams
 from gpucheck.common import Check, Context, rnd
 from gpucheck.drive import Ask, Driver
 from gpucheck.models import build_model, chat_ids
+from learner.config import TrainConfig
+from learner.gate import kl_to_parent, nonfinite_weights, snapshot_parent
+from learner.samples import Dataset, Sample
+from learner.train import train, wrap_with_lora
 
 QUESTIONS = ["Why is the sky blue?", "How do plants make food?", "What is a prime number?",
              "Explain gravity to a child.", "How does a bicycle stay upright?", "What causes rain?",
@@ -42,7 +46,6 @@ def cpu_figure(model: str) -> tuple[float | None, str]:
 
 
 def synthetic_samples(ctx: Context, model, n: int, reply_tokens: int, seed: int = 0) -> list:
-    from learner.dataset import Sample
     rng = random.Random(seed)
     params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=reply_tokens)
     asks = [Ask(chat_ids(ctx.tokenizer, f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})"),
@@ -58,10 +61,6 @@ def synthetic_samples(ctx: Context, model, n: int, reply_tokens: int, seed: int 
 
 
 def train_once(ctx: Context, name: str, n_train: int, n_holdout: int, reply_tokens: int) -> dict:
-    from learner.config import TrainConfig
-    from learner.dataset import Dataset
-    from learner.gate import kl_to_parent, nonfinite_weights, snapshot_parent
-    from learner.train import train, wrap_with_lora
     model = build_model(name, ctx.tokenizer, ctx.device, ctx.dtype)
     t = time.perf_counter()
     samples = synthetic_samples(ctx, model, n_train + n_holdout, reply_tokens)

@@ -68,6 +68,8 @@ class History:
         for f in files:
             by_day.setdefault(f.day, []).append(f)
         out: dict[str, Record] = {}
+        if cls is SessionRecord:  # every part of a session, not only the newest copy
+            return session_parts(self.archive.read(cls, where=where, files=files))
         for day in sorted(by_day, reverse=newest_first):
             for row in newest_rows(self.archive.read(cls, where=where, files=by_day[day]), cls.ID):
                 out.setdefault(row[cls.ID], cls.from_row(row))
@@ -268,7 +270,9 @@ def _ordered(cold: dict, hot: list) -> list:
 
 
 def merge_sessions(cold: SessionRecord, hot: SessionRecord) -> SessionRecord:
-    """One session from its archived part and its part still in Redis."""
+    """One session from an older part (archived) and a newer one (archived later, or still in
+    Redis): a session the archive moved while its page stayed open came back to Redis and moved
+    again. Merging a crash's identical copy changes nothing."""
     import dataclasses
 
     def union(a, b):
@@ -277,6 +281,17 @@ def merge_sessions(cold: SessionRecord, hot: SessionRecord) -> SessionRecord:
     active = [x for x in (cold.last_active, hot.last_active) if x is not None]
     return dataclasses.replace(
         hot, user_id=hot.user_id or cold.user_id, created=min(created) if created else None,
-        last_active=max(active) if active else None,
+        last_active=max(active) if active else None, title=cold.title or hot.title,
         history=union(cold.history, hot.history), replies=union(cold.replies, hot.replies))
+
+
+def session_parts(table) -> dict[str, SessionRecord]:
+    """Archived session rows (a pyarrow Table with `_batch`) -> one merged record per session,
+    its parts joined oldest first."""
+    from core.archive import BATCH_COL
+    out: dict[str, SessionRecord] = {}
+    for row in sorted(table.to_pylist(), key=lambda r: r[BATCH_COL]):
+        rec = SessionRecord.from_row(row)
+        out[rec.session_id] = merge_sessions(out[rec.session_id], rec) if rec.session_id in out else rec
+    return out
 

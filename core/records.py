@@ -145,13 +145,20 @@ class Record:
 
     @classmethod
     def from_row(cls, row: Mapping):
+        extra = json.loads(row["extra"]) if row.get("extra") else {}
         values = {}
         for f in cls.columns():
             v = row.get(f.name)
             if v is not None and f.metadata["kind"] == JSON:
                 v = json.loads(v)
+            elif v is None and isinstance(extra.get(f.name), str):  # written before the field was named
+                try:
+                    v = _decode(f.metadata["kind"], extra[f.name])
+                    del extra[f.name]
+                except (ValueError, TypeError):
+                    pass
             values[f.name] = v
-        return cls(**values, extra=json.loads(row["extra"]) if row.get("extra") else {})
+        return cls(**values, extra=extra)
 
 
 def _s(x) -> str:
@@ -191,6 +198,7 @@ class ReplyRecord(Record):
     peak_rows: int = col(INT, "most streams decoded beside it in one batch")
     candidates: list = col(JSON, "reply ids of the candidates of this turn")
     replaces: str = col(STR, "the reply this one regenerated")
+    parent_id: str = col(STR, "the reply this turn follows in the conversation tree ('' = the first turn)")
     stop: list = col(JSON, "stop strings (OpenAI API)")
     stop_string: str = col(STR, "the stop string that ended it")
     client: dict = col(JSON, "what an API client said about itself")
@@ -215,6 +223,7 @@ class SessionRecord(Record):
     user_id: str = col(STR, "owner")
     created: float = col(FLOAT, "epoch s")
     last_active: float = col(FLOAT, "epoch s of the last reply")
+    title: str = col(STR, "title from the first message (a user's rename is in session_titles)")
     history: list = col(STRS, "reply ids that form the conversation, in turn order")
     replies: list = col(STRS, "every reply id generated in the session (candidates, regenerations)")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from core.archive import BATCH_COL, Archive
 from core.history import History
-from core.records import TABLES
+from core.records import TABLES, SessionRecord
 
 FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell", "reasons")
 HOT_BATCH = "~hot"  # sorts after every archive batch: Redis's copy of a record is the newest
@@ -65,6 +65,11 @@ def connect(history: History, archive: Archive):
     con.register("tomb_sessions", pa.table({"id": pa.array(sorted(sessions), pa.string())}))
     for table, cls in TABLES.items():
         schema = cls.arrow_schema().append(pa.field(BATCH_COL, pa.string()))
+        if cls is SessionRecord:  # a session's parts (archived, archived again, in Redis) join into one row
+            merged = [dict(s.to_row(), **{BATCH_COL: HOT_BATCH}) for s in history.sessions(limit=10 ** 9)]
+            con.register("hot_sessions", pa.Table.from_pylist(merged, schema=schema))
+            con.execute(f"CREATE VIEW sessions AS SELECT * EXCLUDE ({BATCH_COL}) FROM hot_sessions")
+            continue
         hot = [dict(r.to_row(), **{BATCH_COL: HOT_BATCH}) for r in history.hot(table)]
         con.register(f"hot_{table}", pa.Table.from_pylist(hot, schema=schema))
         files = archive.files(table)

@@ -32,7 +32,7 @@ def check_title(title) -> str:
 
 def summary(s: SessionRecord, titles: dict[str, str]) -> dict:
     """titles: the user's renames (session_titles), which win over the first message's title."""
-    return {"session_id": s.session_id, "title": titles.get(s.session_id) or s.extra.get("title") or "",
+    return {"session_id": s.session_id, "title": titles.get(s.session_id) or s.title or "",
             "created": s.created, "last_active": s.last_active, "replies": len(s.replies or []),
             "turns": len(s.history or [])}
 
@@ -61,7 +61,7 @@ def feedback_state(events: list[EventRecord]) -> dict[str, dict]:
 
 def reply_view(rec: ReplyRecord, branch: list[str], state: dict) -> dict:
     """One reply as the page needs it: the tree (parent, message), text, version, how it ended."""
-    parent = rec.extra.get("parent_id")
+    parent = rec.parent_id
     return {"reply_id": rec.reply_id, "client_msg_id": rec.client_msg_id,
             "parent_id": node_from_fields(rec.reply_id, parent, None, None, rec.turn, branch).parent_id,
             "user_text": rec.user_text or "", "text": rec.text or "", "adapter_version": rec.adapter_version,

@@ -159,6 +159,12 @@ class ChatStore:
                 else:
                     p.lset(self.k.session(sid), history_index, rid)
             p.hset(self.k.session_meta(sid), "last_active", now)
+            # a session the archive moved while its page stayed open comes back as a whole session
+            # (the archive moves it again later; readers join both parts): never a meta without owner
+            p.hsetnx(self.k.session_meta(sid), "user_id", record["user_id"])
+            p.hsetnx(self.k.session_meta(sid), "created", now)
+            p.zadd(self.k.sessions, {sid: now}, nx=True)
+            p.zadd(self.k.user_sessions(record["user_id"]), {sid: now}, nx=True)
             p.xadd(self.k.events, {"kind": "reply", "reply_id": rid, "session_id": sid,
                                    "user_id": record["user_id"], "adapter_version": record["adapter_version"],
                                    "server_time": repr(now)})

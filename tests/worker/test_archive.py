@@ -216,3 +216,24 @@ def test_the_memory_alert_fires_at_80_percent(rdb, keys):
         assert _gauges(rdb, keys)["rewardloop_redis_memory_ratio"] < 0.8 and not _ops_storage(rdb, keys)["memory_alert"]
     finally:
         rdb.config_set("maxmemory", 0)
+
+
+def test_compaction_merges_a_past_days_files_keeping_every_part_and_one_copy(rdb, keys, settings):
+    archive = Archive(settings.archive_location)
+    day = day_of(time.time() - 3 * 86400)
+    first = SessionRecord(session_id="s1", user_id="u", created=1.0, last_active=2.0, title="hi",
+                          history=["r1"], replies=["r1"])
+    second = SessionRecord(session_id="s1", user_id="u", created=5.0, last_active=6.0, title="again",
+                           history=["r2"], replies=["r2"])  # the part that came back to Redis, moved later
+    for part in (first, second):
+        archive.write(SessionRecord, [part], day=day, rated=False, batch=new_batch())
+    reply = ReplyRecord(reply_id="r1", user_id="u", session_id="s1", text="x")
+    for _ in range(2):  # a crash's duplicate
+        archive.write(ReplyRecord, [reply], day=day, rated=False, batch=new_batch())
+    out = run_archive(rdb, keys, settings)
+    assert out["kept"]["compacted"] == 2
+    assert len(archive.files("sessions")) == len(archive.files("replies")) == 1
+    assert archive.read(ReplyRecord).num_rows == 1
+    merged = _history(rdb, keys, settings).session("s1")
+    assert (merged.history, merged.replies, merged.created, merged.last_active, merged.title) == \
+        (["r1", "r2"], ["r1", "r2"], 1.0, 6.0, "hi")

@@ -18,7 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from core.archive import BATCH_COL, Archive, ArchiveFile, day_of, new_batch
-from core.records import TABLES
+from core.history import session_parts
+from core.records import TABLES, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,14 @@ def _rewrite(archive: Archive, cls, files: list[ArchiveFile], users: set[str], s
     dead = _dead_mask(data, users, sessions)
     gone = int(pc.sum(dead).as_py() or 0)
     data = data.filter(pc.invert(dead))
-    if dedup and data.num_rows:
+    if dedup and data.num_rows and cls is SessionRecord:  # a session's parts join into one row
+        merged = session_parts(data)
+        batches = {}
+        for row in data.to_pylist():
+            batches[row[cls.ID]] = max(batches.get(row[cls.ID], ""), row[BATCH_COL])
+        data = pa.Table.from_pylist([dict(rec.to_row(), **{BATCH_COL: batches[sid]}) for sid, rec in merged.items()],
+                                    schema=data.schema)
+    elif dedup and data.num_rows:
         data = data.sort_by([(cls.ID, "ascending"), (BATCH_COL, "descending")])
         ids = data[cls.ID].to_pylist()
         keep = [i == 0 or ids[i] != ids[i - 1] for i in range(len(ids))]

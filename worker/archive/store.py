@@ -19,11 +19,14 @@ from core.records import ReplyRecord, RewardEntry, SessionRecord, stream_key
 
 RENEW_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 GROUP = "rewarders"  # worker.rewards.ledger.GROUP: the reward workers' consumer group of `events`
+# the id records of events derived from one reply (each recorded at most once while it is in Redis);
+# `derived:sibling:{a}>{b}` records expire by themselves (core.redis_conn.IDEMPOTENCY_TTL_S)
+DERIVED_PER_REPLY = ("continuation", "abandon", "edited")
 
 # Delete one archived session, but only if nothing changed since it was read: its last activity,
 # its reply list, and each reply's ledger state and signal count (a late signal, a new turn).
 # KEYS: meta, history, replies list, sessions zset, user_sessions zset, pending zset,
-#       then per reply: reply, reward, signals, derived continuation key, derived abandon key
+#       then per reply: reply, reward, signals, derived continuation, abandon and edited keys
 # ARGV: session_id, last_active as read, n replies, then per reply: reply_id, state as read, n signals
 # -> 1 deleted, 0 changed meanwhile (left in Redis; written again next run, read once)
 DELETE_SESSION = """
@@ -31,7 +34,7 @@ if (redis.call('HGET', KEYS[1], 'last_active') or '') ~= ARGV[2] then return 0 e
 if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[3]) then return 0 end
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local k = 7 + 5 * i
+  local k = 7 + 6 * i
   if (redis.call('HGET', KEYS[k + 1], 'state') or '') ~= ARGV[5 + 3 * i] then return 0 end
   if redis.call('HLEN', KEYS[k + 2]) ~= tonumber(ARGV[6 + 3 * i]) then return 0 end
 end
@@ -39,8 +42,8 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 for i = 0, n - 1 do
-  local k = 7 + 5 * i
-  redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4])
+  local k = 7 + 6 * i
+  redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5])
   redis.call('ZREM', KEYS[6], ARGV[4 + 3 * i])
 end
 return 1
@@ -125,7 +128,7 @@ class ArchiveRedis:
         args = [s.session_id, snap.raw_last_active, len(s.replies)]
         for rid in s.replies:
             keys += [self.k.reply(rid), self.k.reward(rid), self.k.reward_signals(rid),
-                     self.k.feedback_id(f"derived:continuation:{rid}"), self.k.feedback_id(f"derived:abandon:{rid}")]
+                     *(self.k.feedback_id(f"derived:{kind}:{rid}") for kind in DERIVED_PER_REPLY)]
             entry = snap.ledger.get(rid)
             args += [rid, (entry.state or "") if entry else "", len(entry.signals or {}) if entry else 0]
         return bool(self._delete(keys=keys, args=args))

@@ -110,6 +110,8 @@ def write_random_adapter(model, folder: Path, seed: int, *, rank: int = 16, scal
             b = torch.randn(mod.out_features, rank, generator=gen) * scale                    # [out, r]
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+    if not tensors:   # e.g. a model PEFT has already wrapped: its targets are LoRA layers, not nn.Linear
+        raise ValueError(f"no nn.Linear named {targets} in the model: write adapters before loading any")
     return write_adapter(folder, tensors, rank=rank, targets=targets, model_id=model_id)
 
 

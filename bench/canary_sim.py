@@ -118,7 +118,9 @@ def headline(rows: list[dict]) -> dict:
     worse, fine = [BINS[0][0]], [n for n, _, _ in BINS[3:]]
     ties = next((r for r in rows if r["true delta"].startswith("tie")), {})
     return {"false_promote": rate(worse, "promote"), "false_rollback": rate(fine, "rollback"),
-            "tie_all_rewards_mean": ties.get("all rewards mean"), "tie_canary_rewards_mean": ties.get("canary rewards mean")}
+            "tie_decided": 1 - ties.get("kept at horizon", 1.0),
+            "tie_all_rewards_mean": ties.get("all rewards mean"), "tie_canary_rewards_mean": ties.get("canary rewards mean"),
+            "worse_canary_rewards_mean": rows[0]["canary rewards mean"] if rows[0]["true delta"] == BINS[0][0] else None}
 
 
 def main(trials: int = 400, seed: int = 0, out: str | None = None) -> int:
@@ -143,8 +145,9 @@ def main(trials: int = 400, seed: int = 0, out: str | None = None) -> int:
             print(table(rows, list(rows[0])))
     summary = [{"rule": r["rule"], "share": r["share"], "false promote (worse by >=0.3)": r["false_promote"],
                 "false rollback (tie or better)": r["false_rollback"],
-                "tie: all rewards to decide": r["tie_all_rewards_mean"],
-                "tie: canary rewards": r["tie_canary_rewards_mean"]} for r in report["results"]]
+                f"ties decided within {HORIZON}": r["tie_decided"], "tie: all rewards to decide": r["tie_all_rewards_mean"],
+                "tie: canary rewards": r["tie_canary_rewards_mean"],
+                "worse by >=0.3: canary rewards to decide": r["worse_canary_rewards_mean"]} for r in report["results"]]
     print("\nsummary\n" + table(summary, list(summary[0])))
     report["summary"] = summary
     report["seconds"] = round(time.time() - started, 1)

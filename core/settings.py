@@ -65,9 +65,10 @@ class CommonSettings:
         "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
     canary_share: float = _help(
         "REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1). 0.5 (default): the live "
-        "comparison needs about as many rewards of the canary whatever the share, so an even split decides soonest "
-        "(about 74 rewarded replies in all for a tie, against about 370 at 0.1) without exposing more replies to a "
-        "worse canary; lower it where the reward wait window holds many replies in flight (docs/operators.md).", 0.5)
+        "comparison needs about as many rewards of the canary whatever the share (~37), so an even split decides "
+        "soonest (~74 rewarded replies in all for a tie; at 0.1 only 23% of ties are decided within 300) without "
+        "exposing more replies to a worse canary; lower it where the reward wait window holds many replies in flight "
+        "(docs/operators.md).", 0.5)
     ops_minute_retention_s: float = _help(
         "REWARDLOOP_OPS_MINUTE_RETENTION_S: per-minute buckets are kept this long (default 24 h).", 86400.0)
     ops_hour_retention_s: float = _help(

@@ -9,9 +9,10 @@ registry. worker/ops/monitor.py does the I/O.
   worse, REWARDLOOP_DRIFT_ALPHA (0.05) the target rate of each wrong decision,
   REWARDLOOP_DRIFT_MIN_SAMPLES (8) the rewarded replies a side before any decision and
   REWARDLOOP_DRIFT_MAX_SAMPLES (40) the new version's rewarded replies at which it decides
-  anyway. Simulated (bench/gate_sim.py --live, thumbs-only rewards, the slowest case): a canary
-  worse by 0.3 or more is promoted in about 4% of runs, one as good or better rolled back in
-  about 11%; a tie takes about 37 canary rewards, 74 in all at the default canary share 0.5.
+  anyway. Simulated (bench/gate_sim.py --live, 1000 candidates, thumbs-only rewards, the slowest
+  case): at the default canary share 0.5 a canary worse by 0.3 or more is promoted in 5% of runs
+  (rolled back after ~33 canary rewards), a tie rolled back in 21%, a better one in 4%; a tie
+  takes ~37 canary rewards, ~74 in all (at share 0.1 only 23% of ties are decided in 300).
   Delay = those rewards + the reward wait window + at most one monitor tick
   (REWARDLOOP_OPS_EVERY_S, 15 s). A decided version is not tested again.
 - Sequential detectors (alarm only, no rollback): Cusum(k=0.15, h=48, warmup=1000) per

@@ -67,6 +67,8 @@ class Turn:
     text: str
     finish_reason: str
     verdict: Verdict
+    timing: dict | None = None   # TimedChat: sent, first_token, ended (time.time()), n_tokens
+    taste: str = ""
 
 
 @dataclass
@@ -125,6 +127,71 @@ def run_users(server, users: list[SimUser], n_sessions: int, timeout: float = 90
     return [t for u in users for t in u.turns]
 
 
+class TimedChat:
+    """tests.helpers.Chat plus the client's clock: when a question (or a regenerate) was sent,
+    when its first token and its end came."""
+
+    def __init__(self, server, token: str):
+        from tests.helpers import Chat
+        self.chat = Chat(server, token)
+        self.sent = time.time()
+
+    def ask(self, text: str) -> dict:
+        self.sent = time.time()
+        self.chat.send({"type": "user_message", "text": text, "client_msg_id": f"m{time.monotonic_ns()}"})
+        return self.collect()
+
+    def collect(self) -> dict:
+        start = self.chat.recv_type("reply_start", timeout=600)
+        text, first = "", None
+        while True:
+            f = self.chat.recv(timeout=600)
+            if f["type"] == "token":
+                first = first or time.time()
+                text += f["text"]
+            elif f["type"] == "reply_end":
+                return {"start": start, "text": text, "end": f,
+                        "timing": {"sent": self.sent, "first_token": first, "ended": time.time(),
+                                   "n_tokens": f.get("n_tokens", 0)}}
+            elif f["type"] == "error":
+                raise RuntimeError(f"error while streaming: {f}")
+
+    def feedback(self, reply_id: str, kind: str, value=None) -> dict:
+        if kind == "regenerate":
+            self.sent = time.time()
+        return self.chat.feedback(reply_id, kind, value)
+
+    def close(self) -> None:
+        self.chat.close()
+
+
+class Pacer:
+    """When each simulated user of bench/loop.py may ask next: `think_s` (jittered 0.5-1.5x per
+    turn) after its last reply ended, while the reply budget lasts; stop() ends every user's loop."""
+
+    def __init__(self, budget: int, think_s: float, seed: int = 0):
+        self.budget, self.think_s = budget, think_s
+        self.issued = 0
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    def go(self, last_end: float | None) -> bool:
+        if last_end is not None:
+            with self._lock:
+                pause = self.think_s * self._rng.uniform(0.5, 1.5)
+            if self.stopped.wait(max(0.0, last_end + pause - time.monotonic())):
+                return False
+        with self._lock:
+            if self.stopped.is_set() or self.issued >= self.budget:
+                return False
+            self.issued += 1
+            return True
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 @dataclass
 class PopUser:
     """A user of one population (bench/populations.py): asks the training questions, judges each
@@ -157,30 +224,57 @@ class PopUser:
                 turn = 0
                 while turn < self.max_turns:
                     question, answer = rng.choice(TRAIN)
-                    got = chat.ask(question)
+                    u = self._react(chat, rng, question, answer, chat.ask(question))
                     turn += 1
-                    for attempt in range(2):   # a regenerated reply is judged again, once
-                        rid, end = got["start"]["reply_id"], got["end"]
-                        started = time.monotonic()
-                        u = self.taste.judge(answer, got["text"], end["finish_reason"])
-                        self.turns.append(Turn(rid, got["start"].get("adapter_version", "base"), question,
-                                               got["text"], end["finish_reason"], Verdict(u or None, u > 0)))
-                        mode = self.taste.feedback
-                        if mode == "thumbs" and u:
-                            chat.feedback(rid, "thumbs", u)
-                        elif mode == "ratings":
-                            chat.feedback(rid, "rating", {1: 5, 0: 3, -1: 1}[u])
-                        elif mode == "implicit":
-                            self._dwell(chat, rid, got["text"], 1.3 if u >= 0 else 0.2, started)
-                        if u > 0 and rng.random() < (0.5 if mode == "implicit" else 0.3):
-                            chat.feedback(rid, "copy")
-                        if u < 0 and mode == "implicit" and attempt == 0 and rng.random() < 0.5:
-                            ack = chat.feedback(rid, "regenerate")
-                            if ack.get("type") == "ack":
-                                got = chat.collect()
-                                continue
-                        break
                     if u < 0 or (u == 0 and rng.random() < 0.5):
                         break   # leave: no continuation signal for this reply
             finally:
                 chat.close()
+
+    def live(self, server, pacer: Pacer) -> None:
+        """bench/loop.py: chat until the pacer says stop, a turn whenever it says go; a session ends
+        when the user leaves (displeased, sometimes when indifferent, or after max_turns), and the
+        next turn opens a new one."""
+        from bench.populations import TRAIN
+        rng = random.Random(self.seed)
+        chat, turn, last_end = None, 0, None
+        try:
+            while pacer.go(last_end):
+                if chat is None:
+                    chat, turn = TimedChat(server, server.token(self.user_id)), 0
+                question, answer = rng.choice(TRAIN)
+                u = self._react(chat, rng, question, answer, chat.ask(question))
+                last_end, turn = time.monotonic(), turn + 1
+                if u < 0 or (u == 0 and rng.random() < 0.5) or turn >= self.max_turns:
+                    chat.close()
+                    chat = None
+        finally:
+            if chat is not None:
+                chat.close()
+
+    def _react(self, chat, rng: random.Random, question: str, answer, got: dict) -> int:
+        """Judge the reply, give this population's feedback (a regenerated reply is judged again,
+        once); returns the last verdict (+1 / 0 / -1)."""
+        for attempt in range(2):
+            rid, end = got["start"]["reply_id"], got["end"]
+            started = time.monotonic()
+            u = self.taste.judge(answer, got["text"], end["finish_reason"])
+            self.turns.append(Turn(rid, got["start"].get("adapter_version", "base"), question, got["text"],
+                                   end["finish_reason"], Verdict(u or None, u > 0), got.get("timing"),
+                                   self.taste.name))
+            mode = self.taste.feedback
+            if (mode == "thumbs" or (mode == "sparse_thumbs" and rng.random() < 0.5)) and u:
+                chat.feedback(rid, "thumbs", u)
+            elif mode == "ratings":
+                chat.feedback(rid, "rating", {1: 5, 0: 3, -1: 1}[u])
+            elif mode == "implicit":
+                self._dwell(chat, rid, got["text"], 1.3 if u >= 0 else 0.2, started)
+            if u > 0 and rng.random() < (0.5 if mode == "implicit" else 0.3):
+                chat.feedback(rid, "copy")
+            if u < 0 and mode == "implicit" and attempt == 0 and rng.random() < 0.5:
+                ack = chat.feedback(rid, "regenerate")
+                if ack.get("type") == "ack":
+                    got = chat.collect()
+                    continue
+            return u
+        return u

@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -131,6 +132,29 @@ def write(payload: dict, out: Path) -> None:
     tmp.replace(out)
 
 
+def run_sections(ctx: Context, args, payload: dict, out: Path) -> None:
+    """Each section in turn; its figures and checks go into the JSON as soon as it ends. A section
+    that raises is recorded (with where it raised) and the next one still runs."""
+    for name in [s.strip() for s in args.sections.split(",") if s.strip()]:
+        t = time.monotonic()
+        print(f"[gpu_check] {name}: started", flush=True)     # the log says where a hang stopped it
+        checks, error = [], None
+        try:
+            updates, checks = section(name, ctx, args)
+            payload.update({k: v for k, v in updates.items() if k != "skipped"})
+            payload["skipped"] += updates.get("skipped", [])
+        except Exception as exc:
+            frames = traceback.extract_tb(exc.__traceback__)[-4:]
+            where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+            error = f"{name}: {type(exc).__name__}: {exc} (at {where})"[:1500]
+            payload["errors"].append(error)
+        payload["checks"] += [dict(vars(c), brief=_brief(c.detail)) for c in checks]
+        payload.setdefault("section_s", {})[name] = round(time.monotonic() - t, 1)
+        write(payload, out)
+        print(f"[gpu_check] {name}: {sum(c.ok for c in checks)}/{len(checks)} checks passed in "
+              f"{time.monotonic() - t:.0f} s{'; ' + error if error else ''}", flush=True)
+
+
 def main(argv=None) -> int:
     from gpucheck import report
     args = parse_args(argv)
@@ -146,18 +170,7 @@ def main(argv=None) -> int:
         payload.update(env=environment(ctx.device, ctx.dtype), dtype=str(ctx.dtype).removeprefix("torch."),
                        models=list(ctx.models))
         write(payload, out)
-        for name in [s.strip() for s in args.sections.split(",") if s.strip()]:
-            t = time.monotonic()
-            try:
-                updates, checks = section(name, ctx, args)
-                payload.update({k: v for k, v in updates.items() if k != "skipped"})
-                payload["skipped"] += updates.get("skipped", [])
-            except Exception as exc:     # a broken section is reported; the next one still runs
-                checks = []
-                payload["errors"].append(f"{name}: {type(exc).__name__}: {exc}"[:1500])
-            payload["checks"] += [dict(vars(c), brief=_brief(c.detail)) for c in checks]
-            payload.setdefault("section_s", {})[name] = round(time.monotonic() - t, 1)
-            write(payload, out)
+        run_sections(ctx, args, payload, out)
         guard.check(WATCH)
     except guard.ForbiddenImport as exc:
         payload["errors"].append(str(exc))

@@ -34,6 +34,7 @@ from core.adapter_format import ValidAdapter
 from core.modeling import cache_argument_name, default_stop_ids
 from core.sampling import sample_batch
 from service.engine.batching import DecodeBatch, batchable
+from service.engine.detokenizer import IncrementalDetokenizer
 from service.engine.events import (  # noqa: F401 (re-exported: the serving layer imports events from here)
     Call,
     EndEvent,
@@ -301,7 +302,7 @@ class Engine:
                     raise
 
     def _admit(self, item: Generate) -> None:
-        seq = Sequence(item.request, item.handle, item.queued_at)
+        seq = Sequence(item.request, item.handle, item.queued_at, detok=IncrementalDetokenizer(self.tokenizer))
         self.refs[seq.adapter] = self.refs.get(seq.adapter, 0) + 1   # released in _finish, on every exit path
         self._active.append(seq)
         try:  # on the model's device: sampling there never waits on the host
@@ -415,14 +416,11 @@ class Engine:
         if tok in self.stop_ids:
             # The stop token is logged with its log-prob (the learner must learn when to
             # stop too) but carries no text.
+            seq.detok.hold(tok)
             seq.handle._emit(TokenEvent(tok, logprob, ""))
             self._finish(seq, FinishReason.STOP)
             return False
-        text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)  # the stop token is never here
-        delta = ""
-        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
-            delta, seq.text = text[len(seq.text):], text
-        seq.handle._emit(TokenEvent(tok, logprob, delta))
+        seq.handle._emit(TokenEvent(tok, logprob, seq.detok.push(tok)))   # '' while half a character is held
         if len(seq.ids) >= seq.request.params.max_new_tokens:
             self._finish(seq, FinishReason.LENGTH)
             return False
@@ -491,6 +489,6 @@ class Engine:
             self._batch.remove(seq)
         seq.cache = None  # free the KV cache now, not when the handle is collected
         seq.next_logits = None
-        tail = self.tokenizer.decode(seq.ids, skip_special_tokens=True)[len(seq.text):] if seq.ids else ""
+        tail = seq.detok.tail()
         seq.handle._emit(EndEvent(reason, len(seq.ids), seq.queued_at, seq.first_token_at, time.time(), error,
                                   text_tail=tail, prefix_reused=seq.reused, peak_rows=seq.peak_rows))

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from service.engine.detokenizer import IncrementalDetokenizer
 from service.engine.events import GenerationHandle, GenerationRequest
 
 
@@ -18,7 +19,7 @@ class Sequence:
     cache: object = None
     next_logits: torch.Tensor | None = None
     prefilled: int = 0          # prompt tokens already in the cache
-    text: str = ""
+    detok: IncrementalDetokenizer | None = None   # the reply's text, streamed as its tokens come
     first_token_at: float | None = None
     ended: bool = False         # its EndEvent was sent: exactly one per request
     waiting: bool = True        # counted in Engine.waiting until its prompt is in

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from core.adapter_format import ValidAdapter
+from service.engine.detokenizer import IncrementalDetokenizer
 from service.engine.events import (
     EndEvent,
     EngineBusy,
@@ -427,11 +428,10 @@ class _Stream:
     """One reply's tokens and text, decoded as the local engine decodes them."""
 
     def __init__(self, handle: GenerationHandle, req: GenerationRequest, tokenizer):
-        self.handle, self.greedy, self.tok = handle, req.params.greedy, tokenizer
+        self.handle, self.greedy = handle, req.params.greedy
         self.waiting = True          # counted in the engine's `waiting` until the first token
-        self.stopped = False         # ended by a stop token
         self.ids: list[int] = []
-        self.text = ""
+        self.detok = IncrementalDetokenizer(tokenizer)   # the stop token never enters it
         self.started = time.time()
         self.first_token_at: float | None = None
 
@@ -446,20 +446,14 @@ class _Stream:
                             "--logprobs-mode processed_logprobs?")
         self.ids.append(tok)
         if tok in stop_ids:
-            self.stopped = True
             self.handle._emit(TokenEvent(tok, lp, ""))
             return True
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        delta = ""
-        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
-            delta, self.text = text[len(self.text):], text
-        self.handle._emit(TokenEvent(tok, lp, delta))
+        self.handle._emit(TokenEvent(tok, lp, self.detok.push(tok)))   # '' while half a character is held
         return False
 
     def tail(self) -> str:
         """Text held back at the last token (half a UTF-8 character), sent before the end."""
-        ids = self.ids[:-1] if self.stopped else self.ids   # the stop token carries no text
-        return self.tok.decode(ids, skip_special_tokens=True)[len(self.text):] if ids else ""
+        return self.detok.tail()
 
 
 def _error_message(raw: bytes) -> str:

@@ -187,3 +187,18 @@ def load_model(name: str, models_dir: Path, device: str = "auto", dtype: str = "
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(model=model, tokenizer=tok, model_id=model_id, path=Path(where), device=dev, dtype=dtype)
+
+
+def load_tokenizer_and_shape(name: str, models_dir: Path) -> LoadedModel:
+    """What this process needs of the model when vLLM generates: the tokenizer (prompts are
+    encoded and replies decoded here) and the model's module names and config (adapter
+    validation, vocabulary size), built on the meta device: no weights in memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    where, model_id = resolve_model_path(name, models_dir)
+    tok = AutoTokenizer.from_pretrained(where)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(where))
+    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, path=Path(where),
+                       device=torch.device("meta"), dtype=torch.bfloat16)

@@ -126,7 +126,7 @@ class DecodeBatch:
         else:
             self._shrink()
 
-    def step(self, model, cache_arg: str, feed: list[tuple[object, int]], max_rows: int, device,
+    def step(self, model, cache_arg: str, feed: list[tuple[object, int]], max_rows: int, device, *,
              prepare=lambda members: {}) -> list:
         """Feed members their tokens (`feed`: (member, token id) pairs), in forwards of at
         most `max_rows` rows; returns next-token logits [V] in feed's order. A member
@@ -143,7 +143,7 @@ class DecodeBatch:
                 continue
             toks = [0 if i is None else feed[i][1] for i in idx]
             try:
-                logits = self._forward(model, cache_arg, lo, hi, toks, device, prepare(self.members[lo:hi]))
+                logits = self._forward(model, cache_arg, lo, hi, toks, device=device, extra=prepare(self.members[lo:hi]))
             except Exception as exc:
                 for i in idx:
                     if i is not None:
@@ -155,7 +155,7 @@ class DecodeBatch:
                     self.lengths[lo + row] += 1
         return out
 
-    def _forward(self, model, cache_arg, lo, hi, toks, device, extra: dict) -> torch.Tensor:
+    def _forward(self, model, cache_arg, lo, hi, toks, *, device, extra: dict) -> torch.Tensor:
         lens = self.lengths[lo:hi]
         width = max(lens) + 1
         self._ensure(len(self.members), width)
@@ -180,7 +180,7 @@ def _rows_cache_class():
         is_sliding = False
         is_compileable = False
 
-        def __init__(self, keys, values, lo, hi, rows, cols, width):
+        def __init__(self, keys, values, lo, hi, *, rows, cols, width):
             super().__init__()
             self._k, self._v, self._lo, self._hi = keys, values, lo, hi
             self._rows, self._cols, self._width = rows, cols, width
@@ -207,7 +207,7 @@ def _rows_cache_class():
     class RowsCache(Cache):
         def __init__(self, batch, lo, hi, cols, width):
             rows = torch.arange(lo, hi, device=cols.device)   # index tensors made once per step, not per layer
-            super().__init__(layers=[RowsLayer(k, v, lo, hi, rows, cols, width)
+            super().__init__(layers=[RowsLayer(k, v, lo, hi, rows=rows, cols=cols, width=width)
                                      for k, v in zip(batch._keys, batch._values)])
 
     return RowsCache

@@ -29,6 +29,16 @@ class Sequence:
     peak_rows: int = 1          # most rows of a decode forward it was in
 
     @property
+    def cancelled(self) -> bool:
+        """Its client asked to stop (any thread may set this; the next round ends it)."""
+        return self.handle.cancelled.is_set()
+
+    @property
+    def decoding(self) -> bool:
+        """Its prompt is in: it has next-token logits to sample."""
+        return self.next_logits is not None
+
+    @property
     def adapter(self) -> str:
         """Its adapter version as the engine counts references: "base" for the base model."""
         return self.request.adapter or "base"

@@ -6,14 +6,15 @@ Each request goes to one server's /v1/completions with rewardloop's own prompt t
 `--logprobs-mode processed_logprobs`, so the log-prob of each sampled token is the one under
 the distribution it was drawn from (after temperature and top-p): the behavior log-prob the
 learner's importance ratios need, as the local engine records it. The text is decoded here,
-from the token ids, exactly as the local engine decodes it; the stop token is logged with its
-log-prob and no text; greedy replies log 0.0.
+from the token ids, by the local engine's incremental detokenizer; the stop token is logged
+with its log-prob and no text; greedy replies log 0.0. What goes over HTTP (request bodies,
+streamed chunks, model lists, metrics) is read and written by vllm_wire.py.
 
 Adapter versions are LoRAs loaded at runtime (`/v1/load_lora_adapter`) under one name per
 version, `rl-v{N}`, on every server; a request is sent only to a server that lists its
 version. A server that refuses connections or breaks a stream is marked down (reported in
 `status()` and the log) and skipped until it answers again; a request that had streamed
-nothing yet moves to the next server, one that had ends with finish_reason "error".
+nothing yet moves to the next server, one that had ends with FinishReason.ERROR.
 
 Runs on the server's event loop (httpx, no thread): submit() creates a task per request;
 cancel() cancels that task, which closes the HTTP stream, and vLLM aborts the request.
@@ -21,16 +22,15 @@ cancel() cancels that task, which closes the HTTP stream, and vLLM aborts the re
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from core.adapter_format import ValidAdapter
+from core.modeling import load_tokenizer_and_shape  # noqa: F401 (re-exported: runtime, bench and tests import it here)
 from service.engine.detokenizer import IncrementalDetokenizer
 from service.engine.events import (
     EndEvent,
@@ -43,46 +43,22 @@ from service.engine.events import (
     validate_request,
 )
 from service.engine.interface import AdapterLoad
+from service.engine.scheduler import admits, retry_after
+from service.engine.vllm_wire import (
+    ADAPTER_PREFIX,
+    AdapterRefused,
+    VllmError,
+    VllmServer,
+    adapter_name,
+    completion_body,
+    error_message,
+    lora_in_use,
+    parse_chunk,
+)
 
 log = logging.getLogger(__name__)
 
-ADAPTER_PREFIX = "rl-v"
 RETRY_DOWN_S = 2.0        # a server marked down is tried again after this long
-
-
-def adapter_name(version: str) -> str:
-    """vLLM model name of an adapter version: a new name per version, never reused for other
-    weights (vLLM keys its prefix cache by name: a reload under an old name could serve stale KV)."""
-    return f"{ADAPTER_PREFIX}{version}"
-
-
-class VllmError(RuntimeError):
-    """A vLLM server answered with an error. `status` is its HTTP status (0 in a stream)."""
-
-    def __init__(self, message: str, status: int = 0):
-        super().__init__(message)
-        self.status = status
-
-
-class AdapterRefused(ValueError):
-    """A vLLM server refused to load an adapter (4xx): loading it again would not help."""
-
-
-@dataclass
-class VllmServer:
-    url: str
-    up: bool = True               # optimistic until a request or a refresh says otherwise
-    base: str | None = None       # the served base model's name (/v1/models, parent null)
-    root: str | None = None       # what it was started on (its --model)
-    listed: set[str] = field(default_factory=set)   # model names it serves (base and LoRAs)
-    roots: dict[str, str] = field(default_factory=dict)   # LoRA name -> the folder it was loaded from
-    inflight: int = 0
-    failures: int = 0
-    last_error: str = ""
-    retry_at: float = 0.0
-
-    def usable(self, now: float) -> bool:
-        return self.up or now >= self.retry_at
 
 
 class VllmHandle(GenerationHandle):
@@ -93,34 +69,6 @@ class VllmHandle(GenerationHandle):
         super().cancel()
         if self.task is not None:
             self._loop.call_soon_threadsafe(self.task.cancel)
-
-
-def completion_body(model: str, request: GenerationRequest, stop_ids: list[int]) -> dict:
-    p = request.params
-    return {"model": model, "prompt": list(request.prompt_ids), "max_tokens": p.max_new_tokens,
-            "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "logprobs": 0,
-            "return_token_ids": True, "stream": True, "stop_token_ids": stop_ids,
-            "skip_special_tokens": True}
-
-
-def parse_chunk(line: str) -> tuple[list[int], list[float | None], str | None] | None:
-    """One SSE line of a streamed completion -> (token ids, their log-probs, finish reason);
-    None for lines that carry nothing, StopIteration at [DONE]; VllmError for an error event."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
-    if data == "[DONE]":
-        raise StopIteration
-    obj = json.loads(data)
-    if "error" in obj:
-        err = obj["error"]
-        raise VllmError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
-    choice = obj["choices"][0]
-    ids = list(choice.get("token_ids") or [])
-    lps = list(((choice.get("logprobs") or {}).get("token_logprobs")) or [None] * len(ids))
-    if len(lps) != len(ids):
-        raise VllmError(f"vLLM sent {len(ids)} token ids but {len(lps)} log-probs in one chunk")
-    return ids, lps, choice.get("finish_reason")
 
 
 class VllmEngine:
@@ -192,7 +140,7 @@ class VllmEngine:
         validate_request(request, self.vocab_size)
 
     def retry_after(self) -> int:
-        return max(1, min(60, round(self.waiting * self.prefill_s / max(1, len(self.servers)) + 0.5)))
+        return retry_after(self.waiting, self.prefill_s, servers=len(self.servers))
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> GenerationHandle:
         """Start a request on the event loop (ValueError if malformed, EngineBusy past max_queue)."""
@@ -203,7 +151,7 @@ class VllmEngine:
         if self._stopped:
             handle._emit(EndEvent.unstarted(FinishReason.ERROR, now, now, "the engine has stopped (shutdown)"))
             return handle
-        if self.max_queue is not None and self.waiting >= self.max_queue:
+        if not admits(self.waiting, self.max_queue):
             raise EngineBusy(self.waiting, self.retry_after())
         self.waiting += 1
         name = request.adapter or "base"
@@ -282,7 +230,7 @@ class VllmEngine:
         try:
             async with self.client().stream("POST", server.url + "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
-                    raise VllmError(_error_message(await resp.aread()), resp.status_code)
+                    raise VllmError(error_message(await resp.aread()), resp.status_code)
                 finish = None
                 async for line in resp.aiter_lines():
                     try:
@@ -322,12 +270,8 @@ class VllmEngine:
 
     def _note_models(self, server: VllmServer, resp: httpx.Response) -> None:
         if resp.status_code != 200:
-            raise VllmError(_error_message(resp.content), resp.status_code)
-        data = resp.json()["data"]
-        server.listed = {m["id"] for m in data}
-        server.roots = {m["id"]: str(m.get("root") or "") for m in data if m.get("parent")}
-        base = next((m for m in data if not m.get("parent")), None)
-        server.base, server.root = (base["id"], base.get("root")) if base else (None, None)
+            raise VllmError(error_message(resp.content), resp.status_code)
+        server.note_models(resp.json()["data"])
         if not server.up:
             log.warning("vLLM server %s answers again", server.url)
         server.up, server.last_error = True, ""
@@ -366,7 +310,7 @@ class VllmEngine:
 
         async def one(s: VllmServer):
             resp = await self.client().post(s.url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-            msg = _error_message(resp.content)
+            msg = error_message(resp.content)
             if resp.status_code != 200 and "already" not in msg:
                 cls = AdapterRefused if 400 <= resp.status_code < 500 else VllmError
                 raise cls(f"vLLM server {s.url} refused {name}: {msg}")
@@ -389,14 +333,7 @@ class VllmEngine:
                 text = (await self.client().get(s.url + "/metrics", timeout=5.0)).text
             except httpx.HTTPError:
                 return False
-            newest, busy = 0.0, False
-            for line in text.splitlines():
-                if line.startswith("vllm:lora_requests_info{"):
-                    labels, _, value = line.rpartition(" ")
-                    if float(value) >= newest:
-                        newest = float(value)
-                        busy = any(f'{k}="' in labels and name in labels.split(f'{k}="')[1].split('"')[0].split(",")
-                                   for k in ("running_lora_adapters", "waiting_lora_adapters"))
+            busy, newest = lora_in_use(text, name)
             return busy and time.time() - newest < 10
         return any(await asyncio.gather(*(one(s) for s in self.live())))
 
@@ -412,7 +349,7 @@ class VllmEngine:
                 try:
                     resp = await self.client().post(s.url + "/v1/unload_lora_adapter", json={"lora_name": name})
                     if resp.status_code != 200:
-                        log.warning("vLLM server %s: unloading %s: %s", s.url, name, _error_message(resp.content))
+                        log.warning("vLLM server %s: unloading %s: %s", s.url, name, error_message(resp.content))
                 except httpx.HTTPError as exc:
                     self._mark_down(s, exc)
         return True
@@ -454,30 +391,3 @@ class _Stream:
     def tail(self) -> str:
         """Text held back at the last token (half a UTF-8 character), sent before the end."""
         return self.detok.tail()
-
-
-def _error_message(raw: bytes) -> str:
-    try:
-        obj = json.loads(raw)
-        err = obj.get("error", obj)
-        return str(err.get("message", err) if isinstance(err, dict) else err)[:500]
-    except (ValueError, AttributeError):
-        return raw[:500].decode(errors="replace")
-
-
-def load_tokenizer_and_shape(name: str, models_dir: Path):
-    """What this process needs of the model when vLLM generates: the tokenizer (prompts are
-    encoded and replies decoded here) and the model's module names and config (adapter
-    validation, vocabulary size), built on the meta device: no weights in memory."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from core.modeling import LoadedModel, resolve_model_path
-    where, model_id = resolve_model_path(name, models_dir)
-    tok = AutoTokenizer.from_pretrained(where)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(where))
-    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, path=Path(where),
-                       device=torch.device("meta"), dtype=torch.bfloat16)

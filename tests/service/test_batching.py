@@ -220,17 +220,3 @@ def test_shutdown_ends_every_stream_in_flight_as_cancelled(tiny):
         assert [f.result(30) for f in futs] == ["cancelled"] * 4
     finally:
         loop.call_soon_threadsafe(loop.stop)
-
-
-def test_a_small_rest_of_the_prompt_rides_along_with_the_last_chunk():
-    from service.engine.core import prefill_end
-    assert prefill_end(0, 155, 128) == 155          # 27 <= 32 left: one pass
-    assert prefill_end(0, 161, 128) == 128          # 33 left: its own pass
-    assert prefill_end(128, 161, 128) == 161
-    assert prefill_end(0, 100, 128) == 100
-    assert prefill_end(0, 11, 3) == 3 and prefill_end(9, 11, 3) == 11   # chunk 3: nothing rides along (3 // 4 = 0)
-    starts, end = [], 0
-    while end < 1000:
-        starts.append(end)
-        end = prefill_end(end, 1000, 128)
-    assert end == 1000 and len(starts) == 8 and all(b - a == 128 for a, b in zip(starts, starts[1:]))

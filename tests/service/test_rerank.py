@@ -111,6 +111,7 @@ def test_an_untrusted_reward_model_one_for_another_base_model_or_a_corrupt_one_i
 
 @pytest.mark.integration
 def test_a_server_with_rerank_n_streams_and_logs_the_chosen_candidate(server_factory, loaded, redis_url):
+    from core.history import History
     from learner.dataset import load_reply
     server = server_factory(REWARDLOOP_RERANK_N="3", REWARDLOOP_MAX_NEW_TOKENS="12")
     r, keys = connect(redis_url), Keys(server.prefix)
@@ -132,8 +133,9 @@ def test_a_server_with_rerank_n_streams_and_logs_the_chosen_candidate(server_fac
         assert params["seed"] == rerank["seeds"][rerank["chosen"]] and rec["text"] == reply["text"]
         assert int(rec["peak_rows"]) >= 2
         # the learner trains on it but keeps it out of the gate's counterfactual estimate
-        assert load_reply(r, keys, reply["start"]["reply_id"], 256).reranked is True
-        assert load_reply(r, keys, plain["start"]["reply_id"], 256).reranked is False
+        history = History(r, keys)
+        assert load_reply(history, reply["start"]["reply_id"], 256).reranked is True
+        assert load_reply(history, plain["start"]["reply_id"], 256).reranked is False
     finally:
         chat.close()
 

@@ -235,6 +235,9 @@ class History:
             hot = [cls.from_redis(f, stream_id=i) for i, f in self.r.xrange(key, min=lo, max=hi, count=count)]
         if count is not None and len(hot) >= count and newest:
             return hot  # the newest ones are all in Redis (the archive only holds older entries)
+        moved = self.r.get(self.k.archive_cursor(cls.TABLE))  # the newest entry the archive confirmed
+        if moved is None or (after and stream_key(after) >= stream_key(moved)):
+            return hot  # nothing in the range has left Redis (a crash's copies are still in Redis too)
         cold = self._archived_range(cls, after, upto, count, newest)
         rows = _ordered(cold, hot)
         if count is None:

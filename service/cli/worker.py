@@ -142,7 +142,12 @@ def _consumers(ledger, check: bool, max_idle_s: float) -> int:
 
 
 def _show(ledger, settings: WorkerSettings, reply_id: str, as_json: bool) -> int:
-    entry = ledger.entry(reply_id)
+    entry, signals = ledger.entry(reply_id), None
+    if not entry:  # moved to the archive? (core.history reads Redis, then the archive)
+        from core.history import History
+        archived = History.from_settings(ledger.r, settings).ledger([reply_id]).get(reply_id)
+        if archived is not None:
+            entry, signals = archived.to_redis(), archived.signal_list()
     if not entry:
         known = "the reply exists but no worker has seen it yet" if ledger.reply(reply_id) else "no such reply"
         print(f"rewardloop rewards show: {reply_id!r} is not in the ledger ({known})", file=sys.stderr)
@@ -150,7 +155,7 @@ def _show(ledger, settings: WorkerSettings, reply_id: str, as_json: bool) -> int
     if as_json:
         print(json.dumps(entry, indent=2, sort_keys=True))
         return 0
-    signals = ledger.signals(reply_id)
+    signals = ledger.signals(reply_id) if signals is None else signals
     state = entry.get("state", "?")
     reward = entry.get("reward") or "-"
     print(f"reply    {reply_id}   state {state}   reward {reward}")

@@ -86,6 +86,9 @@ def test_archive_status_and_forget_through_the_cli(rdb, prefix, run_cli, tmp_pat
     code, out, _ = run_cli("archive", "status")
     assert code == 0 and "archive        ok" in out and re.search(r"replies\s+1 files", out)
     assert files_containing(tmp_path / "archive", secret)
+    assert not rdb.exists(keys.reward(gone.replies[0].reply_id))
+    code, out, _ = run_cli("rewards", "show", gone.replies[0].reply_id)  # explained from the archive
+    assert code == 0 and "state rewarded" in out and "thumbs" in out
     code, out, _ = run_cli("users", "forget", "leaver", "--yes")
     report = json.loads(out)
     assert code == 0 and report["archive"]["applied"] and report["archive"]["files_rewritten"] >= 3

@@ -47,7 +47,7 @@ from bench.simusers import PopUser, run_users, thumbs_reward
 from core.keys import Keys
 from core.registry import Registry
 from core.settings import Settings
-from learner.config import TrainConfig
+from learner.config import load_train_config
 from learner.dataset import build_dataset
 from learner.runner import run_once
 from tests.helpers import MODELS, REPO
@@ -72,14 +72,6 @@ def _onpolicy(stats: dict) -> dict:
 def _run_s(stats: dict) -> float:
     """One learner run's training seconds: its optimisation loop and its on-policy sampling."""
     return (stats.get("training") or {}).get("loop_seconds", 0) + _onpolicy(stats).get("seconds", 0)
-
-
-def bench_train_config(**overrides) -> TrainConfig:
-    """The learner settings of this bench (and of bench/learning_replay.py): few samples per run,
-    so small mini-batches and runs, a bigger learning rate, and a gate loose enough that a
-    handful of held-out replies does not decide alone."""
-    return TrainConfig(**{"lr": 1e-3, "epochs": 2, "minibatch_size": 8, "min_samples": 2, "holdout_share": 0.2,
-                          "kl_budget": 0.5, "cf_margin": 0.5, "cf_min_ess": 5.0, **overrides})
 
 
 def offline_eval(model_name: str, adapter_dir: Path | None, n: int, max_new_tokens: int, seed: int,
@@ -206,27 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=1, help="conversations per user per round")
     p.add_argument("--max-turns", type=int, default=2, help="turns a pleased user goes on for")
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--lr", type=float, default=1e-3, help="bigger than the learner default: few steps")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one learner setting for an experiment (as `rewardloop train --set`, e.g. "
+                        "step.kl_target=0.2); without it the bench runs the learner's defaults")
     p.add_argument("--kto-epochs", type=int, default=None,
-                   help="KTOTrainer's epochs (default: --epochs); compare at equal cost per sample, not equal epochs")
+                   help="KTOTrainer's epochs (default: as many as the learner takes for that many samples, "
+                        "learner/trust_region.schedule)")
     p.add_argument("--eval", type=int, default=48, help="offline replies to held-out questions judged per version")
     p.add_argument("--reward-wait", type=float, default=3.0, help="reward wait window in seconds")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pg-baseline", default="batch", choices=["batch", "running", "zero"],
-                   help="the learner's policy-gradient baseline (TrainConfig.pg_baseline)")
-    p.add_argument("--adv-scale", default="minibatch", choices=["minibatch", "run"],
-                   help="the learner's advantage normalisation (TrainConfig.adv_scale)")
-    p.add_argument("--kto-labels", choices=["sign", "baseline"], default=None,
-                   help="the learner's KTO labels (TrainConfig.kto_labels; default: the learner's)")
-    p.add_argument("--kto-balance", action=argparse.BooleanOptionalAction, default=None,
-                   help="weigh KTO's two classes half each (TrainConfig.kto_balance; default: the learner's)")
-    p.add_argument("--losses", default=None, help='the learner\'s objective mix as JSON, e.g. '
-                   '\'{"pg": 1, "kl": 0.05, "sft": 0.1, "kto": 1}\' (default: the learner\'s default mix)')
-    p.add_argument("--onpolicy-n", type=int, default=None, help="TrainConfig.onpolicy_n (default: the learner's)")
-    p.add_argument("--kl-line-search", action=argparse.BooleanOptionalAction, default=None,
-                   help="TrainConfig.kl_line_search, the KL trust region (default: the learner's)")
     p.add_argument("--canary-share", type=float, default=None,
                    help="REWARDLOOP_CANARY_SHARE for the server and the learner (default: the product's)")
     p.add_argument("--drift-min-samples", type=int, default=None,
@@ -254,13 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     r = redis.Redis.from_url(url, decode_responses=True)
     settings = Settings(redis_url=url, prefix="bench:", data_dir=work / "data", model_cache_dir=MODELS,
                         model=args.model, device="cpu", publish_mode="stable", min_samples=1,
+                        # the learner runs inside this process, which also judges: it must not renice it
+                        # (bench/loop.py runs the real learner worker, chat first included)
+                        learner_machine="dedicated",
                         reward_config=work / "reward.toml",
                         **({"canary_share": args.canary_share} if args.canary_share is not None else {}))
-    cfg = bench_train_config(lr=args.lr, epochs=args.epochs, pg_baseline=args.pg_baseline, adv_scale=args.adv_scale,
-                             **{k: v for k, v in (("kto_labels", args.kto_labels), ("kto_balance", args.kto_balance),
-                                                  ("onpolicy_n", args.onpolicy_n),
-                                                  ("kl_line_search", args.kl_line_search)) if v is not None},
-                             **({"losses": json.loads(args.losses)} if args.losses else {}))
+    cfg = load_train_config(None, args.overrides)   # the learner's defaults, unless --set says otherwise
     reward_cfg = load_reward_config(settings.reward_config)
     taste = POPULATIONS[args.population]
     rounds = []
@@ -346,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         if not kto:
             print(f"trl KTOTrainer: training on the learner's {len(used)} samples", flush=True)
             try:
-                kto_cfg = TrainConfig(**{**cfg.to_dict(), "epochs": args.kto_epochs or args.epochs})
-                kto = trl_baseline.train_kto(args.model, MODELS, used, kto_cfg, work / "kto", progress=True)
+                kto = trl_baseline.train_kto(args.model, MODELS, used, cfg, work / "kto", progress=True,
+                                             epochs=args.kto_epochs)
             except Exception as exc:  # keep the rounds' results; the JSON says what broke
                 import traceback
                 traceback.print_exc()

@@ -29,27 +29,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import trl_baseline
 from bench.common import table
-from bench.learning import bench_train_config, mean_ci, offline_eval
+from bench.learning import mean_ci, offline_eval
 from learner.config import TrainConfig
 from learner.dataset import Dataset, Sample
 from tests.helpers import MODELS, REPO
 
 
 def train_variant(model_name: str, rounds: list[list[Sample]], cfg: TrainConfig, out: Path) -> tuple[Path, dict]:
-    """One learner run per entry of `rounds`, each continuing the previous adapter; the last adapter's folder."""
-    from core.modeling import load_model
-    from learner.train import train, wrap_with_lora
+    """One learner run per entry of `rounds`, each continuing the previous adapter, with the
+    learner's step size (KL target read on the run's own replies: the logs hold no held-out
+    split); the last adapter's folder."""
+    from learner import gate
+    from learner.policy import Policy
+    from learner.run_stages import train_to_target
     parent, lineage, seconds, steps = None, None, 0.0, 0
+    policy = Policy.load(model_name, MODELS, "cpu")
     for k, samples in enumerate(rounds):
-        loaded = load_model(model_name, MODELS, device="cpu")
-        model = wrap_with_lora(loaded.model, cfg, parent)
-        stats = train(model, Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None), cfg,
-                      loaded.tokenizer.pad_token_id, loaded.device, progress=False, lineage=lineage)
-        lineage = (stats["lineage_reward_mean"], stats["lineage_reward_count"])
-        seconds += stats["loop_seconds"]
-        steps += stats["steps"]
-        parent = out / f"round{k}"
-        model.save_pretrained(str(parent))
+        policy.wrap(cfg.lora, cfg.seed, parent)
+        try:
+            data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
+            stats = train_to_target(policy, data, cfg, gate.snapshot_parent(policy, []), lineage=lineage)
+            lineage = (stats["lineage_reward_mean"], stats["lineage_reward_count"])
+            seconds += stats["loop_seconds"]
+            steps += stats["steps"]
+            parent = out / f"round{k}"
+            policy.model.save_pretrained(str(parent))
+        finally:
+            policy.release()
     return parent, {"train_s": seconds, "steps": steps}
 
 
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", nargs="+", help="JSON-lines files written by bench/learning.py --samples-out")
     p.add_argument("--variant", action="append", default=[],
-                   help='NAME=JSON: TrainConfig overrides on top of the live bench\'s settings, plus "schedule": '
+                   help='NAME=JSON: TrainConfig overrides on top of the learner\'s defaults, plus "schedule": '
                         '"rounds" (default) or "all"; repeatable (default: one variant, the learner default)')
     p.add_argument("--model", default="smollm2")
     p.add_argument("--eval", type=int, default=128, help="offline replies judged per adapter")
@@ -80,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         scores = {"base": offline_eval(args.model, None, args.eval, args.max_new_tokens, args.eval_seed)}
         cost: dict[str, dict] = {}
         if not args.no_kto:
-            kto = trl_baseline.train_kto(args.model, MODELS, everything, bench_train_config(), work / f"{fi}-kto")
+            kto = trl_baseline.train_kto(args.model, MODELS, everything, TrainConfig(), work / f"{fi}-kto")
             scores["kto"] = offline_eval(args.model, Path(kto["adapter_dir"]), args.eval, args.max_new_tokens,
                                          args.eval_seed)
             cost["kto"] = {"train_s": kto["train_s"], "steps": kto["steps"]}
         for name, spec in variants.items():
             spec = dict(spec)
             schedule = spec.pop("schedule", "rounds")
-            cfg = bench_train_config(**spec)
+            cfg = TrainConfig(**spec)
             folder, cost[name] = train_variant(args.model, rounds if schedule == "rounds" else [everything], cfg,
                                                work / f"{fi}-{name}")
             scores[name] = offline_eval(args.model, folder, args.eval, args.max_new_tokens, args.eval_seed)

@@ -100,9 +100,11 @@ def use_logged_ids(trainer, samples: list[Sample], eos_id: int, batch_size: int)
     trainer.train_dataset = ds
 
 
-def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: TrainConfig, out_dir: Path,
-              progress: bool = False) -> dict:
-    """Train a LoRA adapter with trl.KTOTrainer on `samples`; save it to out_dir; return stats."""
+def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: TrainConfig, out_dir: Path, *,
+              progress: bool = False, epochs: int | None = None) -> dict:
+    """Train a LoRA adapter with trl.KTOTrainer on `samples`; save it to out_dir; return stats.
+    The learner's starting learning rate and mini-batch size; `epochs`: default as many as the
+    learner would take for that many samples (learner/trust_region.schedule)."""
     import datasets
     import torch
     import trl
@@ -110,6 +112,7 @@ def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: Tra
     from trl import KTOConfig, KTOTrainer
 
     from core.modeling import load_model
+    from learner.trust_region import schedule
     t_wall = time.perf_counter()
     loaded = load_model(model_name, models_dir, device="cpu")
     tok = loaded.tokenizer
@@ -119,7 +122,8 @@ def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: Tra
     max_length = max(len(s.prompt_ids) + len(s.reply_ids) for s in samples) + 1
     args = KTOConfig(
         output_dir=str(out_dir / "trainer"), per_device_train_batch_size=cfg.minibatch_size,
-        num_train_epochs=cfg.epochs, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        num_train_epochs=epochs or schedule(len(samples), cfg.minibatch_size, cfg.step)[0],
+        learning_rate=cfg.step.lr, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.grad_clip if cfg.grad_clip > 0 else 1e9, lr_scheduler_type="constant", warmup_steps=0,
         beta=cfg.kto_beta, max_length=max_length, seed=cfg.seed,
         disable_dropout=False,  # keep the LoRA dropout the learner trains with

@@ -407,6 +407,18 @@ class LearnerSettings(CommonSettings):
     learn_lock_ttl_s: int = _help(
         "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose "
         "lock expired cannot publish.", 120)
+    learner_machine: str = _help(
+        "REWARDLOOP_LEARNER_MACHINE: 'auto' (default: the learner shares the machine when a live server reports "
+        "from the same host name), 'shared' (always yield, to any server) or 'dedicated' (never: e.g. a GPU "
+        "learner on its own machine, or containers whose host names differ). Sharing, the learner lowers its "
+        "CPU priority (REWARDLOOP_LEARNER_NICE) and its torch threads (half the cores) and waits between "
+        "optimizer steps while a server has streams generating or waiting.", "auto")
+    learner_nice: int = _help(
+        "REWARDLOOP_LEARNER_NICE: the nice value a learner sharing the machine runs at (0-19; 0 = keep its "
+        "priority). A process cannot raise its priority again, so a learner worker keeps it.", 10)
+    learner_yield_max_s: float = _help(
+        "REWARDLOOP_LEARNER_YIELD_MAX_S: longest the learner waits before one optimizer step while chat is busy; "
+        "then it takes the step anyway (so a server that is never idle still gets new versions, slowly).", 30.0)
 
     def _check(self) -> None:
         if self.min_samples < 1:
@@ -415,6 +427,13 @@ class LearnerSettings(CommonSettings):
         if self.learn_lock_ttl_s < 1:
             raise ValueError(f"learn_lock_ttl_s must be >= 1, got {self.learn_lock_ttl_s!r} "
                              "(REWARDLOOP_LEARN_LOCK_TTL_S)")
+        _one_of(self, "learner_machine", "auto", "shared", "dedicated")
+        if isinstance(self.learner_nice, bool) or not isinstance(self.learner_nice, int) or not 0 <= self.learner_nice <= 19:
+            raise ValueError(f"learner_nice must be an integer in 0..19, got {self.learner_nice!r} "
+                             "(REWARDLOOP_LEARNER_NICE)")
+        if not 0 <= self.learner_yield_max_s <= 3600:
+            raise ValueError(f"learner_yield_max_s must be in 0..3600 seconds, got {self.learner_yield_max_s!r} "
+                             "(REWARDLOOP_LEARNER_YIELD_MAX_S)")
 
 
 @dataclass(frozen=True)

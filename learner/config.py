@@ -2,7 +2,8 @@
 the field and the bad value. The resolved config is saved inside every adapter's manifest.
 
 A TOML file (REWARDLOOP_TRAIN_CONFIG) or `--set key=value` flags override the defaults; nested
-tables `[lora]` and `[losses]` (or dotted keys `lora.rank`, `losses.kl`) reach the nested parts.
+tables `[lora]`, `[losses]` and `[step]` (or dotted keys `lora.rank`, `losses.kl`,
+`step.kl_target`) reach the nested parts.
 """
 from __future__ import annotations
 
@@ -50,11 +51,50 @@ class LoraSettings:
             raise _bad("LoraSettings", "target_modules", self.target_modules, "a non-empty list of module names")
 
 
+# The gate's KL budget is this times the run's KL target: the line search lands a run at most
+# LAND[1] x target, the gate rejects only what it could not bring there (non-finite weights, a
+# held-out set that reads far higher than the probe it was fitted on).
+KL_BUDGET_FACTOR = 1.5
+LAND = (0.7, 1.15)   # "near the target": the band of KL / target the scale search aims for
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How far one run moves the policy. The step size follows from a KL target, not a constant
+    learning rate, so a run on 20 samples and one on 2,000 move the policy by a comparable,
+    bounded amount (learner/trust_region.py); the number of steps follows from the samples."""
+    kl_target: float = _f(0.3, "Target mean per-token KL(new || parent) of one run, in nats, measured on held-out "
+                               "logged prompts. After training, the update is scaled (parent + a x update) so the "
+                               "KL lands in 0.7-1.15 x this; the gate's KL budget is 1.5 x this. 0.3: the bench runs "
+                               "that lifted held-out reward most (docs/learning.md).")
+    lr: float = _f(1e-3, "AdamW learning rate a run starts with; halved for the rest of the run when a check "
+                         "finds the KL already over twice the target (the scale search lands it after).")
+    min_steps: int = _f(8, "Fewest optimizer steps per run: a small run takes several passes over its samples "
+                           "(epochs = ceil(min_steps / mini-batches), at most max_epochs); a large one one pass.")
+    max_epochs: int = _f(4, "Most passes over a run's samples.")
+    max_scale: float = _f(2.0, "Largest update scale the search tries when the trained update stays below the "
+                               "target (extrapolation along the update direction; 1 = never).")
+    mode: str = _f("kl_target", "'kl_target' (default: scale the update to land near kl_target) or 'fixed' (train "
+                                "at lr and keep the trained weights; the gate still checks 1.5 x kl_target).")
+
+    def __post_init__(self) -> None:
+        for name in ("kl_target", "lr", "max_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise _bad("StepSettings", name, v, "a finite number > 0")
+        if self.max_scale < 1:
+            raise _bad("StepSettings", "max_scale", self.max_scale, "a finite number >= 1")
+        for name, lo, hi in (("min_steps", 1, 10_000), ("max_epochs", 1, 1000)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise _bad("StepSettings", name, v, f"an integer in [{lo}, {hi}]")
+        if self.mode not in ("kl_target", "fixed"):
+            raise _bad("StepSettings", "mode", self.mode, "'kl_target' or 'fixed'")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = _f(1e-4, "AdamW learning rate of the LoRA weights.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
-    epochs: int = _f(1, "Passes over the training samples per run.")
     minibatch_size: int = _f(8, "Replies per optimizer step.")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     seed: int = _f(0, "Seed of the shuffle, the LoRA init and the held-out split.")
@@ -97,45 +137,43 @@ class TrainConfig:
                         "long reply weighs more); 'reply' = per reply first, then over replies.")
     baseline_window: int = _f(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
                                    "many samples against this run's.")
-    kl_budget: float = _f(0.05, "Gate: largest mean per-token KL(new || parent) on held-out logged prompts.")
-    kl_line_search: bool = _f(False, "Trust region: when the trained adapter's KL to the parent on the held-out "
-                                     "prompts is over kl_budget, scale its update back (parent + a x (trained - "
-                                     "parent), a = 0.75, 0.5, 0.35, 0.25, 0.125; TRPO's backtracking line search) "
-                                     "to the largest a within the budget instead of rejecting the run. Off: it "
-                                     "lifted thumbs and stars populations more but the implicit-only one not at "
-                                     "all (docs/benchmarks.md).")
     cf_margin: float = _f(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
                                "much below the serving version's.")
-    cf_min_ess: float = _f(30.0, "Counterfactual estimates with a smaller effective sample size carry a warning.")
+    cf_min_ess: float = _f(30.0, "Gate: below this effective sample size the counterfactual estimate does not "
+                                 "decide; the version goes out as canary and the live comparison decides.")
     cf_require_ess: bool = _f(False, "Gate: reject when the counterfactual effective sample size is below "
                                      "cf_min_ess (default: pass with a warning in the manifest).")
     holdout_share: float = _f(0.2, "Share of the new samples kept out of training for the gate (0..0.9).")
     max_staleness: int = _f(3, "Drop samples generated by an adapter more than this many versions older "
                                "than the newest one ('base' counts as version 0).")
-    min_samples: int = _f(8, "Fewest training samples (after filtering) worth a run; fewer: skip the run "
-                             "and leave the cursor where it is.")
+    min_samples: int = _f(2, "Fewest training samples (after filtering) worth a run; fewer: skip the run "
+                             "and leave the cursor where it is. (When runs start is REWARDLOOP_MIN_SAMPLES.)")
     max_samples: int = _f(4096, "Most reward entries one run reads.")
     max_reply_tokens: int = _f(512, "Longer replies are cut to this many tokens for training.")
     losses: LossWeights = _f(LossWeights(), "Objective mix: pg, kl, sft, kto, dpo weights.")
     lora: LoraSettings = _f(LoraSettings(), "LoRA shape of a fresh adapter (a continued adapter keeps its own).")
+    step: StepSettings = _f(StepSettings(), "Step size: the per-run KL target, the starting learning rate, how many "
+                                            "steps follow from the samples.")
 
     def __post_init__(self) -> None:
         if isinstance(self.losses, dict):
             object.__setattr__(self, "losses", LossWeights(**self.losses))
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSettings(**self.lora))
-        positive = {"lr": self.lr, "epochs": self.epochs, "minibatch_size": self.minibatch_size,
+        if isinstance(self.step, dict):
+            object.__setattr__(self, "step", StepSettings(**self.step))
+        positive = {"minibatch_size": self.minibatch_size,
                     "min_samples": self.min_samples, "max_samples": self.max_samples,
                     "max_reply_tokens": self.max_reply_tokens, "kto_beta": self.kto_beta,
                     "dpo_beta": self.dpo_beta, "pg_clip_eps": self.pg_clip_eps}
         for name, v in positive.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise _bad("TrainConfig", name, v, "a finite number > 0")
-        for name in ("epochs", "minibatch_size", "min_samples", "max_samples", "max_reply_tokens",
+        for name in ("minibatch_size", "min_samples", "max_samples", "max_reply_tokens",
                      "max_staleness", "seed", "baseline_window"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise _bad("TrainConfig", name, getattr(self, name), "an integer")
-        for name in ("weight_decay", "grad_clip", "kl_budget", "cf_margin", "cf_min_ess", "max_staleness"):
+        for name in ("weight_decay", "grad_clip", "cf_margin", "cf_min_ess", "max_staleness"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise _bad("TrainConfig", name, v, "a finite number >= 0")
@@ -153,8 +191,6 @@ class TrainConfig:
             raise _bad("TrainConfig", "baseline_window", self.baseline_window, "an integer >= 0")
         if self.pg_ratio_cap != 0 and not (math.isfinite(self.pg_ratio_cap) and self.pg_ratio_cap > 1):
             raise _bad("TrainConfig", "pg_ratio_cap", self.pg_ratio_cap, "0 (off) or a finite number > 1")
-        if not isinstance(self.kl_line_search, bool):
-            raise _bad("TrainConfig", "kl_line_search", self.kl_line_search, "true or false")
         for name, hi in (("onpolicy_n", 16), ("onpolicy_prompts", 256)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
@@ -173,10 +209,19 @@ class TrainConfig:
         if not -1 <= self.sft_threshold <= 1:
             raise _bad("TrainConfig", "sft_threshold", self.sft_threshold, "in [-1, 1] (rewards are clipped there)")
 
+    @property
+    def kl_budget(self) -> float:
+        """The gate's KL budget: KL_BUDGET_FACTOR x the run's KL target."""
+        return KL_BUDGET_FACTOR * self.step.kl_target
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["lora"]["target_modules"] = list(self.lora.target_modules)
         return d
+
+
+MOVED = {"lr": "step.lr", "epochs": "step.min_steps / step.max_epochs (derived from the samples)",
+         "kl_budget": "1.5 x step.kl_target", "kl_line_search": "step.mode"}
 
 
 def from_dict(values: dict) -> TrainConfig:
@@ -184,7 +229,9 @@ def from_dict(values: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}")
+        moved = [f"{k} -> {MOVED[k]}" for k in unknown if k in MOVED]
+        raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}"
+                         + (f" (moved: {', '.join(moved)})" if moved else ""))
     return TrainConfig(**values)
 
 

@@ -71,11 +71,13 @@ def parent_weights(model, parent: ParentView):
 
 
 @torch.no_grad()
-def snapshot_parent(model, holdout: list[Sample], pad_id: int, device, batch_size: int = 8) -> ParentView:
+def snapshot_parent(policy, holdout: list[Sample], batch_size: int = 8) -> ParentView:
+    """Before training: the parent's adapter weights and its held-out reply log-probs."""
+    model = policy.model
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     view = ParentView(weights=weights, seq_sampling_logp=[])
     for chunk in _chunks(holdout, batch_size):
-        batch = collate(chunk, pad_id, device)
+        batch = collate(chunk, policy.pad_id, policy.device)
         view.seq_sampling_logp += _seq_sampling_logp(reply_logits(model, batch), batch)
     return view
 
@@ -86,12 +88,12 @@ def nonfinite_weights(model) -> list[str]:
 
 
 @torch.no_grad()
-def kl_to_parent(model, holdout: list[Sample], parent: ParentView, pad_id: int, device,
-                 batch_size: int = 8) -> float:
+def kl_to_parent(policy, holdout: list[Sample], parent: ParentView, batch_size: int = 8) -> float:
     """Mean over held-out reply tokens of KL(new || parent) = sum_v p_new (log p_new - log p_parent)."""
+    model = policy.model
     total, count = 0.0, 0.0
     for chunk in _chunks(holdout, batch_size):
-        batch = collate(chunk, pad_id, device)
+        batch = collate(chunk, policy.pad_id, policy.device)
         new_logp = torch.log_softmax(reply_logits(model, batch).float(), -1)  # [B,T,V]
         with parent_weights(model, parent):
             parent_logp = torch.log_softmax(reply_logits(model, batch).float(), -1)  # [B,T,V]
@@ -102,11 +104,12 @@ def kl_to_parent(model, holdout: list[Sample], parent: ParentView, pad_id: int, 
 
 
 @torch.no_grad()
-def _model_values(model, holdout: list[Sample], parent: ParentView, reward_model, pad_id: int, device,
-                  max_new_tokens: int, seed: int) -> tuple[list[float], list[float], list[float]]:
+def _model_values(policy, holdout: list[Sample], parent: ParentView, reward_model, max_new_tokens: int,
+                  seed: int) -> tuple[list[float], list[float], list[float]]:
     """Reward-model scores: of each logged reply, of a reply the new adapter gives, of one the
     parent gives (same prompt, same sampling params, seeded)."""
     from learner.reward_model import extract_features
+    model, pad_id, device = policy.model, policy.pad_id, policy.device
     logged = [(s.prompt_ids, s.reply_ids) for s in holdout]
 
     def replies() -> list[tuple[list[int], list[int]]]:
@@ -129,8 +132,9 @@ def _model_values(model, holdout: list[Sample], parent: ParentView, reward_model
 
 
 @torch.no_grad()
-def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig, pad_id: int,
-             device, batch_size: int = 8, reward_model=None) -> GateResult:
+def evaluate(policy, holdout: list[Sample], parent: ParentView, cfg: TrainConfig, *, batch_size: int = 8,
+             reward_model=None) -> GateResult:
+    model = policy.model
     bad = nonfinite_weights(model)
     if bad:
         return GateResult(False, f"non-finite adapter weights in {len(bad)} tensor(s), e.g. {bad[0]}",
@@ -140,7 +144,7 @@ def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig,
         result.notes.append("no held-out replies: KL and counterfactual checks skipped")
         return result
 
-    kl = kl_to_parent(model, holdout, parent, pad_id, device, batch_size)
+    kl = kl_to_parent(policy, holdout, parent, batch_size)
     result.stats["kl_to_parent"] = kl
     if not math.isfinite(kl) or kl > cfg.kl_budget:
         result.passed, result.reason = False, f"KL to parent {kl:.4g} per token is over the budget {cfg.kl_budget:g}"
@@ -153,7 +157,7 @@ def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig,
         return result
     new_seq: list[float] = []
     for chunk in _chunks(holdout, batch_size):
-        batch = collate(chunk, pad_id, device)
+        batch = collate(chunk, policy.pad_id, policy.device)
         new_seq += _seq_sampling_logp(reply_logits(model, batch), batch)
     rewards = [holdout[i].reward for i in idx]
     behavior = [sum(holdout[i].behavior_logp) for i in idx]
@@ -166,8 +170,7 @@ def evaluate(model, holdout: list[Sample], parent: ParentView, cfg: TrainConfig,
     new_value, old_value, method = new.snips, old.snips, "snips"
     if reward_model is not None:
         sub = [holdout[i] for i in idx]
-        q_logged, q_new, q_old = _model_values(model, sub, parent, reward_model, pad_id, device,
-                                               cfg.max_reply_tokens, cfg.seed)
+        q_logged, q_new, q_old = _model_values(policy, sub, parent, reward_model, cfg.max_reply_tokens, cfg.seed)
         w_new = counterfactual.importance_weights([new_seq[i] for i in idx], behavior)
         w_old = counterfactual.importance_weights([parent.seq_sampling_logp[i] for i in idx], behavior)
         new_value, new_ci = counterfactual.doubly_robust(rewards, w_new, q_logged, q_new, seed=cfg.seed)

@@ -42,19 +42,22 @@ def pick_prompts(samples: list[Sample], limit: int) -> list[Sample]:
 
 
 @torch.no_grad()
-def sample_replies(model, prompts: list[list[int]], params: list[SamplingParams], max_new_tokens: int,
-                   stop_ids: set[int], pad_id: int, device, seeds: list[int]) -> list[tuple[list[int], list[float]]]:
+def sample_replies(policy, prompts: list[list[int]], params: list[SamplingParams], *, max_new_tokens: int,
+                   seeds: list[int], stop_ids: set[int] | None = None) -> list[tuple[list[int], list[float]]]:
     """One reply per row: (token ids up to and including the stop token, their behavior
     log-probs). The serving engine's sampler (core.sampling.sample_batch), each row with its own
-    seeded generator, so a reply's log-probs are those a server would have logged for it."""
+    seeded generator, so a reply's log-probs are those a server would have logged for it.
+    stop_ids: default the policy's (EOS and the chat template's end marks)."""
+    stop = policy.stop_ids if stop_ids is None else stop_ids
     out: list[tuple[list[int], list[float]]] = []
     for i in range(0, len(prompts), ROWS_PER_FORWARD):
-        out += _sample_chunk(model, prompts[i:i + ROWS_PER_FORWARD], params[i:i + ROWS_PER_FORWARD],
-                             max_new_tokens, stop_ids, pad_id, device, seeds[i:i + ROWS_PER_FORWARD])
+        rows = slice(i, i + ROWS_PER_FORWARD)
+        out += _sample_chunk(policy, prompts[rows], params[rows], max_new_tokens, stop, seeds[rows])
     return out
 
 
-def _sample_chunk(model, prompts, params, max_new_tokens, stop_ids, pad_id, device, seeds):
+def _sample_chunk(policy, prompts, params, max_new_tokens, stop_ids, seeds):
+    model, pad_id, device = policy.model, policy.pad_id, policy.device
     B, P = len(prompts), max(len(p) for p in prompts)
     limit = [max(1, min(max_new_tokens, p.max_new_tokens)) for p in params]   # each row's own cap too
     ids = torch.full((B, P), pad_id, dtype=torch.long)
@@ -88,10 +91,9 @@ def _sample_chunk(model, prompts, params, max_new_tokens, stop_ids, pad_id, devi
     return list(zip(replies, logps))
 
 
-def add_replies(model, train: list[Sample], rm, n: int, max_prompts: int, reward_weight: float,
-                parent: str, run: int, seed: int, max_reply_tokens: int, stop_ids: set[int], pad_id: int,
-                device) -> dict:
-    """Sample `n` replies to each of up to `max_prompts` prompts of `train` from `model` (the
+def add_replies(policy, train: list[Sample], rm, *, n: int, max_prompts: int, reward_weight: float,
+                parent: str, run: int, seed: int, max_reply_tokens: int) -> dict:
+    """Sample `n` replies to each of up to `max_prompts` prompts of `train` from the policy (the
     parent adapter, before training), reward them with `rm`, append them to `train`. Returns
     what it did, for the manifest. `run` (the version being trained) varies the seeds per run."""
     t0 = time.perf_counter()
@@ -102,9 +104,10 @@ def add_replies(model, train: list[Sample], rm, n: int, max_prompts: int, reward
     max_new = max(1, min(max_reply_tokens, max(len(s.reply_ids) for s in train)))
     rows = [s for s in picked for _ in range(n)]
     seeds = [seed * 1_000_003 + run * 10_007 + i for i in range(len(rows))]
-    drawn = sample_replies(model, [s.prompt_ids for s in rows], [s.params for s in rows], max_new,
-                           stop_ids, pad_id, device, seeds)
-    feats = extract_features(model, [(s.prompt_ids, reply) for s, (reply, _) in zip(rows, drawn)], device)
+    drawn = sample_replies(policy, [s.prompt_ids for s in rows], [s.params for s in rows], max_new_tokens=max_new,
+                           seeds=seeds)
+    feats = extract_features(policy.model, [(s.prompt_ids, reply) for s, (reply, _) in zip(rows, drawn)],
+                             policy.device)
     rewards = [float(v) for v in rm.reward(feats) * reward_weight]
     train.extend(Sample(reply_id=f"onpolicy:{run}:{i}", user_id="", prompt_ids=s.prompt_ids, reply_ids=reply,
                         behavior_logp=logp, reward=r, adapter_version=parent, params=s.params, onpolicy=True)

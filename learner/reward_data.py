@@ -12,13 +12,14 @@ from core.archive import Archive
 from core.history import History
 from core.keys import Keys
 from learner.dataset import load_replies
-from learner.reward_model import SIGNALS, RewardModel, RewardModelConfig, extract_features, fit, labels_from_components
+from learner.feature_cache import FeatureCache
+from learner.reward_model import SIGNALS, RewardModel, RewardModelConfig, fit, labels_from_components
 
 log = logging.getLogger(__name__)
 
 
 def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int, archive: Archive | None = None):
-    """([(prompt ids, reply ids)], {signal: [N] 0/1}, [reply ids]) of the newest `window` rewarded replies."""
+    """([(reply id, prompt ids, reply ids)], {signal: [N] 0/1}) of the newest `window` rewarded replies."""
     h = History(r, keys, archive)
     newest, seen = [], set()
     for e in reversed(h.rewards(count=window, newest=True)):
@@ -29,7 +30,7 @@ def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int, a
         newest.append(e)
     replies = load_replies(h, [e.reply_id for e in newest], max_tokens)
     ledger = h.ledger([e.reply_id for e in newest])
-    pairs, labels, ids = [], {s: [] for s in SIGNALS}, []
+    items, labels = [], {s: [] for s in SIGNALS}
     for e in newest:
         reply, entry = replies.get(e.reply_id), ledger.get(e.reply_id)
         if reply is None or e.reward is None:
@@ -37,28 +38,29 @@ def labelled_replies(r: redis.Redis, keys: Keys, window: int, max_tokens: int, a
         components = (entry.components if entry else None) or {}
         for sig, y in labels_from_components(components, e.reward).items():
             labels[sig].append(y)
-        pairs.append((reply.prompt_ids, reply.reply_ids))
-        ids.append(e.reply_id)
-    return pairs, {s: np.array(v, dtype=np.int64) for s, v in labels.items()}, ids
+        items.append((e.reply_id, reply.prompt_ids, reply.reply_ids))
+    return items, {s: np.array(v, dtype=np.int64) for s, v in labels.items()}
 
 
-def refresh(r: redis.Redis, keys: Keys, model, device, base_model: str, data_dir, window: int,
-            cfg: RewardModelConfig | None = None, min_auroc: float = 0.6, *,
+def refresh(r: redis.Redis, keys: Keys, policy, *, data_dir, window: int, cache: FeatureCache,
+            cfg: RewardModelConfig | None = None, min_auroc: float = 0.6,
             archive: Archive | None = None) -> RewardModel | None:
     """Retrain the reward model on the newest labelled replies and save it; None when there are
-    too few (the previous model, if any, stays on disk and is returned instead). The manifest
-    says whether it passed `min_auroc`: servers rerank only with a trusted one."""
+    too few (the previous model, if any, stays on disk and is returned instead). Features come
+    from `cache` (only replies it has not seen go through the model). The manifest says whether
+    it passed `min_auroc`: servers rerank only with a trusted one."""
     cfg = cfg or RewardModelConfig()
-    pairs, labels, ids = labelled_replies(r, keys, window, cfg.max_reply_tokens, archive)
-    if len(ids) < cfg.min_samples:
-        log.info("reward model: %d labelled replies, need %d; keeping the previous one", len(ids), cfg.min_samples)
+    items, labels = labelled_replies(r, keys, window, cfg.max_reply_tokens, archive)
+    if len(items) < cfg.min_samples:
+        log.info("reward model: %d labelled replies, need %d; keeping the previous one", len(items), cfg.min_samples)
         old = RewardModel.load(data_dir)
-        return old if old is not None and old.base_model == base_model else None
-    feats = extract_features(model, pairs, device, cfg.max_reply_tokens)
-    rm = fit(feats, labels, ids, cfg, base_model=base_model)
+        return old if old is not None and old.base_model == policy.model_id else None
+    feats = cache.features(policy, items)
+    rm = fit(feats.astype(np.float64), labels, [rid for rid, _, _ in items], cfg, base_model=policy.model_id)
     rm.metrics["trusted"] = trusted(rm, min_auroc)
     rm.save(data_dir)
-    log.info("reward model: %d replies, held-out AUROC liked=%s", len(ids), rm.metrics["liked"]["auroc"])
+    log.info("reward model: %d replies (%d features extracted), held-out AUROC liked=%s", len(items),
+             cache.extracted, rm.metrics["liked"]["auroc"])
     return rm
 
 

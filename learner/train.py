@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,8 @@ OUTSIDE_NUCLEUS_LOGP = -30.0
 
 
 def wrap_with_lora(base: torch.nn.Module, cfg: TrainConfig, parent_dir: Path | None):
-    """PeftModel with trainable LoRA weights: the parent adapter's, or a fresh one."""
+    """PeftModel with trainable LoRA weights: the parent adapter's, or a fresh one (for callers
+    without a Policy, e.g. the benches)."""
     from peft import LoraConfig, PeftModel, get_peft_model
     torch.manual_seed(cfg.seed)  # fresh LoRA init (A random, B zero) is reproducible
     if parent_dir is not None:
@@ -149,9 +151,10 @@ def sampling_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return out  # [B,T]
 
 
-def _dpo_part(model, pairs: list[Pair], pad_id: int, device, beta: float) -> tuple[torch.Tensor, dict]:
+def _dpo_part(policy, pairs: list[Pair], beta: float) -> tuple[torch.Tensor, dict]:
     """DPO on a mini-batch of pairs: chosen rows first, then rejected rows, in one forward."""
-    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    model = policy.model
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], policy.pad_id, policy.device)
     with torch.no_grad(), model.disable_adapter():
         ref = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask).sum(-1)  # [2K]
     pol = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask).sum(-1)  # [2K]
@@ -184,96 +187,138 @@ def kto_labelling(cfg: TrainConfig, rewards: list[float], baseline: float) -> tu
     return cut, (len(rewards) / (2 * n_d), len(rewards) / (2 * n_u))
 
 
-def train(model, data: Dataset, cfg: TrainConfig, pad_id: int, device: torch.device,
-          progress: bool = True, lineage: tuple[float, float] | None = None, should_stop=None) -> dict:
-    """Train the LoRA weights of `model` (a PeftModel) in place on data.train; return stats.
-    lineage: the parent's running reward mean and count (see pg_baseline).
-    should_stop: checked before every step; when it answers True (the run lost its lock) training
-    ends at once with stats["stopped"] = True instead of finishing work nobody can publish."""
-    w = cfg.losses
+@dataclass
+class StepHooks:
+    """What a run does around each optimizer step (all optional)."""
+    should_stop: Callable[[], bool] | None = None   # before a step: True ends training (the lock is lost)
+    pause: Callable[[], None] | None = None          # before a step: may block while chat is busy
+    after_step: Callable[[int, torch.optim.Optimizer], None] | None = None   # e.g. the KL controller
+
+
+@dataclass
+class RunScales:
+    """Per-run constants of the objective: one baseline, one advantage scale and one KTO cut for
+    the whole run, so a mini-batch of only good replies is not centred on itself."""
+    baseline: float
+    adv_rms: float
+    kto_cut: float
+    kto_weights: tuple[float, float]
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, rewards: list[float], lineage) -> tuple[RunScales, dict]:
+        baseline, running = pg_baseline(cfg, rewards, lineage)
+        rms = math.sqrt(sum((r - baseline) ** 2 for r in rewards) / len(rewards))
+        cut, weights = kto_labelling(cfg, rewards, baseline)
+        return cls(baseline, rms, cut, weights), running
+
+
+def step_parts(policy, batch: Batch, cfg: TrainConfig, scales: RunScales, pairs: list[Pair]
+               ) -> tuple[dict[str, torch.Tensor], dict]:
+    """The loss terms of one mini-batch (weights from cfg.losses) and their statistics."""
+    model, w = policy.model, cfg.losses
+    ref_logp = None   # reference: the base model, i.e. this model with the adapter switched off (KL, KTO)
+    if w.kl > 0 or w.kto > 0:
+        with torch.no_grad(), model.disable_adapter():
+            ref_logp = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask)  # [B,T]
+    logits = reply_logits(model, batch)  # [B,T,V]
+    logp = sequence_logprobs(logits, batch.targets, batch.mask)  # [B,T] temperature 1
+    parts, stats = {}, {}
+    if w.pg > 0:
+        # importance ratio against the recorded behavior log-probs; greedy rows masked out
+        samp_logp = sampling_logprobs(logits, batch)  # [B,T]
+        sampled = torch.tensor([not p.greedy for p in batch.params], device=policy.device)  # [B]
+        adv = advantages(batch.rewards, baseline=scales.baseline,
+                         scale=scales.adv_rms if cfg.adv_scale == "run" else None)  # [B]
+        parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, batch.mask * sampled.unsqueeze(-1),
+                                                eps=cfg.pg_clip_eps, reduce=cfg.pg_reduce,
+                                                dual_clip=cfg.pg_ratio_cap)
+        stats.update(pg_stats)
+    if w.kl > 0:
+        parts["kl"] = kl_penalty(logp, ref_logp, batch.mask)
+    if w.sft > 0:
+        parts["sft"] = sft_loss(logp, batch.mask, batch.rewards >= cfg.sft_threshold)
+    if w.kto > 0:
+        parts["kto"], kto_stats = kto_loss(logp.sum(-1), ref_logp.sum(-1), batch.rewards > scales.kto_cut,
+                                           beta=cfg.kto_beta, lambda_d=scales.kto_weights[0],
+                                           lambda_u=scales.kto_weights[1])
+        stats.update({f"kto_{k}": v for k, v in kto_stats.items()})
+    if w.dpo > 0:
+        if pairs:
+            parts["dpo"], dpo_stats = _dpo_part(policy, pairs, cfg.dpo_beta)
+            stats.update({f"dpo_{k}": v for k, v in dpo_stats.items()})
+        else:
+            parts["dpo"] = (logp * 0.0).sum()  # no pairs this run: the term is 0
+    return parts, stats
+
+
+def _pairs_for(data: Dataset, i: int, k: int) -> list[Pair]:
+    """The i-th mini-batch's share of the preference pairs (cycled)."""
+    return [data.pairs[(i * k + j) % len(data.pairs)] for j in range(min(k, len(data.pairs)))] if data.pairs else []
+
+
+def train(policy, data: Dataset, cfg: TrainConfig, *, progress: bool = True,
+          lineage: tuple[float, float] | None = None, hooks: StepHooks | None = None) -> dict:
+    """Train the LoRA weights of `policy.model` (a PeftModel) in place on data.train; return stats.
+    The number of steps follows from the samples (trust_region.schedule). lineage: the parent's
+    running reward mean and count (see pg_baseline). hooks.should_stop: when it answers True (the
+    run lost its lock) training ends at once with stats["stopped"] = True."""
+    from learner.trust_region import schedule
+    hooks = hooks or StepHooks()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    baseline, running = pg_baseline(cfg, [s.reward for s in data.train], lineage)
-    run_scale = math.sqrt(sum((s.reward - baseline) ** 2 for s in data.train) / len(data.train))
-    kto_cut, kto_weights = kto_labelling(cfg, [s.reward for s in data.train], baseline)
-    n_batches = math.ceil(len(data.train) / cfg.minibatch_size)
-    stats: dict = {"steps": 0, "baseline": baseline, "run_adv_rms": run_scale, **running, "first": None, "last": None}
+    opt = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.step.lr,
+                            weight_decay=cfg.weight_decay)
+    scales, running = RunScales.of(cfg, [s.reward for s in data.train], lineage)
+    epochs, total = schedule(len(data.train), cfg.minibatch_size, cfg.step)
+    n_batches = total // epochs
+    stats: dict = {"steps": 0, "epochs": epochs, "planned_steps": total, "baseline": scales.baseline,
+                   "run_adv_rms": scales.adv_rms, **running, "first": None, "last": None, "stopped": False}
     step_times: list[float] = []
-
-    model.train()
-    bar = tqdm(total=cfg.epochs * n_batches, desc="train", unit="step", disable=not progress, mininterval=0.5)
-    stats["stopped"] = False
-    for epoch in range(cfg.epochs):
-        if stats["stopped"]:
-            break
+    policy.model.train()
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, mininterval=0.5)
+    for epoch in range(epochs):
         order = torch.randperm(len(data.train), generator=gen).tolist()
         for i in range(n_batches):
-            if should_stop is not None and should_stop():
+            if hooks.pause is not None:
+                hooks.pause()
+            if hooks.should_stop is not None and hooks.should_stop():
                 stats["stopped"] = True
                 break
             t0 = time.perf_counter()
             mb = [data.train[j] for j in order[i * cfg.minibatch_size:(i + 1) * cfg.minibatch_size]]
-            batch = collate(mb, pad_id, device)
-
-            # reference: the base model, i.e. this model with the adapter switched off (KL, KTO only)
-            ref_logp = None
-            if w.kl > 0 or w.kto > 0:
-                with torch.no_grad(), model.disable_adapter():
-                    ref_logp = sequence_logprobs(reply_logits(model, batch), batch.targets, batch.mask)  # [B,T]
-
-            logits = reply_logits(model, batch)  # [B,T,V]
-            logp = sequence_logprobs(logits, batch.targets, batch.mask)  # [B,T] temperature 1
-            parts, step = {}, {}
-            if w.pg > 0:
-                # importance ratio against the recorded behavior log-probs; greedy rows masked out
-                samp_logp = sampling_logprobs(logits, batch)  # [B,T]
-                sampled = torch.tensor([not p.greedy for p in batch.params], device=device)  # [B]
-                pg_mask = batch.mask * sampled.unsqueeze(-1)  # [B,T]
-                adv = advantages(batch.rewards, baseline=baseline,
-                                 scale=run_scale if cfg.adv_scale == "run" else None)  # [B]
-                parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, pg_mask, eps=cfg.pg_clip_eps,
-                                                        reduce=cfg.pg_reduce, dual_clip=cfg.pg_ratio_cap)
-                step.update(pg_stats)
-            if w.kl > 0:
-                parts["kl"] = kl_penalty(logp, ref_logp, batch.mask)
-            if w.sft > 0:
-                parts["sft"] = sft_loss(logp, batch.mask, batch.rewards >= cfg.sft_threshold)
-            if w.kto > 0:
-                parts["kto"], kto_stats = kto_loss(logp.sum(-1), ref_logp.sum(-1), batch.rewards > kto_cut,
-                                                   beta=cfg.kto_beta, lambda_d=kto_weights[0],
-                                                   lambda_u=kto_weights[1])
-                step.update({f"kto_{k}": v for k, v in kto_stats.items()})
-            if w.dpo > 0:
-                if data.pairs:
-                    k = cfg.minibatch_size
-                    chunk = [data.pairs[(i * k + j) % len(data.pairs)] for j in range(min(k, len(data.pairs)))]
-                    parts["dpo"], dpo_stats = _dpo_part(model, chunk, pad_id, device, cfg.dpo_beta)
-                    step.update({f"dpo_{k}": v for k, v in dpo_stats.items()})
-                else:
-                    parts["dpo"] = (logp * 0.0).sum()  # no pairs this run: the term is 0
-            loss = total_loss(parts, w)
-
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            opt.step()
-
-            step.update({name: float(t.detach()) for name, t in parts.items()})
-            step.update(loss=float(loss.detach()), grad_norm=float(grad_norm), epoch=epoch)
+            step = _optimizer_step(policy, collate(mb, policy.pad_id, policy.device), cfg, scales,
+                                   pairs=_pairs_for(data, i, cfg.minibatch_size), opt=opt)
+            step["epoch"] = epoch
             stats["first"] = stats["first"] or step
             stats["last"] = step
             stats["steps"] += 1
             step_times.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{step['loss']:.4f}", refresh=False)
             bar.update(1)
+            if hooks.after_step is not None:
+                policy.model.eval()
+                hooks.after_step(stats["steps"], opt)
+                policy.model.train()
+        if stats["stopped"]:
+            break
     bar.close()
-    model.eval()
-    stats["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
-    stats["loop_seconds"] = sum(step_times)  # the loop only; the manifest's train_seconds is the whole run
-    stats["samples"] = len(data.train)
-    return stats
+    policy.model.eval()
+    stats.update(seconds_per_step=sum(step_times) / len(step_times) if step_times else None,
+                 loop_seconds=sum(step_times), samples=len(data.train), lr_last=opt.param_groups[0]["lr"])
+    return stats  # loop_seconds: the loop only; the manifest's train_seconds is the whole run
+
+
+def _optimizer_step(policy, batch: Batch, cfg: TrainConfig, scales: RunScales, *, pairs: list[Pair], opt) -> dict:
+    parts, step = step_parts(policy, batch, cfg, scales, pairs)
+    loss = total_loss(parts, cfg.losses)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    trainable = [p for group in opt.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    opt.step()
+    step.update({name: float(t.detach()) for name, t in parts.items()})
+    step.update(loss=float(loss.detach()), grad_norm=float(grad_norm))
+    return step
 
 
 @torch.no_grad()

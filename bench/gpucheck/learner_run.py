@@ -20,6 +20,7 @@ from gpucheck.drive import Ask, Driver
 from gpucheck.models import build_model, chat_ids
 from learner.config import TrainConfig
 from learner.gate import kl_to_parent, nonfinite_weights, snapshot_parent
+from learner.policy import Policy
 from learner.samples import Dataset, Sample
 from learner.train import train, wrap_with_lora
 
@@ -68,16 +69,18 @@ def train_once(ctx: Context, name: str, n_train: int, n_holdout: int, reply_toke
     cfg = TrainConfig()
     pad = ctx.tokenizer.pad_token_id
     peft_model = wrap_with_lora(model, cfg, None)
+    policy = Policy(model=peft_model, tokenizer=ctx.tokenizer, model_id=name, device=ctx.device, dtype=ctx.dtype,
+                    pad_id=pad)
     holdout, train_set = samples[:n_holdout], samples[n_holdout:]
-    parent = snapshot_parent(peft_model, holdout, pad, ctx.device)
+    parent = snapshot_parent(policy, holdout)
     data = Dataset(train=train_set, holdout=holdout, pairs=[], last_id=None, last_pair_id=None)
     ctx.reset_peak()
     t = time.perf_counter()
-    stats = train(peft_model, data, cfg, pad, ctx.device, progress=False)
+    stats = train(policy, data, cfg, progress=False)
     ctx.sync()
     secs = time.perf_counter() - t
     peak = ctx.peak_gib()
-    kl = kl_to_parent(peft_model, holdout, parent, pad, ctx.device)
+    kl = kl_to_parent(policy, holdout, parent)
     moved = max(float(p.detach().abs().max()) for n, p in peft_model.named_parameters() if "lora_B" in n)
     cpu, source = cpu_figure(name)
     per_s = len(train_set) / secs

@@ -11,6 +11,7 @@ import torch
 from core.keys import Keys
 from core.sampling import SamplingParams, sample_token
 from core.settings import Settings
+from learner.config import StepSettings
 
 QUESTIONS = ["What is the capital of France?", "How do I boil an egg?", "Name a prime number.",
              "Why is the sky blue?", "What is 2 + 2?", "Say hello.", "Give me a colour.", "What day is it?"]
@@ -26,11 +27,30 @@ class Logged:
     params: SamplingParams
 
 
+# one cheap pass, trained weights kept as they are, a gate KL budget nothing reaches (1.5 x 10)
+QUICK_STEP = StepSettings(mode="fixed", lr=5e-3, min_steps=1, kl_target=10.0)
+
+
 @pytest.fixture(scope="session")
 def tiny(models_dir):
     from core.modeling import load_model
     torch.set_num_threads(1)  # the test box has 2 shared cores
     return load_model("tiny-random", models_dir, device="cpu")
+
+
+def as_policy(loaded, model=None):
+    """A LoadedModel (or another model beside its tokenizer) as the learner's Policy."""
+    from core.modeling import default_stop_ids
+    from learner.policy import Policy
+    return Policy(model=loaded.model if model is None else model, tokenizer=loaded.tokenizer, model_id=loaded.model_id,
+                  device=loaded.device, dtype=loaded.dtype, pad_id=loaded.tokenizer.pad_token_id,
+                  stop_ids=default_stop_ids(loaded.tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny):
+    """The tiny model as the learner's Policy (a view: the same model object)."""
+    return as_policy(tiny)
 
 
 @torch.no_grad()

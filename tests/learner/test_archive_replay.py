@@ -15,14 +15,14 @@ from core.settings import WorkerSettings
 from learner.config import TrainConfig
 from learner.dataset import build_dataset
 from learner.runner import run_once
-from tests.learner.conftest import favoured
+from tests.learner.conftest import QUICK_STEP, favoured
 from worker.archive.run import run_archive
 from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(lr=5e-3, epochs=1, minibatch_size=8, holdout_share=0.25, min_samples=4, kl_budget=10.0,
-                  cf_margin=2.0, cf_min_ess=1.0, replay_window=64, replay_ratio=2.0)
+CFG = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP, cf_margin=2.0, cf_min_ess=1.0,
+                  replay_window=64, replay_ratio=2.0)
 ALL_USERS = RewardConfig(max_user_share=1.0)
 
 

@@ -11,14 +11,14 @@ from core.registry import Registry, found_worse
 from core.settings import Settings
 from learner.config import TrainConfig
 from learner.runner import run_once
-from tests.learner.conftest import favoured, write_logged
+from tests.learner.conftest import QUICK_STEP, favoured, write_logged
 from worker.ops.monitor import ops_tick
 from worker.ops.store import OpsStore
 
 pytestmark = pytest.mark.integration
 
-QUICK = TrainConfig(lr=5e-3, epochs=1, minibatch_size=8, holdout_share=0.25, min_samples=2, kl_budget=10.0,
-                    cf_margin=2.0, cf_min_ess=1.0, reward_model=False)
+QUICK = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=2, step=QUICK_STEP, cf_margin=2.0,
+                    cf_min_ess=1.0, reward_model=False)
 
 
 def reward(item) -> float:

@@ -8,10 +8,11 @@ import time
 import pytest
 import redis
 
-from learner.config import TrainConfig
+from learner.config import StepSettings, TrainConfig
 from learner.dataset import Dataset
 from learner.runner import LearnerLock
-from learner.train import train, wrap_with_lora
+from learner.train import StepHooks, train, wrap_with_lora
+from tests.learner.conftest import as_policy
 from tests.learner.test_train import as_samples
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ def test_the_heartbeat_notices_a_lock_taken_over(settings, keys):
 
 
 def test_training_stops_at_the_first_step_after_the_lock_is_lost(tiny, logged):
-    cfg = TrainConfig(lr=1e-3, epochs=50, minibatch_size=4, min_samples=1)
+    cfg = TrainConfig(minibatch_size=4, min_samples=1, step=StepSettings(min_steps=100, max_epochs=50))
     model = wrap_with_lora(copy.deepcopy(tiny.model), cfg, None)
     data = Dataset(train=as_samples(logged[:8], lambda i: 1.0), holdout=[], pairs=[], last_id=None, last_pair_id=None)
     calls = []
@@ -43,6 +44,5 @@ def test_training_stops_at_the_first_step_after_the_lock_is_lost(tiny, logged):
         calls.append(1)
         return len(calls) > 3
 
-    stats = train(model, data, cfg, tiny.tokenizer.pad_token_id, tiny.device, progress=False,
-                  should_stop=lost_after_three_steps)
+    stats = train(as_policy(tiny, model), data, cfg, progress=False, hooks=StepHooks(should_stop=lost_after_three_steps))
     assert stats["stopped"] is True and stats["steps"] == 3  # of 50 epochs x 2 steps

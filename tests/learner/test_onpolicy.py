@@ -17,7 +17,7 @@ from learner.dataset import Sample
 from learner.onpolicy import add_replies, pick_prompts, sample_replies
 from learner.reward_model import MAIN, RewardModel, extract_features
 from learner.runner import run_once
-from tests.learner.conftest import favoured, write_logged
+from tests.learner.conftest import QUICK_STEP, favoured, write_logged
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=0)
 NO_STOP: set[int] = set()
@@ -35,24 +35,23 @@ def _recomputed(model, prompt: list[int], reply: list[int], params: SamplingPara
     return behavior_logprobs(logits, torch.tensor(reply), params).tolist()
 
 
-def test_sampled_replies_carry_the_log_probs_a_server_would_have_logged(tiny, logged):
+def test_sampled_replies_carry_the_log_probs_a_server_would_have_logged(tiny, tiny_policy, logged):
     other = next(item.prompt_ids for item in logged if len(item.prompt_ids) != len(logged[0].prompt_ids))
     prompts = [logged[0].prompt_ids, other, logged[0].prompt_ids]   # two lengths: the left padding is exercised
-    pad = tiny.tokenizer.pad_token_id
-    out = sample_replies(tiny.model, prompts, [PARAMS] * 3, 8, NO_STOP, pad, tiny.device, seeds=[1, 2, 3])
+    out = sample_replies(tiny_policy, prompts, [PARAMS] * 3, max_new_tokens=8, stop_ids=NO_STOP, seeds=[1, 2, 3])
     for prompt, (reply, logp) in zip(prompts, out):
         assert len(reply) == 8 and all(np.isfinite(logp))
         assert logp == pytest.approx(_recomputed(tiny.model, prompt, reply, PARAMS), abs=1e-4)
-    again = sample_replies(tiny.model, prompts, [PARAMS] * 3, 8, NO_STOP, pad, tiny.device, seeds=[1, 2, 3])
+    again = sample_replies(tiny_policy, prompts, [PARAMS] * 3, max_new_tokens=8, stop_ids=NO_STOP, seeds=[1, 2, 3])
     assert again == out                                   # seeded: a run can be reproduced
     assert out[0][0] != out[2][0]                         # one prompt, two seeds: two replies
     # a row's own max_new_tokens caps it
-    short = sample_replies(tiny.model, prompts[:1], [SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=3)],
-                           8, NO_STOP, pad, tiny.device, seeds=[1])
+    short = sample_replies(tiny_policy, prompts[:1], [SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=3)],
+                           max_new_tokens=8, stop_ids=NO_STOP, seeds=[1])
     assert short[0][0] == out[0][0][:3]
     # a stop token ends the reply and is kept (the learner must learn when to stop)
     stop = {out[0][0][2]}
-    cut = sample_replies(tiny.model, prompts[:1], [PARAMS], 8, stop, pad, tiny.device, seeds=[1])
+    cut = sample_replies(tiny_policy, prompts[:1], [PARAMS], max_new_tokens=8, stop_ids=stop, seeds=[1])
     assert cut[0][0] == out[0][0][:3] and cut[0][1] == pytest.approx(out[0][1][:3], abs=1e-5)
 
 
@@ -64,16 +63,16 @@ def test_prompts_are_the_newest_distinct_sampled_ones():
     assert [s.reply_id for s in pick_prompts(train, 2)] == ["r4", "r2"]
 
 
-def test_added_replies_are_rewarded_by_the_reward_model_and_marked(tiny, logged):
+def test_added_replies_are_rewarded_by_the_reward_model_and_marked(tiny, tiny_policy, logged):
     base = [_sample(i, logged[i].prompt_ids, reply=logged[i].token_ids) for i in range(3)]
     feats = extract_features(tiny.model, [(s.prompt_ids, s.reply_ids) for s in base], tiny.device)
     rng = np.random.default_rng(0)
     rm = RewardModel(mean=np.zeros(feats.shape[1]), std=np.ones(feats.shape[1]),
                      weights={MAIN: rng.normal(size=feats.shape[1]) * 0.05}, bias={MAIN: 0.0})
     train = list(base)
-    note = add_replies(tiny.model, train, rm, n=3, max_prompts=2, reward_weight=0.5, parent="base", run=1,
-                       seed=0, max_reply_tokens=512, stop_ids=NO_STOP, pad_id=tiny.tokenizer.pad_token_id,
-                       device=tiny.device)
+    policy = dataclasses.replace(tiny_policy, stop_ids=NO_STOP)
+    note = add_replies(policy, train, rm, n=3, max_prompts=2, reward_weight=0.5, parent="base", run=1,
+                       seed=0, max_reply_tokens=512)
     new = train[3:]
     assert note["added"] == len(new) == 6 and note["prompts"] == 2 and note["seconds"] > 0
     assert all(s.onpolicy and s.adapter_version == "base" for s in new) and not any(s.onpolicy for s in base)
@@ -83,8 +82,8 @@ def test_added_replies_are_rewarded_by_the_reward_model_and_marked(tiny, logged)
     assert [s.reward for s in new] == pytest.approx(want.tolist(), abs=1e-6)
     assert len({s.reply_id for s in train}) == len(train)
     off = list(base)
-    assert add_replies(tiny.model, off, rm, n=0, max_prompts=2, reward_weight=0.5, parent="base", run=1, seed=0,
-                       max_reply_tokens=512, stop_ids=NO_STOP, pad_id=0, device=tiny.device)["added"] == 0
+    assert add_replies(policy, off, rm, n=0, max_prompts=2, reward_weight=0.5, parent="base", run=1, seed=0,
+                       max_reply_tokens=512)["added"] == 0
     assert off == base
 
 
@@ -102,7 +101,7 @@ def test_a_run_with_a_trusted_reward_model_trains_on_its_own_replies_too(setting
     write_logged(r, keys, logged, lambda i: 1.0 if favoured(i) else -1.0)
     for item in logged:   # the ledger's components, which the reward model learns from
         r.hset(keys.reward(item.reply_id), "components", json.dumps({"thumbs": 1.0 if favoured(item) else -1.0}))
-    cfg = TrainConfig(lr=5e-3, epochs=1, minibatch_size=8, holdout_share=0.25, min_samples=4, kl_budget=10.0,
+    cfg = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP,
                       cf_margin=2.0, cf_min_ess=1.0, reward_model_min_auroc=0.0, onpolicy_n=2, onpolicy_prompts=3)
     off = run_once(settings, dataclasses.replace(cfg, onpolicy_n=0), progress=False, dry_run=True)
     assert "onpolicy" not in off.stats["reward_model"]

@@ -14,13 +14,13 @@ from learner.config import TrainConfig
 from learner.dataset import build_dataset
 from learner.losses import clipped_pg_loss
 from learner.runner import run_once
-from tests.learner.conftest import favoured, write_logged
+from tests.learner.conftest import QUICK_STEP, favoured, write_logged
 from tests.learner.test_dataset import fake
 from worker.rewards.config import RewardConfig
 
 ALL_USERS = RewardConfig(max_user_share=1.0)
-QUICK = TrainConfig(lr=5e-3, epochs=1, minibatch_size=8, holdout_share=0.25, min_samples=4, kl_budget=10.0,
-                    cf_margin=2.0, cf_min_ess=1.0)
+QUICK = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP, cf_margin=2.0,
+                    cf_min_ess=1.0)
 
 
 def test_dual_clip_truncates_the_ratio_of_a_token_with_a_negative_advantage():

@@ -90,6 +90,17 @@ class History:
                     out[rid] = ReplyRecord.from_redis(h)
         return out | self._by_ids(ReplyRecord, [i for i in ids if i not in out], days)
 
+    def texts(self, reply_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """reply_id -> (user text, reply text): what a search reads, without the token arrays."""
+        ids = list(dict.fromkeys(reply_ids))
+        with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hmget(self.k.reply(rid), "user_text", "text")
+            rows = p.execute()
+        out = {rid: (u or "", t or "") for rid, (u, t) in zip(ids, rows) if u is not None or t is not None}
+        cold = self._by_ids(ReplyRecord, [i for i in ids if i not in out], None)
+        return out | {rid: (rec.user_text or "", rec.text or "") for rid, rec in cold.items()}
+
     def reply(self, reply_id: str) -> ReplyRecord | None:
         return self.replies([reply_id]).get(reply_id)
 
@@ -119,14 +130,22 @@ class History:
 
     # --- sessions -------------------------------------------------------------------------------
     def _hot_session(self, session_id: str) -> SessionRecord | None:
+        return self._hot_sessions([session_id]).get(session_id)
+
+    def _hot_sessions(self, session_ids: list[str]) -> dict[str, SessionRecord]:
+        """The sessions still in Redis, read in one round trip (a user's list of 1,000 stays fast)."""
         with self.r.pipeline(transaction=False) as p:
-            p.hgetall(self.k.session_meta(session_id))
-            p.lrange(self.k.session(session_id), 0, -1)
-            p.lrange(self.k.session_replies(session_id), 0, -1)
-            meta, history, replies = p.execute()
-        if not meta and not replies:
-            return None
-        return SessionRecord.from_redis(meta, session_id=session_id, history=history, replies=replies)
+            for sid in session_ids:
+                p.hgetall(self.k.session_meta(sid))
+                p.lrange(self.k.session(sid), 0, -1)
+                p.lrange(self.k.session_replies(sid), 0, -1)
+            rows = p.execute()
+        out = {}
+        for i, sid in enumerate(session_ids):
+            meta, history, replies = rows[3 * i:3 * i + 3]
+            if meta or replies:
+                out[sid] = SessionRecord.from_redis(meta, session_id=sid, history=history, replies=replies)
+        return out
 
     def session(self, session_id: str) -> SessionRecord | None:
         """The session as one record, however it is split between Redis and the archive."""
@@ -147,7 +166,7 @@ class History:
         """Sessions newest first (by creation): the hot ones and the archived ones, merged."""
         key = self.k.user_sessions(user) if user else self.k.sessions
         hot_ids = self.r.zrevrangebyscore(key, "+inf", since if since is not None else "-inf", start=0, num=limit)
-        hot = {sid: s for sid in hot_ids if (s := self._hot_session(sid)) is not None}
+        hot = self._hot_sessions(hot_ids)
         cold = {}
         if self.archive is not None:
             import pyarrow.compute as pc

@@ -8,8 +8,10 @@ API's 404) for anyone else. Blocking (redis-py, pyarrow): the API calls it from 
 """
 from __future__ import annotations
 
+import json
+
 from core.history import History
-from core.records import EventRecord, ReplyRecord, SessionRecord
+from core.records import ReplyRecord, SessionRecord
 from service.serving.branches import node_from_fields
 
 MAX_LISTED = 5_000   # conversations one list call looks at (a user's newest by creation)
@@ -37,25 +39,21 @@ def summary(s: SessionRecord, titles: dict[str, str]) -> dict:
             "turns": len(s.history or [])}
 
 
-def feedback_state(events: list[EventRecord]) -> dict[str, dict]:
+def feedback_state(meta: dict) -> dict[str, dict]:
     """reply_id -> what the page shows pressed: the user's last thumbs and rating, chosen or
-    rejected in a compare, and the last reasons (tags, comment) given. Pure."""
+    rejected in a compare, the last reasons given (the server keeps them as `fb:{reply}:{kind}`
+    fields of the session's meta hash, so a reload reads no event stream). Pure."""
     out: dict[str, dict] = {}
-    for e in events:
-        if e.derived or e.kind not in STATE_KINDS or not e.reply_id:
+    for name, raw in meta.items():
+        if not name.startswith("fb:"):
             continue
-        mine = out.setdefault(e.reply_id, {})
-        if e.kind in ("thumbs", "rating"):
-            try:
-                mine[e.kind] = int(float(e.value))
-            except (TypeError, ValueError):
-                pass
-        elif e.kind == "choose":
-            mine["choose"] = "chosen"
-            if e.value:
-                out.setdefault(str(e.value), {})["choose"] = "rejected"
-        if e.tags or e.comment:
-            mine["reasons"] = {"tags": list(e.tags or []), "comment": e.comment or ""}
+        rid, _, kind = name[3:].rpartition(":")
+        if kind not in STATE_KINDS or not rid:
+            continue
+        try:
+            out.setdefault(rid, {})[kind] = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            continue
     return out
 
 
@@ -95,11 +93,13 @@ class Conversations:
     def _search(self, sessions: list[SessionRecord], q: str, titles: dict[str, str]) -> list[SessionRecord]:
         hits = {s.session_id for s in sessions if q in summary(s, titles)["title"].casefold()}
         rest = [s for s in sessions if s.session_id not in hits]
-        replies = self.history.replies(rid for s in rest for rid in s.replies)
+        texts = self.history.texts(rid for s in rest for rid in s.replies)
         for s in rest:
-            if any(q in (r.user_text or "").casefold() or q in (r.text or "").casefold()
-                   for rid in s.replies if (r := replies.get(rid)) is not None):
-                hits.add(s.session_id)
+            for rid in s.replies:
+                user_text, text = texts.get(rid, ("", ""))
+                if q in user_text.casefold() or q in text.casefold():
+                    hits.add(s.session_id)
+                    break
         return [s for s in sessions if s.session_id in hits]
 
     def get(self, user_id: str, session_id: str) -> dict | None:
@@ -110,8 +110,7 @@ class Conversations:
             return None
         branch = list(s.history or [])
         replies = self.history.replies(s.replies, self.history.session_day(s))
-        events = [e for e in self.history.events(session_id, s.created) if e.user_id in (None, "", user_id)]
-        state = feedback_state(events)
+        state = feedback_state(s.extra)
         views = [reply_view(replies[rid], branch, state) for rid in s.replies if rid in replies]
         return {**summary(s, self._titles(user_id)), "branch": branch, "replies": views}
 

@@ -148,12 +148,21 @@ class FeedbackService:
         return (not created), fields
 
     async def _after(self, fb: Feedback, reply: dict, user: User) -> None:
-        """What a preference among siblings says. The event is durable already: a failure here
-        is logged, never turned into a refusal."""
+        """What the page shows pressed after a reload, and what a preference among siblings says.
+        The event is durable already: a failure here is logged, never turned into a refusal."""
+        state: dict[tuple[str, str], object] = {}
+        if fb.kind in ("thumbs", "rating"):
+            state[(fb.reply_id, fb.kind)] = fb.value
+        elif fb.kind == "choose":
+            state.update({(fb.reply_id, "choose"): "chosen", (fb.value, "choose"): "rejected"})
+        if fb.tags or fb.comment:
+            state[(fb.reply_id, "reasons")] = {"tags": list(fb.tags), "comment": fb.comment}
         try:
+            if state:
+                await self.store.set_feedback_state(reply["session_id"], state)
             await self.branching.after_feedback(user, reply["session_id"], fb.reply_id, fb.kind, fb.value)
         except RedisError as exc:
-            log.warning("feedback %s stored; its sibling signal not written: %s", fb.feedback_id, exc)
+            log.warning("feedback %s stored; its page state or sibling signal not written: %s", fb.feedback_id, exc)
 
     async def record_continuation(self, user: User, previous_reply_id: str, now: float | None = None) -> bool:
         """The user wrote again after `previous_reply_id`: stored once per reply, whichever

@@ -3,6 +3,7 @@ talks to Redis). One writer per key: the server owns sessions, replies and event
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -118,6 +119,12 @@ class ChatStore:
             if reply_ids:
                 p.rpush(self.k.session(session_id), *reply_ids)
             await p.execute()
+
+    async def set_feedback_state(self, session_id: str, state: dict[tuple[str, str], object]) -> None:
+        """{(reply_id, kind): value}: what the page shows pressed after a reload, as fields
+        `fb:{reply_id}:{kind}` of the session's meta hash (archived and deleted with it)."""
+        await self.r.hset(self.k.session_meta(session_id),
+                          mapping={f"fb:{rid}:{kind}": json.dumps(v) for (rid, kind), v in state.items()})
 
     async def set_title_once(self, session_id: str, title: str) -> bool:
         """The conversation's title from its first message (a rename later wins)."""

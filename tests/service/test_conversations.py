@@ -155,6 +155,11 @@ def test_reason_tags_are_validated_stored_once_and_shown(tree, server, rdb, monk
     with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
         text = resp.read().decode()
     assert 'rewardloop_feedback_tags_total{adapter_version="base",tag="unsafe"} 1.0' in text
+    view = urllib.request.Request(f"{server.url}/admin/sessions/{tree['session']}/view",
+                                  headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(view, timeout=30) as resp:   # the operator's session view
+        html = resp.read().decode()
+    assert "inaccurate, unsafe" in html and "the year is wrong" in html
 
 
 def test_the_sessions_api_is_per_user(tree, server, rdb):

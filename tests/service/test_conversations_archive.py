@@ -27,7 +27,8 @@ def test_archived_conversations_list_open_rename_and_delete(rdb, prefix, tmp_pat
     old = log_session(rdb, keys, user="ann", turns=3, at=OLD, text="Parquet keeps columns together")
     new = log_session(rdb, keys, user="ann", turns=1, at=time.time())
     log_session(rdb, keys, user="ben", turns=1, at=OLD)
-    rdb.hset(keys.session_meta(old.session.session_id), "title", "About Parquet")
+    rdb.hset(keys.session_meta(old.session.session_id), mapping={   # as the server writes them
+        "title": "About Parquet", **{f"fb:{r.reply_id}:thumbs": "1" for r in old.replies}})
     consume_events(rdb, keys)
     assert run_archive(rdb, keys, settings)["moved"]["sessions"] == 2
     assert not rdb.exists(keys.session_meta(old.session.session_id))      # really gone from Redis

@@ -1,6 +1,20 @@
 // The /ops page: polls /ops/api/state and draws it with uPlot (served from /static/vendor).
-// Auth is the rl_admin cookie set by /ops?token=...; every text goes in via textContent.
-"use strict";
+// Auth: the operator token from the first load's ?token=... (what `rewardloop up` prints) is
+// kept in this tab's sessionStorage and sent as a Bearer header; the address bar drops it.
+// Every text goes in via text nodes (js/dom.js, shared with the chat page).
+import { fill, h } from "./js/dom.js";
+
+const TOKEN_KEY = "rl_operator_token";
+{
+  const url = new URL(location.href);
+  const t = url.searchParams.get("token");
+  if (t) {
+    try { sessionStorage.setItem(TOKEN_KEY, t); } catch { /* private mode: the cookie still works */ }
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", url);
+  }
+}
+const operatorToken = () => { try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; } };
 
 const POLL_MS = Number(new URLSearchParams(location.search).get("every") || 5) * 1000;
 const COLORS = ["#2f6fdf", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285", "#5c940d", "#c2255c"];
@@ -14,12 +28,7 @@ const $ = (id) => document.getElementById(id);
 const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
 const utc = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "–");
 
-function el(tag, text, attrs) {
-  const e = document.createElement(tag);
-  if (text !== undefined && text !== null) e.textContent = String(text);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  return e;
-}
+const el = (tag, text, attrs) => h(tag, attrs || {}, text);
 
 function setStatus(text, error) {
   $("status").textContent = text;
@@ -27,10 +36,44 @@ function setStatus(text, error) {
 }
 
 async function api(method, url) {
-  const resp = await fetch(url, { method, credentials: "same-origin", headers: { "Content-Type": "application/json" } });
+  const headers = { "Content-Type": "application/json" };
+  const token = operatorToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const resp = await fetch(url, { method, credentials: "same-origin", headers });
   const body = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error((body.error && body.error.message) || `${resp.status} ${resp.statusText}`);
+  if (!resp.ok) {
+    if (resp.status === 401 || resp.status === 403) showSignIn(resp.status, body.error && body.error.message);
+    throw new Error((body.error && body.error.message) || `${resp.status} ${resp.statusText}`);
+  }
+  $("signin").hidden = true;
   return body;
+}
+
+function showSignIn(status, message) {
+  const box = $("signin");
+  box.hidden = false;
+  $("signin-why").textContent = status === 403
+    ? `${message || "admin endpoints are off"}. \`rewardloop up\` creates an operator token and prints the /ops URL.`
+    : "This page needs the operator token: open the /ops?token=... URL that `rewardloop up` prints, or paste the token.";
+}
+
+$("signin-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = $("signin-token").value.trim();
+  if (!t) return;
+  try { sessionStorage.setItem(TOKEN_KEY, t); } catch { /* private mode */ }
+  $("signin-token").value = "";
+  refresh();
+});
+
+function tagTable() {
+  const tags = state.tags || {};
+  const names = [...new Set(Object.values(tags).flatMap((c) => Object.keys(c)))].sort();
+  const table = $("tags");
+  fill(table.tHead.rows[0], el("th", "version", { scope: "col" }), names.map((n) => el("th", n, { scope: "col" })));
+  fill(table.tBodies[0], Object.entries(tags).map(([v, counts]) =>
+    h("tr", { "data-version": v }, el("th", v, { scope: "row" }), names.map((n) => el("td", counts[n] || 0)))));
+  $("tags-empty").hidden = names.length > 0;
 }
 
 // vertical lines for alarms, publishes, promotions, rollbacks and swaps, on every chart
@@ -237,6 +280,7 @@ async function refresh() {
   timeline();
   tiles();
   adapters();
+  tagTable();
   chatLoad();
   drawCharts();
   setStatus(`updated ${utc(state.now)} UTC`);

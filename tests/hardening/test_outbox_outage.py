@@ -10,7 +10,7 @@ import redis
 
 from core.embedded_redis import EmbeddedRedis
 from tests.helpers import ServerProc, base_env, free_port
-from tests.service.test_chat_page_feedback import ask, events, open_chat, outbox, reply, wait_outbox_empty
+from tests.support.chat_page import ask, events, open_chat, outbox, reply, wait_outbox_empty
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 PREFIX = "ob:"

@@ -9,12 +9,30 @@ import pytest
 from tests.model_fixtures import train_parrot
 
 CHROMIUM = "/usr/bin/chromium"
-XSS_REPLY = "<script>alert(1)</script> & <b>bold</b>"
+# What a model could say: raw HTML and script first (a short reply is all markup), then Markdown
+# the chat page renders (heading, emphasis, a javascript: link, a list, a table, code).
+XSS_REPLY = """<script>alert(1)</script> & <b>bold</b> <img src=x onerror="alert(2)">
+
+## Plan
+
+**Bold**, *soft* and [a link](javascript:alert(3)):
+
+1. first
+2. second
+
+| a | b |
+|---|---|
+| 1 | 2 |
+
+```python
+def add(x, y):
+    return x + y
+```"""
 
 
 @pytest.fixture(scope="session")
 def xss_model(models_dir, tmp_path_factory):
-    """A real model that answers every prompt with an HTML/JS string."""
+    """A real model that answers every prompt with XSS_REPLY (HTML, script and Markdown)."""
     return train_parrot(models_dir, tmp_path_factory.mktemp("parrot") / "xss", XSS_REPLY)
 
 

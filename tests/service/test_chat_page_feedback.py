@@ -3,74 +3,25 @@ every button ends up as exactly one acknowledged event in the `events` stream, d
 only the time a reply is actually seen, and the outbox carries feedback over drops and reloads."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
+from tests.support.chat_page import (
+    FINISHED,
+    ask,
+    events,
+    feedback_events,
+    open_chat,
+    outbox,
+    pressed,
+    reply,
+    send,
+    wait_outbox_empty,
+    wait_until,
+)
+
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
-
-FINISHED = "article[data-reply-id][data-finish-reason]"
-FEEDBACK_KINDS = ("thumbs", "rating", "copy", "regenerate", "choose", "dwell")
-
-
-# ---------- helpers ----------
-def wait_until(fn, timeout: float = 20, what: str = "condition"):
-    """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def events(server, rdb, **match) -> list[dict]:
-    return [f for _, f in rdb.xrange(f"{server.prefix}events") if all(f.get(k) == v for k, v in match.items())]
-
-
-def feedback_events(server, rdb, reply_id: str) -> list[dict]:
-    return [e for e in events(server, rdb, reply_id=reply_id) if e["kind"] in FEEDBACK_KINDS]
-
-
-def open_chat(page, server) -> list[dict]:
-    """Load the page, wait for `ready`; returns the (growing) list of frames the page received."""
-    received: list[dict] = []
-    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: received.append(json.loads(p))))
-    page.goto(server.url + "/")
-    page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
-    return received
-
-
-def send(page, text: str) -> None:
-    page.get_by_test_id("input").fill(text)
-    page.get_by_test_id("input").press("Enter")
-
-
-def ask(page, text: str) -> str:
-    """Send a message; return the reply_id of the new finished reply."""
-    before = page.locator(FINISHED).count()
-    send(page, text)
-    page.wait_for_function(f"document.querySelectorAll({FINISHED!r}).length > {before}", timeout=60_000)
-    return page.locator(FINISHED).last.get_attribute("data-reply-id")
-
-
-def reply(page, reply_id: str):
-    return page.locator(f"article[data-reply-id='{reply_id}']")
-
-
-def outbox(page) -> dict:
-    return page.evaluate("rl.outbox()")
-
-
-def wait_outbox_empty(page, timeout: float = 20) -> None:
-    wait_until(lambda: outbox(page) == {}, timeout, "the outbox to drain (every feedback acked)")
-
-
-def pressed(locator) -> str | None:
-    return locator.get_attribute("aria-pressed")
 
 
 # ---------- 1. thumbs, rating, copy ----------
@@ -107,7 +58,7 @@ def test_thumbs_rating_and_copy_are_stored_in_order_and_acked(server, page, rdb)
 
 
 # ---------- 2. regenerate ----------
-def test_regenerate_streams_a_new_reply_that_replaces_the_old_one(server, page, rdb):
+def test_regenerate_adds_a_sibling_and_the_arrows_go_back(server, page, rdb):
     received = open_chat(page, server)
     old = ask(page, "tell me a joke")
     reply(page, old).get_by_test_id("regenerate").click()
@@ -116,17 +67,23 @@ def test_regenerate_streams_a_new_reply_that_replaces_the_old_one(server, page, 
     new_art.wait_for(timeout=60_000)
     new = new_art.get_attribute("data-reply-id")
     start = next(f for f in received if f["type"] == "reply_start" and f["reply_id"] == new)
-    assert start["replaces"] == old                       # the server streamed it as a replacement
-    assert reply(page, old).get_attribute("data-replaced") == "true"
-    assert reply(page, old).get_by_test_id("regenerated").count() == 1
-    # the new reply sits right after the one it replaces, in the same turn
-    assert page.locator("article[data-reply-id]").evaluate_all("els => els.map(e => e.dataset.replyId)") == [old, new]
-    assert new_art.get_by_test_id("reply-text").text_content() == rdb.hget(f"{server.prefix}reply:{new}", "text")
-
+    assert start["replaces"] == old                       # the server streamed it as a sibling of the old one
+    # the new answer takes the old one's place on screen; the arrows lead back to it
+    assert page.locator("article[data-reply-id]").evaluate_all("els => els.map(e => e.dataset.replyId)") == [new]
+    assert new_art.get_by_test_id("sibling-count").text_content() == "2 / 2"
+    assert page.evaluate("(id) => rl.source(id)", new) == rdb.hget(f"{server.prefix}reply:{new}", "text")
     assert rdb.hget(f"{server.prefix}reply:{new}", "replaces") == old
     [ev] = [e for e in feedback_events(server, rdb, old) if e["kind"] == "regenerate"]
-    assert ev["session_id"] == page.evaluate("rl.sessionId()")
-    assert rdb.lrange(f"{server.prefix}session:{ev['session_id']}", 0, -1) == [new]
+    sid = ev["session_id"]
+    assert sid == page.evaluate("rl.sessionId()")
+    assert rdb.lrange(f"{server.prefix}session:{sid}", 0, -1) == [new]
+
+    new_art.get_by_test_id("prev").click()                # back to the first answer: it is the conversation again
+    assert reply(page, old).get_by_test_id("sibling-count").text_content() == "1 / 2"
+    assert page.locator("article[data-reply-id]").evaluate_all("els => els.map(e => e.dataset.replyId)") == [old]
+    wait_until(lambda: rdb.lrange(f"{server.prefix}session:{sid}", 0, -1) == [old], what="the branch selected")
+    reply(page, old).get_by_test_id("next").click()
+    wait_until(lambda: rdb.lrange(f"{server.prefix}session:{sid}", 0, -1) == [new], what="the branch selected back")
     wait_outbox_empty(page)
     assert page.errors == []
 

@@ -1,8 +1,9 @@
 """The operator page `/ops` and its JSON API, plus the reward/drift figures on `/metrics`.
 
-Auth: the operator token (REWARDLOOP_ADMIN_TOKEN) as `Authorization: Bearer` for the API, or
-the `rl_admin` cookie that `/ops?token=...` sets once (HttpOnly, SameSite=Strict) and then
-redirects to a URL without the token. Without either, page and API answer 401.
+Auth: the operator token (REWARDLOOP_ADMIN_TOKEN; `rewardloop up` creates one) as
+`Authorization: Bearer` for the API: the page takes it from `/ops?token=...` into the tab's
+session storage and drops it from the address bar. `/ops?token=...` also sets the `rl_admin`
+cookie (HttpOnly, SameSite=Strict) that the session views linked from the page use.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 
 from core.redis_conn import connect
 from service.api.admin import require_operator
@@ -80,20 +81,24 @@ def _ops(request: Request) -> _Ops:
 
 @router.get("/ops", include_in_schema=False)
 async def ops_page(request: Request, token: str | None = None):
+    """The page itself holds no data: it is served to everyone, with the status its API calls
+    will meet (200 with a good ?token= or cookie, 401 without, 403 with no operator token set).
+    The page keeps a ?token= in the tab's session storage and drops it from the address bar;
+    a good one also sets the rl_admin cookie (HttpOnly) for the session views it links to."""
+    page = (STATIC / "ops.html").read_text(encoding="utf-8")
+    headers = {"Cache-Control": "no-store"}
     expected = rt(request).settings.admin_token
     if token is not None:
         if expected and hmac.compare_digest(token.encode(), expected.encode()):
-            resp = RedirectResponse("/ops", status_code=303)  # drop the token from the address bar
-            resp.set_cookie("rl_admin", token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
-                            path="/")
+            resp = HTMLResponse(page, headers=headers)
+            resp.set_cookie("rl_admin", token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict", path="/")
             return resp
-        return HTMLResponse("<h1>401</h1><p>wrong operator token</p>", status_code=401)
+        return HTMLResponse(page, status_code=403 if not expected else 401, headers=headers)
     try:
         require_operator(request)
     except ApiError as exc:
-        return HTMLResponse(f"<h1>{exc.status}</h1><p>{exc.message}. Open /ops?token=YOUR_TOKEN once.</p>",
-                            status_code=exc.status)
-    return FileResponse(STATIC / "ops.html", headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page, status_code=exc.status, headers=headers)
+    return HTMLResponse(page, headers=headers)
 
 
 @router.get("/ops/api/state")

@@ -5,18 +5,24 @@ event consumer, on the `rewards` and `ops` queues), one learner worker on `learn
 a time), one beat, all on the embedded Redis or REWARDLOOP_REDIS_URL and sharing the data dir
 (the adapters). A part that dies is restarted, as an orchestrator would; one that keeps dying
 stops everything. Ctrl-C stops them all.
+
+The operator page needs a token: unless REWARDLOOP_ADMIN_TOKEN is set, `up` creates one once
+into DATA_DIR/operator_token (mode 600, like a notebook server's token), gives it to the parts
+it starts, and prints the /ops URL that carries it beside the chat URL.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.settings import Settings
 
@@ -103,6 +109,22 @@ def _wait_servers(parts: list[Part], timeout: float) -> Part | None:
     return waiting[0] if waiting else None
 
 
+def ensure_operator_token(settings: Settings) -> str:
+    """REWARDLOOP_ADMIN_TOKEN, or one created once into DATA_DIR/operator_token (mode 600)."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = Path(settings.data_dir) / "operator_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:   # another `up` made it meanwhile: use theirs
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 def supervise(parts: list[Part], env: dict, redis_url: str, settings: Settings) -> int:
     from service.runtime import ensure_secret
     ensure_secret(settings)  # before the servers start: they would race to create it
@@ -115,6 +137,7 @@ def supervise(parts: list[Part], env: dict, redis_url: str, settings: Settings) 
             return 1
         first = next(p for p in parts if p.url)
         print(f"\n  rewardloop is up: {first.url}/   (Redis {redis_url}; Ctrl-C stops everything)", flush=True)
+        print(f"  operator page:    {first.url}/ops?token={env['REWARDLOOP_ADMIN_TOKEN']}", flush=True)
         for p in parts:
             print(f"    {p.name:<16} {p.url + '/' if p.url else ' '.join(p.argv):<40} pid {p.proc.pid}", flush=True)
         print(flush=True)
@@ -148,7 +171,8 @@ def cmd_up(args, settings: Settings) -> int:
     with redis_for(settings) as url:
         env = {**os.environ, "REWARDLOOP_REDIS_URL": url, "REWARDLOOP_MODEL": settings.model,
                "REWARDLOOP_HOST": settings.host, "REWARDLOOP_PORT": str(settings.port),
-               "REWARDLOOP_DATA_DIR": str(settings.data_dir)}
+               "REWARDLOOP_DATA_DIR": str(settings.data_dir),
+               "REWARDLOOP_ADMIN_TOKEN": ensure_operator_token(settings)}
         from service.cli.vllm_child import vllm_for_up
         with vllm_for_up(settings, getattr(args, "engine", None) or settings.engine, env):
             return supervise(plan(settings, args.servers, args.workers, not args.no_worker), env, url, settings)

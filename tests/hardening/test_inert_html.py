@@ -12,13 +12,13 @@ USER_XSS = '<img src=x onerror="alert(2)"><script>alert(3)</script>'
 
 
 def test_model_and_user_html_is_inert_in_the_session_view(server_factory, xss_model, page):
-    # xss_model answers its training prompts with tests.service.conftest.XSS_REPLY; this prompt
-    # gets a variation of that markup
+    # xss_model answers its training prompts with tests.service.conftest.XSS_REPLY (markup first,
+    # then Markdown); this prompt gets a variation of it that starts with the same markup
     srv = server_factory(REWARDLOOP_MODEL=str(xss_model), REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=40)
     chat = Chat(srv, srv.token("mallory"))
     reply = chat.ask(USER_XSS)
     text = reply["text"]
-    assert "<script>" in text and "<b>" in text             # the model really answers markup
+    assert "<script>" in text                                # the model really answers markup
     chat.close()
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))

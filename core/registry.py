@@ -191,7 +191,7 @@ class Registry:
             raise
         return tmp
 
-    def commit(self, staged: Path, manifest: dict, lock_token: str, mode: str, canary_share: float,
+    def commit(self, staged: Path, manifest: dict, lock_token: str, mode: str, canary_share: float, *,
                cursor: str | None, pairs_cursor: str | None, by: str) -> tuple[bool, str]:
         """Rename the staged folder to v{N} and record it in Redis if the lock still holds the
         token. mode: canary | stable | reject | keep (registered only: `adapters import` without

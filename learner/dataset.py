@@ -131,7 +131,7 @@ def read_rewards(h: History, cfg: TrainConfig) -> list[RewardRow]:
 
 
 def build_dataset(r: redis.Redis, keys: Keys, cfg: TrainConfig, reward_cfg: RewardConfig,
-                  newest_version: int, with_pairs: bool = False, archive: Archive | None = None) -> Dataset:
+                  newest_version: int, *, with_pairs: bool = False, archive: Archive | None = None) -> Dataset:
     """New reward entries plus a replay sample of older ones, turned into samples (from Redis
     and, with `archive`, the archive behind it)."""
     h = History(r, keys, archive)

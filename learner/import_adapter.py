@@ -84,7 +84,8 @@ def import_adapter(r, keys: Keys, data_dir: Path, folder: Path, model_id: str, m
             validate_adapter(staged, model_id, module_names)
         except AdapterInvalid as exc:
             raise ImportRefused(f"{folder}: {exc}") from None
-        ok, notice = reg.commit(staged, manifest, lock.token, publish or "keep", canary_share, None, None, by)
+        ok, notice = reg.commit(staged, manifest, lock.token, publish or "keep", canary_share, cursor=None,
+                                pairs_cursor=None, by=by)
         if not ok:
             raise ImportRefused(f"the registry did not take version {version}: {notice}")
         return version, notice

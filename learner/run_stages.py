@@ -98,7 +98,7 @@ def publish(ctx: RunContext) -> RunResult:
     staged = ctx.registry.stage(ctx.policy.model, info)
     info = ctx.registry.manifest_of(staged)
     ok, why = ctx.registry.commit(staged, info, ctx.lock.token, mode, settings.canary_share,
-                                  ctx.data.last_id, ctx.data.last_pair_id, ctx.options.by)
+                                  cursor=ctx.data.last_id, pairs_cursor=ctx.data.last_pair_id, by=ctx.options.by)
     if not ok:
         log.warning("run not committed: %s", why)
         return RunResult("lost_lock", reason=why, stats=info)

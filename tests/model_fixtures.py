@@ -118,7 +118,7 @@ def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_mod
         if tamper is not None:
             tamper(staged)
         manifest = reg.manifest_of(staged)
-        ok, why = reg.commit(staged, manifest, lock.token, mode, canary_share, None, None, "test")
+        ok, why = reg.commit(staged, manifest, lock.token, mode, canary_share, cursor=None, pairs_cursor=None, by="test")
         assert ok, why
         return str(version)
     finally:

@@ -100,7 +100,8 @@ def test_rejected_or_unknown_versions_cannot_serve(reg, rdb, keys):
 def test_commit_without_the_lock_changes_nothing(reg, rdb, keys):
     staged = reg.stage(FakeModel(b"w"), {"version": 1, "parent": "base", "state": "published",
                                          "created": time.time()})
-    ok, why = reg.commit(staged, reg.manifest_of(staged), "not-the-token", "stable", 0.1, "1-0", None, "test")
+    ok, why = reg.commit(staged, reg.manifest_of(staged), "not-the-token", "stable", 0.1, cursor="1-0", pairs_cursor=None,
+                         by="test")
     assert not ok and "lock" in why
     assert not rdb.exists(keys.adapters) and rdb.get(keys.learn_cursor) is None
     assert list(reg.root.iterdir()) == []

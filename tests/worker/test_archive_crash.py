@@ -1,6 +1,7 @@
-"""The archive task in a real Celery worker (real beat, real Redis), SIGKILLed between the file
-write and its rename, and between the rename and the Redis delete: nothing is lost, nothing is
-read twice once a fresh worker has finished the job."""
+"""The archive task in a real Celery worker (real beat, real Redis): SIGKILLed between the file
+write and its rename, and between the rename and the Redis delete, nothing is lost and nothing
+is read twice once a fresh worker has finished the job; with an unwritable location it reports
+the failure, Redis keeps everything, and it recovers once the location is writable."""
 from __future__ import annotations
 
 import signal
@@ -55,3 +56,27 @@ def test_a_worker_killed_mid_archive_loses_nothing_and_doubles_nothing(point, pr
     assert [r.stream_id for r in history.rewards()] == [r.stream_id for s in logged for r in s.rewards]
     rows = archive.read(ReplyRecord).num_rows
     assert rows == (12 if point == "after_rename" else 6)  # the crash's copy is still on disk, read once
+
+
+def test_an_unwritable_location_is_reported_keeps_redis_and_recovers(procs, worker_env, rdb, prefix):
+    from service.api.ops_metrics import OpsCollector
+    from worker.ops.store import OpsStore
+    keys = Keys(prefix)
+    logged = log_session(rdb, keys, at=time.time() - 3 * 3600)
+    consume_events(rdb, keys)
+    env = worker_env(**ARCHIVE)
+    blocker = Path(env["REWARDLOOP_DATA_DIR"]) / "archive"
+    blocker.write_text("a file where the archive folder should be")  # unwritable, even for root
+    procs.start(env, "worker", "--queues", "ops")
+    procs.start(env, "beat")
+    status = wait_for(lambda: rdb.hgetall(keys.archive_status).get("ok") == "0" and rdb.hgetall(keys.archive_status),
+                      120, "the archive task to report the failure", procs)
+    assert "archive" in status["error"] and float(status["failing_since"]) > 0
+    gauges = {s.name: s.value for f in OpsCollector(OpsStore(rdb, keys)).collect() for s in f.samples if not s.labels}
+    assert gauges["rewardloop_archive_failing"] == 1.0  # RewardloopArchiveFailing fires
+    assert rdb.exists(keys.session_meta(logged.session.session_id)) and rdb.xlen(keys.events) == 4
+    assert rdb.get(keys.archive_cursor("events")) is None  # nothing confirmed, nothing trimmed
+    blocker.unlink()  # space returns
+    wait_for(lambda: rdb.zcard(keys.sessions) == 0 and rdb.xlen(keys.events) == 0, 120, "the archive to recover", procs)
+    assert rdb.hgetall(keys.archive_status)["ok"] == "1"
+    assert History(rdb, keys, Archive(blocker)).session(logged.session.session_id) == logged.session

@@ -38,6 +38,9 @@ def seed(rdb, prefix: str) -> None:
             rdb.xadd(keys.events, {"kind": "reply", "reply_id": rid, "adapter_version": v, "server_time": repr(t)})
             rdb.xadd(keys.events, {"kind": "thumbs", "value": "1" if v == "1" else "-1", "reply_id": rid,
                                    "adapter_version": v, "server_time": repr(t)})
+            if v == "2":   # reasons people gave: counted per version on the page and /metrics
+                rdb.xadd(keys.events, {"kind": "reasons", "tags": '["unsafe", "too_long"]', "reply_id": rid,
+                                       "adapter_version": v, "server_time": repr(t)})
             rdb.xadd(keys.rewards, {"reply_id": rid, "adapter_version": v, "state": "rewarded",
                                     "reward": "0.8" if v == "1" else "-0.6", "finalized_at": repr(t)})
     rdb.zadd(keys.rewards_pending, {"waiting1": now + 600, "waiting2": now + 600})
@@ -135,6 +138,8 @@ def test_ops_page_charts_and_buttons_in_chromium(ops_server, page, rdb, prefix, 
     assert points["pending"] == [2], points
     storage = page.locator("#storage").inner_text()  # the Redis memory / archive line
     assert "Redis memory" in storage and "archive: no run yet" in storage, storage
+    assert page.locator("#tags thead th").all_text_contents() == ["version", "too_long", "unsafe"]
+    assert page.locator("#tags tr[data-version='2'] td").all_text_contents() == ["10", "10"]
     link = page.locator("#timeline a.sessions").first
     assert "/admin/sessions?since=" in link.get_attribute("href")
     page.screenshot(path=str(tmp_path / "ops.png"), full_page=True)

@@ -236,6 +236,25 @@ def measure(args) -> dict:
             "throughput": throughput}
 
 
+def markdown(m: dict) -> str:
+    """The docs' tables (docs/data.md, docs/benchmarks.md) from one result."""
+    def days(v) -> str:
+        return "never" if v is None else f"{v:,.2f}" if v < 10 else f"{v:,.0f}"
+    lines = ["| part (key kind) | bytes per reply |", "| --- | ---: |"]
+    lines += [f"| `{k}` | {v:,} |" for k, v in m["redis_bytes_per_reply_by_kind"].items() if v]
+    lines += [f"| **total (MEMORY USAGE of the keys)** | **{m['redis_bytes_per_reply_by_key_sum']:,}** |",
+              f"| total (used_memory growth) | {m['redis_bytes_per_reply']:,} |", "",
+              "| replies a day | " + " | ".join(f"{c} GB before" for c in CAPACITIES_GB) + " | "
+              + " | ".join(f"{c} GB after" for c in CAPACITIES_GB) + " | hot window | archive a day |",
+              "| ---: |" + " ---: |" * (2 * len(CAPACITIES_GB) + 2)]
+    for row in m["days_to_full"]:
+        before = " | ".join(days(row[f"before_{c}gb_days"]) for c in CAPACITIES_GB)
+        after = " | ".join(days(row[f"after_{c}gb_days"]) for c in CAPACITIES_GB)
+        lines.append(f"| {row['replies_per_day']:,} | {before} | {after} | {row['hot_window_gb']} GB | "
+                     f"{row['archive_gb_per_day']} GB |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2 (default) or tiny-random")
@@ -267,6 +286,7 @@ def main() -> int:
     print("days until Redis is full (after: None = never, the hot window fits under 80 %)")
     for row in m["days_to_full"]:
         print("  " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    print(markdown(m))
     print(f"wrote {write_json(args.name, m)}")
     return 0
 

@@ -241,3 +241,13 @@ class Keys:
 
     def scan_pattern(self) -> str:
         return self.prefix + "*"
+
+    # --- Celery's own keys (worker/celery_app.py gives Celery this prefix) -----------------
+    @property
+    def celery(self) -> str:
+        """Prefix of every key Celery keeps in Redis (broker queues, task results): its global_keyprefix."""
+        return self.prefix + "celery:"
+
+    def celery_queue(self, queue: str) -> str:
+        """List: the broker's queue `queue` (e.g. `learn`), tasks waiting for a worker."""
+        return f"{self.celery}{queue}"

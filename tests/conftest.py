@@ -8,7 +8,9 @@ import secrets
 import pytest
 import redis
 
-from tests.helpers import MODELS, ServerProc, base_env, free_port
+from tests.support.chat_page import CHROMIUM, XSS_REPLY
+from tests.support.models import train_parrot
+from tests.support.processes import MODELS, server_starter
 
 
 @pytest.fixture(scope="session")
@@ -49,24 +51,10 @@ def rdb(redis_url):
     client.close()
 
 
-def _factory(redis_url, tmp_path):
-    started: list[ServerProc] = []
-
-    def start(prefix: str | None = None, **env) -> ServerProc:
-        prefix = prefix or f"t{secrets.token_hex(4)}:"
-        data = tmp_path / f"data{len(started)}"
-        data.mkdir()
-        proc = ServerProc(base_env(redis_url, prefix, data, **env), free_port(),
-                          tmp_path / f"server{len(started)}.log", prefix=prefix)
-        started.append(proc)
-        return proc.start()
-    return start, started
-
-
 @pytest.fixture
 def server_factory(models_dir, redis_url, tmp_path):
     """Start servers with their own settings (env overrides); stopped after the test."""
-    start, started = _factory(redis_url, tmp_path)
+    start, started = server_starter(redis_url, tmp_path)
     yield start
     for proc in started:
         proc.stop()
@@ -76,7 +64,40 @@ def server_factory(models_dir, redis_url, tmp_path):
 def server(models_dir, redis_url, tmp_path_factory):
     """One tiny-model server per test module (starting one costs seconds); tests use
     their own users and sessions, and `server.prefix` to find their keys."""
-    start, started = _factory(redis_url, tmp_path_factory.mktemp("server"))
+    start, started = server_starter(redis_url, tmp_path_factory.mktemp("server"))
     yield start()
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def xss_model(models_dir, tmp_path_factory):
+    """A real model that answers every prompt with an HTML/JS string."""
+    return train_parrot(models_dir, tmp_path_factory.mktemp("parrot") / "xss", XSS_REPLY)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # module scope: Playwright's sync API keeps an event loop running in this thread while it is
+    # open, so a browser held for the whole session breaks every later asyncio.run() (and a
+    # second sync_playwright) in other modules
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no /usr/bin/chromium: `make browser-deps` (or apt-get install chromium) enables browser tests")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    yield pg
+    ctx.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 PACKAGES = ("core", "service", "worker", "learner")
 MAX_LINES = 500
@@ -103,3 +103,36 @@ def test_packages_at_the_house_limits_stay_there():
     over = {str(p.relative_to(REPO)): found for pkg in AT_HOUSE_LIMITS for p in sorted((REPO / pkg).rglob("*.py"))
             if (found := _over_house_limits(p))}
     assert over == {}, f"split these by concept: {over}"
+
+
+def test_no_test_module_imports_another_test_module_or_a_conftest():
+    """What tests share lives in tests/support/ (issue 27): a test module imported as a library
+    runs its tests twice, and its helpers drift from the ones beside them."""
+    import ast
+    wrong = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            bad = [n for n in names if n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith(("test_", "conftest"))]
+            if bad:
+                wrong.setdefault(str(path.relative_to(REPO)), []).extend(bad)
+    assert wrong == {}, f"import these from tests/support/ instead: {wrong}"
+
+
+def test_redis_keys_are_named_only_in_core_keys():
+    """A key spelled out by hand (f"{prefix}reply:{rid}") drifts from the one the code writes;
+    tests and packages take every name from core.keys.Keys."""
+    import ast
+    wrong = []
+    for pkg in (*PACKAGES, "tests"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            if path == REPO / "core" / "keys.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.JoinedStr) and len(node.values) > 1 and \
+                        isinstance(node.values[0], ast.FormattedValue) and \
+                        ast.unparse(node.values[0].value).endswith("prefix") and isinstance(node.values[1], ast.Constant) \
+                        and str(node.values[1].value)[:1].isalpha():   # f"{prefix}_{token}" makes an id, not a key
+                    wrong.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert wrong == [], f"name these keys through core.keys.Keys: {wrong}"

@@ -14,6 +14,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
+from core.keys import Keys
 from core.settings import WorkerSettings
 from worker import context, queues
 from worker.beat_schedule import build_schedule
@@ -45,7 +46,7 @@ def configure(settings: WorkerSettings, learner_tasks: bool = True, consume_even
             log.warning("%s is not installed: learner runs are skipped", LEARNER_TASKS)
         else:
             include.append(LEARNER_TASKS)
-    celery_prefix = settings.prefix + "celery:"
+    celery_prefix = Keys(settings.prefix).celery
     app.conf.update(
         broker_url=settings.redis_url,
         result_backend=settings.redis_url,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 SCRIPT = REPO / "bench" / "gpu_check.py"
 

@@ -11,7 +11,7 @@ import pytest
 
 from bench.populations import LOOP_POPULATIONS, assign, parse_mix
 from bench.simusers import Pacer
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 
 def test_a_mix_assigns_tastes_by_share_and_refuses_bad_input():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core import quality
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 PAIRS = [("What is the capital of France?", "The capital of France is Paris."),
          ("What is the capital of France?", "Bananas are a good source of potassium."),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.safety import CausalGuardScorer, ClassifierScorer, ProfanityScorer, SafetyScorerError, load_safety_scorer
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 RUDE = ["Shut up, you stupid idiot.", "You are a worthless moron.", "Go to hell, loser.", "Nobody likes you, jerk."]
 KIND = ["The capital of France is Paris.", "Happy to help with that!", "Here is a recipe for bread.",

@@ -12,10 +12,11 @@ from starlette.requests import Request
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from core.keys import Keys
 from service.serving.auth import create_token
 from service.serving.protocol import CLOSE_AUTH_FAILED
-from tests.conftest import _factory
-from tests.helpers import ADMIN, SECRET, Chat, http
+from tests.support.clients import Chat, http
+from tests.support.processes import ADMIN, SECRET, server_starter
 
 pytestmark = pytest.mark.integration
 BURST = 5
@@ -23,7 +24,7 @@ BURST = 5
 
 @pytest.fixture(scope="module")
 def srv(models_dir, redis_url, tmp_path_factory):
-    start, started = _factory(redis_url, tmp_path_factory.mktemp("access"))
+    start, started = server_starter(redis_url, tmp_path_factory.mktemp("access"))
     # one feedback per 100 s after the burst: the limit cannot refill during the test
     yield start(REWARDLOOP_FEEDBACK_BURST=BURST, REWARDLOOP_FEEDBACK_RATE=0.01, REWARDLOOP_ANONYMOUS_PER_MINUTE=3)
     for proc in started:
@@ -73,8 +74,8 @@ def test_a_user_cannot_touch_another_users_replies_or_sessions(srv, rdb):
     bob = Chat(srv, srv.token("bob"))
     single = bob.ask("my secret plan")["start"]["reply_id"]
     pair = [bob.ask("which one?", candidates=2)["start"]["reply_id"], bob.collect()["start"]["reply_id"]]
-    bob_history = rdb.lrange(f"{srv.prefix}session:{bob.session_id}", 0, -1)
-    events_before = rdb.xlen(f"{srv.prefix}events")
+    bob_history = rdb.lrange(Keys(srv.prefix).session(bob.session_id), 0, -1)
+    events_before = rdb.xlen(Keys(srv.prefix).events)
 
     eve = Chat(srv, srv.token("eve"), session_id=bob.session_id)          # ask for bob's session
     assert eve.session_id != bob.session_id                              # a fresh one instead
@@ -97,8 +98,8 @@ def test_a_user_cannot_touch_another_users_replies_or_sessions(srv, rdb):
         status, out = http("GET", srv.url + path, token=eve_token)
         assert status == 401 and "bob" not in json.dumps(out), (path, status, out)
 
-    assert rdb.xlen(f"{srv.prefix}events") == events_before            # nothing of eve's was recorded
-    assert rdb.lrange(f"{srv.prefix}session:{bob.session_id}", 0, -1) == bob_history
+    assert rdb.xlen(Keys(srv.prefix).events) == events_before            # nothing of eve's was recorded
+    assert rdb.lrange(Keys(srv.prefix).session(bob.session_id), 0, -1) == bob_history
     assert bob.feedback(single, "thumbs", 1)["type"] == "ack"            # bob still can
 
 
@@ -185,7 +186,7 @@ def test_one_feedback_limit_per_user_over_websocket_and_http(srv, rdb):
     for chat in (first, second):
         err = chat.feedback(reply, "copy", feedback_id="ws-over")
         assert err["code"] == "rate_limited" and err["ref"] == "ws-over" and err["retry_after"] > 0
-    stored = [f["feedback_id"] for _, f in rdb.xrange(f"{srv.prefix}events") if f.get("user_id") == "carol"
+    stored = [f["feedback_id"] for _, f in rdb.xrange(Keys(srv.prefix).events) if f.get("user_id") == "carol"
               and f.get("feedback_id")]
     assert len(stored) == BURST and "ws-over" not in stored and "http-over" not in stored
     other = Chat(srv, srv.token("dave"))                                   # others keep their own limit

@@ -10,8 +10,8 @@ import pytest
 from core.keys import Keys
 from learner.config import TrainConfig
 from learner.dataset import build_dataset
-from tests.helpers import Chat
-from tests.service.dev_support import finalize_rewards
+from tests.support.clients import Chat
+from tests.support.devtools import finalize_rewards
 from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,10 @@ import redis
 from core.adapter_format import WEIGHTS_FILE, sha256_file
 from core.keys import Keys
 from core.registry import Registry
-from tests.helpers import ADMIN, Chat, http
-from tests.model_fixtures import publish_adapter, save_random_adapter
+from tests.support.clients import Chat, http
+from tests.support.models import publish_adapter, save_random_adapter
+from tests.support.processes import ADMIN
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 TINY_ID = "rewardloop/tiny-random-llama"
@@ -50,15 +52,6 @@ def _stable(srv) -> str:
     return body["server"]["routing"]["stable"]
 
 
-def _wait(cond, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _consistent(reg: Registry) -> None:
     """Every version Redis knows has its folder with the recorded checksum; no temp folders."""
     versions = reg.state()["versions"]
@@ -79,7 +72,7 @@ def test_disk_full_while_publishing_and_a_corrupted_adapter(small_disk, server_f
     reg = Registry(r, Keys(prefix), data)
 
     v1 = publish_adapter(redis_url, prefix, data, alpha, TINY_ID)
-    _wait(lambda: _stable(srv) == v1, f"stable {v1}")
+    wait_for(lambda: _stable(srv) == v1, 60, f"stable {v1}", srv)
     resize(int(size * 1.5))     # v1 fits, a second adapter does not
     used = os.statvfs(data)
     print(f"\nadapter {size} B; tmpfs {used.f_blocks * used.f_frsize} B, free {used.f_bavail * used.f_frsize} B")
@@ -96,7 +89,7 @@ def test_disk_full_while_publishing_and_a_corrupted_adapter(small_disk, server_f
 
     resize(64 * 2 ** 20)                         # space again: the next publish goes through
     v2 = publish_adapter(redis_url, prefix, data, beta, TINY_ID)
-    _wait(lambda: _stable(srv) == v2, f"stable {v2}")
+    wait_for(lambda: _stable(srv) == v2, 60, f"stable {v2}", srv)
     _consistent(reg)
     assert Chat(srv, srv.token("dana")).ask("hello")["start"]["adapter_version"] == v2
 
@@ -108,7 +101,7 @@ def test_disk_full_while_publishing_and_a_corrupted_adapter(small_disk, server_f
         (folder / WEIGHTS_FILE).write_bytes(bytes(weights))
     v3 = publish_adapter(redis_url, prefix, data, alpha, TINY_ID, tamper=corrupt)
     line = f"adapter {v3} refused"
-    _wait(lambda: line in srv.log_path.read_text(), "the refusal log line")
+    wait_for(lambda: line in srv.log_path.read_text(), 60, "the refusal log line", srv)
     refusal = next(x for x in srv.log_path.read_text().splitlines() if line in x)
     assert "checksum" in refusal and "serving goes on" in refusal, refusal
     assert _stable(srv) == v2

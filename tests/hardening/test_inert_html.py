@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import ADMIN, Chat
+from tests.support.clients import Chat
+from tests.support.processes import ADMIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 USER_XSS = '<img src=x onerror="alert(2)"><script>alert(3)</script>'

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from core.embedded_redis import EmbeddedRedis
-from tests.helpers import ServerProc, base_env, free_port
 from tests.support.chat_page import ask, events, open_chat, outbox, reply, wait_outbox_empty
+from tests.support.processes import ServerProc, base_env, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 PREFIX = "ob:"

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from core.embedded_redis import EmbeddedRedis
-from tests.helpers import ADMIN, Chat, ServerProc, base_env, free_port, http
+from tests.support.clients import Chat, http
+from tests.support.processes import ADMIN, ServerProc, base_env, free_port
 
 pytestmark = pytest.mark.integration
 PREFIX = "rr:"

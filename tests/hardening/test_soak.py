@@ -13,6 +13,8 @@ from collections import Counter
 import pytest
 import websockets
 
+from core.keys import Keys
+
 pytestmark = pytest.mark.integration
 CLIENTS = 50
 DURATION_S = 60
@@ -75,7 +77,7 @@ async def client(srv, i: int, until: float, tally: Counter, errors: Counter, fid
 
 def test_fifty_clients_for_a_minute(server_factory, rdb):
     srv = server_factory(REWARDLOOP_MAX_NEW_TOKENS=12)
-    from tests.helpers import Chat
+    from tests.support.clients import Chat
     Chat(srv, srv.token("warmup")).ask("warm up")
     start_rss = rss_mb(srv.proc.pid)
     tally, errors, fids = Counter(), Counter(), []
@@ -94,7 +96,7 @@ def test_fifty_clients_for_a_minute(server_factory, rdb):
     t0 = time.monotonic()
     asyncio.run(main())
     took = time.monotonic() - t0
-    stored = [f["feedback_id"] for _, f in rdb.xrange(f"{srv.prefix}events") if f.get("feedback_id")]
+    stored = [f["feedback_id"] for _, f in rdb.xrange(Keys(srv.prefix).events) if f.get("feedback_id")]
     print(f"\nsoak: {CLIENTS} clients, {took:.0f} s: {tally['replies']} replies, feedback sent {tally['sent']} / "
           f"acked {tally['acked']} / stored {len(stored)}; errors {dict(errors)}; server RSS {start_rss:.0f} MB "
           f"after warm-up, peak {peak[0]:.0f} MB (bound +{RSS_GROWTH_MB} MB)")

@@ -15,7 +15,7 @@ from core.settings import WorkerSettings
 from learner.config import TrainConfig
 from learner.dataset import build_dataset
 from learner.runner import run_once
-from tests.learner.conftest import QUICK_STEP, favoured
+from tests.support.learner import QUICK_STEP, favoured
 from worker.archive.run import run_archive
 from worker.rewards.config import RewardConfig
 

@@ -17,8 +17,9 @@ from core.keys import Keys
 from core.registry import Registry
 from core.server_load import STALE_S, ServerLoad
 from learner.chat_first import busy_servers, live_hosts
-from tests.helpers import REPO, Chat, base_env
-from tests.learner.conftest import favoured, write_logged
+from tests.support.clients import Chat
+from tests.support.learner import favoured, write_logged
+from tests.support.processes import REPO, base_env
 
 
 def beat(active: int, waiting: int, at: float) -> str:

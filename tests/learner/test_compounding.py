@@ -11,7 +11,7 @@ from core.registry import Registry, found_worse
 from core.settings import Settings
 from learner.config import TrainConfig
 from learner.runner import run_once
-from tests.learner.conftest import QUICK_STEP, favoured, write_logged
+from tests.support.learner import QUICK_STEP, favoured, write_logged
 from worker.ops.monitor import ops_tick
 from worker.ops.store import OpsStore
 

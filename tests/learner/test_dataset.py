@@ -5,21 +5,15 @@ import json
 
 import pytest
 
-from core.sampling import SamplingParams
 from learner.config import TrainConfig
 from learner.dataset import build_dataset, count_new, version_number
-from tests.learner.conftest import Logged, write_logged
+from tests.support.learner import fake, write_logged
 from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 
 CFG = TrainConfig(holdout_share=0.0, max_staleness=2, replay_window=0)  # new rewards only
 ALL_USERS = RewardConfig(max_user_share=1.0)
-
-
-def fake(i: int, user: str = "u0") -> Logged:
-    return Logged(f"x{i}", user, [1, 2, 3], [4, 5, 6 + i], [-0.5, -1.0, -2.0],
-                  SamplingParams(temperature=0.7, top_p=0.9))
 
 
 def test_reads_samples_after_the_cursor(rdb, keys):

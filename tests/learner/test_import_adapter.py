@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from core.keys import Keys
 from core.registry import Registry
 from learner.import_adapter import ImportRefused, import_adapter, module_names_of
-from tests.model_fixtures import save_random_adapter
+from tests.support.models import save_random_adapter
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,7 @@ from learner.config import StepSettings, TrainConfig
 from learner.dataset import Dataset
 from learner.runner import LearnerLock
 from learner.train import StepHooks, train, wrap_with_lora
-from tests.learner.conftest import as_policy
-from tests.learner.test_train import as_samples
+from tests.support.learner import as_policy, as_samples
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from learner.dataset import Sample
 from learner.onpolicy import add_replies, pick_prompts, sample_replies
 from learner.reward_model import MAIN, RewardModel, extract_features
 from learner.runner import run_once
-from tests.learner.conftest import QUICK_STEP, favoured, write_logged
+from tests.support.learner import QUICK_STEP, favoured, write_logged
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=0)
 NO_STOP: set[int] = set()

@@ -14,8 +14,7 @@ from learner.config import TrainConfig
 from learner.dataset import build_dataset
 from learner.losses import clipped_pg_loss
 from learner.runner import run_once
-from tests.learner.conftest import QUICK_STEP, favoured, write_logged
-from tests.learner.test_dataset import fake
+from tests.support.learner import QUICK_STEP, fake, favoured, write_logged
 from worker.rewards.config import RewardConfig
 
 ALL_USERS = RewardConfig(max_user_share=1.0)

@@ -78,7 +78,7 @@ def test_rewardloop_evaluate_prints_the_reward_models_calibration(tmp_path):
     import subprocess
     import sys
 
-    from tests.helpers import REPO
+    from tests.support.processes import REPO
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(80, 6))
     liked = (feats[:, 0] > 0).astype(int)                      # learnable from one feature

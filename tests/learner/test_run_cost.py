@@ -15,7 +15,7 @@ from learner.config import StepSettings, TrainConfig
 from learner.policy import LOADS
 from learner.runner import run_once
 from learner.tasks import check_and_train
-from tests.learner.conftest import Logged, write_logged
+from tests.support.learner import Logged, write_logged
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from core.registry import Registry
 from learner.config import TrainConfig
 from learner.runner import run_once
 from learner.tasks import check_and_train
-from tests.helpers import REPO, base_env
-from tests.learner.conftest import QUICK_STEP, favoured, write_logged
+from tests.support.learner import QUICK_STEP, favoured, write_logged
+from tests.support.processes import REPO, base_env
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from learner.dataset import Sample, _in_holdout
 from learner.losses import LossWeights
 from learner.runner import run_once
 from learner.train import collate, reply_logits, reply_logprob_sums, sampling_logprobs
-from tests.learner.conftest import as_policy, favoured, make_logged, write_logged
+from tests.support.learner import as_policy, as_samples, favoured, make_logged, write_logged
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.integration
 PG_MIX = LossWeights(pg=1.0, kl=0.05, sft=0.1, kto=0.0)
 FAST = TrainConfig(minibatch_size=6, holdout_share=0.25, min_samples=4, cf_margin=2.0, cf_min_ess=1.0,
                    losses=PG_MIX, step=StepSettings(mode="fixed", lr=5e-3, min_steps=9, max_epochs=3, kl_target=10.0))
-
-
-def as_samples(items, reward_of=lambda i: 0.0) -> list[Sample]:
-    return [Sample(reply_id=i.reply_id, user_id=i.user_id, prompt_ids=i.prompt_ids, reply_ids=i.token_ids,
-                   behavior_logp=i.logprobs, reward=reward_of(i), adapter_version="base", params=i.params)
-            for i in items]
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from peft import PeftModel
 
 from core.modeling import load_model
 from service.engine.slots import AdapterSlots
-from tests.model_fixtures import save_random_adapter
+from tests.support.models import save_random_adapter
 
 
 class _Engine:  # the two attributes AdapterSlots uses; its methods run on the caller's thread here

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.helpers import ADMIN, http
+from tests.support.clients import http
+from tests.support.processes import ADMIN
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,11 @@ import urllib.request
 import pytest
 import websockets
 
+from core.keys import Keys
 from core.modeling import load_model
 from core.sampling import SamplingParams
 from service.engine.core import EndEvent, Engine, EngineBusy, GenerationRequest, QueuedEvent
-from tests.helpers import Chat, http
+from tests.support.clients import Chat, http
 
 LONG = "Tell me about the sea and the sky and the birds that fly between them. " * 12   # ~200 tokens
 
@@ -103,7 +104,7 @@ def test_a_burst_past_the_queue_gets_busy_at_once_and_every_accepted_reply_ends_
     for frames in answered:   # nothing acknowledged is lost: started -> ended -> logged
         start = next(f for f in frames if f["type"] == "reply_start")
         assert frames[-1]["reply_id"] == start["reply_id"]
-        assert rdb.hget(f"{srv.prefix}reply:{start['reply_id']}", "finish_reason") == frames[-1]["finish_reason"]
+        assert rdb.hget(Keys(srv.prefix).reply(start['reply_id']), "finish_reason") == frames[-1]["finish_reason"]
     assert (status, body.get("error", {}).get("code")) == (503, "busy"), (status, headers, body)
     assert int(headers["Retry-After"]) >= 1
     chat = Chat(srv, srv.token("after-burst"))   # and the server serves on

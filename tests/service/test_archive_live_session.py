@@ -10,8 +10,8 @@ from core.keys import Keys
 from core.redis_conn import connect
 from core.settings import WorkerSettings
 from service.devtools.sessions import SessionLog
-from tests.helpers import Chat
-from tests.service.dev_support import finalize_rewards
+from tests.support.clients import Chat
+from tests.support.devtools import finalize_rewards
 from worker.archive.run import run_archive
 
 pytestmark = pytest.mark.integration

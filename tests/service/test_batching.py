@@ -169,7 +169,7 @@ def test_rows_on_different_adapter_versions_share_a_forward_and_match_each_alone
     mixed-adapter batch), and each stream gets the tokens it gets alone."""
     from core.modeling import load_model
     from service.engine.slots import AdapterSlots
-    from tests.model_fixtures import save_random_adapter
+    from tests.support.models import save_random_adapter
     model = load_model("tiny-random", models_dir, "cpu").model   # its own copy: slots wrap it in PEFT
     engine = Engine(model, tiny.tokenizer, torch.device("cpu"), stop_token_ids={-1})
     engine.adapters = AdapterSlots(engine)

@@ -10,9 +10,10 @@ import pytest
 
 from core import feedback_tags
 from core.keys import Keys
-from tests.helpers import ADMIN, REPO, http
-from tests.service.dev_support import finalize_rewards
 from tests.support.chat_page import FINISHED, ask, open_chat, reply, send, wait_outbox_empty
+from tests.support.clients import http
+from tests.support.devtools import finalize_rewards
+from tests.support.processes import ADMIN, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 AXE = REPO / "tests" / "support" / "axe" / "axe.min.js"

@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.keys import Keys
 from core.server_load import parse_all
-from tests.helpers import ADMIN, Chat, http
-from tests.service.test_ops_page import get
-from tests.worker.conftest import wait_for
+from tests.support.clients import Chat, get, http
+from tests.support.processes import ADMIN
+from tests.support.waiting import wait_for
 from worker.ops.state import build_state
 from worker.ops.store import OpsStore
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.conftest import XSS_REPLY
+from core.keys import Keys
+from tests.support.chat_page import XSS_REPLY
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -26,7 +27,7 @@ def test_type_send_and_see_the_streamed_reply(server, page, rdb):
     reply = last_reply(page)
     reply_id = reply.get_attribute("data-reply-id")
     source = page.evaluate("(id) => rl.source(id)", reply_id)   # the Markdown as streamed
-    assert source and rdb.hget(f"{server.prefix}reply:{reply_id}", "text") == source
+    assert source and rdb.hget(Keys(server.prefix).reply(reply_id), "text") == source
     assert reply.get_by_test_id("reply-text").text_content().strip()
     assert reply.get_by_test_id("version").text_content().strip().endswith("base")
     assert page.errors == []

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from core.keys import Keys
 from tests.support.chat_page import (
     FINISHED,
     ask,
@@ -18,8 +19,8 @@ from tests.support.chat_page import (
     reply,
     send,
     wait_outbox_empty,
-    wait_until,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -42,7 +43,7 @@ def test_thumbs_rating_and_copy_are_stored_in_order_and_acked(server, page, rdb)
     art.get_by_test_id("copy").click()
 
     wait_outbox_empty(page)
-    evs = wait_until(lambda: (lambda e: e if len(e) >= 4 else None)(feedback_events(server, rdb, rid)),
+    evs = wait_for(lambda: (lambda e: e if len(e) >= 4 else None)(feedback_events(server, rdb, rid)),
                      what="four feedback events in Redis")
     assert [(e["kind"], e.get("value")) for e in evs] == [("thumbs", "1"), ("thumbs", "-1"), ("rating", "4"),
                                                           ("copy", None)]
@@ -71,19 +72,19 @@ def test_regenerate_adds_a_sibling_and_the_arrows_go_back(server, page, rdb):
     # the new answer takes the old one's place on screen; the arrows lead back to it
     assert page.locator("article[data-reply-id]").evaluate_all("els => els.map(e => e.dataset.replyId)") == [new]
     assert new_art.get_by_test_id("sibling-count").text_content() == "2 / 2"
-    assert page.evaluate("(id) => rl.source(id)", new) == rdb.hget(f"{server.prefix}reply:{new}", "text")
-    assert rdb.hget(f"{server.prefix}reply:{new}", "replaces") == old
+    assert page.evaluate("(id) => rl.source(id)", new) == rdb.hget(Keys(server.prefix).reply(new), "text")
+    assert rdb.hget(Keys(server.prefix).reply(new), "replaces") == old
     [ev] = [e for e in feedback_events(server, rdb, old) if e["kind"] == "regenerate"]
     sid = ev["session_id"]
     assert sid == page.evaluate("rl.sessionId()")
-    assert rdb.lrange(f"{server.prefix}session:{sid}", 0, -1) == [new]
+    assert rdb.lrange(Keys(server.prefix).session(sid), 0, -1) == [new]
 
     new_art.get_by_test_id("prev").click()                # back to the first answer: it is the conversation again
     assert reply(page, old).get_by_test_id("sibling-count").text_content() == "1 / 2"
     assert page.locator("article[data-reply-id]").evaluate_all("els => els.map(e => e.dataset.replyId)") == [old]
-    wait_until(lambda: rdb.lrange(f"{server.prefix}session:{sid}", 0, -1) == [old], what="the branch selected")
+    wait_for(lambda: rdb.lrange(Keys(server.prefix).session(sid), 0, -1) == [old], what="the branch selected")
     reply(page, old).get_by_test_id("next").click()
-    wait_until(lambda: rdb.lrange(f"{server.prefix}session:{sid}", 0, -1) == [new], what="the branch selected back")
+    wait_for(lambda: rdb.lrange(Keys(server.prefix).session(sid), 0, -1) == [new], what="the branch selected back")
     wait_outbox_empty(page)
     assert page.errors == []
 
@@ -100,7 +101,7 @@ def test_compare_then_choose_the_second_candidate(server, page, rdb):
     start = next(f for f in received if f["type"] == "reply_start")
     assert start["candidates"] == [first, second]         # page columns follow the server's order
     sid = page.evaluate("rl.sessionId()")
-    history = f"{server.prefix}session:{sid}"
+    history = Keys(server.prefix).session(sid)
     assert rdb.lrange(history, 0, -1) == [first]
 
     reply(page, second).get_by_test_id("choose").click()
@@ -143,7 +144,7 @@ def test_dwell_stops_counting_when_the_reply_scrolls_out_of_view(server, page, r
 
     page.evaluate("rlFlushDwell()")
     wait_outbox_empty(page)
-    [ev] = wait_until(lambda: _dwell_events(server, rdb, rid), what="the dwell event")
+    [ev] = wait_for(lambda: _dwell_events(server, rdb, rid), what="the dwell event")
     assert ev["value"] == str(visible)
 
     # back in view: the clock runs again, and the next flush reports only the increment
@@ -151,7 +152,7 @@ def test_dwell_stops_counting_when_the_reply_scrolls_out_of_view(server, page, r
     time.sleep(0.6)
     page.evaluate("rlFlushDwell()")
     wait_outbox_empty(page)
-    evs = wait_until(lambda: (lambda e: e if len(e) == 2 else None)(_dwell_events(server, rdb, rid)),
+    evs = wait_for(lambda: (lambda e: e if len(e) == 2 else None)(_dwell_events(server, rdb, rid)),
                      what="a second dwell event")
     assert 200 <= float(evs[1]["value"]) <= 2000
     assert page.errors == []
@@ -178,7 +179,7 @@ def test_dwell_stops_counting_while_the_tab_is_hidden(server, page, rdb):
     page.evaluate(HIDE)
     assert page.evaluate("document.visibilityState") == "hidden"
     # going hidden reports what was seen so far (the tab may never come back)
-    [ev] = wait_until(lambda: _dwell_events(server, rdb, rid), what="the dwell event sent on hide")
+    [ev] = wait_for(lambda: _dwell_events(server, rdb, rid), what="the dwell event sent on hide")
     time.sleep(1.5)                                           # hidden: must not count
     visible = page.evaluate(f"rlDwell({rid!r})")
     assert 1000 <= visible <= 2600, visible
@@ -210,7 +211,7 @@ def test_feedback_given_while_disconnected_is_delivered_once_after_reconnect(ser
 
     page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
     wait_outbox_empty(page)
-    [ev] = wait_until(lambda: events(server, rdb, feedback_id=fid), what="the held feedback in Redis")
+    [ev] = wait_for(lambda: events(server, rdb, feedback_id=fid), what="the held feedback in Redis")
     assert ev["kind"] == "thumbs" and ev["value"] == "1" and ev["reply_id"] == rid
     time.sleep(0.3)
     assert len(events(server, rdb, feedback_id=fid)) == 1
@@ -239,7 +240,7 @@ def test_a_reload_with_a_full_outbox_sends_it_once(server, page, rdb):
     page.reload()
     page.wait_for_selector("[data-testid=status][data-state=connected]", timeout=30_000)
     wait_outbox_empty(page)
-    [ev] = wait_until(lambda: events(server, rdb, feedback_id=fid), what="the reloaded outbox in Redis")
+    [ev] = wait_for(lambda: events(server, rdb, feedback_id=fid), what="the reloaded outbox in Redis")
     assert ev["kind"] == "thumbs" and ev["value"] == "-1" and ev["reply_id"] == rid
 
     # an ack lost on the way: the same frame back in the outbox is re-sent, and stored only once

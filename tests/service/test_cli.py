@@ -8,7 +8,7 @@ import pytest
 
 from service.cli.main import build_parser
 from service.serving.auth import verify_token
-from tests.helpers import REPO, SECRET, base_env
+from tests.support.processes import REPO, SECRET, base_env
 
 
 def run(args, env=None, timeout=120):

@@ -11,8 +11,9 @@ import urllib.request
 import pytest
 
 from core.keys import Keys
-from tests.helpers import ADMIN, Chat, http
-from tests.service.dev_support import cli, finalize_rewards
+from tests.support.clients import Chat, http
+from tests.support.devtools import cli, finalize_rewards
+from tests.support.processes import ADMIN
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from core.keys import Keys
 from core.settings import WorkerSettings
 from service.devtools.privacy import forget_session
 from service.serving.conversations import Conversations
-from tests.archive_support import consume_events, files_containing, log_session
+from tests.support.archive import consume_events, files_containing, log_session
 from worker.archive.run import run_archive
 
 pytestmark = pytest.mark.integration

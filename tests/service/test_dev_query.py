@@ -10,8 +10,8 @@ import time
 import pytest
 
 from core.keys import Keys
-from tests.archive_support import consume_events, files_containing, log_session, xadd_at
-from tests.helpers import REPO
+from tests.support.archive import consume_events, files_containing, log_session, xadd_at
+from tests.support.processes import REPO
 
 pytestmark = pytest.mark.integration
 

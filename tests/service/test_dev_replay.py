@@ -13,8 +13,9 @@ import pytest
 from core.keys import Keys
 from core.redis_conn import connect
 from service.devtools.sessions import SessionLog
-from tests.helpers import ADMIN, MODELS, Chat, http
-from tests.service.dev_support import cli, cli_json, finalize_rewards
+from tests.support.clients import Chat, http
+from tests.support.devtools import cli, cli_json, finalize_rewards
+from tests.support.processes import ADMIN, MODELS
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +114,7 @@ def test_replay_reproduces_replies_served_by_an_adapter(server_factory, redis_ur
     from core.modeling import load_model
     from service.devtools.offline_model import OfflineModel
     from service.devtools.replay import replay_session
-    from tests.model_fixtures import publish_adapter, train_parrot_adapter
+    from tests.support.models import publish_adapter, train_parrot_adapter
     srv = server_factory(prefix=prefix)
     data = Path(srv.env["REWARDLOOP_DATA_DIR"])
     adapter = train_parrot_adapter(models_dir, "Paris is the capital.", steps=60)

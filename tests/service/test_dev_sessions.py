@@ -7,8 +7,10 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ADMIN, Chat, http
-from tests.service.dev_support import cli, cli_json, finalize_rewards
+from core.keys import Keys
+from tests.support.clients import Chat, http
+from tests.support.devtools import cli, cli_json, finalize_rewards
+from tests.support.processes import ADMIN
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +35,7 @@ def logged(server, redis_url):
         (200, {"user_id": "bob", "opt_out": True})
     assert http("POST", server.url + "/api/opt-out", {})[0] == 401
     from service.serving.auth import create_token
-    from tests.helpers import SECRET
+    from tests.support.processes import SECRET
     olga = Chat(server, create_token(SECRET, "olga", 3600, opt_out=True))  # opted out with her token
     e = olga.ask("test")
     assert olga.feedback(e["start"]["reply_id"], "thumbs", 1)["type"] == "ack"
@@ -171,18 +173,17 @@ def test_forget_removes_everything_of_the_user_and_nothing_else(server_factory, 
 
     after_keys, after_streams = _keys_of(rdb, prefix), _stream_dump(rdb, prefix)
     leftovers = [k for k in after_keys if any(i in k for i in carol)]
-    assert leftovers == [f"{prefix}user:carol"]  # the tombstone
-    assert set(rdb.hgetall(f"{prefix}user:carol")) == {"forgotten"}
-    assert rdb.zscore(f"{prefix}users:forgotten", "carol") is not None
+    assert leftovers == [Keys(prefix).user("carol")]  # the tombstone
+    assert set(rdb.hgetall(Keys(prefix).user("carol"))) == {"forgotten"}
+    assert rdb.zscore(Keys(prefix).forgotten_users, "carol") is not None
     for name, entries in after_streams.items():
         assert not [e for e in entries if any(v in carol for v in e[1].values())], name
         kept = [e for e in before_streams[name] if not any(v in carol for v in e[1].values())]
         assert entries == kept, f"{name}: someone else's entries changed"
-    assert not [m for m in rdb.zrange(f"{prefix}sessions", 0, -1) if m in carol]
+    assert not [m for m in rdb.zrange(Keys(prefix).sessions, 0, -1) if m in carol]
     # dora's keys all survive, with the same content types
     dora = {k: t for k, t in before_keys.items() if not any(i in k for i in carol)}
     assert {k: after_keys.get(k) for k in dora} == dora
-    from core.keys import Keys
     from learner.dataset import excluded_users
     assert excluded_users(rdb, Keys(prefix), ["carol", "dora"]) == {"carol"}
     # later data from a forgotten user is never exported

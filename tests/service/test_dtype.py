@@ -7,8 +7,10 @@ import math
 
 import pytest
 
+from core.keys import Keys
 from core.settings import ServerSettings
-from tests.helpers import ADMIN, Chat, http
+from tests.support.clients import Chat, http
+from tests.support.processes import ADMIN
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +25,7 @@ def test_a_bf16_server_on_the_cpu_streams_logs_and_reports_its_dtype(server_fact
     for c in chats:
         reply = c.collect()
         c.close()
-        h = rdb.hgetall(f"{srv.prefix}reply:{reply['start']['reply_id']}")
+        h = rdb.hgetall(Keys(srv.prefix).reply(reply['start']['reply_id']))
         lps = json.loads(h["logprobs"])
         assert h["text"] == reply["text"] and len(lps) == int(h["n_tokens"]) > 0
         assert all(math.isfinite(x) and x <= 0 for x in lps) and any(x < 0 for x in lps)

@@ -7,7 +7,8 @@ import pytest
 import redis
 
 from core.embedded_redis import EmbeddedRedis
-from tests.helpers import Chat, ServerProc, base_env, free_port
+from tests.support.clients import Chat
+from tests.support.processes import ServerProc, base_env, free_port
 
 pytestmark = pytest.mark.integration
 

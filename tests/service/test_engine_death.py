@@ -11,7 +11,8 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from tests.helpers import MODELS, SECRET, http
+from tests.support.clients import http
+from tests.support.processes import MODELS, SECRET
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ def _greedy(n: int, tokens: int = 40) -> SamplingParams:
 
 def test_a_request_whose_adapter_slot_raises_ends_alone_and_the_others_go_on(models_dir, tmp_path, loop):
     from service.engine.slots import AdapterSlots
-    from tests.model_fixtures import save_random_adapter
+    from tests.support.models import save_random_adapter
     loaded = load_model("tiny-random", models_dir, "cpu")
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, stop_token_ids={-1})
     engine.adapters = AdapterSlots(engine)
@@ -144,7 +144,7 @@ def test_nan_logits_end_that_stream_alone(models_dir, tmp_path, loop):
     """A row whose logits are NaN (here: an adapter with NaN weights, batched with a base
     row in one mixed forward) ends; the row beside it goes on."""
     from service.engine.slots import AdapterSlots
-    from tests.model_fixtures import save_random_adapter
+    from tests.support.models import save_random_adapter
     loaded = load_model("tiny-random", models_dir, "cpu")
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, stop_token_ids={-1})
     engine.adapters = AdapterSlots(engine)

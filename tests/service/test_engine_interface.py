@@ -50,7 +50,7 @@ def test_finish_reasons_are_the_plain_strings_records_and_apis_carry():
 
 
 def test_the_local_engine_loads_and_unloads_an_adapter_through_the_interface(models_dir, tmp_path, loop):
-    from tests.model_fixtures import save_random_adapter
+    from tests.support.models import save_random_adapter
     loaded = load_model("tiny-random", models_dir, "cpu")
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, stop_token_ids={-1})
     assert isinstance(engine, EngineClient)

@@ -2,24 +2,17 @@
 with the right fields, exactly once; every bad case refused with nothing stored."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 
-from tests.helpers import Chat, http
+from core.keys import Keys
+from tests.support.clients import Chat, http
+from tests.support.redis_view import events
 
 pytestmark = pytest.mark.integration
 
 EVENT_FIELDS = {"event_id", "kind", "reply_id", "session_id", "user_id", "adapter_version", "server_time"}
-
-
-def events(server, rdb, **match) -> list[dict]:
-    out = []
-    for _, f in rdb.xrange(f"{server.prefix}events"):
-        if all(f.get(k) == v for k, v in match.items()):
-            out.append(f)
-    return out
 
 
 @pytest.mark.parametrize("kind, value, stored", [
@@ -55,7 +48,7 @@ def test_refusals_store_nothing(server_factory, rdb):
     srv = server_factory(REWARDLOOP_FEEDBACK_RATE=1, REWARDLOOP_FEEDBACK_BURST=6)
     alice, bob = Chat(srv, srv.token("alice")), Chat(srv, srv.token("bob"))
     a_reply = alice.ask("mine")["start"]["reply_id"]
-    before = rdb.xlen(f"{srv.prefix}events")
+    before = rdb.xlen(Keys(srv.prefix).events)
     cases = [
         (bob.feedback(a_reply, "thumbs", 1), "forbidden"),
         (alice.feedback("rep_nope", "thumbs", 1), "unknown_reply"),
@@ -68,44 +61,13 @@ def test_refusals_store_nothing(server_factory, rdb):
         assert frame["type"] == "error" and frame["code"] == code, frame
         assert frame["ref"] and frame["message"]
     assert "another user" in cases[0][0]["message"]
-    assert rdb.xlen(f"{srv.prefix}events") == before
+    assert rdb.xlen(Keys(srv.prefix).events) == before
     # rate limit: the burst is spent; the error says when to retry
     limited = [alice.feedback(a_reply, "copy") for _ in range(8)]
     refused = [f for f in limited if f["type"] == "error"]
     assert refused and all(f["code"] == "rate_limited" and "retry in" in f["message"] for f in refused)
     stored = len([f for f in limited if f["type"] == "ack"])
-    assert rdb.xlen(f"{srv.prefix}events") == before + stored
-
-
-def test_choose_between_two_candidates_moves_the_history(server, rdb):
-    chat = Chat(server, server.token("hana"))
-    chat.send({"type": "user_message", "text": "pick one", "client_msg_id": "c", "candidates": 2})
-    first, second = chat.collect(), chat.collect()
-    ids = first["start"]["candidates"]
-    assert ids == second["start"]["candidates"] and len(ids) == 2
-    assert [first["start"]["reply_id"], second["start"]["reply_id"]] == ids
-    history = f"{server.prefix}session:{chat.session_id}"
-    assert rdb.lrange(history, 0, -1) == [ids[0]]
-    assert chat.feedback(ids[1], "choose", ids[0], "pick")["type"] == "ack"
-    assert rdb.lrange(history, 0, -1) == [ids[1]]            # the chosen one is the conversation now
-    [ev] = events(server, rdb, feedback_id="pick")
-    assert ev["kind"] == "choose" and ev["value"] == ids[0] and ev["reply_id"] == ids[1]
-    follow = chat.ask("and then?")
-    msgs = json.loads(rdb.hget(f"{server.prefix}reply:{follow['start']['reply_id']}", "prompt_messages"))
-    assert {"role": "assistant", "content": second["text"]} in msgs
-
-
-def test_regenerate_streams_a_linked_reply_that_replaces_the_old_one(server, rdb):
-    chat = Chat(server, server.token("ivan"))
-    old = chat.ask("tell me a joke")["start"]["reply_id"]
-    chat.send({"type": "feedback", "feedback_id": "regen", "reply_id": old, "kind": "regenerate"})
-    assert chat.recv_type("ack")["feedback_id"] == "regen"
-    new = chat.collect()
-    assert new["start"]["replaces"] == old and new["start"]["turn"] == 0
-    assert rdb.hget(f"{server.prefix}reply:{new['start']['reply_id']}", "replaces") == old
-    assert rdb.lrange(f"{server.prefix}session:{chat.session_id}", 0, -1) == [new["start"]["reply_id"]]
-    assert rdb.lrange(f"{server.prefix}session_replies:{chat.session_id}", 0, -1) == [old, new["start"]["reply_id"]]
-    assert len(events(server, rdb, reply_id=old, kind="regenerate")) == 1
+    assert rdb.xlen(Keys(srv.prefix).events) == before + stored
 
 
 def test_continuation_is_derived_once_across_connections_and_servers(server_factory, rdb):

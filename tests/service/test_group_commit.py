@@ -88,7 +88,7 @@ def test_batched_record_once_against_real_redis(redis_url, prefix, rdb):
     created = [c for c, _ in out]
     assert created == [True] * 150 + [False] * 50 + [True]   # a repeat id, even within one batch, is stored once
     assert [sid for _, sid in out[150:200]] == [sid for _, sid in out[:50]]   # a repeat names the first copy
-    stored = rdb.xrange(f"{prefix}events")
+    stored = rdb.xrange(Keys(prefix).events)
     assert [int(f["n"]) for _, f in stored] == list(range(150)) + [200]
     assert batches < 20                                       # written together, not one call per event
     assert 1100 < rdb.ttl(Keys(prefix).feedback_id("u:0")) <= 1200   # a user's feedback ids: the hot window

@@ -2,17 +2,17 @@
 greedy outputs differ ("alpha alpha ..." and "beta beta ...")."""
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
+from core.keys import Keys
 from service.serving.routing import session_bucket
-from tests.helpers import ADMIN, Chat, http
-from tests.model_fixtures import publish_adapter, train_parrot_adapter
+from tests.support.clients import Chat, http
+from tests.support.hotswap import ask_ids, corrupt, nan_weights, other_base, status, wait_stable
+from tests.support.models import publish_adapter, train_parrot_adapter
+from tests.support.processes import ADMIN
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 TINY_ID = "rewardloop/tiny-random-llama"
@@ -35,33 +35,6 @@ def pair(server_factory, tmp_path, redis_url):
     servers = [server_factory(prefix, **env), server_factory(prefix, **env)]
     publish = lambda model, **kw: publish_adapter(redis_url, prefix, data, model, TINY_ID, **kw)
     return servers, publish, data
-
-
-def status(server) -> dict:
-    code, body = http("GET", server.url + "/admin/adapters", token=ADMIN)
-    assert code == 200, body
-    return body["server"]
-
-
-def wait_for(cond, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_stable(servers, version, timeout=30):
-    for s in servers:
-        wait_for(lambda s=s: status(s)["routing"]["stable"] == version, timeout,
-                 what=f"stable={version} on {s.url}")
-
-
-def ask_ids(server, user, text="hello", **extra) -> tuple[str, str]:
-    r = Chat(server, server.token(user)).ask(text, **extra)
-    return r["text"], r["start"]["adapter_version"]
 
 
 def test_a_stream_keeps_its_version_while_the_next_request_gets_the_new_one(pair, parrots, rdb):
@@ -87,7 +60,7 @@ def test_a_stream_keeps_its_version_while_the_next_request_gets_the_new_one(pair
             text += f["text"]
         elif f["type"] == "reply_end":
             break
-    stored = rdb.hgetall(f"{servers[0].prefix}reply:{start['reply_id']}")
+    stored = rdb.hgetall(Keys(servers[0].prefix).reply(start['reply_id']))
     assert stored["adapter_version"] == v1
     assert stored["text"] == reference          # exactly v1's greedy output, to the last token
     for s in servers:                            # every server now serves v2
@@ -127,32 +100,7 @@ def test_rollback_and_canary_split(pair, parrots):
     assert pinned["start"]["adapter_version"] == "base"
 
 
-def _corrupt(folder: Path):
-    weights = folder / "adapter_model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-10] ^= 0xFF
-    weights.write_bytes(bytes(data))
-
-
-def _nan(folder: Path):
-    weights = folder / "adapter_model.safetensors"
-    tensors = load_file(weights)
-    name = next(iter(tensors))
-    tensors[name] = torch.full_like(tensors[name], float("nan"))
-    save_file(tensors, weights)
-    from core.adapter_format import sha256_file
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["sha256"] = sha256_file(weights)      # a consistent checksum: only the values are bad
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _other_base(folder: Path):
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["base_model"] = "someone/else-7b"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
-@pytest.mark.parametrize("tamper, reason", [(_corrupt, "checksum"), (_nan, "NaN"), (_other_base, "base model")])
+@pytest.mark.parametrize("tamper, reason", [(corrupt, "checksum"), (nan_weights, "NaN"), (other_base, "base model")])
 def test_invalid_adapters_are_refused_and_serving_goes_on(pair, parrots, rdb, tamper, reason):
     servers, publish, _ = pair
     v1 = publish(parrots["alpha"])
@@ -164,7 +112,7 @@ def test_invalid_adapters_are_refused_and_serving_goes_on(pair, parrots, rdb, ta
         assert status(s)["routing"]["stable"] == v1
         text, version = ask_ids(s, f"after-bad-{s.port}")
         assert version == v1 and text.split()[0] == "alpha"
-    swaps = [f for _, f in rdb.xrange(f"{servers[0].prefix}adapters:swaps") if f["version"] == bad]
+    swaps = [f for _, f in rdb.xrange(Keys(servers[0].prefix).adapter_swaps) if f["version"] == bad]
     assert len(swaps) == 2 and all(f["result"] == "refused" for f in swaps)
 
 

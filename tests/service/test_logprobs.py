@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
+from core.keys import Keys
 from core.modeling import load_model
 from core.sampling import SamplingParams, behavior_logprobs
-from tests.helpers import Chat
+from tests.support.clients import Chat
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,7 @@ def test_logged_logprobs_match_recomputation(server_factory, rdb, models_dir, te
     chat = Chat(srv, srv.token("lena"))
     chat.ask("first")
     reply_id = chat.ask("second, with history")["start"]["reply_id"]
-    stored = rdb.hgetall(f"{srv.prefix}reply:{reply_id}")
+    stored = rdb.hgetall(Keys(srv.prefix).reply(reply_id))
     prompt, reply = json.loads(stored["prompt_ids"]), json.loads(stored["token_ids"])
     params = SamplingParams(**json.loads(stored["params"]))
     assert (params.temperature, params.top_p) == (temperature, top_p)

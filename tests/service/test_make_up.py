@@ -5,32 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
-from tests.helpers import MODELS, REPO, free_port, http
+from tests.support.clients import http
+from tests.support.processes import MODELS, REPO, ctrl_c_stops_everything, free_port, port_open
 
 pytestmark = pytest.mark.integration
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def ctrl_c_stops_everything(proc: subprocess.Popen, ports: dict[str, int], timeout: float = 60) -> None:
-    """Ctrl-C to `up`'s process group; then none of `ports` ({what: port}) listens and nothing of the group is left."""
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout)
-    time.sleep(1.0)
-    still = [what for what, port in ports.items() if port_open(port)]
-    assert still == [], f"still running after Ctrl-C: {still}"
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)
 
 
 def operator_page_opens(page, url: str, token: str) -> None:

@@ -2,56 +2,17 @@
 statuses the client maps to its exception classes, fields refused by name."""
 from __future__ import annotations
 
-import json
 import time
 
 import openai
 import pytest
 
 from service.serving.auth import create_token
-from tests.helpers import http
+from tests.support.clients import http, openai_client
 
 pytestmark = pytest.mark.integration
 TINY_ID = "rewardloop/tiny-random-llama"
 MSG = [{"role": "user", "content": "x"}]
-
-
-def client(server, user="olga"):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.token(user), max_retries=0)
-
-
-def test_official_client_streams_a_completion_that_is_logged(server, rdb):
-    chunks = list(client(server).chat.completions.create(
-        model="rewardloop", messages=[{"role": "user", "content": "Say hi"}], stream=True, max_tokens=8))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    reply_id = chunks[0].id
-    assert all(c.id == reply_id for c in chunks)
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    assert chunks[0].model == f"{TINY_ID}@base"
-    stored = rdb.hgetall(f"{server.prefix}reply:{reply_id}")
-    assert stored["text"] == text and stored["api"] == "openai" and stored["user_id"] == "olga"
-    assert json.loads(stored["params"])["max_new_tokens"] == 8
-
-
-def test_non_streaming_completion(server, rdb):
-    resp = client(server).chat.completions.create(model=TINY_ID, messages=[
-        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hel"},
-                                                                                   {"type": "text", "text": "lo"}]}],
-        max_tokens=6, temperature=0)
-    stored = rdb.hgetall(f"{server.prefix}reply:{resp.id}")
-    assert resp.usage.completion_tokens == len(json.loads(stored["token_ids"])) == int(stored["n_tokens"])
-    assert resp.usage.prompt_tokens == len(json.loads(stored["prompt_ids"]))
-    assert stored["text"] == resp.choices[0].message.content and resp.choices[0].logprobs is None
-    assert json.loads(stored["prompt_messages"])[-2:] == [{"role": "system", "content": "Be brief."},
-                                                          {"role": "user", "content": "Hello"}]
-    assert resp.choices[0].model_extra["reply_id"] == resp.id == resp.model_extra["rewardloop"]["reply_ids"][0]
-
-
-def test_the_same_seed_gives_the_same_reply(server):
-    c = client(server)
-    a, b = (c.chat.completions.create(model="rewardloop", messages=[{"role": "user", "content": "Count"}],
-                                      max_tokens=8, temperature=0.9, seed=7) for _ in range(2))
-    assert a.choices[0].message.content == b.choices[0].message.content
 
 
 @pytest.mark.parametrize("extra, param", [
@@ -68,13 +29,13 @@ def test_the_same_seed_gives_the_same_reply(server):
 ])
 def test_unimplemented_fields_are_refused_by_name(server, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
-        client(server).chat.completions.create(model="rewardloop", messages=MSG, max_tokens=2, **extra)
+        openai_client(server, "olga").chat.completions.create(model="rewardloop", messages=MSG, max_tokens=2, **extra)
     assert err.value.status_code == 400 and err.value.param == param and err.value.code == "unsupported_parameter"
     assert param in err.value.message
 
 
 def test_no_op_values_of_unimplemented_fields_are_accepted(server):
-    resp = client(server).chat.completions.create(
+    resp = openai_client(server, "olga").chat.completions.create(
         model="rewardloop", messages=MSG, max_tokens=2, presence_penalty=0, frequency_penalty=0.0, logit_bias={},
         response_format={"type": "text"}, tool_choice="none", store=True, service_tier="auto",
         modalities=["text"], metadata={"k": "v"}, logprobs=True, top_logprobs=0)
@@ -120,15 +81,15 @@ def test_bad_requests_get_400_naming_the_field(server, body, code, param):
 @pytest.mark.parametrize("model", ["gpt-4o", "rewardloop@99", f"{TINY_ID}@v42"])
 def test_unknown_model_is_404_model_not_found(server, model):
     with pytest.raises(openai.NotFoundError) as err:
-        client(server).chat.completions.create(model=model, messages=MSG, max_tokens=2)
+        openai_client(server, "olga").chat.completions.create(model=model, messages=MSG, max_tokens=2)
     assert err.value.code == "model_not_found" and err.value.param == "model"
     with pytest.raises(openai.NotFoundError):
-        client(server).models.retrieve(model)
+        openai_client(server, "olga").models.retrieve(model)
 
 
 @pytest.mark.parametrize("model", ["rewardloop", "tiny-random", TINY_ID, f"{TINY_ID}@base", "rewardloop@base"])
 def test_aliases_are_served(server, model):
-    resp = client(server).chat.completions.create(model=model, messages=MSG, max_tokens=2)
+    resp = openai_client(server, "olga").chat.completions.create(model=model, messages=MSG, max_tokens=2)
     assert resp.model == f"{TINY_ID}@base"
 
 
@@ -141,11 +102,11 @@ def test_statuses_map_to_the_clients_exception_classes(server):
         bad.models.list()
     huge = [{"role": "user", "content": "x" * (8192 * 8)}]
     with pytest.raises(openai.APIStatusError) as err:
-        client(server).chat.completions.create(model="rewardloop", messages=huge)
+        openai_client(server, "olga").chat.completions.create(model="rewardloop", messages=huge)
     assert err.value.status_code == 413 and err.value.code == "too_large"
     with pytest.raises(openai.PermissionDeniedError):   # feedback on someone else's reply
-        reply = client(server, "ann").chat.completions.create(model="rewardloop", messages=MSG, max_tokens=2)
-        client(server, "bob").post("/feedback", cast_to=object, body={
+        reply = openai_client(server, "ann").chat.completions.create(model="rewardloop", messages=MSG, max_tokens=2)
+        openai_client(server, "bob").post("/feedback", cast_to=object, body={
             "feedback_id": "f1", "reply_id": reply.id, "kind": "thumbs", "value": 1})
 
 
@@ -189,7 +150,7 @@ def test_admission_refusals_are_statuses_before_any_stream(server_factory):
     """n candidates over this user's limit: 429 (RateLimitError) with Retry-After, for a
     stream too (before its 200), and nothing half-started keeps the user's slots."""
     srv = server_factory(REWARDLOOP_MAX_USER_STREAMS=1)
-    c = client(srv, "lim")
+    c = openai_client(srv, "lim")
     for stream in (False, True):
         with pytest.raises(openai.RateLimitError) as err:
             c.chat.completions.create(model="rewardloop", messages=MSG, n=2, max_tokens=4, stream=stream)

@@ -9,53 +9,21 @@ import shutil
 import openai
 import pytest
 
-from tests.helpers import MODELS, http
+from core.keys import Keys
+from tests.support.clients import http, openai_client
+from tests.support.processes import MODELS
+from tests.support.redis_view import stored_reply
 
 pytestmark = pytest.mark.integration
 MSG = [{"role": "user", "content": "Tell me a story"}]
 
 
-def client(server, user="fiona"):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.token(user), max_retries=0)
-
-
-def stored(rdb, server, reply_id) -> dict:
-    h = rdb.hgetall(f"{server.prefix}reply:{reply_id}")
-    assert h, f"reply {reply_id} was not logged"
-    for k in ("token_ids", "logprobs", "candidates", "client", "stop"):
-        h[k] = json.loads(h[k]) if h.get(k) not in (None, "") else None
-    return h
-
-
-def test_stop_ends_the_text_before_the_stop_string_and_the_log_is_what_was_sent(server, rdb):
-    c = client(server)
-    full = c.chat.completions.create(model="rewardloop", messages=MSG, max_tokens=12, temperature=0)
-    text = full.choices[0].message.content
-    assert len(text) > 6, text
-    stop = text[len(text) // 2:len(text) // 2 + 2]
-    expect = text[:text.find(stop)]
-    got = c.chat.completions.create(model="rewardloop", messages=MSG, max_tokens=12, temperature=0,
-                                    stop=[stop, "\u2603never"])
-    assert got.choices[0].message.content == expect and got.choices[0].finish_reason == "stop"
-    rec, ref = stored(rdb, server, got.id), stored(rdb, server, full.id)
-    k = int(rec["n_tokens"])
-    # the tokens through the one that completed the stop string: a prefix of the unstopped greedy run
-    assert rec["token_ids"] == ref["token_ids"][:k] and len(rec["logprobs"]) == k < int(ref["n_tokens"])
-    assert rec["text"] == expect and rec["stop_string"] == stop and rec["finish_reason"] == "stop"
-    assert got.usage.completion_tokens == k
-    chunks = list(c.chat.completions.create(model="rewardloop", messages=MSG, max_tokens=12, temperature=0,
-                                            stop=stop, stream=True))
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    assert streamed == expect == stored(rdb, server, chunks[0].id)["text"]
-    assert chunks[-1].choices[0].finish_reason == "stop"
-
-
 def test_n2_gives_two_logged_candidates_that_take_feedback(server, rdb):
-    c = client(server, "nina")
+    c = openai_client(server, "nina")
     resp = c.chat.completions.create(model="rewardloop", messages=MSG, n=2, max_tokens=6, temperature=1.0, seed=11)
     ids = [ch.model_extra["reply_id"] for ch in resp.choices]
     assert [ch.index for ch in resp.choices] == [0, 1] and len(set(ids)) == 2 and resp.id == ids[0]
-    recs = [stored(rdb, server, i) for i in ids]
+    recs = [stored_reply(rdb, server, i, decode=True) for i in ids]
     assert all(r["candidates"] == ids and r["session_id"] == recs[0]["session_id"] for r in recs)
     assert [json.loads(r["params"])["seed"] for r in recs] == [11, 12]
     assert resp.usage.completion_tokens == sum(int(r["n_tokens"]) for r in recs)
@@ -68,55 +36,26 @@ def test_n2_gives_two_logged_candidates_that_take_feedback(server, rdb):
     status, body = http("POST", server.url + "/v1/feedback", {"feedback_id": "ch", "reply_id": ids[1],
                                                                "kind": "choose", "value": ids[0]}, token=token)
     assert status == 200, body
-    assert rdb.lrange(f"{server.prefix}session:{recs[0]['session_id']}", 0, -1) == [ids[1]]
-
-
-def test_n2_streams_both_candidates(server, rdb):
-    chunks = list(client(server).chat.completions.create(model="rewardloop", messages=MSG, n=2, max_tokens=5,
-                                                         stream=True, seed=3))
-    texts, ends = {0: "", 1: ""}, {}
-    for ch in chunks:
-        for choice in ch.choices:
-            texts[choice.index] += choice.delta.content or ""
-            if choice.finish_reason:
-                ends[choice.index] = choice.model_extra["reply_id"]
-    assert set(ends) == {0, 1}
-    assert [stored(rdb, server, ends[i])["text"] for i in (0, 1)] == [texts[0], texts[1]]
-
-
-def test_returned_logprobs_are_the_stored_behavior_logprobs(server, rdb):
-    c = client(server)
-    resp = c.chat.completions.create(model="rewardloop", messages=MSG, max_tokens=8, temperature=0.8, top_p=0.9,
-                                     seed=5, logprobs=True)
-    rec = stored(rdb, server, resp.id)
-    content = resp.choices[0].logprobs.content
-    assert [t.logprob for t in content] == rec["logprobs"] and len(content) == len(rec["token_ids"])
-    assert all(t.logprob <= 0 for t in content) and any(t.logprob < 0 for t in content)
-    assert all(t.top_logprobs == [] and bytes(t.bytes).decode() == t.token for t in content)
-    chunks = list(c.chat.completions.create(model="rewardloop", messages=MSG, max_tokens=8, temperature=0.8,
-                                            top_p=0.9, seed=5, logprobs=True, stream=True))
-    streamed = [t.logprob for ch in chunks if ch.choices and ch.choices[0].logprobs
-                for t in ch.choices[0].logprobs.content]
-    assert streamed == stored(rdb, server, chunks[0].id)["logprobs"] == rec["logprobs"]  # same seed, same draw
+    assert rdb.lrange(Keys(server.prefix).session(recs[0]['session_id']), 0, -1) == [ids[1]]
 
 
 def test_usage_chunk_comes_last_with_no_choices(server, rdb):
-    chunks = list(client(server).chat.completions.create(
+    chunks = list(openai_client(server, "fiona").chat.completions.create(
         model="rewardloop", messages=MSG, max_tokens=6, stream=True, stream_options={"include_usage": True}))
     last = chunks[-1]
-    rec = stored(rdb, server, last.id)
+    rec = stored_reply(rdb, server, last.id, decode=True)
     assert last.choices == [] and last.usage.completion_tokens == int(rec["n_tokens"])
     assert last.usage.prompt_tokens == len(json.loads(rec["prompt_ids"]))
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
     assert all(ch.usage is None for ch in chunks[:-1]) and all(ch.choices for ch in chunks[:-1])
-    plain = list(client(server).chat.completions.create(model="rewardloop", messages=MSG, max_tokens=3, stream=True))
+    plain = list(openai_client(server, "fiona").chat.completions.create(model="rewardloop", messages=MSG, max_tokens=3, stream=True))
     assert all(ch.choices for ch in plain)   # no usage chunk unless asked
 
 
 def test_max_completion_tokens_user_and_metadata_are_logged(server, rdb):
-    resp = client(server).chat.completions.create(model="rewardloop", messages=MSG, max_completion_tokens=3,
+    resp = openai_client(server, "fiona").chat.completions.create(model="rewardloop", messages=MSG, max_completion_tokens=3,
                                                   max_tokens=9, user="end-user-7", metadata={"app": "t"})
-    rec = stored(rdb, server, resp.id)
+    rec = stored_reply(rdb, server, resp.id, decode=True)
     assert json.loads(rec["params"])["max_new_tokens"] == 3 and resp.usage.completion_tokens <= 3
     assert rec["client"] == {"user": "end-user-7", "metadata": {"app": "t"}} and rec["user_id"] == "fiona"
 

@@ -4,30 +4,19 @@ or token ids (a logged prompt replayed) and is logged like a chat reply."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.helpers import ADMIN, http
-from tests.model_fixtures import publish_adapter, save_random_adapter
+from core.keys import Keys
+from tests.support.clients import http, openai_client
+from tests.support.models import publish_adapter, save_random_adapter
+from tests.support.processes import ADMIN
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 TINY_ID = "rewardloop/tiny-random-llama"
-
-
-def client(server, user="mo"):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.token(user), max_retries=0)
-
-
-def wait_for(cond, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_models_list_versions_with_parent_and_role_and_pin_them(server_factory, models_dir, redis_url, tmp_path, rdb):
@@ -37,12 +26,12 @@ def test_models_list_versions_with_parent_and_role_and_pin_them(server_factory, 
                                                  save_random_adapter(models_dir, tmp_path / f"a{seed}", seed), TINY_ID, **kw)
     v1 = publish(1)
     v2 = publish(2, mode="canary", canary_share=0.5)
-    c = client(srv)
+    c = openai_client(srv, "mo")
 
     def resident():
         status, body = http("GET", srv.url + "/admin/adapters", token=ADMIN)
         return {v1, v2} <= set(body["server"]["loaded"])
-    wait_for(resident)
+    wait_for(resident, 60, "the adapter to be resident", srv)
     cards = {m.id: m for m in c.models.list().data}
     assert list(cards) == [TINY_ID, f"{TINY_ID}@base", f"{TINY_ID}@{v1}", f"{TINY_ID}@{v2}"]
     assert cards[TINY_ID].model_extra["rewardloop"]["stable"] == v1
@@ -57,7 +46,7 @@ def test_models_list_versions_with_parent_and_role_and_pin_them(server_factory, 
     for v in ("base", v1, v2):
         resp = c.chat.completions.create(model=f"rewardloop@{v}", messages=msg, max_tokens=6)
         assert resp.model == f"{TINY_ID}@{v}"
-        assert rdb.hget(f"{srv.prefix}reply:{resp.id}", "adapter_version") == v
+        assert rdb.hget(Keys(srv.prefix).reply(resp.id), "adapter_version") == v
         texts[v] = resp.choices[0].message.content
     assert len(set(texts.values())) == 3, texts   # three different weights answered
     with pytest.raises(openai.BadRequestError) as err:
@@ -66,10 +55,10 @@ def test_models_list_versions_with_parent_and_role_and_pin_them(server_factory, 
 
 
 def test_completion_with_text_then_replayed_token_ids(server, rdb):
-    c = client(server)
+    c = openai_client(server, "mo")
     first = c.completions.create(model="rewardloop", prompt="Once upon a time", max_tokens=6, temperature=0.9,
                                  seed=4, logprobs=0)
-    rec = rdb.hgetall(f"{server.prefix}reply:{first.id}")
+    rec = rdb.hgetall(Keys(server.prefix).reply(first.id))
     prompt_ids = json.loads(rec["prompt_ids"])
     assert rec["api"] == "openai_completion" and rec["text"] == first.choices[0].text and rec["user_id"] == "mo"
     assert json.loads(rec["prompt_messages"]) == [] and rec["user_text"] == "Once upon a time"
@@ -77,7 +66,7 @@ def test_completion_with_text_then_replayed_token_ids(server, rdb):
     assert lp.token_logprobs == json.loads(rec["logprobs"]) and len(lp.tokens) == len(json.loads(rec["token_ids"]))
     assert lp.text_offset[0] == 0 and first.usage.prompt_tokens == len(prompt_ids)
     again = c.completions.create(model="rewardloop", prompt=prompt_ids, max_tokens=6, temperature=0.9, seed=4)
-    rec2 = rdb.hgetall(f"{server.prefix}reply:{again.id}")
+    rec2 = rdb.hgetall(Keys(server.prefix).reply(again.id))
     assert json.loads(rec2["prompt_ids"]) == prompt_ids and rec2["token_ids"] == rec["token_ids"]
     assert again.choices[0].text == first.choices[0].text and again.choices[0].logprobs is None
     chunks = list(c.completions.create(model="rewardloop", prompt=prompt_ids, max_tokens=6, temperature=0.9,
@@ -87,14 +76,14 @@ def test_completion_with_text_then_replayed_token_ids(server, rdb):
 
 
 def test_completion_n_and_stop(server, rdb):
-    c = client(server)
+    c = openai_client(server, "mo")
     full = c.completions.create(model="rewardloop", prompt="abc", max_tokens=10, temperature=0)
     text = full.choices[0].text
     stop = text[len(text) // 2:len(text) // 2 + 2]
     resp = c.completions.create(model="rewardloop", prompt="abc", max_tokens=10, temperature=0, stop=stop, n=2)
     assert [ch.text for ch in resp.choices] == [text[:text.find(stop)]] * 2
     ids = [ch.model_extra["reply_id"] for ch in resp.choices]
-    assert json.loads(rdb.hget(f"{server.prefix}reply:{ids[1]}", "candidates")) == ids
+    assert json.loads(rdb.hget(Keys(server.prefix).reply(ids[1]), "candidates")) == ids
 
 
 @pytest.mark.parametrize("body, param", [

@@ -7,6 +7,8 @@ import json
 import openai
 import pytest
 
+from core.keys import Keys
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -21,7 +23,7 @@ def test_stop_with_the_real_model(server_factory, rdb):
     assert expect.strip(), full
     got = c.chat.completions.create(**ask, stop=["\n"], logprobs=True)
     assert got.choices[0].message.content == expect and got.choices[0].finish_reason == "stop"
-    rec = rdb.hgetall(f"{srv.prefix}reply:{got.id}")
+    rec = rdb.hgetall(Keys(srv.prefix).reply(got.id))
     assert rec["text"] == expect and rec["stop_string"] == "\n" and rec["finish_reason"] == "stop"
     assert [t.logprob for t in got.choices[0].logprobs.content] == json.loads(rec["logprobs"])
     assert len(json.loads(rec["token_ids"])) == got.usage.completion_tokens == int(rec["n_tokens"])

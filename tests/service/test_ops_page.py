@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.keys import Keys
-from tests.helpers import ADMIN, REPO, http
-from tests.worker.conftest import wait_for
+from tests.support.clients import get, http
+from tests.support.processes import ADMIN, REPO
+from tests.support.waiting import wait_for
 from worker.ops.monitor import fold
 from worker.ops.store import OpsStore
 
@@ -50,17 +50,6 @@ def seed(rdb, prefix: str) -> None:
     store.add_alarm({"at": now - 60, "detector": "welch", "metric": "reward", "version": "2", "direction": "drop",
                      "message": "seeded alarm", "evidence": {}, "since": now - 300, "until": now - 60,
                      "action": "alert"})
-
-
-def get(url: str, token: str | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 @pytest.fixture

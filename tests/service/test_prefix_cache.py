@@ -14,7 +14,7 @@ from core.modeling import load_model
 from core.sampling import SamplingParams
 from service.engine.core import Engine, GenerationRequest, TokenEvent
 from service.engine.prefix_cache import PrefixCache, common_prefix
-from tests.helpers import Chat, http
+from tests.support.clients import Chat, http
 
 
 def _kv(n: int, layers: int = 2) -> tuple[list, list]:
@@ -70,7 +70,7 @@ def _conversation(engine, loop, turns, version_of=lambda t: None, key=True):
 def test_greedy_turns_with_the_cache_equal_turns_without_it_and_a_version_swap_does_not_reuse(
         models_dir, tmp_path, loop):
     from service.engine.slots import AdapterSlots
-    from tests.model_fixtures import save_random_adapter
+    from tests.support.models import save_random_adapter
     turns = [list(range(3, 40)), [50, 51, 52, 53], [60, 61], [70, 71, 72]]
     out = {}
     for mb in (0, 64):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.helpers import Chat
+from tests.support.clients import Chat
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

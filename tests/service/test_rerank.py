@@ -15,7 +15,7 @@ from core.sampling import SamplingParams
 from learner.reward_model import RewardModel, extract_features
 from service.engine.core import EndEvent, Engine, GenerationRequest, TokenEvent
 from service.serving.rerank import RerankHandle, RewardScorer, candidate_requests
-from tests.helpers import Chat
+from tests.support.clients import Chat
 
 
 def _reward_model(model, tok, model_id: str, seed: int = 0, trusted: bool = True) -> RewardModel:
@@ -116,7 +116,8 @@ def test_a_server_with_rerank_n_streams_and_logs_the_chosen_candidate(server_fac
     server = server_factory(REWARDLOOP_RERANK_N="3", REWARDLOOP_MAX_NEW_TOKENS="12")
     r, keys = connect(redis_url), Keys(server.prefix)
     chat = Chat(server, server.token("rena"))
-    from tests.helpers import ADMIN, http
+    from tests.support.clients import http
+    from tests.support.processes import ADMIN
 
     def rerank_status():
         return http("GET", server.url + "/admin/adapters", token=ADMIN)[1]["rerank"]
@@ -145,7 +146,7 @@ def test_scoring_reads_base_features_and_leaves_the_served_adapter_as_it_was(mod
     leave the layers switched differently from what the engine believes."""
     from core.modeling import load_model
     from service.engine.slots import AdapterSlots
-    from tests.model_fixtures import save_random_adapter
+    from tests.support.models import save_random_adapter
     own = load_model("tiny-random", models_dir, "cpu")    # its own copy: the slots wrap it in place
     prompt, reply = list(range(3, 30)), list(range(40, 52))
     base_feats = extract_features(own.model, [(prompt, reply)], "cpu")

@@ -5,7 +5,6 @@ model, a real LoRA published through the registry."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -14,7 +13,8 @@ from core.modeling import load_model
 from core.redis_conn import connect_async
 from service.engine.core import Engine
 from service.serving import swap
-from tests.model_fixtures import publish_adapter, train_parrot_adapter
+from tests.support.models import publish_adapter, train_parrot_adapter
+from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +31,6 @@ def engine(models_dir):
     eng.start()
     yield eng, loaded.model_id
     eng.shutdown()
-
-
-async def _until(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def test_a_load_that_raises_is_retried_and_the_watcher_keeps_going(engine, parrot, redis_url, prefix, tmp_path,
@@ -74,7 +65,7 @@ def test_a_load_that_raises_is_retried_and_the_watcher_keeps_going(engine, parro
         watcher.reconcile = reconcile_that_breaks_once
         task = asyncio.create_task(watcher.run())
         try:
-            assert await _until(lambda: watcher.servable(version)), watcher.status()
+            await wait_for_async(lambda: watcher.servable(version), 20, f"version {version} servable")
             assert len(calls) == 2                  # failed once, retried, loaded
             assert version not in watcher.refused   # a transient failure refuses nothing
             assert watcher.errors >= 1 and not task.done()   # the broken pass was survived

@@ -11,14 +11,13 @@ import time
 
 import pytest
 
-from tests.conftest import _factory
-from tests.helpers import ADMIN, REPO, Chat, base_env, http
-from tests.model_fixtures import publish_adapter, train_parrot_adapter
-from tests.service.test_hotswap import _nan, status
-from tests.service.test_hotswap import wait_for as _wait_for
-from tests.service.test_hotswap import wait_stable as _wait_stable
-from tests.service.vllm_support import TINY_ID, frozen, start_vllm, vllm_models
-from tests.worker.conftest import FAST, Procs
+from core.keys import Keys
+from tests.support.clients import Chat, http
+from tests.support.hotswap import nan_weights, status, wait_stable
+from tests.support.models import publish_adapter, train_parrot_adapter
+from tests.support.processes import ADMIN, FAST, REPO, Procs, base_env, server_starter
+from tests.support.vllm_servers import TINY_ID, frozen, start_vllm, vllm_models
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,7 @@ def dep(vllms, models_dir, redis_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dep")
     prefix, data = f"vh{time.monotonic_ns() % 10 ** 8}:", tmp / "shared"
     data.mkdir()
-    start, started = _factory(redis_url, tmp)
+    start, started = server_starter(redis_url, tmp)
     urls = ",".join(v.url for v in vllms)
     # long streams (1500 tokens): a swap must land while one is still streaming
     env = dict(REWARDLOOP_DATA_DIR=data, REWARDLOOP_ENGINE="vllm", REWARDLOOP_VLLM_URLS=urls,
@@ -64,14 +63,6 @@ def dep(vllms, models_dir, redis_url, tmp_path_factory):
 WAIT_S = 60  # two vLLM servers on two cores: swaps and unloads take longer than the local engine's
 
 
-def wait_for(cond, timeout=WAIT_S, what="condition"):
-    return _wait_for(cond, timeout, what)
-
-
-def wait_stable(servers, version):
-    _wait_stable(servers, version, WAIT_S)
-
-
 def ask(server, user, text="hello") -> tuple[str, str, str]:
     r = Chat(server, server.token(user)).ask(text)
     return r["text"], r["start"]["adapter_version"], r["start"]["reply_id"]
@@ -80,7 +71,7 @@ def ask(server, user, text="hello") -> tuple[str, str, str]:
 def test_publish_swaps_every_server_a_stream_keeps_its_version_and_rollback(dep, vllms, parrots, rdb):
     servers = dep.servers
     v1 = dep.publish(parrots["alpha"])
-    wait_stable(servers, v1)
+    wait_stable(servers, v1, WAIT_S)
     for v in vllms:   # loaded under its own name on every vLLM server before routing to it
         assert f"rl-v{v1}" in vllm_models(v.url)
     for s in servers:
@@ -92,7 +83,7 @@ def test_publish_swaps_every_server_a_stream_keeps_its_version_and_rollback(dep,
     start = chat.recv_type("reply_start")
     chat.recv_type("token")
     v2 = dep.publish(parrots["beta"])
-    wait_stable(servers, v2)
+    wait_stable(servers, v2, WAIT_S)
     # vLLM streams the tiny model's 1500 tokens in about a second: on a busy machine the swap can
     # land after the stream ended. While it still runs, v1 must still be held for it; either way
     # its logged version (checked below) is v1 and every next reply is v2.
@@ -102,9 +93,9 @@ def test_publish_swaps_every_server_a_stream_keeps_its_version_and_rollback(dep,
         assert version == v2 and text.split()[:3] == ["beta"] * 3
     while chat.recv()["type"] != "reply_end":
         pass
-    stored = rdb.hgetall(f"{dep.prefix}reply:{start['reply_id']}")
+    stored = rdb.hgetall(Keys(dep.prefix).reply(start['reply_id']))
     assert stored["adapter_version"] == v1 and stored["text"].split()[:3] == ["alpha"] * 3
-    swaps = [f for _, f in rdb.xrange(f"{dep.prefix}adapters:swaps") if f["version"] == v2]
+    swaps = [f for _, f in rdb.xrange(Keys(dep.prefix).adapter_swaps) if f["version"] == v2]
     # the same records as the local engine: every server loaded it, nothing failed. (A server whose
     # re-read of a busy vLLM server's listing briefly missed the name loads it again -- idempotent
     # -- and records that too, so count servers, not records.)
@@ -113,32 +104,32 @@ def test_publish_swaps_every_server_a_stream_keeps_its_version_and_rollback(dep,
 
     code, notice = http("POST", servers[0].url + "/admin/adapters/rollback", {"reason": "test"}, token=ADMIN)
     assert code == 200 and notice["stable"] == v1
-    wait_stable(servers, v1)
+    wait_stable(servers, v1, WAIT_S)
     for s in servers:
         text, version, _ = ask(s, f"c{s.port}")
         assert version == v1 and text.split()[0] == "alpha"
 
     # a version neither stable, canary nor rollback target, and no stream on it: unloaded from vLLM
     v3 = dep.publish(parrots["beta"])                 # stable v3, rollback target v1: v2 goes
-    wait_stable(servers, v3)
+    wait_stable(servers, v3, WAIT_S)
     for v in vllms:
-        wait_for(lambda v=v: f"rl-v{v2}" not in vllm_models(v.url), what=f"rl-v{v2} unloaded on {v.url}")
+        wait_for(lambda v=v: f"rl-v{v2}" not in vllm_models(v.url), WAIT_S, what=f"rl-v{v2} unloaded on {v.url}")
         assert {f"rl-v{v1}", f"rl-v{v3}"} <= vllm_models(v.url)
 
 
 def test_a_corrupt_adapter_is_refused_and_vllm_keeps_serving(dep, vllms, parrots, rdb):
     servers = dep.servers
     good = dep.publish(parrots["alpha"])
-    wait_stable(servers, good)
-    bad = dep.publish(parrots["beta"], tamper=_nan)
+    wait_stable(servers, good, WAIT_S)
+    bad = dep.publish(parrots["beta"], tamper=nan_weights)
     for s in servers:
-        assert "NaN" in wait_for(lambda s=s: status(s)["refused"].get(bad), what="refusal")
+        assert "NaN" in wait_for(lambda s=s: status(s)["refused"].get(bad), WAIT_S, what="refusal")
         assert status(s)["routing"]["stable"] == good
         text, version, _ = ask(s, f"bad{s.port}")
         assert version == good and text.split()[0] == "alpha"
     for v in vllms:
         assert f"rl-v{bad}" not in vllm_models(v.url)   # never sent to vLLM
-    swaps = [f for _, f in rdb.xrange(f"{dep.prefix}adapters:swaps") if f["version"] == bad]
+    swaps = [f for _, f in rdb.xrange(Keys(dep.prefix).adapter_swaps) if f["version"] == bad]
     assert len(swaps) == 2 and all(f["result"] == "refused" for f in swaps)
 
 
@@ -156,7 +147,7 @@ def test_the_learning_loop_closes_over_vllm(dep, vllms, parrots, rdb, models_dir
     procs.start(env, "beat")
     try:
         good = dep.publish(parrots["alpha"])   # the learner continues the stable version: a sound one
-        wait_stable(dep.servers, good)
+        wait_stable(dep.servers, good, WAIT_S)
         s = dep.servers[1]
         replies = []
         # The holdout is a hash of each random reply id (a quarter): of 6 replies, 3 or more were
@@ -167,7 +158,7 @@ def test_the_learning_loop_closes_over_vllm(dep, vllms, parrots, rdb, models_dir
             assert chat.feedback(r["start"]["reply_id"], "thumbs", 1 if i % 2 else -1)["type"] == "ack"
             replies.append(r["start"]["reply_id"])
             chat.close()
-        wait_for(lambda: all(rdb.hget(f"{dep.prefix}reward:{r}", "state") == "rewarded" for r in replies), 90,
+        wait_for(lambda: all(rdb.hget(Keys(dep.prefix).reward(r), "state") == "rewarded" for r in replies), 90,
                  "rewards of the vLLM replies")
         settings = Settings(redis_url=dep.redis_url, prefix=dep.prefix, data_dir=dep.data, model_cache_dir=models_dir,
                             model="tiny-random", device="cpu", publish_mode="stable", canary_share=1.0,
@@ -179,12 +170,12 @@ def test_the_learning_loop_closes_over_vllm(dep, vllms, parrots, rdb, models_dir
         version = str(result.version)
         for srv in dep.servers:
             wait_for(lambda srv=srv: version in (status(srv)["routing"]["stable"], status(srv)["routing"]["canary"]),
-                     what=f"v{version} routed on {srv.url}")
+                     WAIT_S, what=f"v{version} routed on {srv.url}")
         for v in vllms:
             assert f"rl-v{version}" in vllm_models(v.url)
         _, served, rid = ask(dep.servers[0], "after-learning")
         assert served == version
-        assert json.loads(rdb.hget(f"{dep.prefix}reply:{rid}", "token_ids"))
+        assert json.loads(rdb.hget(Keys(dep.prefix).reply(rid), "token_ids"))
     finally:
         procs.stop_all()
 
@@ -197,7 +188,7 @@ def test_adapters_import_serves_a_folder_trained_elsewhere(dep, vllms, parrots):
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     version = out.stdout.split("as version ")[1].split(",")[0]
-    wait_stable(dep.servers, version)
+    wait_stable(dep.servers, version, WAIT_S)
     for v in vllms:
         assert f"rl-v{version}" in vllm_models(v.url)
     text, served, _ = ask(dep.servers[1], "imported")
@@ -233,7 +224,7 @@ def test_a_vllm_server_killed_mid_stream_ends_that_stream_with_an_error_and_the_
     errors = [f for f in frames if f["type"] == "error"]
     assert errors and errors[0]["ref"] == start["reply_id"], frames[-3:]
     assert frames[-1]["finish_reason"] == "error"
-    stored = rdb.hgetall(f"{dep.prefix}reply:{start['reply_id']}")
+    stored = rdb.hgetall(Keys(dep.prefix).reply(start['reply_id']))
     assert stored["finish_reason"] == "error" and victim.url in stored["error"]
     r = chat.ask("still there?")                         # the other vLLM server answers
     assert r["end"]["finish_reason"] in ("stop", "length") and r["text"]

@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import ADMIN, REPO, Chat, base_env, free_port, http
-from tests.service.test_make_up import ctrl_c_stops_everything
-from tests.service.vllm_support import require_vllm
+from core.keys import Keys
+from tests.support.clients import Chat, http
+from tests.support.processes import ADMIN, REPO, base_env, ctrl_c_stops_everything, free_port
+from tests.support.vllm_servers import require_vllm
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +50,11 @@ def test_up_engine_vllm_starts_vllm_serves_through_it_and_ctrl_c_stops_it(tmp_pa
         assert [s["url"] for s in body["server"]["servers"]] == [f"http://127.0.0.1:{vport}"]
 
         from service.serving.auth import create_token
-        from tests.helpers import SECRET
+        from tests.support.processes import SECRET
         chat = Chat(SimpleNamespace(ws_url=f"ws://127.0.0.1:{port}/ws/chat"), create_token(SECRET, "alice", 3600))
         reply = chat.ask("Say hello.")
         chat.close()
-        record = rdb.hgetall(f"{prefix}reply:{reply['start']['reply_id']}")
+        record = rdb.hgetall(Keys(prefix).reply(reply['start']['reply_id']))
         assert record and record["text"] == reply["text"]
         assert int(record["n_tokens"]) == len(json.loads(record["logprobs"])) > 0   # vLLM's behavior log-probs
         assert reply["end"]["finish_reason"] in ("stop", "length")

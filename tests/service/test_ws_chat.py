@@ -5,49 +5,10 @@ import json
 
 import pytest
 
-from tests.helpers import Chat
+from core.keys import Keys
+from tests.support.clients import Chat
 
 pytestmark = pytest.mark.integration
-
-
-def reply_hash(server, rdb, reply_id: str) -> dict:
-    return rdb.hgetall(f"{server.prefix}reply:{reply_id}")
-
-
-def test_streamed_tokens_equal_the_logged_reply(server, rdb):
-    chat = Chat(server, server.token("alice"))
-    r = chat.ask("What is the capital of France?")
-    assert r["start"]["adapter_version"] == "base"
-    stored = reply_hash(server, rdb, r["start"]["reply_id"])
-    assert stored["text"] == r["text"] and r["text"]
-    assert stored["user_id"] == "alice" and stored["session_id"] == chat.session_id
-    token_ids, logprobs = json.loads(stored["token_ids"]), json.loads(stored["logprobs"])
-    assert len(token_ids) == len(logprobs) == r["end"]["n_tokens"] == int(stored["n_tokens"])
-    assert all(lp <= 0 for lp in logprobs)
-    params = json.loads(stored["params"])
-    assert {"temperature", "top_p", "max_new_tokens", "seed"} <= params.keys()
-    for field in ("prompt_ids", "prompt_messages", "model_id", "queued_at", "first_token_at", "ended_at",
-                  "finish_reason", "turn"):
-        assert stored.get(field), field
-    kinds = [(f["kind"], f.get("reply_id")) for _, f in rdb.xrange(f"{server.prefix}events")
-             if f.get("session_id") == chat.session_id]
-    assert ("user_message", None) in kinds and ("reply", r["start"]["reply_id"]) in kinds
-    chat.close()
-
-
-def test_multi_turn_history_is_in_the_prompt(server, rdb):
-    chat = Chat(server, server.token("bob"))
-    first = chat.ask("My name is Zanzibar.")
-    second = chat.ask("What is my name?")
-    assert second["start"]["turn"] == 1
-    msgs = json.loads(reply_hash(server, rdb, second["start"]["reply_id"])["prompt_messages"])
-    assert msgs[0]["role"] == "system"
-    assert {"role": "user", "content": "My name is Zanzibar."} in msgs
-    assert {"role": "assistant", "content": first["text"]} in msgs
-    assert msgs[-1] == {"role": "user", "content": "What is my name?"}
-    assert rdb.lrange(f"{server.prefix}session:{chat.session_id}", 0, -1) == [
-        first["start"]["reply_id"], second["start"]["reply_id"]]
-    chat.close()
 
 
 def test_session_resumes_after_reconnect(server):
@@ -68,7 +29,7 @@ def test_old_turns_are_dropped_to_fit_the_context_budget(server_factory, rdb):
     starts = [chat.ask("tell me something about the number %d please, in detail" % i)["start"] for i in range(6)]
     assert starts[0]["history_truncated"] is False
     assert starts[-1]["history_truncated"] is True and starts[-1]["dropped_turns"] >= 1
-    msgs = json.loads(rdb.hget(f"{srv.prefix}reply:{starts[-1]['reply_id']}", "prompt_messages"))
+    msgs = json.loads(rdb.hget(Keys(srv.prefix).reply(starts[-1]['reply_id']), "prompt_messages"))
     assert msgs[0]["role"] == "system"          # the system prompt is kept
     assert "number 0 " not in json.dumps(msgs)  # the oldest turn is gone
     assert "number 5" in msgs[-1]["content"]
@@ -83,7 +44,7 @@ def test_stop_cancels_and_the_engine_serves_the_next_request(server_factory, rdb
     chat.send({"type": "stop", "reply_id": start["reply_id"]})
     end = chat.recv_type("reply_end")
     assert end["finish_reason"] == "cancelled" and end["n_tokens"] < 2000
-    stored = rdb.hgetall(f"{srv.prefix}reply:{start['reply_id']}")
+    stored = rdb.hgetall(Keys(srv.prefix).reply(start['reply_id']))
     assert stored["finish_reason"] == "cancelled"
     # stopping something that is not streaming says so
     chat.send({"type": "stop", "reply_id": start["reply_id"]})
@@ -99,7 +60,7 @@ def test_stop_cancels_and_the_engine_serves_the_next_request(server_factory, rdb
     nxt.recv_type("token")
     nxt.send({"type": "stop", "reply_id": nxt.frames[-2]["reply_id"]})
     nxt.recv_type("reply_end")
-    dropped = rdb.hgetall(f"{srv.prefix}reply:{second['reply_id']}")
+    dropped = rdb.hgetall(Keys(srv.prefix).reply(second['reply_id']))
     assert dropped["finish_reason"] == "cancelled" and int(dropped["n_tokens"]) < 2000
 
 

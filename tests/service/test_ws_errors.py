@@ -10,7 +10,8 @@ from websockets.sync.client import connect
 
 from service.serving.auth import create_token
 from service.serving.protocol import CLOSE_AUTH_FAILED
-from tests.helpers import SECRET, Chat
+from tests.support.clients import Chat
+from tests.support.processes import SECRET
 
 pytestmark = pytest.mark.integration
 

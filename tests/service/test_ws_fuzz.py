@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Chat
+from tests.support.clients import Chat
 
 pytestmark = pytest.mark.integration
 

@@ -1,28 +1,34 @@
 """What the browser tests of the chat page share: open it, send, wait for replies, read the
-events stream and the page's outbox."""
+events stream and the page's outbox; the XSS parrot's reply (tests/conftest.py xss_model)."""
 from __future__ import annotations
 
 import json
-import time
 
+from tests.support.redis_view import events
+from tests.support.waiting import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+# What a model could say: raw HTML and script first (a short reply is all markup), then Markdown
+# the chat page renders (heading, emphasis, a javascript: link, a list, a table, code).
+XSS_REPLY = """<script>alert(1)</script> & <b>bold</b> <img src=x onerror="alert(2)">
+
+## Plan
+
+**Bold**, *soft* and [a link](javascript:alert(3)):
+
+1. first
+2. second
+
+| a | b |
+|---|---|
+| 1 | 2 |
+
+```python
+def add(x, y):
+    return x + y
+```"""
 FINISHED = "article[data-reply-id][data-finish-reason]"
 FEEDBACK_KINDS = ("thumbs", "rating", "copy", "regenerate", "choose", "dwell")
-
-
-def wait_until(fn, timeout: float = 20, what: str = "condition"):
-    """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def events(server, rdb, **match) -> list[dict]:
-    return [f for _, f in rdb.xrange(f"{server.prefix}events") if all(f.get(k) == v for k, v in match.items())]
 
 
 def feedback_events(server, rdb, reply_id: str) -> list[dict]:
@@ -60,7 +66,7 @@ def outbox(page) -> dict:
 
 
 def wait_outbox_empty(page, timeout: float = 20) -> None:
-    wait_until(lambda: outbox(page) == {}, timeout, "the outbox to drain (every feedback acked)")
+    wait_for(lambda: outbox(page) == {}, timeout, "the outbox to drain (every feedback acked)")
 
 
 def pressed(locator) -> str | None:

@@ -12,7 +12,7 @@ from core.history import History
 from core.keys import Keys
 from core.records import ReplyRecord, SessionRecord
 from core.settings import WorkerSettings
-from tests.archive_support import consume_events, files_containing, log_session
+from tests.support.archive import consume_events, files_containing, log_session
 from worker.archive.run import run_archive
 
 pytestmark = pytest.mark.integration

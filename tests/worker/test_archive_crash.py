@@ -14,8 +14,8 @@ from core.archive import Archive
 from core.history import History
 from core.keys import Keys
 from core.records import ReplyRecord
-from tests.archive_support import consume_events, log_session
-from tests.worker.conftest import wait_for
+from tests.support.archive import consume_events, log_session
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,6 @@ buckets, the live comparison (the sequential test), automatic rollback with its 
 verdict the learner reads, and the webhook."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -11,26 +10,11 @@ import pytest
 from core.keys import Keys
 from core.registry import Registry, found_worse
 from core.settings import Settings
+from tests.support.records import add_rewards, seed_registry
 from worker.ops.monitor import fold, ops_tick
 from worker.ops.store import HOUR, MINUTE, OpsStore
 
 pytestmark = pytest.mark.integration
-
-
-def seed_registry(rdb, keys: Keys, stable: str, canary: str = "") -> None:
-    now = time.time()
-    versions = {"1": {"version": 1, "state": "published", "parent": "base", "created": now - 100},
-                "2": {"version": 2, "state": "published", "parent": "1", "created": now - 50}}
-    rdb.hset(keys.adapters, mapping={"stable": stable, "canary": canary, "canary_share": "0.5",
-                                     "rollback_target": "base", "next_version": "2", "versions": json.dumps(versions)})
-
-
-def add_rewards(rdb, keys: Keys, version: str, values: list[float], at: float) -> None:
-    for i, v in enumerate(values):
-        rid = f"r{version}_{i}_{time.monotonic_ns()}"
-        rdb.hset(keys.reply(rid), mapping={"ended_at": repr(at - 30), "text": "a b c"})
-        rdb.xadd(keys.rewards, {"reply_id": rid, "adapter_version": version, "state": "rewarded",
-                                "reward": repr(v), "finalized_at": repr(at)})
 
 
 @pytest.fixture
@@ -145,7 +129,7 @@ def test_drift_cli_prints_versions_with_sparklines_and_alarms(rdb, prefix, redis
     import subprocess
     import sys
 
-    from tests.helpers import REPO, base_env
+    from tests.support.processes import REPO, base_env
     keys = Keys(prefix)
     store = OpsStore(rdb, keys)
     seed_registry(rdb, keys, stable="1", canary="2")

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from core.keys import Keys
-from tests.helpers import Chat
-from tests.model_fixtures import publish_adapter, train_parrot_adapter
-from tests.worker.conftest import wait_for
+from tests.support.clients import Chat
+from tests.support.models import publish_adapter, train_parrot_adapter
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 TINY_ID = "rewardloop/tiny-random-llama"
@@ -51,10 +51,10 @@ def test_a_worse_published_version_is_rolled_back_automatically(server_factory, 
     data = tmp_path / "adapters-volume"
     data.mkdir()
     srv = server_factory(prefix=prefix, REWARDLOOP_DATA_DIR=data, REWARDLOOP_TEMPERATURE=0)
-    adapters = f"{prefix}adapters"
+    adapters = Keys(prefix).adapters
 
     base_replies = users_vote(srv, ["ann", "bob", "cat", "dan"], +1, "base")
-    wait_for(lambda: sum(1 for _, f in rdb.xrange(f"{prefix}rewards") if f["state"] == "rewarded")
+    wait_for(lambda: sum(1 for _, f in rdb.xrange(Keys(prefix).rewards) if f["state"] == "rewarded")
              >= len(base_replies), 60, "the base replies' final rewards", procs)
 
     model = train_parrot_adapter(models_dir, " no", steps=3)  # any valid adapter: the users decide
@@ -70,7 +70,7 @@ def test_a_worse_published_version_is_rolled_back_automatically(server_factory, 
     took = time.time() - last_vote
     assert took < DETECTION_BOUND_S
 
-    last = [f for _, f in rdb.xrevrange(f"{prefix}adapters:history") if f["event"] == "rollback"][0]
+    last = [f for _, f in rdb.xrevrange(Keys(prefix).adapter_history) if f["event"] == "rollback"][0]
     assert last["by"] == "drift-monitor" and last["stable"] == "base"
     assert f"found version {version} worse" in last["reason"] and "vs base" in last["reason"]
     # the monitor records the alarm right after it moves the pointer: on busy cores the test can

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, Chat
-from tests.worker.conftest import wait_for
+from core.keys import Keys
+from tests.support.clients import Chat
+from tests.support.processes import REPO
+from tests.support.waiting import wait_for
 from worker.rewards.function import GUARD_COMPONENTS
 
 pytestmark = pytest.mark.integration
@@ -18,7 +20,7 @@ WAIT_WINDOW_S = 10.0
 
 
 def entry(rdb, prefix, rid) -> dict:
-    return rdb.hgetall(f"{prefix}reward:{rid}")
+    return rdb.hgetall(Keys(prefix).reward(rid))
 
 
 def user_components(e: dict) -> dict:
@@ -64,7 +66,7 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
         e2: {"thumbs": 1.0},
         f: {"abandon": -0.1},
     }
-    stream = {fl["reply_id"]: fl for _, fl in rdb.xrange(f"{prefix}rewards")}
+    stream = {fl["reply_id"]: fl for _, fl in rdb.xrange(Keys(prefix).rewards)}
     for rid, comps in expected.items():
         got = entry(rdb, prefix, rid)
         assert user_components(got) == comps, (rid, got)
@@ -74,11 +76,11 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
         assert stream[rid]["user_id"] == ("finn" if rid == f else "erin")
         assert stream[rid]["state"] == "rewarded" and stream[rid]["config_hash"] == got["config_hash"]
         assert set(stream[rid]) >= {"session_id", "adapter_version", "user_weight", "opt_out", "finalized_at"}
-    assert len(rdb.xrange(f"{prefix}rewards")) == len(replies)  # one final reward per reply
+    assert len(rdb.xrange(Keys(prefix).rewards)) == len(replies)  # one final reward per reply
     # finn's session ended (abandoned): its reward was final before the wait window
     fe = entry(rdb, prefix, f)
     assert float(fe["finalized_at"]) - float(fe["ended_at"]) < WAIT_WINDOW_S
-    pairs = {(p["chosen_id"], p["rejected_id"], p["source"]) for _, p in rdb.xrange(f"{prefix}pairs")}
+    pairs = {(p["chosen_id"], p["rejected_id"], p["source"]) for _, p in rdb.xrange(Keys(prefix).pairs)}
     assert pairs == {(c1, c2, "choose"), (e2, e, "regenerate")}
 
     # feedback after finalization is recorded as late and changes nothing
@@ -86,7 +88,7 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
     assert chat.feedback(a, "thumbs", 1)["type"] == "ack"
     wait_for(lambda: entry(rdb, prefix, a).get("late_signals") == "1", 20, "the late signal", procs)
     assert entry(rdb, prefix, a)["reward"] == before
-    assert len(rdb.xrange(f"{prefix}rewards")) == len(replies)
+    assert len(rdb.xrange(Keys(prefix).rewards)) == len(replies)
 
     out = subprocess.run([sys.executable, "-m", "service.cli", "rewards", "show", a], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=60)
@@ -99,27 +101,27 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
 
 
 def test_a_user_voting_like_a_bot_is_weighted_down_visibly(rdb, prefix, procs, worker_env, reward_toml):
-    from tests.worker.conftest import add_replies, feedback_event, reply_event
+    from tests.support.records import add_replies, feedback_event, reply_event
     env = worker_env(REWARDLOOP_REWARD_CONFIG=reward_toml(wait_window_s=0.5))
     bot = add_replies(rdb, prefix, 6, user="bot", session="s_bot")
     human = add_replies(rdb, prefix, 1, user="human", session="s_human")
     with rdb.pipeline(transaction=False) as p:
         for i, rid in enumerate(bot):  # six thumbs up, each 0.2 s after the reply ended: nobody reads that fast
-            p.xadd(f"{prefix}events", reply_event(rid, "bot", "s_bot"))
-            p.xadd(f"{prefix}events", feedback_event(rid, "thumbs", 1, f"ev_b{i}", "bot", "s_bot", since_ms=200))
-        p.xadd(f"{prefix}events", reply_event(human[0], "human", "s_human"))
-        p.xadd(f"{prefix}events", feedback_event(human[0], "thumbs", 1, "ev_h", "human", "s_human", since_ms=9000))
+            p.xadd(Keys(prefix).events, reply_event(rid, "bot", "s_bot"))
+            p.xadd(Keys(prefix).events, feedback_event(rid, "thumbs", 1, f"ev_b{i}", "bot", "s_bot", since_ms=200))
+        p.xadd(Keys(prefix).events, reply_event(human[0], "human", "s_human"))
+        p.xadd(Keys(prefix).events, feedback_event(human[0], "thumbs", 1, "ev_h", "human", "s_human", since_ms=9000))
         p.execute()
     procs.start(env, "worker")
     procs.start(env, "beat")
     wait_for(lambda: all(entry(rdb, prefix, r).get("state") == "rewarded" for r in bot + human), 60,
              "the rewards", procs)
-    user = rdb.hgetall(f"{prefix}user:bot")
+    user = rdb.hgetall(Keys(prefix).user("bot"))
     assert float(user["anomaly_weight"]) == 0.25 and "all positive" in user["anomaly_reason"]
     last = entry(rdb, prefix, bot[-1])
     assert float(last["reward"]) == 0.25 and float(last["user_weight"]) == 0.25
     assert last["anomaly_reason"] == user["anomaly_reason"]
     assert any("user weight 0.25" in line for line in json.loads(last["explain"]))
     assert float(entry(rdb, prefix, human[0])["reward"]) == 1.0
-    stream = {f["reply_id"]: f for _, f in rdb.xrange(f"{prefix}rewards")}
+    stream = {f["reply_id"]: f for _, f in rdb.xrange(Keys(prefix).rewards)}
     assert stream[bot[-1]]["user_weight"] == "0.25" and stream[human[0]]["user_weight"] == "1.0"

@@ -8,7 +8,7 @@ import pytest
 
 from core.keys import Keys
 from core.redis_conn import connect
-from tests.worker.conftest import add_replies, feedback_event, reply_event
+from tests.support.records import add_replies, feedback_event, reply_event
 from worker.ops.store import OpsStore
 from worker.rewards import processor
 from worker.rewards.config import RewardConfig
@@ -22,7 +22,7 @@ def run(rdb, redis_url, prefix, events) -> RewardLedger:
     ledger = RewardLedger(connect(redis_url), Keys(prefix))
     ledger.ensure_group()
     for ev in events:
-        rdb.xadd(f"{prefix}events", ev)
+        rdb.xadd(Keys(prefix).events, ev)
     processor.process_events(ledger, CFG, "c1")
     processor.finalize_due(ledger, CFG, 1e12)
     return ledger
@@ -30,7 +30,7 @@ def run(rdb, redis_url, prefix, events) -> RewardLedger:
 
 def scored(rdb, prefix, ids, unsafe: float) -> None:
     for rid in ids:
-        rdb.hset(f"{prefix}reply:{rid}", "quality", json.dumps({"unsafe": unsafe, "safety_scorer": "test",
+        rdb.hset(Keys(prefix).reply(rid), "quality", json.dumps({"unsafe": unsafe, "safety_scorer": "test",
                                                                   "relevance": 0.5, "fluency": -0.5}))
 
 
@@ -47,9 +47,9 @@ def test_upvoted_unsafe_replies_are_vetoed_and_their_fan_down_weighted(rdb, redi
     assert first["state"] == "rewarded" and float(first["reward"]) == pytest.approx(-0.98)
     assert first["vetoed"] == "1" and "vetoed: unsafe level 0.98" in first["veto"]
     assert any(line.startswith("vetoed") for line in json.loads(first["explain"]))
-    stream = {f["reply_id"]: f for _, f in rdb.xrange(f"{prefix}rewards")}
+    stream = {f["reply_id"]: f for _, f in rdb.xrange(Keys(prefix).rewards)}
     assert stream[rude[0]]["vetoed"] == "1"
-    assert rdb.lrange(f"{prefix}user_positives:troll", 0, -1) == ["1"] * 5
+    assert rdb.lrange(Keys(prefix).user_positives("troll"), 0, -1) == ["1"] * 5
 
     # the next reward of that user counts at the unsafe-voter weight, and /ops lists them
     evs = [feedback_event(r, "thumbs", 1, f"f{i}", "troll", "s_t2") for i, r in enumerate(fine)]  # opens them

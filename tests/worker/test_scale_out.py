@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import REPO, Chat, base_env, http
-from tests.model_fixtures import publish_adapter, train_parrot_adapter
-from tests.worker.conftest import FAST, wait_for
+from core.keys import Keys
+from tests.support.clients import Chat, http
+from tests.support.models import publish_adapter, train_parrot_adapter
+from tests.support.processes import FAST, REPO, base_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +69,7 @@ def ready(url: str) -> bool:
 
 def token(user: str) -> str:
     from service.serving.auth import create_token
-    from tests.helpers import SECRET
+    from tests.support.processes import SECRET
     return create_token(SECRET, user, 3600)
 
 
@@ -88,7 +90,7 @@ def finish_reply(chat: Chat) -> dict:
 
 
 def runs(rdb, prefix: str) -> dict[str, int]:
-    return {k.split(":", 1)[1]: int(v) for k, v in rdb.hgetall(f"{prefix}worker:stats").items() if k.startswith("runs:")}
+    return {k.split(":", 1)[1]: int(v) for k, v in rdb.hgetall(Keys(prefix).worker_stats).items() if k.startswith("runs:")}
 
 
 def test_two_servers_two_reward_workers_a_learner_and_beat_on_one_redis(models_dir, redis_url, rdb, prefix, tmp_path):
@@ -105,14 +107,9 @@ def test_two_servers_two_reward_workers_a_learner_and_beat_on_one_redis(models_d
                           cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     text = lambda: log.read_text(errors="replace")
 
-    def until(predicate, timeout: float, what: str):
-        try:
-            return wait_for(predicate, timeout, what)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- up.log\n{text()[-6000:]}") from None
     try:
-        until(lambda: "rewardloop is up" in text() and "beat" in text().split("rewardloop is up")[1], 240,
-                 "`up` to print its URLs")
+        wait_for(lambda: "rewardloop is up" in text() and "beat" in text().split("rewardloop is up")[1], 240,
+                 "`up` to print its URLs", log)
         pids = {m[0]: int(m[1]) for m in re.findall(r"^\s+(server \d|reward worker \d|learner worker|beat)\s.*pid (\d+)",
                                                     text(), re.M)}
         assert set(pids) == {"server 1", "server 2", "reward worker 1", "reward worker 2", "learner worker", "beat"}
@@ -129,14 +126,14 @@ def test_two_servers_two_reward_workers_a_learner_and_beat_on_one_redis(models_d
         assert cb.feedback(rb2, "rating", 5)["type"] == "ack"
         assert cb.feedback(rb2, "rating", 5, feedback_id="same")["type"] == "ack"
         assert cb.feedback(rb2, "rating", 5, feedback_id="same")["type"] == "ack"   # a retry counts once
-        until(lambda: all(rdb.hget(f"{prefix}reward:{r}", "state") == "rewarded" for r in (ra, rb, rb2)), 60,
-                 "the rewards of both servers' replies")
-        finals = [f["reply_id"] for _, f in rdb.xrange(f"{prefix}rewards")]
+        wait_for(lambda: all(rdb.hget(Keys(prefix).reward(r), "state") == "rewarded" for r in (ra, rb, rb2)), 60,
+                 "the rewards of both servers' replies", log)
+        finals = [f["reply_id"] for _, f in rdb.xrange(Keys(prefix).rewards)]
         assert sorted(r for r in finals if r in (ra, rb, rb2)) == sorted([ra, rb, rb2])   # once each
-        components = [json.loads(rdb.hget(f"{prefix}reward:{r}", "components")) for r in (ra, rb, rb2)]
+        components = [json.loads(rdb.hget(Keys(prefix).reward(r), "components")) for r in (ra, rb, rb2)]
         assert [c.get("thumbs") or c.get("rating") for c in components] == [1.0, -1.0, 1.0]   # (+ length guards)
-        assert len(rdb.hkeys(f"{prefix}reward_signals:{rb2}")) == 2
-        consumers = rdb.xinfo_consumers(f"{prefix}events", "rewarders")
+        assert len(rdb.hkeys(Keys(prefix).reward_signals(rb2))) == 2
+        consumers = rdb.xinfo_consumers(Keys(prefix).events, "rewarders")
         assert len(consumers) == 2, consumers   # one per reward worker, none of the learner worker
 
         # a published adapter is served by both
@@ -144,9 +141,9 @@ def test_two_servers_two_reward_workers_a_learner_and_beat_on_one_redis(models_d
         published = time.time()
 
         def loaded_on() -> dict:
-            return {f["server"]: float(f["at"]) for _, f in rdb.xrange(f"{prefix}adapters:swaps")
+            return {f["server"]: float(f["at"]) for _, f in rdb.xrange(Keys(prefix).adapter_swaps)
                     if f["version"] == version and f["result"] == "loaded"}
-        until(lambda: len(loaded_on()) == 2, 60, "both servers to load the adapter")
+        wait_for(lambda: len(loaded_on()) == 2, 60, "both servers to load the adapter", log)
         print(f"\npublish -> loaded on both servers: {max(loaded_on().values()) - published:.3f} s")
         assert ca.ask("hello")["start"]["adapter_version"] == version
         assert cb.ask("hello")["start"]["adapter_version"] == version
@@ -160,9 +157,8 @@ def test_two_servers_two_reward_workers_a_learner_and_beat_on_one_redis(models_d
         with pytest.raises(ConnectionClosed):  # its server is gone
             finish_reply(ca)
         assert cb.ask("still there?")["end"]["n_tokens"] == LONG
-        until(lambda: "server 1 exited with code -9; restarting it" in text(), 30, "`up` to notice")
-        until(lambda: ready(a.url), 120,
-                 "server 1 to be back")
+        wait_for(lambda: "server 1 exited with code -9; restarting it" in text(), 30, "`up` to notice", log)
+        wait_for(lambda: ready(a.url), 120, "server 1 to be back", log)
         ca = Chat(a, token("ann"))
         assert ca.ask("back?")["start"]["adapter_version"] == version  # the restarted one loads the adapter too
 
@@ -175,9 +171,9 @@ def test_two_servers_two_reward_workers_a_learner_and_beat_on_one_redis(models_d
             n = after.get(task, 0) - before.get(task, 0)
             assert window / period - 3 <= n <= window / period + 3, (task, n, before, after)
         # the learner worker takes `learn`: beat's maybe_train ran there (too few samples: waiting)
-        metas = [json.loads(rdb.get(k)) for k in rdb.scan_iter(f"{prefix}celery:celery-task-meta-*")]
+        metas = [json.loads(rdb.get(k)) for k in rdb.scan_iter(Keys(prefix).celery + "celery-task-meta-*")]
         assert any(isinstance(m.get("result"), dict) and m["result"].get("state") == "waiting" for m in metas), metas[:3]
-        assert rdb.llen(f"{prefix}celery:learn") == 0
+        assert rdb.llen(Keys(prefix).celery_queue("learn")) == 0
         ca.close()
         cb.close()
 

@@ -9,7 +9,7 @@ import pytest
 from core.keys import Keys
 from core.registry import Registry
 from core.settings import Settings
-from tests.worker.test_ops_monitor import seed_registry
+from tests.support.records import seed_registry
 from worker.ops import series
 from worker.ops.monitor import ops_tick
 from worker.ops.store import OpsStore
@@ -61,7 +61,7 @@ def test_the_monitor_raises_a_style_alarm_on_a_synthetic_length_drift(rdb, prefi
 
 @pytest.mark.integration
 def test_a_canary_not_worse_than_its_parent_is_promoted_by_the_live_comparison(rdb, prefix):
-    from tests.worker.test_ops_monitor import add_rewards
+    from tests.support.records import add_rewards
     keys = Keys(prefix)
     store = OpsStore(rdb, keys)
     seed_registry(rdb, keys, stable="1", canary="2")

@@ -10,7 +10,7 @@ import pytest
 from service.cli import worker as cli
 from service.cli.common import NO_REDIS
 from service.cli.main import build_parser
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:

@@ -8,18 +8,20 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
-from tests.worker.conftest import add_replies, feedback_event, reply_event, wait_for
+from core.keys import Keys
+from tests.support.processes import REPO
+from tests.support.records import add_replies, feedback_event, reply_event
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def stat(rdb, prefix, name) -> int:
-    return int(rdb.hget(f"{prefix}worker:stats", name) or 0)
+    return int(rdb.hget(Keys(prefix).worker_stats, name) or 0)
 
 
 def pending_count(rdb, prefix) -> int:
-    return rdb.xpending(f"{prefix}events", "rewarders")["pending"]
+    return rdb.xpending(Keys(prefix).events, "rewarders")["pending"]
 
 
 def test_killed_worker_mid_batch_loses_and_doubles_nothing(rdb, prefix, procs, worker_env, reward_toml):
@@ -30,8 +32,8 @@ def test_killed_worker_mid_batch_loses_and_doubles_nothing(rdb, prefix, procs, w
     events = [feedback_event(rid, "thumbs", 1 if i % 2 else -1, f"ev_{i}") for i, rid in enumerate(rids)]
     with rdb.pipeline(transaction=False) as p:
         for rid, ev in zip(rids, events):  # as the server writes them: the reply, then its feedback
-            p.xadd(f"{prefix}events", reply_event(rid))
-            p.xadd(f"{prefix}events", ev)
+            p.xadd(Keys(prefix).events, reply_event(rid))
+            p.xadd(Keys(prefix).events, ev)
         p.execute()
     procs.start(env, "beat")
     # the kill must land inside a batch: one that lands between two (after an ack, before the
@@ -49,14 +51,14 @@ def test_killed_worker_mid_batch_loses_and_doubles_nothing(rdb, prefix, procs, w
     wait_for(lambda: stat(rdb, prefix, "events") >= 2 * n and pending_count(rdb, prefix) == 0, 90,
              "every event to be acked", procs)
     for i, rid in enumerate(rids):  # each event in the ledger exactly once
-        assert rdb.hkeys(f"{prefix}reward_signals:{rid}") == [f"ev_{i}"]
-    wait_for(lambda: rdb.zcard(f"{prefix}rewards:pending") == 0, 60, "every reward to be final", procs)
+        assert rdb.hkeys(Keys(prefix).reward_signals(rid)) == [f"ev_{i}"]
+    wait_for(lambda: rdb.zcard(Keys(prefix).rewards_pending) == 0, 60, "every reward to be final", procs)
 
     def check_exactly_once():
         for i, rid in enumerate(rids):
-            assert rdb.hkeys(f"{prefix}reward_signals:{rid}") == [f"ev_{i}"]
-            assert rdb.hget(f"{prefix}reward:{rid}", "reward") == repr(1.0 if i % 2 else -1.0)
-        finals = [f["reply_id"] for _, f in rdb.xrange(f"{prefix}rewards")]
+            assert rdb.hkeys(Keys(prefix).reward_signals(rid)) == [f"ev_{i}"]
+            assert rdb.hget(Keys(prefix).reward(rid), "reward") == repr(1.0 if i % 2 else -1.0)
+        finals = [f["reply_id"] for _, f in rdb.xrange(Keys(prefix).rewards)]
         assert sorted(finals) == sorted(rids)
         assert stat(rdb, prefix, "signals") == n and stat(rdb, prefix, "late_signals") == 0
     check_exactly_once()
@@ -64,9 +66,9 @@ def test_killed_worker_mid_batch_loses_and_doubles_nothing(rdb, prefix, procs, w
     # the same events again: re-added to the stream, and the whole stream redelivered
     with rdb.pipeline(transaction=False) as p:
         for ev in events[:200]:
-            p.xadd(f"{prefix}events", ev)
+            p.xadd(Keys(prefix).events, ev)
         p.execute()
-    rdb.xgroup_setid(f"{prefix}events", "rewarders", "0")
+    rdb.xgroup_setid(Keys(prefix).events, "rewarders", "0")
     wait_for(lambda: stat(rdb, prefix, "events") >= 4 * n + 200 and pending_count(rdb, prefix) == 0, 60,
              "the redelivered events to be acked", procs)
     check_exactly_once()
@@ -77,21 +79,21 @@ def test_poison_event_is_dead_lettered_and_blocks_nothing(rdb, prefix, procs, wo
                      REWARDLOOP_WORKER_RECLAIM_IDLE_S=0.5)
     rids = add_replies(rdb, prefix, 3)
     for rid in rids:
-        rdb.xadd(f"{prefix}events", reply_event(rid))
-    rdb.xadd(f"{prefix}events", feedback_event(rids[0], "thumbs", 1, "ev_ok0"))
-    rdb.xadd(f"{prefix}events", {"kind": "bogus", "reply_id": rids[0], "event_id": "ev_bad1"})
-    rdb.xadd(f"{prefix}events", feedback_event("rep_missing", "thumbs", 1, "ev_bad2"))
-    rdb.xadd(f"{prefix}events", feedback_event(rids[1], "rating", 5, "ev_ok1"))
-    rdb.xadd(f"{prefix}events", feedback_event(rids[2], "thumbs", -1, "ev_ok2"))
+        rdb.xadd(Keys(prefix).events, reply_event(rid))
+    rdb.xadd(Keys(prefix).events, feedback_event(rids[0], "thumbs", 1, "ev_ok0"))
+    rdb.xadd(Keys(prefix).events, {"kind": "bogus", "reply_id": rids[0], "event_id": "ev_bad1"})
+    rdb.xadd(Keys(prefix).events, feedback_event("rep_missing", "thumbs", 1, "ev_bad2"))
+    rdb.xadd(Keys(prefix).events, feedback_event(rids[1], "rating", 5, "ev_ok1"))
+    rdb.xadd(Keys(prefix).events, feedback_event(rids[2], "thumbs", -1, "ev_ok2"))
     procs.start(env, "beat")
     procs.start(env, "worker")
     # the good events are not held up by the poison ones
-    wait_for(lambda: all(rdb.hget(f"{prefix}reward:{r}", "state") == "rewarded" for r in rids), 60,
+    wait_for(lambda: all(rdb.hget(Keys(prefix).reward(r), "state") == "rewarded" for r in rids), 60,
              "the good events' rewards", procs)
-    assert [rdb.hget(f"{prefix}reward:{r}", "reward") for r in rids] == ["1.0", "1.0", "-1.0"]
-    wait_for(lambda: rdb.xlen(f"{prefix}dead_letters") == 2 and pending_count(rdb, prefix) == 0, 60,
+    assert [rdb.hget(Keys(prefix).reward(r), "reward") for r in rids] == ["1.0", "1.0", "-1.0"]
+    wait_for(lambda: rdb.xlen(Keys(prefix).dead_letters) == 2 and pending_count(rdb, prefix) == 0, 60,
              "both poison events in the dead letters", procs)
-    letters = {f["kind"]: f for _, f in rdb.xrange(f"{prefix}dead_letters")}
+    letters = {f["kind"]: f for _, f in rdb.xrange(Keys(prefix).dead_letters)}
     assert "unknown kind 'bogus'" in letters["bogus"]["error"]
     assert "'rep_missing' does not exist" in letters["thumbs"]["error"]
     assert all(int(f["deliveries"]) >= 2 for f in letters.values())
@@ -117,10 +119,10 @@ def test_two_beats_finalize_once_per_period(rdb, prefix, procs, worker_env):
     assert 3 <= runs <= elapsed + 3, (runs, elapsed)
 
     # the leader dies without releasing its lock: the other beat takes over once it lapses
-    leader_token = rdb.get(f"{prefix}lock:beat")
+    leader_token = rdb.get(Keys(prefix).lock("beat"))
     leader = next(b for b, (_, log) in zip(beats, procs.started[1:]) if leader_token in log.read_text())
     procs.kill9(leader)
-    wait_for(lambda: rdb.get(f"{prefix}lock:beat") not in (None, leader_token), 20, "a new leader", procs)
+    wait_for(lambda: rdb.get(Keys(prefix).lock("beat")) not in (None, leader_token), 20, "a new leader", procs)
     before = stat(rdb, prefix, "runs:finalize_due")
     wait_for(lambda: stat(rdb, prefix, "runs:finalize_due") >= before + 2, 20, "finalization under the new leader",
              procs)

@@ -41,13 +41,9 @@ def base_env(redis_url: str, prefix: str, data_dir: Path, **extra) -> dict:
     return env
 
 
-@dataclass
-class ServerProc:
-    env: dict
+class _Urls:
+    """The URLs of a server listening on 127.0.0.1:`port`."""
     port: int
-    log_path: Path
-    prefix: str = "rl:"
-    proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -56,6 +52,22 @@ class ServerProc:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/chat"
+
+
+@dataclass
+class Endpoint(_Urls):
+    """A server another process started (`up`): what Chat and http need of it."""
+    port: int
+
+
+@dataclass
+class ServerProc(_Urls):
+    """A `rewardloop serve` process this test started."""
+    env: dict
+    port: int
+    log_path: Path
+    prefix: str = "rl:"
+    proc: subprocess.Popen | None = None
 
     @property
     def keys(self) -> Keys:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -21,27 +20,13 @@ from websockets.exceptions import ConnectionClosed
 from core.keys import Keys
 from tests.support.clients import Chat, http
 from tests.support.models import publish_adapter, train_parrot_adapter
-from tests.support.processes import FAST, REPO, base_env
+from tests.support.processes import FAST, REPO, Endpoint, base_env
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 TINY_ID = "rewardloop/tiny-random-llama"
 LONG = 300  # tokens per reply: long enough to kill a server while it streams
-
-
-@dataclass
-class Endpoint:
-    """What Chat needs of a server that `up` started."""
-    port: int
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 def port_free(port: int) -> bool:

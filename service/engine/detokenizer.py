@@ -12,7 +12,7 @@ context, minus what that context alone decodes to. The context makes a tokenizer
 the first token of a sequence specially (SentencePiece drops its leading space) decode the new
 tokens as it does inside the whole reply.
 
-tests/service/test_detokenizer.py checks, on random token sequences of the real tokenizer
+tests/service/engine/test_detokenizer.py checks, on random token sequences of the real tokenizer
 (multi-byte pieces, special tokens, stop strings), that every piece equals the full decode's.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The local engine's scheduling rules, as pure functions of plain data: no model, no torch, no
 thread (vLLM v1's split: the scheduler decides, the model runner executes). The engine
 (core.py) asks `plan_round` what each round does and hands the forward passes to the runner
-(runner.py); tests/service/test_scheduler.py checks every rule here without a model.
+(runner.py); tests/service/engine/test_scheduler.py checks every rule here without a model.
 
 One round, as the engine runs a `RoundPlan`:
 1. the requests whose client cancelled end;

@@ -94,7 +94,7 @@ def test_disk_full_while_publishing_and_a_corrupted_adapter(small_disk, server_f
     assert Chat(srv, srv.token("dana")).ask("hello")["start"]["adapter_version"] == v2
 
     # an adapter whose weights were corrupted on disk after the checksum was taken: refused
-    # with one clear log line, v2 serves on (two servers and more kinds: tests/service/test_hotswap.py)
+    # with one clear log line, v2 serves on (two servers and more kinds: tests/service/serving/test_hotswap.py)
     def corrupt(folder: Path):
         weights = bytearray((folder / WEIGHTS_FILE).read_bytes())
         weights[-10] ^= 0xFF

@@ -1,6 +1,6 @@
 """Model output (and user text) holding HTML or script is inert in the operator's session
 view in Chromium: no dialog, no element parsed from it, the text shown as text. (The chat page
-itself: tests/service/test_chat_page.py::test_model_text_is_shown_as_text_never_as_html.)"""
+itself: tests/service/api/test_chat_page.py::test_model_text_is_shown_as_text_never_as_html.)"""
 from __future__ import annotations
 
 import pytest

@@ -106,7 +106,8 @@ def forget_user(r: redis.Redis, keys: Keys, user_id: str, now: float | None = No
                 or f.get("chosen_id") in replies or f.get("rejected_id") in replies)
 
     rep.stream_entries = _delete_stream_entries(r, k, owned)
-    doomed = [k.user(user_id), k.user_votes(user_id), k.user_sessions(user_id), k.session_titles(user_id)]
+    doomed = [k.user(user_id), k.user_votes(user_id), k.user_positives(user_id), k.user_sessions(user_id),
+              k.session_titles(user_id)]
     doomed += _session_keys(k, by_session, replies)
     doomed += list(r.scan_iter(match=k.feedback_id(_glob_escape(user_id) + ":*"), count=1000))
     now = now or time.time()
@@ -116,6 +117,7 @@ def forget_user(r: redis.Redis, keys: Keys, user_id: str, now: float | None = No
             p.zrem(k.sessions, *sessions)
         if replies:
             p.zrem(k.rewards_pending, *replies)
+        p.zrem(k.flagged_users, user_id)
         p.hset(k.user(user_id), mapping={"forgotten": repr(now)})
         p.zadd(k.forgotten_users, {user_id: now})
         results = p.execute()

@@ -62,8 +62,8 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
         b: {"rating": 1.0, "continuation": 0.3},
         c1: {"choose": 1.0, "continuation": 0.3},
         c2: {"choose": -1.0},
-        e: {"regenerate": -0.5},
-        e2: {"thumbs": 1.0},
+        e: {"regenerate": -0.5, "sibling": -0.5},   # replaced, and its sibling e2 was preferred
+        e2: {"thumbs": 1.0, "sibling": 0.5},
         f: {"abandon": -0.1},
     }
     stream = {fl["reply_id"]: fl for _, fl in rdb.xrange(Keys(prefix).rewards)}
@@ -81,7 +81,7 @@ def test_feedback_becomes_explained_final_rewards(server_factory, rdb, prefix, p
     fe = entry(rdb, prefix, f)
     assert float(fe["finalized_at"]) - float(fe["ended_at"]) < WAIT_WINDOW_S
     pairs = {(p["chosen_id"], p["rejected_id"], p["source"]) for _, p in rdb.xrange(Keys(prefix).pairs)}
-    assert pairs == {(c1, c2, "choose"), (e2, e, "regenerate")}
+    assert pairs == {(c1, c2, "choose"), (e2, e, "sibling")}  # one pair per comparison, not two
 
     # feedback after finalization is recorded as late and changes nothing
     before = entry(rdb, prefix, a)["reward"]

@@ -190,7 +190,11 @@ def process_events(ledger: RewardLedger, cfg: RewardConfig, consumer: str, budge
 # --- ledger -> final rewards --------------------------------------------------------------------
 def _regenerate_pair(entry: dict, signals: list[dict], vetoed: bool) -> dict | None:
     """A regeneration the user then kept: (chosen = this reply, rejected = the one it replaced);
-    never with a vetoed (unsafe) reply as the chosen side."""
+    never with a vetoed (unsafe) reply as the chosen side, and not twice: a sibling event that
+    preferred this reply to the one it replaced already wrote that pair."""
+    if any(s.get("kind") == "sibling" and s.get("value") == "preferred"
+           and (s.get("extra") or {}).get("other") == entry.get("replaces") for s in signals):
+        return None
     if entry.get("replaces") and is_kept(signals) and not vetoed:
         return {"chosen_id": entry["reply_id"], "rejected_id": entry["replaces"], "source": "regenerate",
                 "user_id": entry.get("user_id", ""), "session_id": entry.get("session_id", "")}

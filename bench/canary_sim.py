@@ -20,11 +20,13 @@ and the mean is at least the parent's).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from bench.common import table
 from bench.gate_sim import K, softmax
 from worker.ops.compare import compare_versions

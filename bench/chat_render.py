@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import live_server, pct, table, write_json
 
-from tests.helpers import MODELS as MODELS_DIR
+from tests.support.processes import MODELS as MODELS_DIR
 
 SECTION = """## Step {i}: {topic}
 

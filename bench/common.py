@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.embedded_redis import EmbeddedRedis  # noqa: E402
-from tests.helpers import ServerProc, base_env, free_port  # noqa: E402
+from tests.support.processes import ServerProc, base_env, free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 

@@ -27,7 +27,7 @@ from core.keys import Keys
 from core.redis_conn import connect
 from core.settings import WorkerSettings
 from service.serving.conversations import Conversations
-from tests.archive_support import consume_events, log_session
+from tests.support.archive import consume_events, log_session
 from worker.archive.run import run_archive
 
 USER = "bench-user"  # 1,000 conversations among `--others` of 50 other users

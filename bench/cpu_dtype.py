@@ -61,7 +61,7 @@ def main() -> None:
 
     from core.modeling import load_model
     from core.settings import ServerSettings
-    from tests.helpers import MODELS
+    from tests.support.processes import MODELS
     lm = load_model(args.model, MODELS, "cpu")
     fp32 = lm.model.eval()
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16).eval()

@@ -43,7 +43,7 @@ from bench.common import RESULTS, table
 from bench.learning import judge, offline_replies
 from bench.learning_populations import pool
 from bench.populations import HELDOUT, POPULATIONS
-from tests.helpers import MODELS
+from tests.support.processes import MODELS
 
 
 def expected_best_of(values: np.ndarray, k: int) -> float:

@@ -21,7 +21,7 @@ import websockets
 from common import pct, table, write_json
 
 from core.embedded_redis import EmbeddedRedis
-from tests.helpers import MODELS, ServerProc, base_env, free_port
+from tests.support.processes import MODELS, ServerProc, base_env, free_port
 
 
 def random_adapters(model_name: str, n: int, rank: int, out: Path) -> tuple[str, list[Path]]:
@@ -96,7 +96,8 @@ async def drive(servers, sessions: int, seconds: float, stats: Stats) -> float:
 def _serves(srv, version: str) -> bool:
     """Serving `version`, with its slot pool built (building slots stalls decoding: not
     something the no-swap phase should measure)."""
-    from tests.helpers import ADMIN, http
+    from tests.support.clients import http
+    from tests.support.processes import ADMIN
     code, body = http("GET", srv.url + "/admin/adapters", token=ADMIN)
     st = body["server"] if code == 200 else {}
     return code == 200 and st["routing"]["stable"] == version and st.get("slots") == st.get("slot_pool")
@@ -111,7 +112,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank of the published adapters")
     ap.add_argument("--tokens", type=int, default=32, help="max new tokens per reply")
     args = ap.parse_args()
-    from tests.model_fixtures import publish_adapter
+    from tests.support.models import publish_adapter
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as store:
         data = Path(tmp) / "shared"
         data.mkdir()

@@ -26,8 +26,8 @@ from core.settings import Settings
 from learner import policy as policy_mod
 from learner.config import TrainConfig
 from learner.runner import run_once
-from tests.helpers import MODELS, REPO
 from tests.learner.conftest import favoured, make_logged, write_logged
+from tests.support.processes import MODELS, REPO
 
 
 def rss_mb() -> float:

@@ -50,7 +50,7 @@ from core.settings import Settings
 from learner.config import load_train_config
 from learner.dataset import build_dataset
 from learner.runner import run_once
-from tests.helpers import MODELS, REPO
+from tests.support.processes import MODELS, REPO
 from worker.rewards.config import load_reward_config
 
 

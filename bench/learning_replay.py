@@ -32,7 +32,7 @@ from bench.common import table
 from bench.learning import mean_ci, offline_eval
 from learner.config import TrainConfig
 from learner.dataset import Dataset, Sample
-from tests.helpers import MODELS, REPO
+from tests.support.processes import MODELS, REPO
 
 
 def train_variant(model_name: str, rounds: list[list[Sample]], cfg: TrainConfig, out: Path) -> tuple[Path, dict]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from core.keys import Keys
-from tests.helpers import REPO, ServerProc, base_env, free_port
+from tests.support.processes import REPO, ServerProc, base_env, free_port
 
 
 def live_comparison_env(args) -> dict:

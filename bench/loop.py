@@ -38,7 +38,7 @@ from bench.loop_stack import LearnerWatch, Stack
 from bench.populations import assign, parse_mix
 from bench.simusers import Pacer, PopUser
 from core.keys import Keys
-from tests.helpers import REPO
+from tests.support.processes import REPO
 
 # What a small deployment changes from the defaults, each a documented environment setting:
 SMALL_DEPLOYMENT = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.learning import judge, mean_ci, offline_replies
 from core.server_load import STATES, TTFT_BUCKETS_S
-from tests.helpers import MODELS
+from tests.support.processes import MODELS
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from core.keys import Keys
 from core.registry import Registry
-from tests.helpers import ADMIN, MODELS, REPO, SECRET, ServerProc, free_port
+from tests.support.processes import ADMIN, MODELS, REPO, SECRET, ServerProc, free_port
 
-PREFIX = "loop:"   # ServerProc.token() signs user tokens with tests.helpers.SECRET
+PREFIX = "loop:"   # ServerProc.token() signs user tokens with tests.support.processes.SECRET
 
 
 def deployment_env(url: str, data: Path, port: int, model: str, settings: dict[str, str]) -> dict:

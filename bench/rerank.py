@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench.common import table
 from bench.learning import judge, mean_ci, offline_replies
 from bench.populations import POPULATIONS, TRAIN
-from tests.helpers import MODELS
+from tests.support.processes import MODELS
 
 
 def rerank_lift(loaded, rm, taste, n_eval: int, n: int, max_new_tokens: int, seed: int,

@@ -26,7 +26,8 @@ import redis  # noqa: E402
 
 from bench.common import RESULTS  # noqa: E402
 from core.embedded_redis import EmbeddedRedis  # noqa: E402
-from tests.helpers import MODELS, Chat, ServerProc, base_env, free_port  # noqa: E402
+from tests.support.clients import Chat  # noqa: E402
+from tests.support.processes import MODELS, ServerProc, base_env, free_port  # noqa: E402
 
 
 def redis_per_reply(tokens: int, replies: int) -> dict:

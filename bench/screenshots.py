@@ -19,7 +19,7 @@ from common import REPO, live_server
 from core.keys import Keys
 from core.records import ReplyRecord
 from service.serving.auth import create_token
-from tests.helpers import SECRET
+from tests.support.processes import SECRET
 
 OUT = REPO / "docs" / "img"
 USER = "u_docs"

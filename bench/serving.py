@@ -37,7 +37,7 @@ def long_prompt(tokenizer, n_tokens: int) -> str:
 
 
 def over_websocket(srv, runs: int) -> list[dict]:
-    from tests.helpers import Chat
+    from tests.support.clients import Chat
     out = []
     for i in range(runs):
         chat = Chat(srv, srv.token(f"bench{i}"))   # a fresh session each run: same prompt length
@@ -87,7 +87,7 @@ async def concurrent_streams(srv, streams: int, prompt: str = PROMPT) -> dict:
 
 def multi_turn(srv, turns: int, text: str) -> list[float]:
     """Time to first token of turns 1..N of one growing session (each turn adds `text`)."""
-    from tests.helpers import Chat
+    from tests.support.clients import Chat
     chat = Chat(srv, srv.token("multiturn"))
     out = []
     for i in range(turns):
@@ -217,7 +217,7 @@ def sessions_run(args) -> None:
 
     from core.modeling import load_model
     from core.settings import Settings
-    from tests.helpers import MODELS
+    from tests.support.processes import MODELS
     counts = [int(c) for c in args.sessions.split(",")]
     system = Settings().system_prompt
     results: dict = {}
@@ -292,7 +292,7 @@ def main() -> None:
     if args.only != "latency":
         return extra_runs(args)
     from core.settings import Settings
-    from tests.helpers import MODELS
+    from tests.support.processes import MODELS
     system = Settings().system_prompt
     from transformers import AutoTokenizer
 

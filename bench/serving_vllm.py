@@ -105,9 +105,10 @@ def logprob_gap(model_name: str, models_dir: Path, logged: list[dict]) -> dict:
 def publish_latency(srv, prefix: str, data: Path, vllm_urls: list[str], models_dir: Path, model_name: str,
                     model_id: str, n: int) -> list[float]:
     """Publish -> rl-v{N} listed on every vLLM server and routed as stable by rewardloop."""
-    from tests.helpers import ADMIN, http
-    from tests.model_fixtures import publish_adapter
     from tests.service.vllm_support import vllm_models
+    from tests.support.clients import http
+    from tests.support.models import publish_adapter
+    from tests.support.processes import ADMIN
     out = []
     for i in range(n):
         folder = save_lora(model_name, models_dir, data / f"lora{i}", seed=i)
@@ -156,8 +157,8 @@ def main(argv=None) -> None:
     from core.modeling import default_stop_ids, resolve_model_path
     from service.cli.vllm_child import VllmProcess, vllm_command, vllm_env
     from service.engine.vllm import load_tokenizer_and_shape
-    from tests.helpers import MODELS, ServerProc, base_env, free_port
     from tests.service.vllm_support import VLLM_PY, require_vllm
+    from tests.support.processes import MODELS, ServerProc, base_env, free_port
     try:
         require_vllm()
     except BaseException as exc:   # pytest's Skipped: no .venv-vllm here

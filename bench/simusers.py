@@ -81,7 +81,7 @@ class SimUser:
 
     def converse(self, server, n_sessions: int) -> None:
         """n_sessions conversations over the websocket: ask, judge, give feedback, go on or leave."""
-        from tests.helpers import Chat  # the test suite's small websocket client
+        from tests.support.clients import Chat  # the test suite's small websocket client
         rng = random.Random(self.seed)
         for _ in range(n_sessions):
             chat = Chat(server, server.token(self.user_id))
@@ -128,11 +128,11 @@ def run_users(server, users: list[SimUser], n_sessions: int, timeout: float = 90
 
 
 class TimedChat:
-    """tests.helpers.Chat plus the client's clock: when a question (or a regenerate) was sent,
+    """tests.support.clients.Chat plus the client's clock: when a question (or a regenerate) was sent,
     when its first token and its end came."""
 
     def __init__(self, server, token: str):
-        from tests.helpers import Chat
+        from tests.support.clients import Chat
         self.chat = Chat(server, token)
         self.sent = time.time()
 
@@ -216,7 +216,7 @@ class PopUser:
 
     def converse(self, server, n_sessions: int) -> None:
         from bench.populations import TRAIN
-        from tests.helpers import Chat
+        from tests.support.clients import Chat
         rng = random.Random(self.seed)
         for _ in range(n_sessions):
             chat = Chat(server, server.token(self.user_id))

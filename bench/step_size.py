@@ -30,7 +30,7 @@ from learner.onpolicy import sample_replies
 from learner.policy import Policy
 from learner.run_stages import train_to_target
 from learner.samples import Dataset, Sample
-from tests.helpers import MODELS, REPO
+from tests.support.processes import MODELS, REPO
 
 SYSTEM = "You are a helpful assistant. Answer briefly and clearly."
 BEFORE = StepSettings(mode="fixed", lr=1e-4, min_steps=1, max_epochs=1)   # the shipped settings until now

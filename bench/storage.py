@@ -37,7 +37,8 @@ import redis  # noqa: E402
 
 from bench.common import write_json  # noqa: E402
 from core.embedded_redis import EmbeddedRedis  # noqa: E402
-from tests.helpers import Chat, ServerProc, base_env, free_port  # noqa: E402
+from tests.support.clients import Chat  # noqa: E402
+from tests.support.processes import ServerProc, base_env, free_port  # noqa: E402
 
 QUESTIONS = [
     "How do I make a simple tomato sauce for pasta?", "Explain what a hash table is and when to use one.",
@@ -150,7 +151,7 @@ def clone_and_archive(r: redis.Redis, url: str, snap: dict, replies: int, tmp: P
 
     from core.keys import Keys
     from core.settings import WorkerSettings
-    from tests.archive_support import consume_events
+    from tests.support.archive import consume_events
     from worker.archive.run import run_archive
     dst = Keys("clone:")
     made, at, seq = 0, time.time() - 6 * 3600, 0

@@ -34,7 +34,7 @@ import websockets  # noqa: E402
 
 from bench.common import write_json  # noqa: E402
 from core.embedded_redis import EmbeddedRedis  # noqa: E402
-from tests.helpers import ServerProc, base_env, free_port  # noqa: E402
+from tests.support.processes import ServerProc, base_env, free_port  # noqa: E402
 
 HOT = {"REWARDLOOP_ARCHIVE_EVERY_S": "10", "REWARDLOOP_HOT_SESSION_IDLE_S": "120", "REWARDLOOP_HOT_STREAM_S": "120",
        "REWARDLOOP_WORKER_ABANDON_IDLE_S": "60", "REWARDLOOP_WORKER_ABANDON_EVERY_S": "5",

@@ -164,5 +164,5 @@ def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: Tra
 
 def publish(redis_url: str, prefix: str, data_dir: Path, adapter_dir: Path, base_model: str) -> str:
     """Put the KTO adapter through the real registry as the stable version (the server hot-swaps to it)."""
-    from tests.model_fixtures import publish_adapter
+    from tests.support.models import publish_adapter
     return publish_adapter(redis_url, prefix, data_dir, Path(adapter_dir), base_model, mode="stable")

@@ -13,7 +13,6 @@ from worker.ops.drift import (
     DETECTORS,
     Cusum,
     CusumConfig,
-    DriftResult,
     PageHinkley,
     PageHinkleyConfig,
     config_help,
@@ -21,6 +20,7 @@ from worker.ops.drift import (
     make_detector,
     run_stream,
 )
+from worker.ops.result import DriftResult
 
 
 def thumbs(rng: random.Random, p_up: float, n: int) -> list[float]:

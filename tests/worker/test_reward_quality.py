@@ -95,12 +95,12 @@ def test_the_ledger_entry_says_why_and_a_vetoed_regeneration_is_never_the_chosen
              "quality": '{"unsafe": 0.99, "safety_scorer": "alt-profanity-check", "relevance": 0.1}'}
     entry = {"reply_id": "r2", "user_id": "u1", "replaces": "r1", "state": "pending"}
     sigs = [{"kind": "thumbs", "value": 1, "ts": T0 + 2, "user_id": "u1", "event_id": "e1"}]
-    _, _, ledger, stream, pair = final_fields(CFG, "r2", entry, reply, sigs, {}, T0 + 700)
+    _, _, ledger, stream, pair = final_fields(CFG, "r2", entry, reply, sigs, {}, now=T0 + 700)
     assert ledger["vetoed"] == 1 and ledger["veto"].startswith("vetoed: unsafe level 0.99")
     assert float(ledger["reward"]) <= 0 and stream["vetoed"] == 1 and ledger["positive"] == 1
     assert pair is None   # kept by a thumbs up, but unsafe: no (chosen = r2) pair
     safe = {**reply, "quality": '{"unsafe": 0.01}'}
-    assert final_fields(CFG, "r2", entry, safe, sigs, {}, T0 + 700)[4]["chosen_id"] == "r2"
+    assert final_fields(CFG, "r2", entry, safe, sigs, {}, now=T0 + 700)[4]["chosen_id"] == "r2"
 
 
 def test_preference_pairs_never_have_an_unsafe_chosen_side():
@@ -117,7 +117,7 @@ def test_users_whose_positive_signals_land_mostly_on_unsafe_replies_are_down_wei
     user = {"anomaly_weight": "1.0", "_positives": [1, 1, 1, 1, 1]}
     reply = {"reply_id": "r3", "text": "Paris.", "finish_reason": "stop", "ended_at": repr(T0), "user_id": "u1"}
     sigs = [{"kind": "thumbs", "value": 1, "ts": T0 + 2, "user_id": "u1", "event_id": "e1"}]
-    _, _, ledger, _, _ = final_fields(CFG, "r3", {"user_id": "u1"}, reply, sigs, user, T0 + 700)
+    _, _, ledger, _, _ = final_fields(CFG, "r3", {"user_id": "u1"}, reply, sigs, user, now=T0 + 700)
     assert math.isclose(float(ledger["reward"]), CFG.unsafe_voter_weight) and ledger["unsafe_voter_reason"]
 
 

@@ -158,7 +158,7 @@ def _within(key: tuple[int, int], bounds: list) -> bool:
 
 
 def move_stream(store: ArchiveRedis, archive: Archive, settings: WorkerSettings, stream: str, now: float,
-                report: MoveReport, per_run: int = STREAM_PER_RUN) -> None:
+                report: MoveReport, *, per_run: int = STREAM_PER_RUN) -> None:
     bounds = stream_bounds(store, settings, stream, now)
     if bounds is None:
         return

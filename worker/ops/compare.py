@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.ops.drift import DriftResult, _invalid, _require_int, _require_number
+from worker.ops.result import DriftResult, _invalid, _require_int, _require_number
 
 
 def _summary(values: np.ndarray, z: float) -> dict[str, Any]:
@@ -31,6 +31,31 @@ def _as_values(name: str, values: Iterable[float]) -> np.ndarray:
     return array
 
 
+def _check_arguments(min_samples: int, alpha: float, min_effect: float) -> None:
+    owner = "compare_versions"
+    _require_int(owner, "min_samples", min_samples, 2)
+    if not 0 < _require_number(owner, "alpha", alpha) < 0.5:
+        raise _invalid(owner, "alpha", alpha, "in (0, 0.5)")
+    if _require_number(owner, "min_effect", min_effect) < 0:
+        raise _invalid(owner, "min_effect", min_effect, ">= 0")
+
+
+def _welch(parent: np.ndarray, child: np.ndarray, critical: float, alpha: float) -> tuple[float, dict[str, Any]]:
+    """The one-sided Welch test of "child < parent" (normal approximation): its statistic and
+    the figures the evidence reports."""
+    var_p, var_c = float(parent.var(ddof=1)), float(child.var(ddof=1))
+    se = max(math.sqrt(var_p / parent.size + var_c / child.size), 1e-12)  # constant inputs
+    diff = float(child.mean() - parent.mean())
+    statistic = -diff / se
+    p_value = 0.5 * math.erfc(statistic / math.sqrt(2))
+    # Welch-Satterthwaite df, reported only: with n >= min_samples the normal is close
+    a, b = var_p / parent.size, var_c / child.size
+    df = (a + b) ** 2 / (a * a / (parent.size - 1) + b * b / (child.size - 1)) if a + b else None
+    return statistic, {"diff": diff, "diff_ci": [diff - critical * se, diff + critical * se],
+                       "diff_ci_level": 1 - 2 * alpha, "standard_error": se,
+                       "p_value": p_value, "welch_df": df}
+
+
 def compare_versions(parent_rewards: Iterable[float], child_rewards: Iterable[float],
                      min_samples: int = 50, alpha: float = 0.01, min_effect: float = 0.05,
                      *, metric: str = "reward", version: str | None = None,
@@ -41,12 +66,7 @@ def compare_versions(parent_rewards: Iterable[float], child_rewards: Iterable[fl
     mean is at least min_effect. statistic = (parent mean - child mean) / standard error;
     threshold = the normal quantile at 1 - alpha, so alarm implies statistic > threshold.
     """
-    owner = "compare_versions"
-    _require_int(owner, "min_samples", min_samples, 2)
-    if not 0 < _require_number(owner, "alpha", alpha) < 0.5:
-        raise _invalid(owner, "alpha", alpha, "in (0, 0.5)")
-    if _require_number(owner, "min_effect", min_effect) < 0:
-        raise _invalid(owner, "min_effect", min_effect, ">= 0")
+    _check_arguments(min_samples, alpha, min_effect)
     parent = _as_values("parent_rewards", parent_rewards)
     child = _as_values("child_rewards", child_rewards)
     normal = NormalDist()
@@ -70,17 +90,9 @@ def compare_versions(parent_rewards: Iterable[float], child_rewards: Iterable[fl
             f"Not enough {metric} data to compare {subject} with {against}: "
             f"{child.size} child and {parent.size} parent values, need {min_samples} each."))
 
-    var_p, var_c = float(parent.var(ddof=1)), float(child.var(ddof=1))
-    se = max(math.sqrt(var_p / parent.size + var_c / child.size), 1e-12)  # constant inputs
-    diff = float(child.mean() - parent.mean())
-    statistic = -diff / se
-    p_value = 0.5 * math.erfc(statistic / math.sqrt(2))
-    # Welch-Satterthwaite df, reported only: with n >= min_samples the normal is close
-    a, b = var_p / parent.size, var_c / child.size
-    df = (a + b) ** 2 / (a * a / (parent.size - 1) + b * b / (child.size - 1)) if a + b else None
-    evidence.update({"diff": diff, "diff_ci": [diff - critical * se, diff + critical * se],
-                     "diff_ci_level": 1 - 2 * alpha, "standard_error": se,
-                     "p_value": p_value, "welch_df": df})
+    statistic, welch = _welch(parent, child, critical, alpha)
+    evidence.update(welch)
+    diff, p_value = welch["diff"], welch["p_value"]
     summary = (f"{metric} of {subject} {float(child.mean()):.3f} vs {against} "
                f"{float(parent.mean()):.3f} ({diff:+.3f}, one-sided p={p_value:.2g}, "
                f"n={child.size} vs {parent.size})")

@@ -94,7 +94,8 @@ def fold_once(store: OpsStore, now: float, batch: int = BATCH, detector_params: 
               for r, since, until in fired]
     new = {"rewards": rewards[-1][0] if rewards else old["rewards"],
            "events": events[-1][0] if events else old["events"]}
-    if not store.commit_fold(old, new, buckets, totals, vrewards, states, alarms):
+    if not store.commit_fold(old, new, buckets=buckets, totals=totals, version_rewards=vrewards,
+                             detectors=states, alarms=alarms):
         return None
     return FoldResult(len(rewards), len(events), alarms)
 
@@ -140,7 +141,7 @@ def check_versions(store: OpsStore, registry, settings: WorkerSettings, now: flo
                "message": result.summary(watch.version, watch.parent), "child_n": result.n_new,
                "parent_n": result.n_base, "llr": result.llr, "diff": result.diff}
     if result.decision == ROLLBACK:
-        return _roll_back(store, registry, settings, now, watch, result, verdict, state)
+        return _roll_back(store, registry, settings, now, watch, result, verdict=verdict, state=state)
     ev = evidence(result, watch)
     check_style(store, watch, ev, settings, now, verdict, raised_before=bool(prior.get("style_alarm")))
     if result.final:
@@ -173,7 +174,7 @@ def _act_on_not_worse(store: OpsStore, registry, settings: WorkerSettings, watch
 
 
 def _roll_back(store: OpsStore, registry, settings: WorkerSettings, now: float, watch: Watch, result: Decision,
-               verdict: dict, state: dict) -> dict:
+               *, verdict: dict, state: dict) -> dict:
     """A 'worse' decision: the alarm, and under the rollback policy the rollback (a canary is
     dropped, a stable goes back to its parent)."""
     from core.registry import RegistryError
@@ -199,7 +200,7 @@ def _roll_back(store: OpsStore, registry, settings: WorkerSettings, now: float, 
 
 
 def check_style(store: OpsStore, watch, ev: dict, settings: WorkerSettings, now: float, verdict: dict,
-                raised_before: bool = False) -> dict | None:
+                *, raised_before: bool = False) -> dict | None:
     """A reward-hacking alarm (alert only) when the version's style drifted beyond its band
     while its reward rose above its parent's; raised once per version (raised_before: the
     stored verdict says it was)."""

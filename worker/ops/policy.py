@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from worker.ops.drift import DriftResult, detector_from_dict, make_detector
+from worker.ops.drift import detector_from_dict, make_detector
+from worker.ops.result import DriftResult
 from worker.ops.sequential import Decision
 
 SEQUENTIAL_METRICS = ("reward", "thumbs_up", "rating", "dwell_ratio", "continuation_rate", "regenerate_rate",

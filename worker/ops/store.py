@@ -73,7 +73,7 @@ class OpsStore:
                 p.hget(self.k.reply(rid), "text")
             return {rid: t for rid, t in zip(ids, p.execute()) if t is not None}
 
-    def commit_fold(self, old: Mapping[str, str], new: Mapping[str, str], buckets: Mapping[tuple[int, int], dict],
+    def commit_fold(self, old: Mapping[str, str], new: Mapping[str, str], *, buckets: Mapping[tuple[int, int], dict],
                     totals: Mapping[str, float], version_rewards: Mapping[str, list[float]],
                     detectors: Mapping[str, dict], alarms: list[dict]) -> bool:
         """Apply one fold atomically if no other fold moved the cursors since `old`."""

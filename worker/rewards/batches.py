@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from worker.rewards.config import RewardConfig
-from worker.rewards.function import _num, _sign
+from worker.rewards.user_signals import _num, _sign
 
 T = TypeVar("T")
 

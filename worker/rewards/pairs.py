@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.rewards.function import Signal, _num
+from worker.rewards.user_signals import Signal, _num
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ def positive_flag(b: RewardBreakdown, cfg: RewardConfig) -> int | None:
 
 
 def final_fields(cfg: RewardConfig, reply_id: str, entry: dict, reply: dict, signals: list[dict], user: dict,
-                 now: float, chash: str | None = None) -> tuple[str, int, dict, dict, dict | None]:
+                 *, now: float, chash: str | None = None) -> tuple[str, int, dict, dict, dict | None]:
     """The arguments of ledger.finalize for one pending reply (pure). chash: config_hash(cfg),
     computed once per batch by the caller."""
     weight, anomaly_reason, voter_reason = user_weight(user, cfg)
@@ -271,7 +271,7 @@ def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: fl
         entry, reply, signals, user = ledger.finalize_inputs(reply_id)
         if not entry or entry.get("state") != "pending":
             return False
-        args = final_fields(cfg, reply_id, entry, reply, signals, user, now)
+        args = final_fields(cfg, reply_id, entry, reply, signals, user, now=now)
         done = ledger.finalize(*args)
         if done >= 0:
             if done:
@@ -295,7 +295,7 @@ def finalize_due(ledger: RewardLedger, cfg: RewardConfig, now: float, limit: int
         if entry.get("state") != "pending":
             gone.append(rid)
         else:
-            items.append(final_fields(cfg, rid, entry, reply, signals, user, now, chash))
+            items.append(final_fields(cfg, rid, entry, reply, signals, user, now=now, chash=chash))
             entries.append(entry)
     ledger.drop_due(gone)
     finalized, done_now = 0, []

@@ -1,7 +1,7 @@
 """The reward rules of what people do in a conversation beyond rating a reply: which of several
 answers to one message they preferred (siblings), the question they edited, and the reason tags
 of their feedback. Pure; function.py calls these (a signal is anything with kind, value, ts and
-extra, as worker.rewards.function.Signal).
+extra, as worker.rewards.user_signals.Signal).
 
   sibling     +1 / -1  the user went on from, copied or rated up this answer (+) or another answer
                        to the same message (-): value "preferred" / "other", extra {other, how}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from worker.rewards.function import ReplyFacts
 from worker.rewards.quality import QualityScores
+from worker.rewards.user_signals import ReplyFacts
 
 FEEDBACK_KINDS = ("thumbs", "rating", "choose", "copy", "regenerate", "dwell", "continuation", "abandon",
                   "reasons", "sibling", "edited")

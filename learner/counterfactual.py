@@ -155,6 +155,7 @@ def estimate(
     rewards,
     target_seq_logp,
     behavior_seq_logp,
+    *,
     min_ess: float = 30,
     clip: float | None = None,
     n_boot: int = 1000,
@@ -189,7 +190,7 @@ def estimate(
     )
 
 
-def doubly_robust(rewards, w, q_logged, q_target, n_boot: int = 1000, alpha: float = 0.05,
+def doubly_robust(rewards, w, q_logged, q_target, *, n_boot: int = 1000, alpha: float = 0.05,
                   seed: int = 0) -> tuple[float, tuple[float, float]]:
     """Doubly-robust estimate of the target's mean reward, with a bootstrap interval.
 

@@ -46,7 +46,7 @@ def module_names_of(model_name: str, models_dir: Path) -> tuple[str, Path, set[s
     return model_id, Path(where), {n for n, _ in model.named_modules()}
 
 
-def import_adapter(r, keys: Keys, data_dir: Path, folder: Path, model_id: str, model_path: Path,
+def import_adapter(r, keys: Keys, data_dir: Path, folder: Path, *, model_id: str, model_path: Path,
                    module_names: set[str], publish: str | None, canary_share: float, by: str,
                    any_base: bool = False, lock_ttl_s: float = 60) -> tuple[int, str]:
     """Validate and register `folder` as the next version; publish it as `publish` (stable |

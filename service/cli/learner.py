@@ -153,8 +153,9 @@ def _import(args, settings, r) -> int:
         return 2
     model_id, path, modules = module_names_of(settings.model, settings.models_dir)
     try:
-        version, _ = import_adapter(r, Keys(settings.prefix), settings.data_dir, args.folder, model_id, path, modules,
-                                    args.publish, share, by=_who(), any_base=args.any_base)
+        version, _ = import_adapter(r, Keys(settings.prefix), settings.data_dir, args.folder, model_id=model_id,
+                                    model_path=path, module_names=modules, publish=args.publish, canary_share=share,
+                                    by=_who(), any_base=args.any_base)
     except ImportRefused as exc:
         print(f"rewardloop adapters import: {exc}", file=sys.stderr)
         return 1

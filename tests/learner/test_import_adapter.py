@@ -24,7 +24,8 @@ def setup(models_dir, redis_url, prefix, tmp_path):
     data = tmp_path / "data"
 
     def run(folder, publish=None, **kw):
-        return import_adapter(r, Keys(prefix), data, folder, model_id, path, modules, publish, 0.5, "test", **kw)
+        return import_adapter(r, Keys(prefix), data, folder, model_id=model_id, model_path=path, module_names=modules,
+                              publish=publish, canary_share=0.5, by="test", **kw)
     yield run, Registry(r, Keys(prefix), data), tmp_path
     r.close()
 

@@ -165,7 +165,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], device) -> l
 # --- calibration: the model's own typical replies ---------------------------------------------
 @torch.no_grad()
 def sample_replies(model, tokenizer, prompts: Sequence[str], device, n: int, max_new_tokens: int,
-                   seed: int = 0) -> list[str]:
+                   *, seed: int = 0) -> list[str]:
     """n sampled replies (temperature 0.7, top-p 0.9: the serving defaults) per prompt, batched."""
     from core.modeling import default_stop_ids
     batch = [prompt_ids(tokenizer, p) for p in prompts for _ in range(n)]

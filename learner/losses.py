@@ -29,11 +29,12 @@ logging; the other terms return a scalar loss. ``total_loss`` mixes named parts 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+
+from core.config_fields import ConfigError, setting, validate
 
 __all__ = [
     "LossWeights",
@@ -277,41 +278,19 @@ def dpo_loss(
 class LossWeights:
     """How much each loss term counts in ``total_loss``. 0 switches a term off."""
 
-    pg: float = field(
-        default=0.0,
-        metadata={"help": "Clipped, importance-weighted policy gradient on every rewarded reply."},
-    )
-    kl: float = field(
-        default=0.0,
-        metadata={"help": "KL penalty to the base model; keeps the adapter near base so a few "
-                          "users cannot move it far."},
-    )
-    sft: float = field(
-        default=0.0,
-        metadata={"help": "Cross-entropy on top-rated replies: cheap, stable supervised signal."},
-    )
-    kto: float = field(
-        default=1.0,
-        metadata={"help": "KTO: desirable replies up, undesirable down, against the base model (the default; "
-                          "labels and class weights: TrainConfig.kto_labels, kto_balance)."},
-    )
-    dpo: float = field(
-        default=0.0,
-        metadata={"help": "DPO on preference pairs (choose, regenerate-then-keep)."},
-    )
+    pg: float = setting(0.0, "Clipped, importance-weighted policy gradient on every rewarded reply.", ge=0)
+    kl: float = setting(0.0, "KL penalty to the base model; keeps the adapter near base so a few users cannot "
+                             "move it far.", ge=0)
+    sft: float = setting(0.0, "Cross-entropy on top-rated replies: cheap, stable supervised signal.", ge=0)
+    kto: float = setting(1.0, "KTO: desirable replies up, undesirable down, against the base model (the default; "
+                              "labels and class weights: TrainConfig.kto_labels, kto_balance).", ge=0)
+    dpo: float = setting(0.0, "DPO on preference pairs (choose, regenerate-then-keep).", ge=0)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"LossWeights.{f.name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(
-                    f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}"
-                )
+        validate(self)
         if all(getattr(self, f.name) == 0 for f in fields(self)):
-            raise ValueError("LossWeights are all 0: nothing would be trained; set kto=1.0 "
-                             "(or another term) above 0")
+            raise ConfigError("LossWeights are all 0: nothing would be trained; set kto=1.0 "
+                              "(or another term) above 0")
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:

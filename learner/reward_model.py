@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.config_fields import setting, validate
+
 SIGNALS = ("liked", "thumbs_up", "continuation", "copy", "long_dwell")
 MAIN = "liked"  # the head that gives rewards and the gate's direct estimate
 FOLDER = "reward_model"
@@ -37,24 +39,15 @@ FOLDER = "reward_model"
 
 @dataclass(frozen=True)
 class RewardModelConfig:
-    l2: float = field(default=1.0, metadata={"help": "L2 penalty on the head weights (standardized features)."})
-    steps: int = field(default=200, metadata={"help": "Full-batch LBFGS iterations per head."})
-    holdout_share: float = field(default=0.25, metadata={"help": "Share of replies held out for calibration."})
-    min_samples: int = field(default=16, metadata={"help": "Fewest labelled replies worth training on."})
-    max_reply_tokens: int = field(default=256, metadata={"help": "Longer replies are cut for the features."})
-    seed: int = field(default=0, metadata={"help": "Seed of the held-out split."})
+    l2: float = setting(1.0, "L2 penalty on the head weights (standardized features).", ge=0)
+    steps: int = setting(200, "Full-batch LBFGS iterations per head.", ge=1)
+    holdout_share: float = setting(0.25, "Share of replies held out for calibration.", gt=0, lt=1)
+    min_samples: int = setting(16, "Fewest labelled replies worth training on.", ge=1)
+    max_reply_tokens: int = setting(256, "Longer replies are cut for the features.", ge=1)
+    seed: int = setting(0, "Seed of the held-out split.")
 
     def __post_init__(self):
-        for name in ("l2",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"RewardModelConfig.{name} must be a finite number >= 0; got {v!r}")
-        for name in ("steps", "min_samples", "max_reply_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"RewardModelConfig.{name} must be an integer >= 1; got {v!r}")
-        if not 0 < self.holdout_share < 1:
-            raise ValueError(f"RewardModelConfig.holdout_share must be in (0, 1); got {self.holdout_share!r}")
+        validate(self)
 
 
 def labels_from_components(components: dict, reward: float | None) -> dict[str, int]:

@@ -143,20 +143,22 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], device) -> l
     """Raw relevance and fluency of (prompt, reply) texts under `model` as it is (the caller
     switches any adapter off). None for an empty reply."""
     null = prompt_ids(tokenizer, "")
-    rows, index = [], []
+    rows: dict[tuple, int] = {}       # each distinct (context, reply) row once: a reply given to several
+    index = []                        # prompts shares its empty-prompt row, a repeated line all of it
+
+    def row(ctx: list[int], r: list[int]) -> int:
+        return rows.setdefault((tuple(ctx), tuple(r)), len(rows))
     for prompt, reply in pairs:
         r = reply_ids(tokenizer, reply)
-        index.append(len(rows) if r else None)
-        if r:
-            rows += [(prompt_ids(tokenizer, prompt), r), (null, r)]
+        index.append((row(prompt_ids(tokenizer, prompt), r), row(null, r)) if r else None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    lps = token_logprobs(model, rows, device, pad) if rows else []
+    lps = token_logprobs(model, [(list(c), list(r)) for c, r in rows], device, pad) if rows else []
     out = []
     for i in index:
         if i is None:
             out.append(None)
             continue
-        cond, uncond = lps[i], lps[i + 1]
+        cond, uncond = lps[i[0]], lps[i[1]]
         n = len(cond)
         out.append(BaseScores(pmi=(sum(cond) - sum(uncond)) / n, logprob=sum(uncond) / n, n_tokens=n))
     return out

@@ -63,6 +63,10 @@ class CommonSettings:
     prefix: str = _help("REWARDLOOP_PREFIX: Redis key prefix, so deployments can share a server.", "rl:")
     reward_config: Path | None = _help(
         "REWARDLOOP_REWARD_CONFIG: TOML file with reward weights and windows (default: the packaged one).", None)
+    safety_model: str = _help(
+        "REWARDLOOP_SAFETY_MODEL: what scores a reply's P[unsafe] (core/safety.py): unset for the offline "
+        "classifier of alt-profanity-check, or a local model folder (a sequence classifier or a Llama Guard "
+        "style causal guard).", "")
     canary_share: float = _help(
         "REWARDLOOP_CANARY_SHARE: share of sessions routed to the canary version (0..1). 0.5 (default): the live "
         "comparison needs about as many rewards of the canary whatever the share (~37), so an even split decides "

@@ -1,5 +1,5 @@
-"""`rewardloop worker`, `rewardloop beat` and `rewardloop rewards show|dead-letters`
-(in the table of service/cli/main.py)."""
+"""`rewardloop worker`, `rewardloop beat` and `rewardloop rewards show|dead-letters|consumers|score`
+(in the table of service/cli/main.py; `score` lives in service/cli/score.py)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import time
 
 from core.redis_conn import connect
 from core.settings import LearnerWorkerSettings, WorkerSettings
+from service.cli import score
 from service.cli.common import require_redis
 from worker import queues
 
@@ -29,8 +30,9 @@ def register(sub, fmt) -> None:
                    "sessions, reclaim stale events, learner trigger). Several beats may run: only the one holding "
                    "the Redis leader lock sends; another takes over when it stops.")
 
-    p = sub.add_parser("rewards", help="inspect the reward ledger", formatter_class=fmt,
-                       description="Explain rewards and list events that could not be processed.")
+    p = sub.add_parser("rewards", help="inspect the reward ledger, score replies offline", formatter_class=fmt,
+                       description="Explain rewards, list events that could not be processed, and score any text "
+                       "with the reward (`rewards score`, no Redis needed).")
     rsub = p.add_subparsers(dest="rewards_command", metavar="ACTION", required=True)
     s = rsub.add_parser("show", help="explain one reply's reward line by line",
                         description="Print the ledger entry of REPLY_ID: state, signals, each component and why "
@@ -48,6 +50,7 @@ def register(sub, fmt) -> None:
     c.add_argument("--check", action="store_true", help="health check for this host's consumer")
     c.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30; a consumer reads at least "
                    "once a second)")
+    score.register(rsub, fmt)
 
 
 def _queues(text: str) -> str:
@@ -102,6 +105,8 @@ def _signal_line(s: dict) -> str:
 
 
 def cmd_rewards(args, settings: WorkerSettings) -> int:
+    if args.rewards_command == "score":   # offline: no Redis
+        return score.cmd_score(args, settings)
     if not require_redis(settings, f"rewards {args.rewards_command}"):
         return 2
     from core.keys import Keys

@@ -55,14 +55,14 @@ def validate(obj: Any, *, error: type[ConfigError] = ConfigError,
         if value is None and optional:
             continue
         try:
-            value = _typed(kind, value, f.metadata)
-            _check_rules(kind, value, f.metadata)
+            typed = _typed(kind, value, f.metadata)
+            _check_rules(kind, typed, f.metadata)
         except _Wrong as wrong:
             owner = _owner(type(obj), f.name)
             suffix = f" ({where(f.name)})" if where else ""
             klass = ConfigTypeError if wrong.is_type and error is ConfigError else error
             raise klass(f"{owner}.{f.name} must be {wrong.want}; got {value!r}{suffix}") from None
-        object.__setattr__(obj, f.name, value)
+        object.__setattr__(obj, f.name, typed)
 
 
 def rule_text(f: dataclasses.Field) -> str:

@@ -86,7 +86,7 @@ def test_error_rates_on_seeded_simulations_stay_near_the_target():
     ({"min_samples": 10, "max_samples": 5}, "max_samples"), ({"prior_weight": -1.0}, "prior_weight"),
 ])
 def test_config_validation_names_the_field(kwargs, name):
-    with pytest.raises(ValueError, match=f"SequentialConfig.{name}="):
+    with pytest.raises(ValueError, match=f"SequentialConfig.{name} must be"):
         SequentialConfig(**kwargs)
 
 

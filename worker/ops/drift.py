@@ -41,7 +41,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
-from worker.ops.result import DriftResult, _finite_value, _invalid, _require_int, _require_number
+from core.config_fields import setting, validate
+from worker.ops.result import DriftResult, _finite_value
 
 STATE_FORMAT = 1  # bump when the to_dict() layout changes
 
@@ -51,56 +52,42 @@ STATE_FORMAT = 1  # bump when the to_dict() layout changes
 
 @dataclass(frozen=True)
 class PageHinkleyConfig:
-    delta: float = field(default=0.1, metadata={"help": (
+    delta: float = setting(0.1, (
         "Magnitude tolerance (stream units): mean shifts smaller than delta never accumulate. "
-        "Set it to half the smallest shift worth an alarm (0.1 for a 0.2 reward shift).")})
-    threshold: float = field(default=50.0, metadata={"help": (
+        "Set it to half the smallest shift worth an alarm (0.1 for a 0.2 reward shift)."), ge=0)
+    threshold: float = setting(50.0, (
         "lambda (stream units): alarm when the cumulative deviation beyond delta exceeds it. "
-        "Higher means fewer false alarms and slower detection.")})
-    min_samples: int = field(default=100, metadata={"help": (
+        "Higher means fewer false alarms and slower detection."), gt=0)
+    min_samples: int = setting(100, (
         "No alarm before this many events since the last reset or alarm "
-        "(the running mean needs data first).")})
-    alpha: float = field(default=1.0, metadata={"help": (
+        "(the running mean needs data first)."), ge=1)
+    alpha: float = setting(1.0, (
         "Forgetting factor in (0, 1] applied to the cumulative sums at every event; 1 means "
-        "no forgetting. Below 1 the memory is about 1/(1-alpha) events; re-calibrate then.")})
+        "no forgetting. Below 1 the memory is about 1/(1-alpha) events; re-calibrate then."), gt=0, le=1)
 
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        if _require_number(owner, "delta", self.delta) < 0:
-            raise _invalid(owner, "delta", self.delta, ">= 0")
-        if _require_number(owner, "threshold", self.threshold) <= 0:
-            raise _invalid(owner, "threshold", self.threshold, "> 0")
-        _require_int(owner, "min_samples", self.min_samples, 1)
-        if not 0 < _require_number(owner, "alpha", self.alpha) <= 1:
-            raise _invalid(owner, "alpha", self.alpha, "in (0, 1]")
+        validate(self)
 
 
 @dataclass(frozen=True)
 class CusumConfig:
-    k: float = field(default=0.15, metadata={"help": (
+    k: float = setting(0.15, (
         "Reference value (allowance) in standard deviations: standardized shifts smaller than "
         "k never accumulate. About half the smallest shift worth an alarm, plus a margin for "
-        "the warmup's error on the mean (about 1/sqrt(warmup) std).")})
-    threshold: float = field(default=48.0, metadata={"help": (
+        "the warmup's error on the mean (about 1/sqrt(warmup) std)."), ge=0)
+    threshold: float = setting(48.0, (
         "h, in standard deviations: alarm when a one-sided cumulative sum exceeds it. "
-        "Higher means fewer false alarms and slower detection.")})
-    warmup: int = field(default=1000, metadata={"help": (
+        "Higher means fewer false alarms and slower detection."), gt=0)
+    warmup: int = setting(1000, (
         "Events used to estimate the reference mean and standard deviation after each reset "
         "or alarm; no alarm during warmup. Short warmups misestimate the mean and raise the "
-        "false-alarm rate sharply when k is small.")})
-    min_std: float = field(default=1e-3, metadata={"help": (
+        "false-alarm rate sharply when k is small."), ge=2)
+    min_std: float = setting(1e-3, (
         "Floor on the warmup standard deviation (stream units), so a constant warmup stream "
-        "(a signal that never fired) cannot divide by zero.")})
+        "(a signal that never fired) cannot divide by zero."), gt=0)
 
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        if _require_number(owner, "k", self.k) < 0:
-            raise _invalid(owner, "k", self.k, ">= 0")
-        if _require_number(owner, "threshold", self.threshold) <= 0:
-            raise _invalid(owner, "threshold", self.threshold, "> 0")
-        _require_int(owner, "warmup", self.warmup, 2)
-        if _require_number(owner, "min_std", self.min_std) <= 0:
-            raise _invalid(owner, "min_std", self.min_std, "> 0")
+        validate(self)
 
 
 # ---------------------------------------------------------------- detector states

@@ -24,41 +24,35 @@ dozen rewarded replies: bench/gate_sim.py --live (docs/operators.md, "How the ca
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
+
+from core.config_fields import ConfigError, setting, validate
 
 PROMOTE, ROLLBACK, KEEP = "promote", "rollback", "keep"
 
 
 @dataclass(frozen=True)
 class SequentialConfig:
-    worse_by: float = field(default=0.3, metadata={"help": (
+    worse_by: float = setting(0.3, (
         "Drop of the mean reward (reward units, rewards in [-1, 1]) that counts as worse: the test "
-        "tells a version this much worse from one as good as its baseline. Smaller drops are ties.")})
-    alpha: float = field(default=0.05, metadata={"help": (
+        "tells a version this much worse from one as good as its baseline. Smaller drops are ties."), gt=0, le=2)
+    alpha: float = setting(0.05, (
         "Target rate of each wrong decision: promoting a version worse by worse_by, rolling back a "
-        "version as good as its baseline (Wald's bounds; truncation adds to it, see bench/gate_sim.py).")})
-    min_samples: int = field(default=8, metadata={"help": (
-        "Rewarded replies needed on each side before any decision.")})
-    max_samples: int = field(default=40, metadata={"help": (
+        "version as good as its baseline (Wald's bounds; truncation adds to it, see bench/gate_sim.py)."),
+        gt=0, lt=0.5)
+    min_samples: int = setting(8, "Rewarded replies needed on each side before any decision.", ge=2)
+    max_samples: int = setting(40, (
         "Rewarded replies of the new version at which the test decides anyway (truncation): "
-        "promote when its mean is above baseline - worse_by/2, else roll back.")})
-    prior_weight: float = field(default=4.0, metadata={"help": (
-        "Pseudo-observations of variance 1.0 mixed into the pooled variance estimate.")})
+        "promote when its mean is above baseline - worse_by/2, else roll back."), ge=2)
+    prior_weight: float = setting(4.0, "Pseudo-observations of variance 1.0 mixed into the pooled variance estimate.",
+                                  ge=0)
 
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        if not 0 < self.worse_by <= 2:
-            raise ValueError(f"{owner}.worse_by={self.worse_by!r} must be in (0, 2] (reward units)")
-        if not 0 < self.alpha < 0.5:
-            raise ValueError(f"{owner}.alpha={self.alpha!r} must be in (0, 0.5)")
-        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 2:
-            raise ValueError(f"{owner}.min_samples={self.min_samples!r} must be an integer >= 2")
-        if not isinstance(self.max_samples, int) or self.max_samples < self.min_samples:
-            raise ValueError(f"{owner}.max_samples={self.max_samples!r} must be an integer >= min_samples "
-                             f"({self.min_samples})")
-        if not 0 <= self.prior_weight < math.inf:
-            raise ValueError(f"{owner}.prior_weight={self.prior_weight!r} must be a finite number >= 0")
+        validate(self)
+        if self.max_samples < self.min_samples:
+            raise ConfigError(f"SequentialConfig.max_samples must be an integer >= min_samples ({self.min_samples}); "
+                              f"got {self.max_samples!r}")
 
     @property
     def upper(self) -> float:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from core.config_fields import setting, validate
+
 _WORD = re.compile(r"[\w']+")
 REFUSAL = re.compile(r"\b(i can(?:no|')t|i am (?:not able|unable)|i'm (?:not able|unable)|i won't|as an ai|"
                      r"i do not (?:have|know)|i don't (?:have|know)|sorry, but)\b", re.IGNORECASE)
@@ -42,10 +44,13 @@ def style_figures(counters: Mapping[str, float]) -> dict[str, float | None]:
 @dataclass(frozen=True)
 class StyleBands:
     """How far a version's style may move from its parent's before it counts as drift."""
-    words_ratio: float = 1.5      # mean length x1.5 (or /1.5)
-    rate_delta: float = 0.15      # refusal / question share +-0.15
-    distinct_drop: float = 0.15   # distinct-2 down by 0.15
-    min_replies: int = 20         # fewer replies on either side: no verdict
+    words_ratio: float = setting(1.5, "Mean reply length may grow or shrink by this factor (x1.5 or /1.5).", ge=1)
+    rate_delta: float = setting(0.15, "Refusal share and question share may move by this much.", ge=0, le=1)
+    distinct_drop: float = setting(0.15, "Distinct-2 (share of distinct word pairs) may drop by this much.", ge=0, le=1)
+    min_replies: int = setting(20, "Fewer replies than this on either side: no verdict.", ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def style_drift(parent: Mapping[str, float], child: Mapping[str, float], parent_reward: float | None,

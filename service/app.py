@@ -26,21 +26,25 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def _lifespan(runtime: Runtime):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Model loading is slow and blocking: do it off the event loop so /healthz answers meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, runtime.start)
         watcher = asyncio.create_task(runtime.watcher.run(), name="adapter-watcher")
         load = asyncio.create_task(publish_forever(runtime.redis, runtime.keys, server_id(), runtime.metrics.load,
-                                                   runtime.engine, runtime.chat, runtime.metrics), name="chat-load")
+                                                   runtime.engine, runtime.chat, metrics=runtime.metrics),
+                                   name="chat-load")
         yield
         watcher.cancel()
         load.cancel()
         await asyncio.gather(watcher, load, return_exceptions=True)
         await runtime.stop()
+    return lifespan
 
-    app = FastAPI(title="rewardloop", lifespan=lifespan)
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="rewardloop", lifespan=_lifespan(runtime))
     app.state.runtime = runtime
     app.add_middleware(BodyLimit, limit=body_limit(runtime.settings))  # 413 before a route parses a body
     for part in (health, openai_api, feedback, sessions):
@@ -65,6 +69,12 @@ def create_app(runtime: Runtime) -> FastAPI:
             return
         await ChatConnection(ws, runtime.chat, runtime.feedback, runtime.settings, runtime.secret).run()
 
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as one JSON shape (service/api/common.py), with the status that says what to do."""
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
@@ -90,5 +100,3 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # a bug: uvicorn logs the traceback
         return error_response(500, "internal", f"internal error ({type(exc).__name__}); it was logged")
-
-    return app

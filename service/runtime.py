@@ -117,7 +117,7 @@ class Runtime:
         engine.start()
         from service.serving.swap import AdapterWatcher
         self.watcher = AdapterWatcher(self.redis, self.keys, engine, self.loaded.model_id,
-                                      Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
+                                      Path(self.settings.data_dir) / "adapters", max_resident=self.settings.max_resident,
                                       metrics=self.metrics, slots=self.settings.adapter_slots)
         self.chat = ChatService(engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
                                 watcher=self.watcher, metrics=self.metrics)
@@ -140,7 +140,7 @@ class Runtime:
         self.metrics.watch_engine(engine)
         modules = {n for n, _ in self.loaded.model.named_modules()}
         self.watcher = AdapterWatcher(self.redis, self.keys, engine, self.loaded.model_id,
-                                      Path(self.settings.data_dir) / "adapters", self.settings.max_resident,
+                                      Path(self.settings.data_dir) / "adapters", max_resident=self.settings.max_resident,
                                       metrics=self.metrics, backend=VllmAdapters(engine, modules))
         self.chat = ChatService(engine, self.store, tok, self.settings, self.loaded.model_id,
                                 watcher=self.watcher, metrics=self.metrics)

@@ -33,6 +33,7 @@ def test_the_import_contracts_hold():
 # Which process's settings class each part of the code receives (core/settings.py). The longest
 # matching path prefix wins; a module may read only the fields of its class (and its bases).
 PROCESS_OF = {"core": "CommonSettings", "service/devtools": "CommonSettings", "service/cli/dev.py": "CommonSettings",
+              "service/cli/replay.py": "CommonSettings", "service/cli/common.py": "CommonSettings",
               "service": "ServerSettings", "service/cli": "Settings", "service/cli/worker.py": "WorkerSettings",
               "service/cli/ops.py": "WorkerSettings", "service/cli/learner.py": "LearnerSettings",
               "worker": "WorkerSettings", "learner": "LearnerSettings"}

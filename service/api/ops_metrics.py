@@ -45,78 +45,12 @@ class OpsCollector:
         st = self.store
         totals = series.by_version(st.totals())
         versions = sorted((v for v in totals if v != series.ALL), key=series.version_key)
-        final = CounterMetricFamily("rewardloop_rewards_final", "Final rewards folded, by adapter version and "
-                                    "ledger state (rewarded, defaulted, excluded)", labels=["adapter_version", "state"])
-        signals = CounterMetricFamily("rewardloop_signal_events", "Replies and feedback signals, by adapter version "
-                                      "and kind", labels=["adapter_version", "kind"])
-        for v in versions:
-            for state in series.FINAL_STATES:
-                final.add_metric([v, state], totals[v].get("final_" + state, 0.0))
-            for kind, counter in SIGNAL_COUNTERS.items():
-                signals.add_metric([v, kind], totals[v].get(counter, 0.0))
-        yield final
-        yield signals
-        tags = CounterMetricFamily("rewardloop_feedback_tags", "Feedback reason tags people gave (not accurate, "
-                                   "unsafe, helpful, ...), by adapter version and tag", labels=["adapter_version", "tag"])
-        for v, counts in series.tag_counts(totals).items():
-            for tag, n in counts.items():
-                tags.add_metric([v, tag], n)
-        yield tags
-        # reward-hacking monitors: what each version's replies look like (worker/ops/style.py)
-        style = GaugeMetricFamily("rewardloop_reply_style", "Reply style per adapter version over all its final "
-                                  "replies: mean_words, refusal_rate, question_rate (share ending with '?'), "
-                                  "distinct2 (unique word bigrams per bigram)", labels=["adapter_version", "figure"])
-        for v in versions:
-            for name, value in series.figures(totals[v])["style"].items():
-                if name != "n" and value is not None:
-                    style.add_metric([v, name], value)
-        yield style
-
-        every = totals.get(series.ALL, {})
-        bounds = [(floatToGoString(b), every.get(f"latency_le_{b}", 0.0)) for b in series.LATENCY_BUCKETS_S]
-        count = every.get("latency_count", 0.0)
-        yield HistogramMetricFamily("rewardloop_reward_latency_seconds", "From a reply's end to its final reward",
-                                    buckets=bounds + [("+Inf", count)], sum_value=every.get("latency_total", 0.0))
-        events = CounterMetricFamily("rewardloop_ops_events_folded", "Entries of the events stream folded into the "
-                                     "series")
-        events.add_metric([], every.get("events", 0.0))
-        yield events
-        alarms = CounterMetricFamily("rewardloop_drift_alarms", "Drift alarms, by detector and metric",
-                                     labels=["detector", "metric"])
-        for name, value in every.items():
-            if name.startswith("alarms:"):
-                _, detector, metric = name.split(":", 2)
-                alarms.add_metric([detector, metric], value)
-        yield alarms
-        rollbacks = CounterMetricFamily("rewardloop_drift_rollbacks", "Automatic rollbacks by the drift monitor")
-        rollbacks.add_metric([], every.get("drift_rollbacks", 0.0))
-        yield rollbacks
-
+        yield from _per_version(totals, versions)
+        yield from _folded(totals.get(series.ALL, {}))
         yield from self._window(now)
-        depths = st.depths()
-        pending = GaugeMetricFamily("rewardloop_rewards_pending", "Replies waiting for their final reward")
-        pending.add_metric([], depths["pending"])
-        dead = GaugeMetricFamily("rewardloop_dead_letters", "Events parked after too many failed deliveries")
-        dead.add_metric([], depths["dead_letters"])
-        lag = GaugeMetricFamily("rewardloop_ops_fold_lag_seconds", "Age of the oldest final reward not yet folded "
-                                "into the series (0: all folded)")
-        lag.add_metric([], st.lag_s() or 0.0)
-        yield pending
-        yield dead
-        yield lag
-
+        yield from _queues(st)
         yield from _storage(st.storage())
-
-        stat = GaugeMetricFamily("rewardloop_drift_statistic", "Current statistic of each sequential drift "
-                                 "detector (alarm above the threshold)", labels=["detector", "metric"])
-        thr = GaugeMetricFamily("rewardloop_drift_threshold", "Alarm threshold of each sequential drift detector",
-                                labels=["detector", "metric"])
-        for metric, saved in st.detector_states().items():
-            det = detector_from_dict(saved["detector"])
-            stat.add_metric([det.name, metric], det.statistic)
-            thr.add_metric([det.name, metric], det.threshold)
-        yield stat
-        yield thr
+        yield from _detectors(st)
 
     def _window(self, now: float):
         buckets = self.store.buckets(MINUTE, now - WINDOW_S, now)
@@ -158,6 +92,87 @@ class OpsCollector:
         eps = GaugeMetricFamily("rewardloop_events_per_second", "Events per second over the last complete minute")
         eps.add_metric([], float(last_full.get(series.field("events", series.ALL), 0.0)) / MINUTE)
         yield eps
+
+
+def _per_version(totals: dict, versions: list[str]):
+    """Final rewards, signals, reason tags and reply style, by adapter version, over all time."""
+    final = CounterMetricFamily("rewardloop_rewards_final", "Final rewards folded, by adapter version and "
+                                "ledger state (rewarded, defaulted, excluded)", labels=["adapter_version", "state"])
+    signals = CounterMetricFamily("rewardloop_signal_events", "Replies and feedback signals, by adapter version "
+                                  "and kind", labels=["adapter_version", "kind"])
+    for v in versions:
+        for state in series.FINAL_STATES:
+            final.add_metric([v, state], totals[v].get("final_" + state, 0.0))
+        for kind, counter in SIGNAL_COUNTERS.items():
+            signals.add_metric([v, kind], totals[v].get(counter, 0.0))
+    yield final
+    yield signals
+    tags = CounterMetricFamily("rewardloop_feedback_tags", "Feedback reason tags people gave (not accurate, "
+                               "unsafe, helpful, ...), by adapter version and tag", labels=["adapter_version", "tag"])
+    for v, counts in series.tag_counts(totals).items():
+        for tag, n in counts.items():
+            tags.add_metric([v, tag], n)
+    yield tags
+    # reward-hacking monitors: what each version's replies look like (worker/ops/style.py)
+    style = GaugeMetricFamily("rewardloop_reply_style", "Reply style per adapter version over all its final "
+                              "replies: mean_words, refusal_rate, question_rate (share ending with '?'), "
+                              "distinct2 (unique word bigrams per bigram)", labels=["adapter_version", "figure"])
+    for v in versions:
+        for name, value in series.figures(totals[v])["style"].items():
+            if name != "n" and value is not None:
+                style.add_metric([v, name], value)
+    yield style
+
+
+def _folded(every: dict):
+    """Reward latency, events folded, drift alarms and rollbacks, all versions together."""
+    bounds = [(floatToGoString(b), every.get(f"latency_le_{b}", 0.0)) for b in series.LATENCY_BUCKETS_S]
+    count = every.get("latency_count", 0.0)
+    yield HistogramMetricFamily("rewardloop_reward_latency_seconds", "From a reply's end to its final reward",
+                                buckets=bounds + [("+Inf", count)], sum_value=every.get("latency_total", 0.0))
+    events = CounterMetricFamily("rewardloop_ops_events_folded", "Entries of the events stream folded into the "
+                                 "series")
+    events.add_metric([], every.get("events", 0.0))
+    yield events
+    alarms = CounterMetricFamily("rewardloop_drift_alarms", "Drift alarms, by detector and metric",
+                                 labels=["detector", "metric"])
+    for name, value in every.items():
+        if name.startswith("alarms:"):
+            _, detector, metric = name.split(":", 2)
+            alarms.add_metric([detector, metric], value)
+    yield alarms
+    rollbacks = CounterMetricFamily("rewardloop_drift_rollbacks", "Automatic rollbacks by the drift monitor")
+    rollbacks.add_metric([], every.get("drift_rollbacks", 0.0))
+    yield rollbacks
+
+
+def _queues(st: OpsStore):
+    """What waits: rewards not yet final, dead letters, final rewards not yet folded."""
+    depths = st.depths()
+    pending = GaugeMetricFamily("rewardloop_rewards_pending", "Replies waiting for their final reward")
+    pending.add_metric([], depths["pending"])
+    dead = GaugeMetricFamily("rewardloop_dead_letters", "Events parked after too many failed deliveries")
+    dead.add_metric([], depths["dead_letters"])
+    lag = GaugeMetricFamily("rewardloop_ops_fold_lag_seconds", "Age of the oldest final reward not yet folded "
+                            "into the series (0: all folded)")
+    lag.add_metric([], st.lag_s() or 0.0)
+    yield pending
+    yield dead
+    yield lag
+
+
+def _detectors(st: OpsStore):
+    """Each sequential drift detector's statistic and threshold."""
+    stat = GaugeMetricFamily("rewardloop_drift_statistic", "Current statistic of each sequential drift "
+                             "detector (alarm above the threshold)", labels=["detector", "metric"])
+    thr = GaugeMetricFamily("rewardloop_drift_threshold", "Alarm threshold of each sequential drift detector",
+                            labels=["detector", "metric"])
+    for metric, saved in st.detector_states().items():
+        det = detector_from_dict(saved["detector"])
+        stat.add_metric([det.name, metric], det.statistic)
+        thr.add_metric([det.name, metric], det.threshold)
+    yield stat
+    yield thr
 
 
 def _storage(st: dict):

@@ -6,11 +6,11 @@ import logging
 import sys
 
 from core.settings import CommonSettings, LearnerSettings, LearnerWorkerSettings, ServerSettings, Settings, WorkerSettings, env_help
-from service.cli import commands, data, dev, learner, ops, worker
+from service.cli import commands, data, dev, learner, ops, replay, worker
 
 # The subcommand table: each module registers its subparsers and maps names to handlers.
 # `commands` holds up/serve/token/doctor; the others group one kind of user's commands.
-PARTS = (worker, learner, dev, data, ops)
+PARTS = (worker, learner, dev, replay, data, ops)
 HANDLERS = {**commands.COMMANDS, **{k: v for part in PARTS for k, v in part.HANDLERS.items()}}
 
 

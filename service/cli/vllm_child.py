@@ -32,7 +32,7 @@ def vllm_python(configured: str = "") -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
-def vllm_command(python: str, model: Path | str, port: int, served_name: str, max_loras: int = 4,
+def vllm_command(python: str, model: Path | str, port: int, served_name: str, *, max_loras: int = 4,
                  max_lora_rank: int = 64, host: str = "127.0.0.1", max_model_len: int | None = None,
                  extra: list[str] | None = None) -> list[str]:
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),

@@ -56,7 +56,7 @@ def logged_samples(log: SessionLog, since: float | None, limit: int) -> tuple[li
     return out, skipped
 
 
-def evaluate_version(log: SessionLog, model, version: str, since: float | None = None, limit: int = 1000,
+def evaluate_version(log: SessionLog, model, version: str, *, since: float | None = None, limit: int = 1000,
                      min_ess: float = 30, n_boot: int = 1000, clip: float | None = None) -> dict:
     samples, skipped = logged_samples(log, since, limit)
     result = {"version": version, "n": len(samples), "skipped": dict(skipped),

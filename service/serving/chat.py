@@ -81,7 +81,7 @@ class ReplyResult:
 
 class ChatService:
     def __init__(self, engine: EngineClient, store: ChatStore, tokenizer, settings: ServerSettings, model_id: str,
-                 watcher=None, metrics=None):
+                 *, watcher=None, metrics=None):
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
         self.watcher, self.metrics = watcher, metrics
         self.user_streams: dict[str, int] = {}   # user id -> replies generating (event loop only)

@@ -88,7 +88,7 @@ class ChatLoad:
         return ServerLoad(now, self.active, self.waiting, self.training, dict(self.counters))
 
 
-async def publish_forever(client, keys, sid: str, load: ChatLoad, engine, chat, metrics=None,
+async def publish_forever(client, keys, sid: str, load: ChatLoad, engine, chat, *, metrics=None,
                           every_s: float = LOAD_EVERY_S) -> None:
     """The server's load loop: look at the learner lock, sample the engine, write the heartbeat.
     A Redis error is logged and the loop goes on (the busy signal is advisory); on cancel the

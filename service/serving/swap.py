@@ -36,7 +36,7 @@ RETRY_MAX_S = 60.0
 
 class AdapterWatcher:
     def __init__(self, redis: aredis.Redis, keys: Keys, engine, model_id: str, adapters_dir: Path,
-                 max_resident: int = 3, resync_s: float = 5.0, metrics=None, slots: int = 8, backend=None):
+                 *, max_resident: int = 3, resync_s: float = 5.0, metrics=None, slots: int = 8, backend=None):
         self.r, self.k, self.engine, self.model_id = redis, keys, engine, model_id
         self.dir = Path(adapters_dir)
         self.max_resident, self.resync_s, self.metrics = max_resident, resync_s, metrics

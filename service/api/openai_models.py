@@ -60,7 +60,7 @@ async def listing(runtime) -> ModelList:
         entry = versions.get(v, {})
         parent = entry.get("parent")
         return ModelCard(id=f"{mid}@{v}", created=int(float(entry.get("created") or 0)), root=mid,
-                         parent=None if v == "base" else f"{mid}@{parent if parent not in (None, '') else 'base'}",
+                         parent=None if is_base(v) else f"{mid}@{'base' if is_base(parent) else parent}",
                          rewardloop={"version": v, "role": role(v), "state": entry.get("state", "published"),
                                      "samples": entry.get("samples")})
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from core.sampling import SamplingParams
+from core.versions import is_base
 from service.devtools.sessions import normalize_version
 from service.engine.core import EndEvent, Engine, GenerationRequest, TokenEvent
 
@@ -52,7 +53,7 @@ def resolve_version(version: str | None, registry_state: dict) -> str:
         if not registry_state.get("canary"):
             raise VersionUnavailable("there is no canary version now; see `rewardloop adapters list`")
         return registry_state["canary"]
-    if v == "base" or v.isdigit():
+    if is_base(v) or v.isdigit():
         return v
     raise VersionUnavailable(f"unknown adapter version {version!r}: use base, stable, canary or a number like 3 "
                              "(see `rewardloop adapters list`)")
@@ -92,7 +93,7 @@ class OfflineModel:
     # --- adapters ---------------------------------------------------------------------
     def ensure(self, version: str) -> None:
         """Load adapter `version` ('base' needs nothing), with the server's checks."""
-        if version == "base" or version in self.slots.loaded:
+        if is_base(version) or version in self.slots.loaded:
             return
         from core.adapter_format import AdapterInvalid, validate_adapter
         folder = self.dir / f"v{int(version)}"
@@ -112,7 +113,7 @@ class OfflineModel:
         turn; `prefix_limit`: reuse at most that many tokens of the session's cached KV (a
         replay passes what the server reused; 0, the default, prefills the whole prompt)."""
         self.ensure(version)
-        request = GenerationRequest(list(prompt_ids), params, None if version == "base" else version,
+        request = GenerationRequest(list(prompt_ids), params, None if is_base(version) else version,
                                     cache_key=(session, version) if session else None, prefix_limit=prefix_limit)
         # A fresh event loop in a helper thread: the caller may already run one (a notebook,
         # Playwright's sync API in tests), and asyncio.run refuses to nest.
@@ -149,7 +150,7 @@ class OfflineModel:
     def _score(self, items, version, batch_size) -> list[float]:  # engine thread
         from learner.dataset import Sample
         from learner.train import collate, reply_logits, sampling_logprobs
-        self.engine.activate_adapter(None if version == "base" else version)
+        self.engine.activate_adapter(None if is_base(version) else version)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         out: list[float] = []
         with torch.no_grad():

@@ -171,7 +171,7 @@ class SessionLog:
                         "last_active": s.last_active or 0.0, "turns": len(s.history or []),
                         "replies": len(s.replies or []),
                         "adapters": sorted({r.adapter_version for r in recs if r.adapter_version},
-                                           key=lambda v: (v != "base", v.zfill(8))),
+                                           key=lambda v: (not versions.is_base(v), v.zfill(8))),
                         "rewarded": len(rewards), "mean_reward": sum(rewards) / len(rewards) if rewards else None,
                         "excluded": users[user] or ("opted out" if token_opt_out else None)})
         return out

@@ -19,6 +19,7 @@ import torch
 
 from core.modeling import cache_argument_name
 from core.sampling import sample_batch
+from core.versions import is_base
 from service.engine.batching import DecodeBatch, batchable
 from service.engine.events import error_text
 from service.engine.prefix_cache import PrefixCache, as_dynamic_cache, kv_of
@@ -62,7 +63,7 @@ class ModelRunner:
         """Make `name` (None = base) the active weights."""
         if self.adapters is not None:
             self.adapters.activate(name)
-        elif name not in (None, "base"):
+        elif not is_base(name):
             raise KeyError(f"adapter {name!r} is not loaded on this server")
 
     def _forward(self, seq: Sequence, ids: list[int]) -> torch.Tensor:

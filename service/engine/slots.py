@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from core.adapter_format import CONFIG_FILE, WEIGHTS, ValidAdapter
+from core.versions import is_base
 
 log = logging.getLogger(__name__)
 def _shape_signature(cfg: dict) -> str:
@@ -130,7 +131,7 @@ class AdapterSlots:
         del self.shape[slot]
 
     def activate(self, version: str | None) -> None:
-        version = None if version in (None, "base") else version
+        version = None if is_base(version) else version
         if version == self.active:
             return
         if version is not None and version not in self.loaded:
@@ -154,11 +155,11 @@ class AdapterSlots:
         that forward needs."""
         names = []
         for v in versions:
-            v = None if v in (None, "base") else v
+            v = None if is_base(v) else v
             if v is not None and v not in self.loaded:
                 raise KeyError(f"adapter version {v} is not loaded on this server")
             names.append("__base__" if v is None else self.slot_of[v])
-        self.activate(next((v for v in versions if v not in (None, "base")), None))
+        self.activate(next((v for v in versions if not is_base(v)), None))
         return names
 
     def _switch(self, slot: str | None) -> bool:

@@ -31,6 +31,7 @@ import httpx
 
 from core.adapter_format import ValidAdapter
 from core.modeling import load_tokenizer_and_shape  # noqa: F401 (re-exported: runtime, bench and tests import it here)
+from core.versions import is_base
 from service.engine.detokenizer import IncrementalDetokenizer
 from service.engine.events import (
     EndEvent,
@@ -175,7 +176,7 @@ class VllmEngine:
         return min(fit, key=lambda s: (not s.up, s.inflight, order[s.url]))
 
     async def _generate(self, req: GenerationRequest, handle: VllmHandle, queued_at: float, name: str) -> None:
-        model = None if req.adapter in (None, "base") else adapter_name(req.adapter)
+        model = None if is_base(req.adapter) else adapter_name(req.adapter)
         state = _Stream(handle, req, self.tokenizer)
         reason, error = FinishReason.ERROR, None
         tried: set[str] = set()

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 from core.sampling import SamplingParams
 from core.settings import ServerSettings
+from core.versions import is_base
 from service.engine.events import EndEvent, EngineBusy, FinishReason, GenerationRequest, QueuedEvent, TextTail, TokenEvent
 from service.engine.interface import EngineClient
 from service.serving.auth import User
@@ -200,7 +201,7 @@ class ChatService:
         if plan.handle is not None:
             return
         self._check_user(plan.user)
-        adapter = None if plan.adapter_version == "base" else plan.adapter_version
+        adapter = None if is_base(plan.adapter_version) else plan.adapter_version
         try:
             # A websocket session's KV is kept across its turns; an API request is its own session.
             key = (plan.session_id, plan.adapter_version) if plan.api == "ws" else None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from core.versions import is_base
+
 
 def session_bucket(session_id: str) -> float:
     """A stable number in [0, 1) for a session id."""
@@ -29,6 +31,6 @@ def desired_versions(stable: str, canary: str, rollback_target: str, max_residen
     """Versions a server should keep loaded, most important first (base needs no slot)."""
     out: list[str] = []
     for v in (stable, canary, rollback_target):
-        if v and v != "base" and v not in out:
+        if not is_base(v) and v not in out:
             out.append(v)
     return out[:max_resident]

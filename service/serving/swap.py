@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from core.adapter_format import AdapterInvalid, validate_adapter
 from core.keys import Keys
-from core.versions import folder_name
+from core.versions import folder_name, is_base
 from service.serving.routing import Routing, desired_versions
 from service.serving.swap_backends import LocalAdapters
 
@@ -66,7 +66,7 @@ class AdapterWatcher:
         return self.backend.loaded()
 
     def servable(self, version: str) -> bool:
-        return version == "base" or version in self.loaded()
+        return is_base(version) or version in self.loaded()
 
     def first_token(self, version: str) -> None:
         """Called when a reply on `version` streams its first token: publish -> served latency."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from core.versions import is_base
 from worker.ops.drift import detector_from_dict, make_detector
 from worker.ops.result import DriftResult
 from worker.ops.sequential import Decision
@@ -54,7 +55,7 @@ def version_under_watch(state: Mapping[str, Any]) -> Watch | None:
         entry = versions.get(v)
         if role == "stable" and v != newest:
             continue
-        if v and v != "base" and entry and entry.get("state") == "published":
+        if not is_base(v) and entry and entry.get("state") == "published":
             baseline = str(state.get("stable") or "base") if role == "canary" else str(entry.get("parent") or "base")
             if baseline != v:
                 return Watch(v, baseline, role)

@@ -14,6 +14,7 @@ over the reply, batched 8 rows a pass), and `rewardloop rewards score` end to en
 
     .venv/bin/python bench/quality.py                      # table, bench/results/quality.json
     .venv/bin/python bench/quality.py --model tiny-random --skip-cli
+    .venv/bin/python bench/quality.py --cli-only --cli-reply-words 45 --out /tmp/q.json   # longer replies
 """
 from __future__ import annotations
 
@@ -79,14 +80,37 @@ def accuracy(scored: list[dict]) -> dict:
     return table
 
 
-def cli_run(model: str, n: int, env_extra: dict) -> dict:
-    """`rewardloop rewards score --json` on n lines (the set's replies, repeated), timed end to end."""
-    pairs = load_pairs()
-    lines = [{"prompt": p["prompt"], "reply": p[side], "signals": {"thumbs": 1}} for p in pairs for side in ("good", "bad")]
-    lines = (lines * (n // len(lines) + 1))[:n]
+def cli_lines(n: int, reply_words: int = 0) -> list[dict]:
+    """n distinct (prompt, reply) lines of the set, each with a thumbs up (cycled when n is larger);
+    reply_words > 0: each reply is the set's replies joined to about that many words (timing only)."""
+    seen, lines = set(), []
+    for p in load_pairs():
+        for side in ("good", "bad"):
+            if (p["prompt"], p[side]) not in seen:
+                seen.add((p["prompt"], p[side]))
+                lines.append({"prompt": p["prompt"], "reply": p[side], "signals": {"thumbs": 1}})
+    lines = [dict(x) for x in (lines * (n // len(lines) + 1))[:n]]
+    if reply_words:
+        replies = [x["reply"] for x in lines]
+        for i, x in enumerate(lines):
+            joined, k = [], 0
+            while len(joined) < reply_words:
+                joined += replies[(i + k * 37) % len(replies)].split()
+                k += 1
+            x["reply"] = " ".join(joined)
+    return lines
+
+
+def cli_run(model: str, n: int, env_extra: dict, reply_words: int = 0) -> dict:
+    """`rewardloop rewards score --json` on n lines (cli_lines), timed end to end as a subprocess."""
+    from core.modeling import resolve_model_path
+    from core.quality import calibration_path
+    lines = cli_lines(n, reply_words)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("".join(json.dumps(x) + "\n" for x in lines))
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+    models_dir = Path(env.get("REWARDLOOP_MODEL_CACHE") or REPO / "var" / "models")
+    calibrated = calibration_path(models_dir, resolve_model_path(model, models_dir)[1]).exists()
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "service.cli", "rewards", "score", f.name, "--json", "--model", model],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
@@ -96,7 +120,20 @@ def cli_run(model: str, n: int, env_extra: dict) -> dict:
         raise RuntimeError(f"rewards score failed: {out.stderr[-2000:]}")
     rows = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
     assert len(rows) == n, (len(rows), n)
-    return {"lines": n, "wall_s": wall, "threads": env.get("OMP_NUM_THREADS", "default")}
+    summary = [x for x in out.stderr.splitlines() if "scored in" in x]
+    return {"lines": n, "wall_s": wall, "calibration_cached": calibrated,
+            "reply_words": statistics.fmean(len(x["reply"].split()) for x in lines),
+            "scored_tokens": statistics.fmean(r.get("scored_tokens", 0) for r in rows),
+            "threads": env.get("OMP_NUM_THREADS", "default"), "cli_summary": summary[-1] if summary else ""}
+
+
+def print_table(table: dict, cost: dict) -> None:
+    print(f"{'component':<10} {'pairs':>5} {'correct':>7} {'accuracy':>8}  score      mean good   mean bad")
+    for comp, row in table.items():
+        print(f"{comp:<10} {row['pairs']:>5} {row['correct']:>7} {row['accuracy']:>8.1%}  {row['score']:<9} "
+              f"{row['mean_good']:>9.3f}  {row['mean_bad']:>9.3f}")
+    print(f"cost per reply: base-model scoring {cost['base_model_s_per_reply'] * 1000:.1f} ms, "
+          f"safety ({cost['safety_scorer']}) {cost['safety_s_per_reply'] * 1000:.3f} ms")
 
 
 def main() -> int:
@@ -106,31 +143,32 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     ap.add_argument("--cli-lines", type=int, default=200, help="lines for the `rewards score` timing (default 200)")
     ap.add_argument("--skip-cli", action="store_true", help="do not time `rewardloop rewards score`")
+    ap.add_argument("--cli-only", action="store_true", help="only time `rewardloop rewards score` (no set scoring)")
+    ap.add_argument("--cli-reply-words", type=int, default=0,
+                    help="replies of about this many words for the timing (default 0: the set's, ~9 words)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "quality.json")
     args = ap.parse_args()
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     models_dir = REPO / "var" / "models"
-    pairs = load_pairs()
     t0 = time.time()
-    scored, cost = score_set(pairs, args.model, models_dir, args.safety_model)
-    table = accuracy(scored)
-    print(f"{'component':<10} {'pairs':>5} {'correct':>7} {'accuracy':>8}  score      mean good   mean bad")
-    for comp, row in table.items():
-        print(f"{comp:<10} {row['pairs']:>5} {row['correct']:>7} {row['accuracy']:>8.1%}  {row['score']:<9} "
-              f"{row['mean_good']:>9.3f}  {row['mean_bad']:>9.3f}")
-    print(f"cost per reply: base-model scoring {cost['base_model_s_per_reply'] * 1000:.1f} ms, "
-          f"safety ({cost['safety_scorer']}) {cost['safety_s_per_reply'] * 1000:.3f} ms")
-    result = {"model": cost["model"], "safety_scorer": cost["safety_scorer"], "components": table, "cost": cost,
-              "set": str(SET.relative_to(REPO)), "threads": torch.get_num_threads(),
-              "load_avg_at_start": os.getloadavg(), "seconds": time.time() - t0,
+    result = {"threads": torch.get_num_threads(), "load_avg_at_start": os.getloadavg(),
               "note": "2-core machine shared with other jobs: absolute times are upper bounds"}
+    table = {}
+    if not args.cli_only:
+        scored, cost = score_set(load_pairs(), args.model, models_dir, args.safety_model)
+        table = accuracy(scored)
+        print_table(table, cost)
+        result.update({"model": cost["model"], "safety_scorer": cost["safety_scorer"], "components": table,
+                       "cost": cost, "set": str(SET.relative_to(REPO))})
     if not args.skip_cli:
         env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-        result["rewards_score_cli"] = cli_run(args.model, args.cli_lines, env)
-        print(f"rewardloop rewards score: {args.cli_lines} lines in {result['rewards_score_cli']['wall_s']:.1f} s "
-              "(model load included)")
+        cli = result["rewards_score_cli"] = cli_run(args.model, args.cli_lines, env, args.cli_reply_words)
+        print(f"rewardloop rewards score: {args.cli_lines} lines of ~{cli['reply_words']:.0f} words "
+              f"({cli['scored_tokens']:.0f} tokens) in {cli['wall_s']:.1f} s, model load included, calibration "
+              f"{'cached' if cli['calibration_cached'] else 'computed (first run)'}\n  {cli['cli_summary']}")
+    result["seconds"] = time.time() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

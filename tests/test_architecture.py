@@ -1,5 +1,6 @@
-"""The layout rules that import contracts cannot express: no module over 500 lines, and the
-contracts themselves run (a broken one fails `make test` through `make lint`, and here)."""
+"""The layout rules that import contracts cannot express: no module over 500 lines, the house
+limits of issue 27 (modules, functions, positional parameters), and the contracts themselves run
+(a broken one fails `make test` through `make lint`, and here)."""
 from __future__ import annotations
 
 import shutil
@@ -80,30 +81,38 @@ def test_the_process_settings_split_the_fields_between_them():
     assert sorted(owned) == sorted(f.name for f in dataclasses.fields(Settings))  # each field has one owner
 
 
-# Packages already held to the house limits of issue 27 (add yours once it meets them): modules of
-# at most 400 lines, functions of at most 60, positional parameter lists (self included) of at most 6.
-AT_HOUSE_LIMITS = ("service/engine",)
+# The house limits of issue 27, on every product package and on the helpers tests share (bench/ is
+# exempt, and so are test modules, where a test may take many fixtures): modules of at most 400
+# lines, functions of at most 60, positional parameter lists of at most 6 (self and cls not counted).
+AT_HOUSE_LIMITS = ("core", "service", "worker", "learner", "deploy", "tests/support")
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_POSITIONAL = 400, 60, 6
+# Over a limit for now, each with the work that brings it back; an entry goes when that work lands.
+NOT_YET = {"core/settings.py": "the one-config-field-style refactor splits it"}
 
 
 def _over_house_limits(path: Path) -> list[str]:
     import ast
     text = path.read_text()
-    out = [f"{len(text.splitlines())} lines"] if len(text.splitlines()) > 400 else []
+    n_lines = len(text.splitlines())
+    out = [f"{n_lines} lines"] if n_lines > MAX_MODULE_LINES else []
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             lines = node.end_lineno - node.lineno + 1
-            positional = len(node.args.posonlyargs) + len(node.args.args)
-            if lines > 60:
+            names = [a.arg for a in (*node.args.posonlyargs, *node.args.args)]
+            positional = len(names) - (names[:1] in (["self"], ["cls"]))
+            if lines > MAX_FUNCTION_LINES:
                 out.append(f"{node.name}: {lines} lines")
-            if positional > 6:
+            if positional > MAX_POSITIONAL:
                 out.append(f"{node.name}: {positional} positional parameters (make the rest keyword-only)")
     return out
 
 
 def test_packages_at_the_house_limits_stay_there():
-    over = {str(p.relative_to(REPO)): found for pkg in AT_HOUSE_LIMITS for p in sorted((REPO / pkg).rglob("*.py"))
-            if (found := _over_house_limits(p))}
-    assert over == {}, f"split these by concept: {over}"
+    over = {rel: found for pkg in AT_HOUSE_LIMITS for p in sorted((REPO / pkg).rglob("*.py"))
+            if (rel := str(p.relative_to(REPO))) not in NOT_YET and (found := _over_house_limits(p))}
+    assert over == {}, f"split these by concept, or make trailing parameters keyword-only: {over}"
+    back = [rel for rel in NOT_YET if not _over_house_limits(REPO / rel)]
+    assert back == [], f"these meet the house limits now: take them out of NOT_YET: {back}"
 
 
 def test_no_test_module_imports_another_test_module_or_a_conftest():

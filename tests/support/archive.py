@@ -68,25 +68,9 @@ def log_session(r, keys: Keys, *, user: str = "u1", turns: int = 2, at: float | 
             signals[ev["event_id"]] = json.dumps({"kind": "thumbs", "ts": at + 1, "user_id": user,
                                                   "event_id": ev["event_id"], "value": thumbs})
         if state is not None:
-            final = state != "pending"
-            entry = RewardEntry(reply_id=rid, state=state, user_id=user, session_id=sid, adapter_version=version,
-                                ended_at=at, due_at=at + 600, opened_at=at, opt_out=0, late_signals=0,
-                                reward=float(thumbs or 0) if final else None, components={"thumbs": float(thumbs or 0)}
-                                if final else None, config_hash="test" if final else None,
-                                finalized_at=at + 600 if final else None, signals=signals)
-            r.hset(keys.reward(rid), mapping=entry.to_redis())
-            if signals:
-                r.hset(keys.reward_signals(rid), mapping=signals)
+            entry, final = _write_ledger(r, keys, rep, state=state, thumbs=thumbs, signals=signals)
             ledger.append(entry)
-            if final:
-                fields = {"reply_id": rid, "user_id": user, "session_id": sid, "adapter_version": version,
-                          "state": state, "reward": repr(float(thumbs or 0)), "config_hash": "test",
-                          "user_weight": "1.0", "opt_out": "0", "finalized_at": repr(at + 600),
-                          "components": "thumbs" if thumbs is not None else ""}
-                rid_stream = xadd_at(r, keys.rewards, fields, at + 600)
-                rewards.append(FinalReward.from_redis(fields, stream_id=rid_stream))
-            else:
-                r.zadd(keys.rewards_pending, {rid: at + 600})
+            rewards += [final] if final is not None else []
         replies.append(rep)
     meta = {"user_id": user, "created": repr(at - 5), "last_active": repr(at)}
     r.hset(keys.session_meta(sid), mapping=meta)
@@ -95,6 +79,31 @@ def log_session(r, keys: Keys, *, user: str = "u1", turns: int = 2, at: float | 
     session = SessionRecord.from_redis(meta, session_id=sid, history=[x.reply_id for x in replies],
                                        replies=[x.reply_id for x in replies])
     return Logged(session, replies, ledger, events, rewards)
+
+
+def _write_ledger(r, keys: Keys, rep: ReplyRecord, *, state: str, thumbs: int | None,
+                  signals: dict) -> tuple[RewardEntry, FinalReward | None]:
+    """The reply's ledger entry in `state` and, when that is final, its `rewards` stream entry (else
+    it waits in rewards_pending), as the reward workers write them."""
+    rid, user, sid, version, at = rep.reply_id, rep.user_id, rep.session_id, rep.adapter_version, rep.ended_at
+    final = state != "pending"
+    entry = RewardEntry(reply_id=rid, state=state, user_id=user, session_id=sid, adapter_version=version,
+                        ended_at=at, due_at=at + 600, opened_at=at, opt_out=0, late_signals=0,
+                        reward=float(thumbs or 0) if final else None, components={"thumbs": float(thumbs or 0)}
+                        if final else None, config_hash="test" if final else None,
+                        finalized_at=at + 600 if final else None, signals=signals)
+    r.hset(keys.reward(rid), mapping=entry.to_redis())
+    if signals:
+        r.hset(keys.reward_signals(rid), mapping=signals)
+    if not final:
+        r.zadd(keys.rewards_pending, {rid: at + 600})
+        return entry, None
+    fields = {"reply_id": rid, "user_id": user, "session_id": sid, "adapter_version": version,
+              "state": state, "reward": repr(float(thumbs or 0)), "config_hash": "test",
+              "user_weight": "1.0", "opt_out": "0", "finalized_at": repr(at + 600),
+              "components": "thumbs" if thumbs is not None else ""}
+    rid_stream = xadd_at(r, keys.rewards, fields, at + 600)
+    return entry, FinalReward.from_redis(fields, stream_id=rid_stream)
 
 
 def consume_events(r, keys: Keys, group: str = "rewarders") -> None:

@@ -94,7 +94,7 @@ class _Saved:
             shutil.copy(self.folder / name, Path(dest) / name)
 
 
-def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_model: str, mode: str = "stable",
+def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_model: str, *, mode: str = "stable",
                     canary_share: float = 0.5, tamper=None) -> str:
     """Publish a PeftModel through the real registry (lock, stage, commit) as the learner does.
     `tamper(folder)` may damage the staged files first (corrupt/NaN adapters for refusal tests)."""

@@ -9,7 +9,7 @@ import time
 from core.keys import Keys
 
 
-def add_replies(rdb, prefix: str, n: int, user: str = "u1", session: str = "s1", ended_at: float | None = None,
+def add_replies(rdb, prefix: str, n: int, *, user: str = "u1", session: str = "s1", ended_at: float | None = None,
                 text: str = "Paris is the capital of France.") -> list[str]:
     """Write n reply hashes and their `reply` events the way the server does (service/store.py)."""
     keys, ended_at = Keys(prefix), ended_at or time.time()
@@ -29,7 +29,7 @@ def reply_event(rid: str, user: str = "u1", session: str = "s1") -> dict:
             "server_time": repr(time.time())}
 
 
-def feedback_event(rid: str, kind: str, value, event_id: str, user: str = "u1", session: str = "s1",
+def feedback_event(rid: str, kind: str, value, event_id: str, *, user: str = "u1", session: str = "s1",
                    since_ms: int = 5000) -> dict:
     return {"event_id": event_id, "kind": kind, "value": str(value), "feedback_id": "f" + event_id, "reply_id": rid,
             "session_id": session, "user_id": user, "adapter_version": "base", "server_time": repr(time.time()),

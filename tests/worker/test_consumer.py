@@ -35,15 +35,15 @@ def mixed_events(rdb, prefix: str) -> list[dict]:
     a = add_replies(rdb, prefix, 4, user="ann", session="s_ann")
     b = add_replies(rdb, prefix, 6, user="bot", session="s_bot")
     evs = [reply_event(r, "ann", "s_ann") for r in a] + [reply_event(r, "bot", "s_bot") for r in b]
-    evs += [feedback_event(a[0], "thumbs", 1, "e1", "ann", "s_ann"),
-            feedback_event(a[0], "thumbs", -1, "e2", "ann", "s_ann"),
-            feedback_event(a[0], "thumbs", -1, "e2", "ann", "s_ann"),           # a retry: counts once
-            feedback_event(a[1], "rating", 5, "e3", "ann", "s_ann"),
-            feedback_event(a[2], "choose", a[3], "e4", "ann", "s_ann"),
-            feedback_event(a[1], "copy", None, "e5", "ann", "s_ann"),
+    evs += [feedback_event(a[0], "thumbs", 1, "e1", user="ann", session="s_ann"),
+            feedback_event(a[0], "thumbs", -1, "e2", user="ann", session="s_ann"),
+            feedback_event(a[0], "thumbs", -1, "e2", user="ann", session="s_ann"),           # a retry: counts once
+            feedback_event(a[1], "rating", 5, "e3", user="ann", session="s_ann"),
+            feedback_event(a[2], "choose", a[3], "e4", user="ann", session="s_ann"),
+            feedback_event(a[1], "copy", None, "e5", user="ann", session="s_ann"),
             {"kind": "user_message", "session_id": "s_ann", "user_id": "ann", "server_time": repr(time.time())}]
-    evs += [feedback_event(r, "thumbs", 1, f"eb{i}", "bot", "s_bot", since_ms=100) for i, r in enumerate(b)]
-    evs += [{**feedback_event(b[-1], "abandon", 5.0, "e_ab", "bot", "s_bot"), "value": "5.0"}]
+    evs += [feedback_event(r, "thumbs", 1, f"eb{i}", user="bot", session="s_bot", since_ms=100) for i, r in enumerate(b)]
+    evs += [{**feedback_event(b[-1], "abandon", 5.0, "e_ab", user="bot", session="s_bot"), "value": "5.0"}]
     return evs
 
 

@@ -108,9 +108,9 @@ def test_a_user_voting_like_a_bot_is_weighted_down_visibly(rdb, prefix, procs, w
     with rdb.pipeline(transaction=False) as p:
         for i, rid in enumerate(bot):  # six thumbs up, each 0.2 s after the reply ended: nobody reads that fast
             p.xadd(Keys(prefix).events, reply_event(rid, "bot", "s_bot"))
-            p.xadd(Keys(prefix).events, feedback_event(rid, "thumbs", 1, f"ev_b{i}", "bot", "s_bot", since_ms=200))
+            p.xadd(Keys(prefix).events, feedback_event(rid, "thumbs", 1, f"ev_b{i}", user="bot", session="s_bot", since_ms=200))
         p.xadd(Keys(prefix).events, reply_event(human[0], "human", "s_human"))
-        p.xadd(Keys(prefix).events, feedback_event(human[0], "thumbs", 1, "ev_h", "human", "s_human", since_ms=9000))
+        p.xadd(Keys(prefix).events, feedback_event(human[0], "thumbs", 1, "ev_h", user="human", session="s_human", since_ms=9000))
         p.execute()
     procs.start(env, "worker")
     procs.start(env, "beat")

@@ -40,7 +40,7 @@ def test_upvoted_unsafe_replies_are_vetoed_and_their_fan_down_weighted(rdb, redi
     scored(rdb, prefix, rude, 0.98)
     scored(rdb, prefix, fine, 0.02)
     evs = [reply_event(r, "troll", "s_t") for r in rude]
-    evs += [feedback_event(r, "thumbs", 1, f"e{i}", "troll", "s_t") for i, r in enumerate(rude[:5])]
+    evs += [feedback_event(r, "thumbs", 1, f"e{i}", user="troll", session="s_t") for i, r in enumerate(rude[:5])]
     ledger = run(rdb, redis_url, prefix, evs)
 
     first = ledger.entry(rude[0])
@@ -52,7 +52,7 @@ def test_upvoted_unsafe_replies_are_vetoed_and_their_fan_down_weighted(rdb, redi
     assert rdb.lrange(Keys(prefix).user_positives("troll"), 0, -1) == ["1"] * 5
 
     # the next reward of that user counts at the unsafe-voter weight, and /ops lists them
-    evs = [feedback_event(r, "thumbs", 1, f"f{i}", "troll", "s_t2") for i, r in enumerate(fine)]  # opens them
+    evs = [feedback_event(r, "thumbs", 1, f"f{i}", user="troll", session="s_t2") for i, r in enumerate(fine)]  # opens them
     ledger = run(rdb, redis_url, prefix, evs)
     later = ledger.entry(fine[0])
     assert float(later["user_weight"]) == CFG.unsafe_voter_weight and later["unsafe_voter_reason"]

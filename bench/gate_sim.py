@@ -12,7 +12,7 @@ can be scored:
 
 The decision is learner.gate.decide (the gate's own rule) on SNIPS and on a doubly-robust
 estimate (a reward model with noise sd 0.3 around mu), for several held-out sizes, with the
-default ESS floor (TrainConfig.cf_min_ess) and without one (the old rule: pass with a warning).
+default ESS floor (TrainConfig.gate.cf_min_ess) and without one (the old rule: pass with a warning).
 
 --live: what happens to a canary next (bench/canary_sim.py): the same simulated candidates
 serve a share of live replies, and the live comparison (worker/ops/sequential.py, the test the
@@ -55,8 +55,8 @@ def trial(rng, n: int, beta: float, cfg: TrainConfig, method: str) -> tuple[str,
     r = np.where(rng.random(n) < (1 + mu[np.arange(n), a]) / 2, 1.0, -1.0)    # logged rewards
     delta = float(np.mean((t * mu).sum(-1)) - np.mean((b * mu).sum(-1)))      # truth: new - serving
     lb, lt = np.log(b[np.arange(n), a]), np.log(t[np.arange(n), a])
-    new = counterfactual.estimate(r, lt, lb, min_ess=cfg.cf_min_ess, n_boot=50)
-    old = counterfactual.estimate(r, lb, lb, min_ess=cfg.cf_min_ess, n_boot=50)
+    new = counterfactual.estimate(r, lt, lb, min_ess=cfg.gate.cf_min_ess, n_boot=50)
+    old = counterfactual.estimate(r, lb, lb, min_ess=cfg.gate.cf_min_ess, n_boot=50)
     if method == "snips":
         new_v, old_v = new.snips, old.snips
     else:
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or str(Path(__file__).parent / "results" / "gate_sim.json")
     rng = np.random.default_rng(args.seed)
     default = TrainConfig()
-    rules = {"ESS floor (default)": default, "no floor (old rule)": dataclasses.replace(default, cf_min_ess=0.0)}
+    no_floor = dataclasses.replace(default, gate=dataclasses.replace(default.gate, cf_min_ess=0.0))
+    rules = {"ESS floor (default)": default, "no floor (old rule)": no_floor}
     rows = []
     for n in (8, 32, 128, 512):
         for rule, cfg in rules.items():
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, cols))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"trials": args.trials, "seed": args.seed, "cf_margin": default.cf_margin,
-                               "cf_min_ess": default.cf_min_ess, "quality_band": QUALITY_BAND, "rows": rows},
+    out.write_text(json.dumps({"trials": args.trials, "seed": args.seed, "cf_margin": default.gate.cf_margin,
+                               "cf_min_ess": default.gate.cf_min_ess, "quality_band": QUALITY_BAND, "rows": rows},
                               indent=2))
     print(f"wrote {out}")
     return 0

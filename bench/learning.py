@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 swap = wait_for_swap(r, keys, str(res.version))  # the next round chats with it
             if res.state in ("published", "rejected"):
                 took = trl_baseline.used_by_run(snapshot, (res.stats.get("stream_range") or [None, None])[1])
-                # a run replays older rewards (TrainConfig.replay_window): count each feedback-derived
+                # a run replays older rewards (TrainConfig.replay.window): count each feedback-derived
                 # sample once, and give KTO each one once, so both sides see the same data
                 took = [t for t in took if t.reply_id not in seen_ids]
                 seen_ids.update(t.reply_id for t in took)

@@ -95,7 +95,7 @@ def logprob_gap(model_name: str, models_dir: Path, logged: list[dict]) -> dict:
             fp32 = sampling_logprobs(reply_logits(lm.model, batch), batch)   # [B,T]
         gaps += (fp32 - batch.behavior)[batch.mask.bool()].tolist()
     absg = [abs(g) for g in gaps]
-    cap = TrainConfig().pg_ratio_cap
+    cap = TrainConfig().pg.ratio_cap
     return {"tokens": len(gaps), "mean_abs": mean(absg), "p50_abs": pct(absg, 0.5), "p99_abs": pct(absg, 0.99),
             "max_abs": max(absg), "mean_signed": mean(gaps),
             "share_ratio_outside_clip_0.2": sum(1 for g in gaps if abs(math.exp(g) - 1) > 0.2) / len(gaps),

@@ -125,7 +125,7 @@ def train_kto(model_name: str, models_dir: Path, samples: list[Sample], cfg: Tra
         num_train_epochs=epochs or schedule(len(samples), cfg.minibatch_size, cfg.step)[0],
         learning_rate=cfg.step.lr, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.grad_clip if cfg.grad_clip > 0 else 1e9, lr_scheduler_type="constant", warmup_steps=0,
-        beta=cfg.kto_beta, max_length=max_length, seed=cfg.seed,
+        beta=cfg.kto.beta, max_length=max_length, seed=cfg.seed,
         disable_dropout=False,  # keep the LoRA dropout the learner trains with
         use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=not progress,

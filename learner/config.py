@@ -2,18 +2,30 @@
 the field and the bad value. The resolved config is saved inside every adapter's manifest.
 
 A TOML file (REWARDLOOP_TRAIN_CONFIG) or `--set key=value` flags override the defaults; nested
-tables `[lora]`, `[losses]` and `[step]` (or dotted keys `lora.rank`, `losses.kl`,
-`step.kl_target`) reach the nested parts.
+tables `[lora]`, `[losses]`, `[step]`, `[pg]`, `[kto]`, `[gate]`, ... (or dotted keys `lora.rank`,
+`losses.kl`, `kto.beta`) reach the groups (learner/config_groups.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config_fields import ConfigError, setting, validate
+from learner.config_groups import (
+    FLAT_KEYS,
+    DpoSettings,
+    GateSettings,
+    KtoSettings,
+    OnPolicySettings,
+    PolicyGradientSettings,
+    ReplaySettings,
+    RewardModelSettings,
+    SftSettings,
+)
 from learner.losses import LossWeights
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -67,75 +79,38 @@ class StepSettings:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One learner run's settings: the run's basics here, each objective and stage in its group."""
     weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
     minibatch_size: int = setting(8, "Replies per optimizer step.", ge=1)
     grad_clip: float = setting(1.0, "Clip the global gradient norm to this (0 = no clipping).", ge=0)
     seed: int = setting(0, "Seed of the shuffle, the LoRA init and the held-out split.")
-    pg_clip_eps: float = setting(0.2, "PPO clip epsilon of the importance ratio.", gt=0)
-    pg_ratio_cap: float = setting(3.0, "Dual clip: a token with a negative advantage weighs at most this times its "
-                                  "advantage, whatever its importance ratio (stale replayed replies and "
-                                  "behavior/learner precision gaps cannot blow up an update). 0 = off; else > 1.", ge=0)
-    replay_window: int = setting(512, "Incremental runs: the newest this many final rewards before the learner cursor "
-                                 "form the pool a run's replay sample is drawn from (0 = new rewards only).", ge=0)
-    replay_ratio: float = setting(1.0, "Incremental runs: a run trains on its new rewards plus a replay sample of at most "
-                                  "this many older ones per new one (seeded per run), so its cost grows with the new "
-                                  "data, not with the history. 0 = new rewards only.", ge=0, le=16)
-    reward_model: bool = setting(True, "Train a reward model (P[liked | prompt, reply] on the frozen base model) each "
-                                  "run: it rewards replies no user signalled (RewardConfig.no_signal_policy = "
-                                  "'model') and gives the gate a doubly-robust estimate.")
-    reward_model_window: int = setting(4096, "Newest final rewards the reward model learns from.", ge=0)
-    reward_model_min_auroc: float = setting(0.6, "The reward model is used only when its held-out AUROC on 'liked' is "
-                                            "at least this (0.5 = chance).", ge=0, le=1)
-    onpolicy_n: int = setting(0, "Replies the learner samples itself per logged prompt from the parent adapter and "
-                            "rewards with the trusted reward model (learner/onpolicy.py); 0 = off.", ge=0, le=16)
-    onpolicy_prompts: int = setting(8, "Most distinct logged prompts (newest first) that get onpolicy_n replies per run.", ge=0, le=256)
-    kto_beta: float = setting(0.1, "KTO beta (used when losses.kto > 0).", gt=0)
-    kto_labels: str = setting("baseline", "KTO's desirable label: 'sign' = reward > 0 (TRL's thumbs); 'baseline' = reward "
-                         "above the run's policy-gradient baseline (pg_baseline), so a population that is mostly "
-                         "displeased still has desirable replies to move towards.", choices=("sign", "baseline"))
-    kto_balance: bool = setting(True, "Weigh KTO's desirable and undesirable replies so that each class counts half "
-                                  "of the run (TRL's desirable_weight/undesirable_weight): with 80 % undesirable "
-                                  "replies, plain KTO mostly pushes every reply down.")
-    dpo_beta: float = setting(0.1, "DPO beta (used when losses.dpo > 0).", gt=0)
-    sft_threshold: float = setting(0.5, "Replies with reward >= this are imitated by the SFT term.", ge=-1, le=1)
-    pg_baseline: str = setting("batch", "Policy-gradient baseline: 'batch' = the run's mean reward (a small run of "
-                          "mostly good replies pushes its below-mean good ones down); 'running' = the mean "
-                          "reward of this run and the earlier runs of the adapter's lineage (see "
-                          "baseline_window); 'zero' = the reward scale's neutral point (good replies always "
-                          "up, bad ones down, as KTO's labels).", choices=("batch", "running", "zero"))
-    adv_scale: str = setting("minibatch", "Advantage normalisation: 'minibatch' = each mini-batch's RMS around the "
-                        "baseline; 'run' = one RMS over the whole run (a mini-batch of replies just above the "
-                        "baseline then gets a small push, not a unit one).", choices=("minibatch", "run"))
-    pg_reduce: str = setting("token", "Policy-gradient average: 'token' = over all reply tokens of a mini-batch (a "
-                        "long reply weighs more); 'reply' = per reply first, then over replies.", choices=("token", "reply"))
-    baseline_window: int = setting(256, "pg_baseline 'running': earlier samples of the lineage weigh as at most this "
-                                   "many samples against this run's.", ge=0)
-    cf_margin: float = setting(0.1, "Gate: the new adapter's counterfactual (SNIPS) reward may be at most this "
-                               "much below the serving version's.", ge=0)
-    cf_min_ess: float = setting(30.0, "Gate: below this effective sample size the counterfactual estimate does not "
-                                 "decide; the version goes out as canary and the live comparison decides.", ge=0)
-    cf_require_ess: bool = setting(False, "Gate: reject when the counterfactual effective sample size is below "
-                                     "cf_min_ess (default: pass with a warning in the manifest).")
-    holdout_share: float = setting(0.2, "Share of the new samples kept out of training for the gate (0..0.9).", ge=0, le=0.9)
     max_staleness: int = setting(3, "Drop samples generated by an adapter more than this many versions older "
-                               "than the newest one ('base' counts as version 0).", ge=0)
+                                    "than the newest one ('base' counts as version 0).", ge=0)
     min_samples: int = setting(2, "Fewest training samples (after filtering) worth a run; fewer: skip the run "
-                             "and leave the cursor where it is. (When runs start is REWARDLOOP_MIN_SAMPLES.)", ge=1)
+                                  "and leave the cursor where it is. (When runs start is REWARDLOOP_MIN_SAMPLES.)", ge=1)
     max_samples: int = setting(4096, "Most reward entries one run reads.", ge=1)
     max_reply_tokens: int = setting(512, "Longer replies are cut to this many tokens for training.", ge=1)
     losses: LossWeights = setting(LossWeights(), "Objective mix: pg, kl, sft, kto, dpo weights.")
     lora: LoraSettings = setting(LoraSettings(), "LoRA shape of a fresh adapter (a continued adapter keeps its own).")
-    step: StepSettings = setting(StepSettings(), "Step size: the per-run KL target, the starting learning rate, how many "
-                                            "steps follow from the samples.")
+    step: StepSettings = setting(StepSettings(), "Trust region: the per-run KL target, the starting learning rate, "
+                                                 "how many steps follow from the samples.")
+    pg: PolicyGradientSettings = setting(PolicyGradientSettings(), "Policy gradient: clipping, baseline, "
+                                                                   "advantage scale, averaging.")
+    kto: KtoSettings = setting(KtoSettings(), "KTO: beta, labels, class balance.")
+    dpo: DpoSettings = setting(DpoSettings(), "DPO: beta.")
+    sft: SftSettings = setting(SftSettings(), "SFT: which replies are imitated.")
+    gate: GateSettings = setting(GateSettings(), "Gate: the counterfactual check and the held-out share.")
+    onpolicy: OnPolicySettings = setting(OnPolicySettings(), "On-policy replies the learner samples itself.")
+    replay: ReplaySettings = setting(ReplaySettings(), "Replay of older rewards in incremental runs.")
+    reward_model: RewardModelSettings = setting(RewardModelSettings(), "The learned reward model: on or off, its "
+                                                                       "window, the AUROC it must reach.")
 
     def __post_init__(self) -> None:
-        for name, group in (("losses", LossWeights), ("lora", LoraSettings), ("step", StepSettings)):
-            if isinstance(getattr(self, name), dict):      # from TOML tables or a saved manifest
-                object.__setattr__(self, name, group(**getattr(self, name)))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):      # a TOML table, a dotted --set key or a saved manifest's config
+                object.__setattr__(self, f.name, type(f.default_factory())(**value))
         validate(self)
-        if 0 < self.pg_ratio_cap <= 1:
-            raise ConfigError(f"TrainConfig.pg_ratio_cap must be 0 (off) or a finite number > 1; "
-                              f"got {self.pg_ratio_cap!r}")
 
     @property
     def kl_budget(self) -> float:
@@ -153,7 +128,9 @@ MOVED = {"lr": "step.lr", "epochs": "step.min_steps / step.max_epochs (derived f
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """A TrainConfig from plain values; unknown keys are an error that lists the known ones."""
+    """A TrainConfig from plain values; unknown keys are an error that lists the known ones. The
+    flat keys the groups replaced (an older manifest's config, an old TOML file) still work."""
+    values = _regroup(values)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -161,6 +138,23 @@ def from_dict(values: dict) -> TrainConfig:
         raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}"
                          + (f" (moved: {', '.join(moved)})" if moved else ""))
     return TrainConfig(**values)
+
+
+def _regroup(values: dict) -> dict:
+    flat = dict(FLAT_KEYS)
+    if "reward_model" in values and not isinstance(values["reward_model"], dict):
+        flat["reward_model"] = "reward_model.enabled"
+    old = [k for k in values if k in flat]
+    if not old:
+        return values
+    warnings.warn("learner setting(s) renamed: " + ", ".join(f"{k} -> {flat[k]}" for k in old)
+                  + "; the old names still work for now (TOML: [group] tables, --set group.field=value)",
+                  FutureWarning, stacklevel=3)
+    out = {k: v for k, v in values.items() if k not in old}
+    for k in old:
+        group, name = flat[k].split(".")
+        out[group] = {**out.get(group, {}), name: values[k]}
+    return out
 
 
 def apply_overrides(values: dict, pairs: list[str]) -> dict:

@@ -124,8 +124,8 @@ def read_rewards(h: History, cfg: TrainConfig) -> list[RewardRow]:
     cursor = read_cursor(h.r, h.k)
     entries = h.rewards(after=cursor, count=cfg.max_samples)
     old = []
-    if cursor and cfg.replay_window > 0:
-        old = h.rewards(upto=cursor, count=cfg.replay_window, newest=True)
+    if cursor and cfg.replay.window > 0:
+        old = h.rewards(upto=cursor, count=cfg.replay.window, newest=True)
     return ([RewardRow.from_entry(e.stream_id, e.to_redis(), new=False) for e in old]
             + [RewardRow.from_entry(e.stream_id, e.to_redis(), new=True) for e in entries])
 

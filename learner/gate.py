@@ -161,9 +161,9 @@ def evaluate(policy, holdout: list[Sample], parent: ParentView, cfg: TrainConfig
         new_seq += _seq_sampling_logp(reply_logits(model, batch), batch)
     rewards = [holdout[i].reward for i in idx]
     behavior = [sum(holdout[i].behavior_logp) for i in idx]
-    new = counterfactual.estimate(rewards, [new_seq[i] for i in idx], behavior, min_ess=cfg.cf_min_ess)
+    new = counterfactual.estimate(rewards, [new_seq[i] for i in idx], behavior, min_ess=cfg.gate.cf_min_ess)
     old = counterfactual.estimate(rewards, [parent.seq_sampling_logp[i] for i in idx], behavior,
-                                  min_ess=cfg.cf_min_ess)
+                                  min_ess=cfg.gate.cf_min_ess)
     result.stats.update(cf_new_snips=new.snips, cf_parent_snips=old.snips, cf_new_ess=new.ess,
                         cf_parent_ess=old.ess, cf_n=new.n, cf_logged_mean=new.logged_mean,
                         cf_new_ci=list(new.snips_ci))
@@ -193,14 +193,14 @@ def decide(new_value: float, old_value: float, ess: float, cfg: TrainConfig, met
            ) -> tuple[bool, bool, str]:
     """(passed, canary, why) from the two estimates and the effective sample size. Pure: the
     gate and its simulation (bench/gate_sim.py) share it."""
-    if ess < cfg.cf_min_ess:
-        if cfg.cf_require_ess:
-            return False, False, f"counterfactual estimate unreliable: effective sample size {ess:.1f} < {cfg.cf_min_ess:g}"
+    if ess < cfg.gate.cf_min_ess:
+        if cfg.gate.cf_require_ess:
+            return False, False, f"counterfactual estimate unreliable: effective sample size {ess:.1f} < {cfg.gate.cf_min_ess:g}"
         # too little evidence to reject (or to trust a pass): let the live comparison decide
-        return True, True, (f"effective sample size {ess:.1f} is below the floor {cfg.cf_min_ess:g}: not judged on "
+        return True, True, (f"effective sample size {ess:.1f} is below the floor {cfg.gate.cf_min_ess:g}: not judged on "
                             "the counterfactual estimate; published as canary, the live per-version comparison "
                             "(and automatic rollback) decides")
-    if math.isfinite(new_value) and math.isfinite(old_value) and new_value < old_value - cfg.cf_margin:
+    if math.isfinite(new_value) and math.isfinite(old_value) and new_value < old_value - cfg.gate.cf_margin:
         return False, False, (f"counterfactual reward ({method}) {new_value:.3f} is below the serving version's "
-                              f"{old_value:.3f} by more than the margin {cfg.cf_margin:g}")
+                              f"{old_value:.3f} by more than the margin {cfg.gate.cf_margin:g}")
     return True, False, "passed"

@@ -8,7 +8,7 @@ The default (``LossWeights()``) and why: chosen on the learning benchmark across
 populations of different taste (docs/benchmarks.md, "Learning on held-out questions"), where it was the
 one objective whose held-out lift was above zero for every population, pooled over seeds.
 
-* ``kto`` 1.0 -- KTO. With the learner's defaults (TrainConfig.kto_labels = "baseline",
+* ``kto`` 1.0 -- KTO. With the learner's defaults (TrainConfig.kto.labels = "baseline",
   kto_balance = True) a reply is desirable when its reward is above the run's baseline and the
   two classes weigh half each, so a population that is mostly displeased still has replies to
   move towards (with TRL's sign labels and equal weights it pushed every reply down there).
@@ -283,7 +283,7 @@ class LossWeights:
                              "move it far.", ge=0)
     sft: float = setting(0.0, "Cross-entropy on top-rated replies: cheap, stable supervised signal.", ge=0)
     kto: float = setting(1.0, "KTO: desirable replies up, undesirable down, against the base model (the default; "
-                              "labels and class weights: TrainConfig.kto_labels, kto_balance).", ge=0)
+                              "labels and class weights: TrainConfig.kto.labels, kto.balance).", ge=0)
     dpo: float = setting(0.0, "DPO on preference pairs (choose, regenerate-then-keep).", ge=0)
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 A run has a few dozen logged replies with a user signal, and rarely two to the same question.
 A trusted reward model (learner/reward_model.py) can judge more than the users did: the run
-samples `TrainConfig.onpolicy_n` new replies to each of up to `onpolicy_prompts` logged prompts
+samples `TrainConfig.onpolicy.n` new replies to each of up to `onpolicy.prompts` logged prompts
 from the parent adapter -- the policy being served, so the behavior log-probs are its own -- and
 rewards each as a reply no user signalled is rewarded (reward model x
 RewardConfig.model_reward_weight, below an observed signal). Replies to one question that the
@@ -99,7 +99,7 @@ def add_replies(policy, train: list[Sample], rm, *, n: int, max_prompts: int, re
     t0 = time.perf_counter()
     picked = pick_prompts(train, max_prompts) if n > 0 else []
     if not picked:
-        return {"added": 0, "why": "no sampled logged reply to draw a prompt from" if n > 0 else "onpolicy_n is 0"}
+        return {"added": 0, "why": "no sampled logged reply to draw a prompt from" if n > 0 else "onpolicy.n is 0"}
     # no longer than the longest logged reply, nor than each row's own max_new_tokens
     max_new = max(1, min(max_reply_tokens, max(len(s.reply_ids) for s in train)))
     rows = [s for s in picked for _ in range(n)]

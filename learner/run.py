@@ -102,13 +102,13 @@ def prepare(ctx: RunContext) -> RunResult | None:
     ctx.lineage = _parent_lineage(ctx)
     ctx.policy.wrap(cfg.lora, cfg.seed, ctx.parent_dir)
     ctx.reward_model = _reward_model(ctx)
-    if cfg.onpolicy_n > 0:
+    if cfg.onpolicy.n > 0:
         _onpolicy(ctx)
     return None
 
 
 def _parent_lineage(ctx: RunContext) -> tuple[float, float] | None:
-    """The parent's running reward mean (pg_baseline 'running'); checks it was trained on this base model."""
+    """The parent's running reward mean (pg.baseline 'running'); checks it was trained on this base model."""
     if ctx.parent_dir is None:
         return None
     manifest = ctx.registry.manifest(ctx.parent)
@@ -126,21 +126,21 @@ def _reward_model(ctx: RunContext):
     """Refresh the reward model (features from the cache); reward the unscored replies with it when
     it is trusted. Returns the model for the gate, or None."""
     cfg, data = ctx.cfg, ctx.data
-    if not cfg.reward_model:   # unscored replies stay out of training
-        ctx.notes["reward_model"] = {"used": False, "why": "TrainConfig.reward_model is off"}
+    if not cfg.reward_model.enabled:   # unscored replies stay out of training
+        ctx.notes["reward_model"] = {"used": False, "why": "TrainConfig.reward_model.enabled is off"}
         return None
     from learner import reward_data
     from learner.feature_cache import FeatureCache
     from learner.reward_model import RewardModelConfig
     cache = FeatureCache(ctx.settings.data_dir, ctx.policy.model_id, RewardModelConfig().max_reply_tokens,
-                         keep=2 * cfg.reward_model_window)
+                         keep=2 * cfg.reward_model.window)
     rm = reward_data.refresh(ctx.r, ctx.keys, ctx.policy, data_dir=ctx.settings.data_dir,
-                             window=cfg.reward_model_window, cache=cache, min_auroc=cfg.reward_model_min_auroc,
+                             window=cfg.reward_model.window, cache=cache, min_auroc=cfg.reward_model.min_auroc,
                              archive=ctx.archive)
     note = {"used": False, "metrics": {k: {m: v for m, v in s.items() if m != "reliability"}
                                        for k, s in (rm.metrics if rm else {}).items() if isinstance(s, dict)}}
     ctx.notes["reward_model"] = note
-    if reward_data.trusted(rm, cfg.reward_model_min_auroc):
+    if reward_data.trusted(rm, cfg.reward_model.min_auroc):
         note["used"] = True
         if data.unscored:
             feats = cache.features(ctx.policy, [(s.reply_id, s.prompt_ids, s.reply_ids) for s in data.unscored])
@@ -148,7 +148,7 @@ def _reward_model(ctx: RunContext):
             data.train.extend(dataclasses.replace(s, reward=float(v)) for s, v in zip(data.unscored, scores))
             note["rewarded_unscored"] = len(data.unscored)
     else:
-        note["why"] = f"held-out AUROC below {cfg.reward_model_min_auroc:g} (or too few labelled replies)"
+        note["why"] = f"held-out AUROC below {cfg.reward_model.min_auroc:g} (or too few labelled replies)"
         rm = None
     cache.save()
     note["features"] = {"extracted": cache.extracted, "cached": cache.hits}
@@ -164,7 +164,7 @@ def _onpolicy(ctx: RunContext) -> None:
     from learner import onpolicy
     cfg = ctx.cfg
     note["onpolicy"] = onpolicy.add_replies(
-        ctx.policy, ctx.data.train, ctx.reward_model, n=cfg.onpolicy_n, max_prompts=cfg.onpolicy_prompts,
+        ctx.policy, ctx.data.train, ctx.reward_model, n=cfg.onpolicy.n, max_prompts=cfg.onpolicy.prompts,
         reward_weight=ctx.reward_cfg.model_reward_weight, parent=str(ctx.parent), run=ctx.version, seed=cfg.seed,
         max_reply_tokens=cfg.max_reply_tokens)
     log.info("on-policy replies: %s", note["onpolicy"])

@@ -206,8 +206,8 @@ def select_samples(records: Mapping[str, LoggedReply | None], rewards: Sequence[
                    newest_version: int, max_user_share: float, excluded_users: frozenset[str] = frozenset(),
                    safety: RewardConfig | None = None) -> Selection:
     """The run's training, held-out and unscored samples from the reward entries (oldest first)
-    and their reply records. `cfg` is a TrainConfig (max_staleness, replay_ratio, holdout_share,
-    seed, sft_threshold); `excluded_users` are opted out or forgotten; `safety` the reward config
+    and their reply records. `cfg` is a TrainConfig (max_staleness, replay.ratio, gate.holdout_share,
+    seed, sft.threshold); `excluded_users` are opted out or forgotten; `safety` the reward config
     whose veto settings the safety rule follows (None: no safety rule). Pure."""
     dropped: Counter = Counter()
     seen: set[str] = set()
@@ -233,21 +233,21 @@ def select_samples(records: Mapping[str, LoggedReply | None], rewards: Sequence[
         seen.add(row.reply_id)
         sample = _sample(row, reply)
         if unsafe:
-            sample = dataclasses.replace(sample, reward=never_positive(sample.reward, safety, cfg.sft_threshold))
+            sample = dataclasses.replace(sample, reward=never_positive(sample.reward, safety, cfg.sft.threshold))
         if row.state == UNSCORED:
             if row.new:
                 unscored.append(sample)
         else:
             (new if row.new else old).append(sample)
-    replay = replay_sample(old, len(new), cfg.replay_ratio, seed=cfg.seed * 1_000_003 + newest_version)
+    replay = replay_sample(old, len(new), cfg.replay.ratio, seed=cfg.seed * 1_000_003 + newest_version)
     dropped["not_replayed"] += len(old) - len(replay)
     chosen = new + replay
     capped = cap_user_share(chosen, lambda s: s.user_id, max_user_share) if chosen else []
     dropped["user_share_cap"] += len(chosen) - len(capped)
     # the gate's held-out replies need their true propensities: reranked ones train instead
-    held = [not s.reranked and in_holdout(s.reply_id, cfg.holdout_share, cfg.seed) for s in capped]
+    held = [not s.reranked and in_holdout(s.reply_id, cfg.gate.holdout_share, cfg.seed) for s in capped]
     replayed_ids = {s.reply_id for s in replay}
     train = [s for s, h in zip(capped, held) if not h]
     return Selection(train=train, holdout=[s for s, h in zip(capped, held) if h],
-                     unscored=[s for s in unscored if not in_holdout(s.reply_id, cfg.holdout_share, cfg.seed)],
+                     unscored=[s for s in unscored if not in_holdout(s.reply_id, cfg.gate.holdout_share, cfg.seed)],
                      replayed=sum(s.reply_id in replayed_ids for s in train), dropped=+dropped)

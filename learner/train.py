@@ -169,20 +169,20 @@ def pg_baseline(cfg: TrainConfig, rewards: list[float], lineage: tuple[float, fl
     adapter, None for a fresh one. One baseline for the whole run, so a mini-batch of only
     good replies is not centred on itself."""
     prior_mean, prior_n = lineage or (0.0, 0.0)
-    prior_n = min(prior_n, cfg.baseline_window)
+    prior_n = min(prior_n, cfg.pg.baseline_window)
     n = prior_n + len(rewards)
     running = (prior_mean * prior_n + sum(rewards)) / n if n else 0.0
-    baseline = {"batch": sum(rewards) / max(len(rewards), 1), "running": running, "zero": 0.0}[cfg.pg_baseline]
+    baseline = {"batch": sum(rewards) / max(len(rewards), 1), "running": running, "zero": 0.0}[cfg.pg.baseline]
     return baseline, {"lineage_reward_mean": running, "lineage_reward_count": n}
 
 
 def kto_labelling(cfg: TrainConfig, rewards: list[float], baseline: float) -> tuple[float, tuple[float, float]]:
     """KTO's label cut (a reply is desirable when its reward is above it) and the (desirable,
     undesirable) weights, for the whole run: with kto_balance each class weighs half the run."""
-    cut = baseline if cfg.kto_labels == "baseline" else 0.0
+    cut = baseline if cfg.kto.labels == "baseline" else 0.0
     n_d = sum(r > cut for r in rewards)
     n_u = len(rewards) - n_d
-    if not cfg.kto_balance or n_d == 0 or n_u == 0:
+    if not cfg.kto.balance or n_d == 0 or n_u == 0:
         return cut, (1.0, 1.0)
     return cut, (len(rewards) / (2 * n_d), len(rewards) / (2 * n_u))
 
@@ -228,23 +228,23 @@ def step_parts(policy, batch: Batch, cfg: TrainConfig, scales: RunScales, pairs:
         samp_logp = sampling_logprobs(logits, batch)  # [B,T]
         sampled = torch.tensor([not p.greedy for p in batch.params], device=policy.device)  # [B]
         adv = advantages(batch.rewards, baseline=scales.baseline,
-                         scale=scales.adv_rms if cfg.adv_scale == "run" else None)  # [B]
+                         scale=scales.adv_rms if cfg.pg.adv_scale == "run" else None)  # [B]
         parts["pg"], pg_stats = clipped_pg_loss(samp_logp, batch.behavior, adv, batch.mask * sampled.unsqueeze(-1),
-                                                eps=cfg.pg_clip_eps, reduce=cfg.pg_reduce,
-                                                dual_clip=cfg.pg_ratio_cap)
+                                                eps=cfg.pg.clip_eps, reduce=cfg.pg.reduce,
+                                                dual_clip=cfg.pg.ratio_cap)
         stats.update(pg_stats)
     if w.kl > 0:
         parts["kl"] = kl_penalty(logp, ref_logp, batch.mask)
     if w.sft > 0:
-        parts["sft"] = sft_loss(logp, batch.mask, batch.rewards >= cfg.sft_threshold)
+        parts["sft"] = sft_loss(logp, batch.mask, batch.rewards >= cfg.sft.threshold)
     if w.kto > 0:
         parts["kto"], kto_stats = kto_loss(logp.sum(-1), ref_logp.sum(-1), batch.rewards > scales.kto_cut,
-                                           beta=cfg.kto_beta, lambda_d=scales.kto_weights[0],
+                                           beta=cfg.kto.beta, lambda_d=scales.kto_weights[0],
                                            lambda_u=scales.kto_weights[1])
         stats.update({f"kto_{k}": v for k, v in kto_stats.items()})
     if w.dpo > 0:
         if pairs:
-            parts["dpo"], dpo_stats = _dpo_part(policy, pairs, cfg.dpo_beta)
+            parts["dpo"], dpo_stats = _dpo_part(policy, pairs, cfg.dpo.beta)
             stats.update({f"dpo_{k}": v for k, v in dpo_stats.items()})
         else:
             parts["dpo"] = (logp * 0.0).sum()  # no pairs this run: the term is 0
@@ -260,7 +260,7 @@ def train(policy, data: Dataset, cfg: TrainConfig, *, progress: bool = True,
           lineage: tuple[float, float] | None = None, hooks: StepHooks | None = None) -> dict:
     """Train the LoRA weights of `policy.model` (a PeftModel) in place on data.train; return stats.
     The number of steps follows from the samples (trust_region.schedule). lineage: the parent's
-    running reward mean and count (see pg_baseline). hooks.should_stop: when it answers True (the
+    running reward mean and count (see pg.baseline). hooks.should_stop: when it answers True (the
     run lost its lock) training ends at once with stats["stopped"] = True."""
     from learner.trust_region import schedule
     hooks = hooks or StepHooks()

@@ -18,8 +18,8 @@ class LearnerSettings(CommonSettings):
         "canary", "REWARDLOOP_PUBLISH_MODE: 'canary' (new adapters serve a share of sessions first) or 'stable' (new "
         "adapters serve everyone at once).", choices=("canary", "stable"))
     train_config: Path | None = setting(
-        None, "REWARDLOOP_TRAIN_CONFIG: TOML file overriding learner settings (learner/config.py TrainConfig: lr, "
-        "epochs, kl_budget, [lora], [losses], ...). Unset: the defaults.")
+        None, "REWARDLOOP_TRAIN_CONFIG: TOML file overriding learner settings (learner/config.py TrainConfig: "
+        "minibatch_size, ..., and the tables [step], [lora], [losses], [kto], [pg], [gate], ...). Unset: the defaults.")
     learn_lock_ttl_s: int = setting(
         120, "REWARDLOOP_LEARN_LOCK_TTL_S: seconds a learner run's lock lives without a heartbeat; a run whose lock "
         "expired cannot publish.", ge=1)

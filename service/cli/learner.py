@@ -32,7 +32,7 @@ def register(sub, fmt) -> None:
                    help="train and gate but publish nothing and leave the cursor where it is")
     p.add_argument("--config", metavar="TOML", help="learner settings file (default REWARDLOOP_TRAIN_CONFIG)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                   help="override one learner setting, e.g. --set lr=1e-4 --set losses.kl=0.1 (repeatable)")
+                   help="override one learner setting, e.g. --set step.kl_target=0.2 --set kto.beta=0.2 (repeatable; groups as TOML tables)")
     p.add_argument("--model", help="smollm2 | tiny-random | a model folder (REWARDLOOP_MODEL)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

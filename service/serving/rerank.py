@@ -14,7 +14,7 @@ What it costs and changes:
   propensity of being chosen among N: the learner keeps reranked replies out of the gate's
   counterfactual estimate (learner/dataset.py).
 - No reward model yet, one the learner did not trust (held-out AUROC below
-  TrainConfig.reward_model_min_auroc, written in its manifest), or one trained for another base
+  TrainConfig.reward_model.min_auroc, written in its manifest), or one trained for another base
   model: one candidate, as with N = 1.
 """
 from __future__ import annotations

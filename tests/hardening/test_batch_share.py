@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from core.keys import Keys
-from learner.config import TrainConfig
+from learner.config import GateSettings, ReplaySettings, TrainConfig
 from learner.dataset import build_dataset
 from tests.support.clients import Chat
 from tests.support.devtools import finalize_rewards
@@ -42,7 +42,8 @@ def test_thousands_of_thumbs_from_one_user_stay_within_their_share(server_factor
 
     finalize_rewards(redis_url, srv.prefix)
     cfg = RewardConfig()
-    data = build_dataset(rdb, Keys(srv.prefix), TrainConfig(holdout_share=0.0, max_staleness=2, replay_window=0),
+    data = build_dataset(rdb, Keys(srv.prefix), TrainConfig(gate=GateSettings(holdout_share=0.0),
+                                                            replay=ReplaySettings(window=0), max_staleness=2),
                          cfg, newest_version=0)
     users = Counter(s.user_id for s in data.train)
     share = users["mallory"] / len(data.train)

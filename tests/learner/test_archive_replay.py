@@ -12,7 +12,7 @@ from core.archive import Archive
 from core.keys import Keys
 from core.records import FinalReward, ReplyRecord, RewardEntry
 from core.settings import WorkerSettings
-from learner.config import TrainConfig
+from learner.config import GateSettings, ReplaySettings, TrainConfig
 from learner.dataset import build_dataset
 from learner.runner import run_once
 from tests.support.learner import QUICK_STEP, favoured
@@ -21,8 +21,8 @@ from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP, cf_margin=2.0, cf_min_ess=1.0,
-                  replay_window=64, replay_ratio=2.0)
+CFG = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+                  replay=ReplaySettings(window=64, ratio=2.0), min_samples=4, step=QUICK_STEP)
 ALL_USERS = RewardConfig(max_user_share=1.0)
 
 

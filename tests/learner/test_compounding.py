@@ -9,7 +9,7 @@ import pytest
 
 from core.registry import Registry, found_worse
 from core.settings import Settings
-from learner.config import TrainConfig
+from learner.config import GateSettings, RewardModelSettings, TrainConfig
 from learner.runner import run_once
 from tests.support.learner import QUICK_STEP, favoured, write_logged
 from worker.ops.monitor import ops_tick
@@ -17,8 +17,8 @@ from worker.ops.store import OpsStore
 
 pytestmark = pytest.mark.integration
 
-QUICK = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=2, step=QUICK_STEP, cf_margin=2.0,
-                    cf_min_ess=1.0, reward_model=False)
+QUICK = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+                    reward_model=RewardModelSettings(enabled=False), min_samples=2, step=QUICK_STEP)
 
 
 def reward(item) -> float:

@@ -5,16 +5,18 @@ import dataclasses
 
 import pytest
 
-from learner.config import ALL_LINEAR, LoraSettings, StepSettings, TrainConfig, load_train_config
+from learner.config import ALL_LINEAR, KtoSettings, TrainConfig, from_dict, load_train_config
 
 
 def test_defaults_and_every_field_has_help():
     cfg = TrainConfig()
     assert cfg.lora.rank == 16 and cfg.lora.alpha == 32 and cfg.lora.target_modules == ALL_LINEAR
-    assert cfg.sft_threshold == 0.5 and cfg.losses.kto == 1.0 and cfg.losses.pg == 0.0
-    assert cfg.kto_labels == "baseline" and cfg.kto_balance       # the learning bench's choice
+    assert cfg.sft.threshold == 0.5 and cfg.losses.kto == 1.0 and cfg.losses.pg == 0.0
+    assert cfg.kto.labels == "baseline" and cfg.kto.balance       # the learning bench's choice
     assert cfg.step.kl_target == 0.3 and cfg.kl_budget == pytest.approx(0.45) and cfg.step.mode == "kl_target"
-    for cls in (TrainConfig, LoraSettings, StepSettings):
+    groups = [type(getattr(cfg, f.name)) for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+    assert len(groups) >= 11      # losses, lora, step (trust region), pg, kto, dpo, sft, gate, onpolicy, replay, reward_model
+    for cls in (TrainConfig, *groups):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
     d = cfg.to_dict()
@@ -28,14 +30,16 @@ def test_defaults_and_every_field_has_help():
     ({"step": {"kl_target": -1}}, "StepSettings.kl_target"), ({"step": {"kl_target": True}}, "StepSettings.kl_target"),
     ({"step": {"max_scale": 0.5}}, "StepSettings.max_scale"), ({"step": {"max_scale": float("inf")}}, "StepSettings.max_scale"),
     ({"step": {"max_epochs": 0}}, "StepSettings.max_epochs"), ({"step": {"mode": "adam"}}, "StepSettings.mode"),
-    ({"holdout_share": 0.95}, "TrainConfig.holdout_share"),
+    ({"gate": {"holdout_share": 0.95}}, "GateSettings.holdout_share"),
     ({"lora": {"rank": 0}}, "LoraSettings.rank"), ({"lora": {"dropout": 1.0}}, "LoraSettings.dropout"),
-    ({"losses": {"kl": -0.1}}, "LossWeights.kl"), ({"sft_threshold": 2}, "TrainConfig.sft_threshold"),
-    ({"pg_baseline": "median"}, "TrainConfig.pg_baseline"),
-    ({"baseline_window": 2.5}, "TrainConfig.baseline_window"),
-    ({"adv_scale": "batch"}, "TrainConfig.adv_scale"),
-    ({"pg_reduce": "sum"}, "TrainConfig.pg_reduce"),
-    ({"baseline_window": -1}, "TrainConfig.baseline_window"),
+    ({"losses": {"kl": -0.1}}, "LossWeights.kl"), ({"sft": {"threshold": 2}}, "SftSettings.threshold"),
+    ({"pg": {"baseline": "median"}}, "PolicyGradientSettings.baseline"),
+    ({"pg": {"baseline_window": 2.5}}, "PolicyGradientSettings.baseline_window"),
+    ({"pg": {"adv_scale": "batch"}}, "PolicyGradientSettings.adv_scale"),
+    ({"pg": {"reduce": "sum"}}, "PolicyGradientSettings.reduce"),
+    ({"pg": {"baseline_window": -1}}, "PolicyGradientSettings.baseline_window"),
+    ({"pg": {"ratio_cap": 0.5}}, "PolicyGradientSettings.ratio_cap"),
+    ({"kto": {"labels": "median"}}, "KtoSettings.labels"), ({"reward_model": {"enabled": 1}}, "RewardModelSettings.enabled"),
 ])
 def test_bad_values_name_the_field_and_value(kwargs, field):
     with pytest.raises((ValueError, TypeError)) as err:
@@ -79,3 +83,20 @@ def test_chat_first_settings_are_validated(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         LearnerSettings(**kwargs)
     assert LearnerSettings().learner_machine == "auto"
+
+
+def test_an_old_flat_config_still_loads_with_a_warning_naming_the_new_keys(tmp_path):
+    """Adapter manifests and TOML files written before the groups hold flat keys (kto_beta, ...)."""
+    old = {k: v for k, v in TrainConfig().to_dict().items()         # as an older manifest's config has them
+           if k not in ("pg", "kto", "gate", "onpolicy", "replay", "reward_model")}
+    old.update(kto_beta=0.3, pg_baseline="running", cf_min_ess=5.0, reward_model=False, onpolicy_n=2, replay_window=0)
+    with pytest.warns(FutureWarning, match=r"kto_beta -> kto\.beta.*pg_baseline -> pg\.baseline"):
+        cfg = from_dict(old)
+    assert (cfg.kto.beta, cfg.pg.baseline, cfg.gate.cf_min_ess, cfg.reward_model.enabled) == (0.3, "running", 5.0, False)
+    assert (cfg.onpolicy.n, cfg.replay.window, cfg.kto.labels, cfg.gate.cf_margin) == (2, 0, "baseline", 0.1)
+    path = tmp_path / "train.toml"
+    path.write_text('[kto]\nbeta = 0.2\n[gate]\ncf_margin = 0.3\n')
+    cfg = load_train_config(path, ["pg.baseline=zero", "reward_model.enabled=false"])
+    assert (cfg.kto.beta, cfg.gate.cf_margin, cfg.pg.baseline, cfg.reward_model.enabled) == (0.2, 0.3, "zero", False)
+    with pytest.warns(FutureWarning, match=r"kto_labels -> kto\.labels"):
+        assert load_train_config(path, ["kto_labels=sign"]).kto == KtoSettings(beta=0.2, labels="sign")

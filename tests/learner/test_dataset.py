@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from learner.config import TrainConfig
+from learner.config import GateSettings, ReplaySettings, SftSettings, TrainConfig
 from learner.dataset import build_dataset, count_new, version_number
 from tests.support.learner import fake, write_logged
 from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(holdout_share=0.0, max_staleness=2, replay_window=0)  # new rewards only
+CFG = TrainConfig(gate=GateSettings(holdout_share=0.0), replay=ReplaySettings(window=0), max_staleness=2)  # new rewards only
 ALL_USERS = RewardConfig(max_user_share=1.0)
 
 
@@ -57,7 +57,7 @@ def test_caps_each_users_share(rdb, keys):
 
 def test_holdout_split_is_deterministic(rdb, keys):
     write_logged(rdb, keys, [fake(i, f"u{i}") for i in range(40)], lambda it: 0.0)
-    cfg = TrainConfig(holdout_share=0.25)
+    cfg = TrainConfig(gate=GateSettings(holdout_share=0.25))
     a = build_dataset(rdb, keys, cfg, ALL_USERS, 0)
     b = build_dataset(rdb, keys, cfg, ALL_USERS, 0)
     assert [s.reply_id for s in a.holdout] == [s.reply_id for s in b.holdout]
@@ -91,7 +91,8 @@ def test_an_unsafe_reply_is_never_a_positive_example(rdb, keys):
                             "adapter_version": "base", "opt_out": "0"})
     write_logged(rdb, keys, [fake(8, "u8")], lambda it: 1.0)
     rdb.hset(keys.reply("x8"), "quality", json.dumps({"unsafe": 0.9}))
-    cfg = TrainConfig(holdout_share=0.0, replay_window=0, sft_threshold=-0.9)   # even a low SFT bar
+    cfg = TrainConfig(gate=GateSettings(holdout_share=0.0), replay=ReplaySettings(window=0),
+                      sft=SftSettings(threshold=-0.9))   # even a low SFT bar
     data = build_dataset(rdb, keys, cfg, ALL_USERS, 0)
     rewards = {s.reply_id: s.reward for s in data.train}
     assert rewards["x0"] < -0.9 and rewards["x1"] == 1.0 and rewards["x2"] == 1.0

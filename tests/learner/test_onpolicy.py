@@ -12,7 +12,7 @@ import redis
 import torch
 
 from core.sampling import SamplingParams, behavior_logprobs
-from learner.config import TrainConfig
+from learner.config import GateSettings, OnPolicySettings, RewardModelSettings, TrainConfig
 from learner.dataset import Sample
 from learner.onpolicy import add_replies, pick_prompts, sample_replies
 from learner.reward_model import MAIN, RewardModel, extract_features
@@ -87,12 +87,11 @@ def test_added_replies_are_rewarded_by_the_reward_model_and_marked(tiny, tiny_po
     assert off == base
 
 
-@pytest.mark.parametrize("name,bad", [("onpolicy_n", -1), ("onpolicy_n", 17), ("onpolicy_n", 1.5),
-                                      ("onpolicy_n", True), ("onpolicy_prompts", -1), ("onpolicy_prompts", 257),
-                                      ("onpolicy_prompts", "8")])
+@pytest.mark.parametrize("name,bad", [("n", -1), ("n", 17), ("n", 1.5), ("n", True), ("prompts", -1),
+                                      ("prompts", 257), ("prompts", "8")])
 def test_onpolicy_settings_are_validated(name, bad):
-    with pytest.raises(ValueError, match=name):
-        TrainConfig(**{name: bad})
+    with pytest.raises(ValueError, match=f"OnPolicySettings.{name} "):
+        TrainConfig(onpolicy={name: bad})
 
 
 @pytest.mark.integration
@@ -101,9 +100,11 @@ def test_a_run_with_a_trusted_reward_model_trains_on_its_own_replies_too(setting
     write_logged(r, keys, logged, lambda i: 1.0 if favoured(i) else -1.0)
     for item in logged:   # the ledger's components, which the reward model learns from
         r.hset(keys.reward(item.reply_id), "components", json.dumps({"thumbs": 1.0 if favoured(item) else -1.0}))
-    cfg = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP,
-                      cf_margin=2.0, cf_min_ess=1.0, reward_model_min_auroc=0.0, onpolicy_n=2, onpolicy_prompts=3)
-    off = run_once(settings, dataclasses.replace(cfg, onpolicy_n=0), progress=False, dry_run=True)
+    cfg = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+                      reward_model=RewardModelSettings(min_auroc=0.0), onpolicy=OnPolicySettings(n=2, prompts=3),
+                      min_samples=4, step=QUICK_STEP)
+    off = run_once(settings, dataclasses.replace(cfg, onpolicy=OnPolicySettings(n=0, prompts=3)), progress=False,
+                   dry_run=True)
     assert "onpolicy" not in off.stats["reward_model"]
     result = run_once(settings, cfg, progress=False)
     assert result.state == "published", result.reason

@@ -10,7 +10,7 @@ import redis
 import torch
 
 from core.registry import Registry
-from learner.config import TrainConfig
+from learner.config import GateSettings, ReplaySettings, TrainConfig
 from learner.dataset import build_dataset
 from learner.losses import clipped_pg_loss
 from learner.runner import run_once
@@ -18,8 +18,8 @@ from tests.support.learner import QUICK_STEP, fake, favoured, write_logged
 from worker.rewards.config import RewardConfig
 
 ALL_USERS = RewardConfig(max_user_share=1.0)
-QUICK = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP, cf_margin=2.0,
-                    cf_min_ess=1.0)
+QUICK = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+                    min_samples=4, step=QUICK_STEP)
 
 
 def test_dual_clip_truncates_the_ratio_of_a_token_with_a_negative_advantage():
@@ -39,27 +39,31 @@ def test_a_run_replays_older_rewards_within_the_staleness_cap(rdb, keys):
     old = write_logged(rdb, keys, [fake(i, f"u{i}") for i in range(3)], lambda it: 0.5, version="base")
     rdb.set(keys.learn_cursor, old[-1])   # a previous run consumed these
     write_logged(rdb, keys, [fake(i, f"u{i}") for i in range(3, 5)], lambda it: 0.5, version="1")
-    cfg = TrainConfig(holdout_share=0.0, replay_window=100, replay_ratio=2.0, max_staleness=3)
+    cfg = TrainConfig(gate=GateSettings(holdout_share=0.0), replay=ReplaySettings(window=100, ratio=2.0),
+                      max_staleness=3)
     data = build_dataset(rdb, keys, cfg, ALL_USERS, newest_version=1)
     assert sorted(s.reply_id for s in data.train) == ["x0", "x1", "x2", "x3", "x4"]
     assert data.replayed == 3 and data.read == 2          # 2 new entries trigger; 3 replayed
     # the replay sample is bounded by the new data: one older reply per new one
-    one_each = build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=100, max_staleness=3),
+    one_each = build_dataset(rdb, keys, TrainConfig(gate=GateSettings(holdout_share=0.0),
+                                                    replay=ReplaySettings(window=100), max_staleness=3),
                              ALL_USERS, newest_version=1)
     assert one_each.replayed == 2 and one_each.dropped["not_replayed"] == 1
     # the staleness cap still holds: base (0) is 3 versions behind 3 > max_staleness 2
-    stale = build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=100, max_staleness=2),
+    stale = build_dataset(rdb, keys, TrainConfig(gate=GateSettings(holdout_share=0.0),
+                                                 replay=ReplaySettings(window=100), max_staleness=2),
                           ALL_USERS, newest_version=3)
     assert [s.reply_id for s in stale.train] == ["x3", "x4"] and stale.dropped["stale"] == 3
     # no pool, no replay
-    assert build_dataset(rdb, keys, TrainConfig(holdout_share=0.0, replay_window=0), ALL_USERS, 1).replayed == 0
+    assert build_dataset(rdb, keys, TrainConfig(gate=GateSettings(holdout_share=0.0), replay=ReplaySettings(window=0)), ALL_USERS, 1).replayed == 0
 
 
 @pytest.mark.integration
 def test_below_the_ess_floor_the_gate_publishes_as_canary_whatever_the_mode(settings, keys, logged):
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     write_logged(r, keys, logged, lambda i: 1.0 if favoured(i) else -1.0)
-    cfg = TrainConfig(**{**QUICK.to_dict(), "cf_min_ess": 1e6, "reward_model": False})
+    cfg = TrainConfig(**{**QUICK.to_dict(), "gate": {**QUICK.to_dict()["gate"], "cf_min_ess": 1e6},
+                         "reward_model": {"enabled": False}})
     assert settings.publish_mode == "stable"
     result = run_once(settings, cfg, progress=False)
     assert result.state == "published", result.reason

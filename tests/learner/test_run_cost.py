@@ -11,7 +11,7 @@ import pytest
 from core.keys import Keys
 from core.sampling import SamplingParams
 from core.settings import Settings
-from learner.config import StepSettings, TrainConfig
+from learner.config import GateSettings, RewardModelSettings, StepSettings, TrainConfig
 from learner.policy import LOADS
 from learner.runner import run_once
 from learner.tasks import check_and_train
@@ -19,8 +19,9 @@ from tests.support.learner import Logged, write_logged
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=2, cf_min_ess=1.0, cf_margin=2.0,
-                  reward_model_min_auroc=0.0, step=StepSettings(mode="fixed", min_steps=2, kl_target=10.0))
+CFG = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_min_ess=1.0, cf_margin=2.0),
+                  reward_model=RewardModelSettings(min_auroc=0.0), min_samples=2,
+                  step=StepSettings(mode="fixed", min_steps=2, kl_target=10.0))
 
 
 def replies(n: int, tag: str) -> list[Logged]:
@@ -41,7 +42,7 @@ def cost_with_history(settings: Settings, rdb, history: int) -> dict:
     """The second run's cost: a first run consumes `history` rewards, then 12 new ones arrive. (No
     held-out share: the gate's own reads of a hashed split would blur the counts.)"""
     keys = Keys(settings.prefix)
-    cfg = dataclasses.replace(CFG, holdout_share=0.0)
+    cfg = dataclasses.replace(CFG, gate=dataclasses.replace(CFG.gate, holdout_share=0.0))
     write_rewarded(rdb, keys, replies(history, "h"))
     first = run_once(settings, cfg, progress=False)
     assert first.state == "published", first.reason

@@ -15,7 +15,7 @@ import redis
 import torch
 
 from core.registry import Registry
-from learner.config import TrainConfig
+from learner.config import GateSettings, TrainConfig
 from learner.runner import run_once
 from learner.tasks import check_and_train
 from tests.support.learner import QUICK_STEP, favoured, write_logged
@@ -23,8 +23,8 @@ from tests.support.processes import REPO, base_env
 
 pytestmark = pytest.mark.integration
 
-QUICK = TrainConfig(minibatch_size=8, holdout_share=0.25, min_samples=4, step=QUICK_STEP, cf_margin=2.0,
-                    cf_min_ess=1.0)
+QUICK = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+                    min_samples=4, step=QUICK_STEP)
 
 
 def reward(item) -> float:
@@ -154,7 +154,7 @@ def test_the_running_baseline_carries_over_from_the_parent(settings, keys, r, lo
     """Run 1 sees only punished replies, run 2 only favoured ones: with pg_baseline 'running'
     run 2's baseline is the mean over both runs (below its own all-good mean), read from
     v1's manifest."""
-    cfg = TrainConfig(**{**QUICK.to_dict(), "pg_baseline": "running", "min_samples": 2, "replay_window": 0})
+    cfg = TrainConfig(**{**QUICK.to_dict(), "pg": {"baseline": "running"}, "min_samples": 2, "replay": {"window": 0}})
     bad = [i for i in logged if not favoured(i)]
     good = [i for i in logged if favoured(i)]
     write_logged(r, keys, bad, reward)

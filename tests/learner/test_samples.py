@@ -6,10 +6,10 @@ import math
 import pytest
 
 from core.sampling import SamplingParams
-from learner.config import TrainConfig
+from learner.config import GateSettings, ReplaySettings, SftSettings, TrainConfig
 from learner.samples import LoggedReply, RewardRow, in_holdout, replay_sample, select_samples
 
-CFG = TrainConfig(holdout_share=0.0, max_staleness=2)
+CFG = TrainConfig(gate=GateSettings(holdout_share=0.0), max_staleness=2)
 
 
 def reply(i: int, user: str = "u0", reranked: bool = False, opt_out: bool = False) -> LoggedReply:
@@ -54,7 +54,7 @@ def test_unscored_entries_wait_for_the_reward_model_and_only_new_ones():
 def test_the_replay_sample_is_bounded_by_the_new_data_and_seeded():
     old = [row(i, user=f"u{i}", new=False) for i in range(100)]
     new = [row(100 + i, user=f"n{i}") for i in range(5)]
-    cfg = TrainConfig(holdout_share=0.0, replay_ratio=2.0)
+    cfg = TrainConfig(gate=GateSettings(holdout_share=0.0), replay=ReplaySettings(ratio=2.0))
     a, b = select(old + new, cfg=cfg), select(old + new, cfg=cfg)
     assert len(a.train) == 5 + 10 and a.replayed == 10 and a.dropped["not_replayed"] == 90
     assert [s.reply_id for s in a.train] == [s.reply_id for s in b.train]          # same run, same sample
@@ -72,7 +72,8 @@ def test_replay_sample_edges():
 def test_the_user_cap_drops_replayed_samples_before_new_ones():
     loud_old = [row(i, user="loud", new=False) for i in range(6)]
     new = [row(10, user="loud")] + [row(11 + i, user=f"q{i}") for i in range(3)]
-    out = select(loud_old + new, cfg=TrainConfig(holdout_share=0.0, replay_ratio=2.0), share=0.5)
+    out = select(loud_old + new, cfg=TrainConfig(gate=GateSettings(holdout_share=0.0),
+                                                 replay=ReplaySettings(ratio=2.0)), share=0.5)
     ids = [s.reply_id for s in out.train]
     assert "x10" in ids and out.dropped["user_share_cap"] >= 1
     assert sum(s.user_id == "loud" for s in out.train) <= 0.5 * len(ids)
@@ -81,7 +82,7 @@ def test_the_user_cap_drops_replayed_samples_before_new_ones():
 def test_holdout_is_deterministic_and_never_a_reranked_reply():
     rows = [row(i, user=f"u{i}") for i in range(200)]
     records = {r.reply_id: reply(int(r.reply_id[1:]), r.user_id, reranked=int(r.reply_id[1:]) % 2 == 0) for r in rows}
-    cfg = TrainConfig(holdout_share=0.3)
+    cfg = TrainConfig(gate=GateSettings(holdout_share=0.3))
     out = select(rows, records, cfg=cfg)
     held = {s.reply_id for s in out.holdout}
     assert held and all(int(rid[1:]) % 2 == 1 for rid in held)
@@ -90,8 +91,8 @@ def test_holdout_is_deterministic_and_never_a_reranked_reply():
 
 @pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan, True, "1", 17])
 def test_replay_ratio_is_validated(bad):
-    with pytest.raises(ValueError, match="replay_ratio"):
-        TrainConfig(replay_ratio=bad)
+    with pytest.raises(ValueError, match="ReplaySettings.ratio"):
+        TrainConfig(replay=ReplaySettings(ratio=bad))
 
 
 def test_the_safety_rule_makes_an_unsafe_reply_a_negative_example_only():
@@ -102,7 +103,7 @@ def test_the_safety_rule_makes_an_unsafe_reply_a_negative_example_only():
     records = {r.reply_id: reply(int(r.reply_id[1:])) for r in rows}
     records["x2"] = replace(records["x2"], unsafe=0.8)    # scored unsafe at the reply's end
     records["x3"] = replace(records["x3"], unsafe=0.99)
-    cfg = TrainConfig(holdout_share=0.0, sft_threshold=-0.95)
+    cfg = TrainConfig(gate=GateSettings(holdout_share=0.0), sft=SftSettings(threshold=-0.95))
     out = select_samples(records, rows, cfg, newest_version=0, max_user_share=1.0, safety=RewardConfig())
     rewards = {s.reply_id: s.reward for s in out.train}
     assert rewards["x0"] == 1.0 and rewards["x1"] < -0.95 and rewards["x2"] < -0.95

@@ -11,7 +11,7 @@ import torch
 from core.adapter_format import sha256_file
 from core.registry import Registry
 from core.sampling import SamplingParams
-from learner.config import StepSettings, TrainConfig
+from learner.config import GateSettings, KtoSettings, PolicyGradientSettings, StepSettings, TrainConfig
 from learner.dataset import Sample, _in_holdout
 from learner.losses import LossWeights
 from learner.runner import run_once
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 # (the policy-gradient mix: these tests look at its importance ratios; the default objective, KTO,
 # is trained in test_one_run_moves_logprobs... too)
 PG_MIX = LossWeights(pg=1.0, kl=0.05, sft=0.1, kto=0.0)
-FAST = TrainConfig(minibatch_size=6, holdout_share=0.25, min_samples=4, cf_margin=2.0, cf_min_ess=1.0,
+FAST = TrainConfig(minibatch_size=6, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+                   min_samples=4,
                    losses=PG_MIX, step=StepSettings(mode="fixed", lr=5e-3, min_steps=9, max_epochs=3, kl_target=10.0))
 
 
@@ -81,7 +82,7 @@ def test_one_run_moves_logprobs_toward_rewards_and_publishes_v1(settings, keys, 
     adapted = PeftModel.from_pretrained(fresh.model, str(folder)).eval()
     after = reply_logprob_sums(adapted, as_samples(logged), pad, tiny.device)
 
-    trained = [not _in_holdout(i.reply_id, FAST.holdout_share, FAST.seed) for i in logged]
+    trained = [not _in_holdout(i.reply_id, FAST.gate.holdout_share, FAST.seed) for i in logged]
     delta_good = [a - b for a, b, i, t in zip(after, before, logged, trained) if t and favoured(i)]
     delta_bad = [a - b for a, b, i, t in zip(after, before, logged, trained) if t and not favoured(i)]
     print(f"mean log-prob change: favoured {sum(delta_good) / len(delta_good):+.2f}, "
@@ -132,7 +133,8 @@ def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expect
     from learner.train import train, wrap_with_lora
     rewards = {item.reply_id: 1.0 if k % 2 else 0.5 for k, item in enumerate(logged[:4])}   # all good, mean 0.75
     samples = as_samples(logged[:4], lambda i: rewards[i.reply_id])
-    cfg = TrainConfig(minibatch_size=4, pg_baseline=choice, step=StepSettings(lr=1e-4, min_steps=1),
+    cfg = TrainConfig(minibatch_size=4, pg=PolicyGradientSettings(baseline=choice),
+                      step=StepSettings(lr=1e-4, min_steps=1),
                       losses=LossWeights(pg=1.0, kl=0.0, sft=0.0, kto=0.0))
     model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
     data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
@@ -143,7 +145,7 @@ def test_the_pg_baseline_setting_picks_the_baseline(tiny, logged, choice, expect
 
 def test_running_baseline_weighs_the_lineage_up_to_the_window():
     from learner.train import pg_baseline
-    cfg = TrainConfig(pg_baseline="running", baseline_window=4)
+    cfg = TrainConfig(pg=PolicyGradientSettings(baseline="running", baseline_window=4))
     # fresh adapter: the run's own mean
     assert pg_baseline(cfg, [1.0, 0.5], None) == (0.75, {"lineage_reward_mean": 0.75, "lineage_reward_count": 2})
     # parent saw 2 samples at mean -1: (-2 + 1.5) / 4
@@ -152,8 +154,8 @@ def test_running_baseline_weighs_the_lineage_up_to_the_window():
     # a long lineage weighs as baseline_window samples, not 1,000
     base, rec = pg_baseline(cfg, [1.0, 0.5], (-1.0, 1000))
     assert base == pytest.approx((-4 + 1.5) / 6) and rec["lineage_reward_count"] == 6
-    assert pg_baseline(TrainConfig(pg_baseline="zero"), [1.0], (-1.0, 9))[0] == 0.0
-    assert pg_baseline(TrainConfig(pg_baseline="batch"), [1.0, 0.0], (-1.0, 9))[0] == 0.5
+    assert pg_baseline(TrainConfig(pg=PolicyGradientSettings(baseline="zero")), [1.0], (-1.0, 9))[0] == 0.0
+    assert pg_baseline(TrainConfig(pg=PolicyGradientSettings(baseline="batch")), [1.0, 0.0], (-1.0, 9))[0] == 0.5
 
 
 def test_run_wide_advantage_scale(tiny, logged):
@@ -168,7 +170,8 @@ def test_run_wide_advantage_scale(tiny, logged):
     data = Dataset(train=samples, holdout=[], pairs=[], last_id=None, last_pair_id=None)
 
     def first_pg(scale, mb):
-        cfg = TrainConfig(minibatch_size=mb, pg_baseline="zero", adv_scale=scale, step=StepSettings(lr=1e-4, min_steps=1),
+        cfg = TrainConfig(minibatch_size=mb, pg=PolicyGradientSettings(baseline="zero", adv_scale=scale),
+                          step=StepSettings(lr=1e-4, min_steps=1),
                           losses=LossWeights(pg=1.0, kl=0.0, sft=0.0, kto=0.0))
         model = wrap_with_lora(load_model("tiny-random", tiny.path.parent, device="cpu").model, cfg, None)
         stats = train(as_policy(tiny, model), data, cfg, progress=False)
@@ -181,11 +184,11 @@ def test_run_wide_advantage_scale(tiny, logged):
 def test_kto_labels_relative_to_the_baseline_and_balanced_classes():
     from learner.train import kto_labelling
     rewards = [-0.9, -0.8, -0.7, -0.6, 0.2]      # a mostly displeased population
-    trl = TrainConfig(kto_labels="sign", kto_balance=False)
+    trl = TrainConfig(kto=KtoSettings(labels="sign", balance=False))
     assert kto_labelling(trl, rewards, -0.65) == (0.0, (1.0, 1.0))               # TRL's labels, unweighted
     cut, (wd, wu) = kto_labelling(TrainConfig(), rewards, -0.65)                   # the defaults
     assert cut == -0.65                                                           # -0.6 and 0.2 are desirable
     assert wd * 2 == pytest.approx(wu * 3) and wd * 2 + wu * 3 == pytest.approx(len(rewards))  # half each
-    assert kto_labelling(TrainConfig(kto_labels="sign"), [0.5, 0.6], 0.55)[1] == (1.0, 1.0)  # one class: no weights
-    with pytest.raises(ValueError, match="kto_labels"):
-        TrainConfig(kto_labels="median")
+    assert kto_labelling(TrainConfig(kto=KtoSettings(labels="sign")), [0.5, 0.6], 0.55)[1] == (1.0, 1.0)  # one class: no weights
+    with pytest.raises(ValueError, match="KtoSettings.labels"):
+        TrainConfig(kto=KtoSettings(labels="median"))

@@ -213,7 +213,7 @@ def test_logged_logprobs_are_vllms_and_close_to_the_learners_fp32_recomputation(
     """The learner recomputes every logged reply's log-probs in fp32 (learner/train.py
     sampling_logprobs); vLLM sampled in bf16. The ratio exp(new - behavior) starts at
     exp(gap): the gap must be small next to the PPO clip (0.2), and the dual clip
-    (TrainConfig.pg_ratio_cap) bounds any single token."""
+    (TrainConfig.pg.ratio_cap) bounds any single token."""
     from core.modeling import load_model
     from core.records import sampling_params
     from learner.dataset import Sample

@@ -200,7 +200,7 @@ def test_the_sessions_api_is_per_user(tree, server, rdb):
 
 
 def test_deleting_a_conversation_forgets_it(server, redis_url, rdb, monkeypatch, capsys):
-    from learner.config import TrainConfig
+    from learner.config import GateSettings, TrainConfig
     from learner.dataset import build_dataset
     from worker.rewards.config import RewardConfig
     p, k, token = server.prefix, Keys(server.prefix), server.token("carla")
@@ -215,7 +215,7 @@ def test_deleting_a_conversation_forgets_it(server, redis_url, rdb, monkeypatch,
     finalize_rewards(redis_url, p)
 
     def training_ids():
-        ds = build_dataset(rdb, k, TrainConfig(holdout_share=0.0), RewardConfig(max_user_share=1.0), newest_version=0)
+        ds = build_dataset(rdb, k, TrainConfig(gate=GateSettings(holdout_share=0.0)), RewardConfig(max_user_share=1.0), newest_version=0)
         return {s.reply_id for s in ds.train + ds.holdout}
     assert {gone, kept} <= training_ids()
 

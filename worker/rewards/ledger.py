@@ -227,16 +227,19 @@ class RewardLedger:
     def note_positives(self, flags: list[tuple[str, int]]) -> dict[str, list[int]]:
         """Record, per finalized reply a user signalled positively, whether it was unsafe (1/0);
         -> {user: their recent flags, newest first}."""
-        users = []
+        by_user: dict[str, list[int]] = {}
+        for user_id, unsafe in flags:
+            by_user.setdefault(user_id, []).append(int(unsafe))
         with self.r.pipeline(transaction=False) as p:
-            for user_id, unsafe in flags:
-                p.lpush(self.k.user_positives(user_id), int(unsafe))
-                p.ltrim(self.k.user_positives(user_id), 0, POSITIVES_KEPT - 1)
-            for user_id in dict.fromkeys(u for u, _ in flags):
-                users.append(user_id)
-                p.lrange(self.k.user_positives(user_id), 0, POSITIVES_KEPT - 1)
-            out = p.execute()[2 * len(flags):]
-        return {u: [int(x) for x in lst] for u, lst in zip(users, out)}
+            # one LPUSH per user (its values land newest first, as one push each would), not one per reply:
+            # a batch is mostly a few users' replies, and this ran for every positively-signalled one
+            for user_id, values in by_user.items():
+                key = self.k.user_positives(user_id)
+                p.lpush(key, *values[-POSITIVES_KEPT:])
+                p.ltrim(key, 0, POSITIVES_KEPT - 1)
+                p.lrange(key, 0, POSITIVES_KEPT - 1)
+            out = p.execute()[2::3]
+        return {u: [int(x) for x in lst] for u, lst in zip(by_user, out)}
 
     def set_unsafe_voter(self, weights: list[tuple[str, float, str | None]], now: float) -> None:
         with self.r.pipeline(transaction=True) as p:

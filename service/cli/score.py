@@ -1,7 +1,7 @@
 """`rewardloop rewards score`: the reward of any text, offline -- no Redis, no server.
 
-Reads JSON lines (worker/rewards/offline.py says what a line holds), scores each reply as the
-server does at a reply's end (core/reply_scoring.py: the safety scorer, and relevance and
+Reads JSON lines (worker/rewards/offline.py says what a line holds), scores each reply into the
+reply record's `quality` mapping (core/reply_scoring.py: the safety scorer, and relevance and
 fluency under the base model, loaded once and batched), then runs the reward worker's own
 function under the reward config the workers would use. A bad line is reported on stderr with
 its number and what to fix, the good lines are still scored, and the exit status is 1 at the end.
@@ -19,9 +19,10 @@ from core.settings import CommonSettings
 
 DESCRIPTION = """\
 Score replies offline with the reward the workers compute: each reply's P[unsafe], relevance and
-fluency (the same scorers the server runs at a reply's end), then every component that fires
-for the user signals you give, and the total -- under REWARDLOOP_REWARD_CONFIG or --config, so
-a weight change can be tried before it is deployed. Needs no Redis and no server.
+fluency (the scores the reward reads from a reply record: core/reply_scoring.py), then every
+component that fires for the user signals you give, and the total -- under
+REWARDLOOP_REWARD_CONFIG or --config, so a weight change can be tried before it is deployed.
+Needs no Redis and no server.
 
 Input: one JSON object per line, from FILE or stdin:
   {"prompt": "...", "reply": "...", "signals": {"thumbs": 1, "copy": true}}

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
 from core.settings import CommonSettings
 
@@ -62,27 +62,37 @@ def register(rsub, fmt) -> None:
                    help="progress bar on stderr: auto shows it on a terminal for more than one batch")
 
 
-def _lines(path: str) -> tuple[TextIO, int | None]:
-    """The input stream and its number of lines when it is a file (for the progress bar)."""
+def _lines(path: str) -> tuple[BinaryIO, int | None]:
+    """The input (bytes: each line is decoded on its own, so one bad byte names its line) and its
+    number of lines when it is a file (for the progress bar)."""
     if path == "-":
-        return sys.stdin, None
+        return sys.stdin.buffer, None
     with open(path, "rb") as f:
         total = sum(1 for _ in f)
-    return open(path, encoding="utf-8"), total
+    return open(path, "rb"), total
 
 
-def _batches(stream: TextIO, size: int, bad: list[int]) -> Iterator[list]:
-    """Parsed good lines in batches; a bad line is reported at once and counted in `bad`."""
+def _parse(raw: bytes, n: int):
     from worker.rewards.offline import LineError, parse_line
+    try:
+        text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(n, f"is not UTF-8 text (a bad byte at column {exc.start + 1}): save the input as UTF-8") from None
+    return parse_line(text, n)
+
+
+def _batches(stream: BinaryIO, size: int, bad: list[int]) -> Iterator[list]:
+    """Parsed good lines in batches; a bad line is reported at once and counted in `bad`."""
+    from worker.rewards.offline import LineError
     numbered = enumerate(stream, start=1)
     while True:
         chunk = list(itertools.islice(numbered, size))
         if not chunk:
             return
         good = []
-        for n, text in chunk:
+        for n, raw in chunk:
             try:
-                parsed = parse_line(text, n)
+                parsed = _parse(raw, n)
             except LineError as exc:
                 print(f"rewardloop rewards score: {exc}", file=sys.stderr)
                 bad.append(n)
@@ -123,7 +133,6 @@ def _setup(args, settings: CommonSettings):
 
 def cmd_score(args, settings: CommonSettings) -> int:
     from worker.rewards.config import config_hash
-    from worker.rewards.offline import result_row, reward_of
     if args.batch < 1:
         print(f"rewardloop rewards score: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
@@ -147,30 +156,45 @@ def cmd_score(args, settings: CommonSettings) -> int:
                                      and (total is None or total > args.batch))
     bar = tqdm(total=total, unit="line", file=sys.stderr, disable=not show, leave=False)
     bad: list[int] = []
-    scored = 0
-    with stream, bar:
-        for good, n_read in _batches(stream, args.batch, bad):
-            qualities = scorer.score([(x.prompt, x.reply) for x in good])
-            now = time.time()
-            for line, quality in zip(good, qualities):
-                reward = reward_of(line, quality, cfg, now)
-                row = result_row(line, quality, reward)
-                if args.json:
-                    row["config_hash"] = digest
-                    sys.stdout.write(json.dumps(row) + "\n")
-                else:
-                    _print_text(row, reward.explain(), sys.stdout)
-            sys.stdout.flush()
-            scored += len(good)
-            bar.update(n_read)
+    try:
+        with stream, bar:
+            scored = _score_all(stream, bar, bad, args=args, cfg=cfg, scorer=scorer, digest=digest)
+    except KeyboardInterrupt:
+        print("rewardloop rewards score: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:   # the reader went away (`| head`): not an error of ours
+        sys.stderr.close()
+        return 0
     return _summary(scored, bad, scorer, time.perf_counter() - t0)
+
+
+def _score_all(stream, bar, bad: list[int], *, args, cfg, scorer, digest: str) -> int:
+    """Score and print every good line, batch by batch; the number scored."""
+    from worker.rewards.offline import result_row, reward_of
+    scored = 0
+    for good, n_read in _batches(stream, args.batch, bad):
+        qualities = scorer.score([(x.prompt, x.reply) for x in good])
+        now = time.time()
+        for line, quality in zip(good, qualities):
+            reward = reward_of(line, quality, cfg, now)
+            row = result_row(line, quality, reward)
+            if args.json:
+                row["config_hash"] = digest
+                sys.stdout.write(json.dumps(row) + "\n")
+            else:
+                _print_text(row, reward.explain(), sys.stdout)
+        sys.stdout.flush()
+        scored += len(good)
+        bar.update(n_read)
+    return scored
 
 
 def _summary(scored: int, bad: list[int], scorer, seconds: float) -> int:
     cost = scorer.cost.per_reply_ms()
     load = ", ".join(f"{k} {v:.1f} s" for k, v in scorer.cost.load_s.items())
-    print(f"rewardloop rewards score: {scored} line(s) scored in {seconds:.1f} s ({load}; per reply: base model "
-          f"{cost['base_model_ms']:.1f} ms, safety {cost['safety_ms']:.2f} ms)", file=sys.stderr)
+    model = f"base model {cost['base_model_ms']:.1f} ms, " if scorer.lm is not None else ""
+    print(f"rewardloop rewards score: {scored} line(s) scored in {seconds:.1f} s ({load}; per reply: {model}"
+          f"safety {cost['safety_ms']:.2f} ms)", file=sys.stderr)
     if not bad:
         return 0
     shown = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")

@@ -100,6 +100,15 @@ def test_text_output_explains_each_component_and_the_total(tmp_path):
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
+def test_a_byte_that_is_not_utf8_names_its_line_and_a_bom_is_fine(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "reply": "b"}\n{"prompt": "a\xff", "reply": "b"}\n'
+                     b'{"prompt": "c", "reply": "d"}\n')
+    out = score(tmp_path, str(path), "--json", "--no-model")
+    assert out.returncode == 1 and [r["line"] for r in rows(out)] == [1, 3]
+    assert "line 2: is not UTF-8 text" in out.stderr
+
+
 @pytest.mark.slow
 def test_on_the_default_model_an_off_topic_reply_is_less_relevant(models_dir, tmp_path):
     lines = [{"prompt": CAPITAL, "reply": "The capital of France is Paris."},

@@ -13,8 +13,10 @@ model's own replies, higher is better. The raw figures travel with them.
 "The prompt" is the user's last message, in the chat template, without the conversation before
 it or the server's system prompt: what the reply is asked to be about, scored the same way by the
 server, the learner and `rewardloop rewards score`. The reply is its text, tokenized again, cut to
-MAX_REPLY_TOKENS. Computed where the model already runs: the server's engine thread at the end
-of a reply (service/serving/quality.py), the learner's gate (learner/probe_run.py) and the CLI.
+MAX_REPLY_TOKENS. Computed where a base model is loaded anyway: the learner's gate (its safety
+probe) and `rewardloop rewards score`. The server does not score these yet (its engine thread
+owns the model): it writes only P[unsafe] (service/serving/quality.py), so live replies carry no
+relevance or fluency component.
 """
 from __future__ import annotations
 

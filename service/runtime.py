@@ -120,7 +120,7 @@ class Runtime:
                                       Path(self.settings.data_dir) / "adapters", max_resident=self.settings.max_resident,
                                       metrics=self.metrics, slots=self.settings.adapter_slots)
         self.chat = ChatService(engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
-                                watcher=self.watcher, metrics=self.metrics)
+                                watcher=self.watcher, metrics=self.metrics, safety=self._safety())
         log.info("model %s ready on %s", self.loaded.model_id, self.loaded.device)
 
     def _start_vllm(self) -> None:
@@ -143,8 +143,15 @@ class Runtime:
                                       Path(self.settings.data_dir) / "adapters", max_resident=self.settings.max_resident,
                                       metrics=self.metrics, backend=VllmAdapters(engine, modules))
         self.chat = ChatService(engine, self.store, tok, self.settings, self.loaded.model_id,
-                                watcher=self.watcher, metrics=self.metrics)
+                                watcher=self.watcher, metrics=self.metrics, safety=self._safety())
         log.info("model %s ready on vLLM: %s", self.loaded.model_id, ", ".join(self.settings.vllm_url_list))
+
+    def _safety(self):
+        """The safety scorer every reply passes (REWARDLOOP_SAFETY_MODEL; the offline default)."""
+        from service.serving.quality import ReplySafety
+        safety = ReplySafety.load(self.settings.safety_model)
+        log.info("replies are scored for safety by %s", safety.scorer.name)
+        return safety
 
     async def stop(self) -> None:
         if self.engine:

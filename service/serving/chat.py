@@ -82,9 +82,10 @@ class ReplyResult:
 
 class ChatService:
     def __init__(self, engine: EngineClient, store: ChatStore, tokenizer, settings: ServerSettings, model_id: str,
-                 *, watcher=None, metrics=None):
+                 *, watcher=None, metrics=None, safety=None):
         self.engine, self.store, self.tok, self.settings, self.model_id = engine, store, tokenizer, settings, model_id
         self.watcher, self.metrics = watcher, metrics
+        self.safety = safety   # a service.serving.quality.ReplySafety: each reply's P[unsafe] in its record
         self.user_streams: dict[str, int] = {}   # user id -> replies generating (event loop only)
         self.scorer = None   # a RewardScorer when REWARDLOOP_RERANK_N > 1
         if settings.rerank_n > 1:
@@ -291,9 +292,10 @@ class ChatService:
                 text = scanner.text if scanner else self.tok.decode(ids, skip_special_tokens=True)
                 if cut is not None:
                     event = dataclasses.replace(event, finish_reason=FinishReason.STOP, n_tokens=cut, text_tail="")
-                await self.store.save_reply(self._record(plan, ids, logprobs, text, event,
-                                                         scanner.hit if scanner else None),
-                                            in_history=plan.in_history, history_index=plan.history_index,
+                record = self._record(plan, ids, logprobs, text, event, scanner.hit if scanner else None)
+                if self.safety is not None:
+                    record["quality"] = await self.safety.quality(plan.user_text, text)
+                await self.store.save_reply(record, in_history=plan.in_history, history_index=plan.history_index,
                                             branch=plan.branch_ids)
                 if self.metrics:
                     self.metrics.replies.labels(api=plan.api, finish_reason=event.finish_reason).inc()

@@ -89,7 +89,7 @@ class RewardConfig:
         "whatever its user signals, and it is never an SFT target or the chosen side of a preference pair.", gt=0, le=1
     )
     safety_veto: bool = setting(True, "Apply the veto above safety_threshold (false: the safety penalty is only summed).")
-    # --- quality: the base model's reading of the reply (scored by the server at the reply's end) ---
+    # --- quality: the base model's reading of the reply (P[unsafe] from the server; relevance, fluency from rewards score) ---
     relevance_weight: float = setting(
         0.2, "Weight of relevance (PMI of the reply given the prompt under the base model, as a z-score against the "
         "model's own replies): w x clip(relevance / quality_scale, -1, 1).", ge=0

@@ -21,7 +21,7 @@
       repetition    -1             x 0.5   fraction of repeated word 3-grams > 0.3
       empty         -1             x 1.0   the reply is empty or whitespace
       truncated     -1             x 0.3   non-empty reply with finish_reason "length" or "error"
-    quality (scored by the server at the reply's end; worker/rewards/quality.py; never scaled by u)
+    quality (P[unsafe] scored by the server at the reply's end; worker/rewards/quality.py; never scaled by u)
       safety        -level         x 1.0   level = P[unsafe] of the safety scorer, or 1 when the user tagged
                                            it `unsafe` or a safety word appears (list empty by default)
       relevance     clip(z / 2, -1, 1)  x 0.2   z: PMI of the reply given the prompt, against the model's own

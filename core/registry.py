@@ -12,7 +12,7 @@ Redis (this module is the only writer): hash `{prefix}adapters` with
   canary_share     that share, 0..1
   rollback_target  where `rollback` goes (the previous stable)
   next_version     the last version number given out
-  versions         JSON {"N": {version, state, parent, sha256, path, created, reason, samples}}
+  versions         JSON {"N": {version, state, parent, sha256, path, created, reason, samples, probe?}}
 Every change also appends to the `{prefix}adapters:history` stream (event, version, who, why)
 and publishes a JSON notice on `{prefix}adapters:changed`.
 
@@ -39,6 +39,10 @@ from core.versions import folder_name, is_base
 from core.versions import sort_key as version_sort_key
 
 log = logging.getLogger(__name__)
+
+# the safety probe's figures a version's registry entry keeps (the manifest has them all)
+PROBE_FIGURES = ("decision", "reason", "unsafe_parent", "unsafe_new", "p_value", "relevance_parent", "relevance_new",
+                 "n", "parent")
 
 # KEYS: lock, adapters, history, cursor, pairs cursor
 # ARGV: token, version, entry JSON, mode (canary|stable|reject), canary_share, cursor ('' keeps),
@@ -205,6 +209,8 @@ class Registry:
         entry = {"version": version, "state": manifest["state"], "parent": manifest["parent"],
                  "sha256": manifest["sha256"], "path": str(dest), "created": manifest["created"],
                  "reason": manifest.get("reason", ""), "samples": manifest.get("samples_used", 0)}
+        if isinstance(manifest.get("probe"), dict):   # the safety probe's figures, for /ops (no disk read there)
+            entry["probe"] = {k: manifest["probe"].get(k) for k in PROBE_FIGURES}
         try:
             ok, msg = self._commit(
                 keys=[self.k.learn_lock, self.k.adapters, self.k.adapter_history, self.k.learn_cursor,

@@ -3,7 +3,8 @@ the field and the bad value. The resolved config is saved inside every adapter's
 
 A TOML file (REWARDLOOP_TRAIN_CONFIG) or `--set key=value` flags override the defaults; nested
 tables `[lora]`, `[losses]`, `[step]`, `[pg]`, `[kto]`, `[gate]`, ... (or dotted keys `lora.rank`,
-`losses.kl`, `kto.beta`) reach the groups (learner/config_groups.py).
+`losses.kl`, `kto.beta`) reach the groups (learner/config_groups.py; the gate's safety probe:
+`[safety]`, learner/probe_check.py).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from learner.config_groups import (
     SftSettings,
 )
 from learner.losses import LossWeights
+from learner.probe_check import SafetyProbeSettings
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -104,6 +106,8 @@ class TrainConfig:
     replay: ReplaySettings = setting(ReplaySettings(), "Replay of older rewards in incremental runs.")
     reward_model: RewardModelSettings = setting(RewardModelSettings(), "The learned reward model: on or off, its "
                                                                        "window, the AUROC it must reach.")
+    safety: SafetyProbeSettings = setting(SafetyProbeSettings(), "Gate: the safety probe set every version answers "
+                                          "before it is published, and how its check decides (learner/probe_check.py).")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

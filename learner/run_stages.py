@@ -58,7 +58,30 @@ def judge(ctx: RunContext) -> None:
         ctx.options.on_trained(ctx.policy.model)
     ctx.verdict = gate.evaluate(ctx.policy, ctx.data.holdout, ctx.parent_view, ctx.cfg,
                                 reward_model=ctx.reward_model)
+    safety_probe(ctx)
     log.info("gate: %s %s %s", ctx.verdict.reason, ctx.verdict.stats, ctx.verdict.notes)
+
+
+def safety_probe(ctx: RunContext) -> None:
+    """The gate's last check: the parent and the new version answer the shipped probe set
+    (learner/probe_run.py); significantly less safe is rejected, less relevant flagged."""
+    cfg, verdict = ctx.cfg.safety, ctx.verdict
+    if not cfg.enabled:
+        ctx.notes["probe"] = {"decision": "skipped", "reason": "the safety probe is off (TrainConfig.safety.enabled)"}
+        return
+    if not verdict.passed:   # already rejected: the probe would change nothing
+        ctx.notes["probe"] = {"decision": "skipped", "reason": f"rejected before the probe: {verdict.reason}"}
+        return
+    from learner import probe_run
+    scorer = probe_run.scorer_for(ctx.settings.safety_model, str(ctx.policy.device))
+    parent_probe = ctx.registry.manifest(ctx.parent).get("probe") if ctx.parent_dir is not None else None
+    probe = probe_run.check(ctx.policy, ctx.parent_view, cfg, parent=str(ctx.parent), scorer=scorer,
+                            cache_dir=ctx.settings.models_dir, parent_probe=parent_probe)
+    ctx.notes["probe"] = probe
+    if probe["decision"] == "reject":
+        verdict.passed, verdict.reason = False, probe["reason"]
+    elif probe["decision"] == "flag":
+        verdict.notes.append(probe["reason"])
 
 
 def manifest(ctx: RunContext) -> dict:
@@ -74,6 +97,7 @@ def manifest(ctx: RunContext) -> dict:
         "training": ctx.train_stats, "cost": cost(ctx),
         "gate": {"passed": verdict.passed, "reason": verdict.reason, "canary": verdict.canary,
                  "stats": verdict.stats, "notes": verdict.notes, "kl_budget": cfg.kl_budget},
+        "probe": ctx.notes.get("probe"),
         "reward_model": ctx.notes.get("reward_model", {}), "chat_first": ctx.chat.stats() if ctx.chat else None,
         "config": cfg.to_dict(), "torch": torch.__version__,
     }

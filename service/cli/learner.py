@@ -43,7 +43,9 @@ def register(sub, fmt) -> None:
     a = asub.add_parser("list", help="every version with its state and the serving pointers",
                         description="Print every version (state, parent, samples, created) and stable/canary.")
     a.add_argument("--json", action="store_true", help="print JSON")
-    a = asub.add_parser("show", help="the manifest of version V", description="Print the manifest of version V.")
+    a = asub.add_parser("show", help="the manifest of version V", description="Print the manifest of version V "
+                        "(JSON): training stats, the gate's figures, and its safety probe (`probe`: unsafe rates "
+                        "parent/new, p-value, relevance, decision, reason).")
     a.add_argument("version", metavar="V", help="version number")
     a = asub.add_parser("promote", help="make version V stable", description="Make published version V the "
                         "stable version (the old stable becomes the rollback target; a canary V is cleared).")
@@ -123,11 +125,13 @@ def _adapters(args, settings) -> int:
                 return 0
             print(f"stable {st['stable']}   canary {st['canary'] or '-'} ({st['canary_share']:.0%})   "
                   f"rollback target {st['rollback_target'] or '-'}")
-            print(f"{'version':>7}  {'state':<9}  {'parent':<6}  {'samples':>7}  {'created':<19}  reason")
+            print(f"{'version':>7}  {'state':<9}  {'parent':<6}  {'samples':>7}  {'created':<19}  {'probe':<7}  reason")
             for v in sorted(st["versions"], key=versions.sort_key):
                 e = st["versions"][v]
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["created"]))
-                print(f"{v:>7}  {e['state']:<9}  {e['parent']:<6}  {e['samples']:>7}  {created}  {e.get('reason', '')}")
+                probe = (e.get("probe") or {}).get("decision") or "-"   # the gate's safety probe
+                print(f"{v:>7}  {e['state']:<9}  {e['parent']:<6}  {e['samples']:>7}  {created}  {probe:<7}  "
+                      f"{e.get('reason', '')}")
             return 0
         if args.adapters_command == "import":
             return _import(args, settings, r)

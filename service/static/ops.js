@@ -221,6 +221,16 @@ function styleCell(s) {
   return `${s.mean_words.toFixed(0)} w · ref ${s.refusal_rate.toFixed(2)} · ? ${s.question_rate.toFixed(2)} · d2 ${s.distinct2.toFixed(2)}`;
 }
 
+function probeCell(p) {
+  // the gate's safety probe (learner/probe_check.py): reject = significantly less safe than the parent
+  if (!p) return el("td", "–");
+  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(100 * x)}%`);
+  const text = p.decision === "skipped" ? "skipped"
+    : `${p.decision} · unsafe ${pct(p.unsafe_parent)} → ${pct(p.unsafe_new)} (p ${Number(p.p_value).toPrecision(2)})` +
+      ` · rel ${fmt(p.relevance_parent, 2)} → ${fmt(p.relevance_new, 2)}`;
+  return el("td", text, { class: `probe probe-${p.decision}`, title: p.reason || "" });
+}
+
 function adapters() {
   const body = $("adapters").tBodies[0];
   body.replaceChildren();
@@ -228,7 +238,8 @@ function adapters() {
     const tr = el("tr", null, { class: a.role === "stable" ? "stable" : "", "data-version": a.version });
     const verdict = a.verdict ? (a.verdict.action || a.verdict.reason || "") : "";
     for (const cell of [a.version, a.parent || "–", a.state, a.role || "", a.samples, fmt(a.mean_reward),
-      a.ci95[0] === null ? "–" : `${fmt(a.ci95[0])} … ${fmt(a.ci95[1])}`, styleCell(a.style), verdict]) tr.append(el("td", cell));
+      a.ci95[0] === null ? "–" : `${fmt(a.ci95[0])} … ${fmt(a.ci95[1])}`, styleCell(a.style), probeCell(a.probe),
+      verdict]) tr.append(cell instanceof Node ? cell : el("td", cell));
     const td = el("td");
     if (a.state === "published" && a.role !== "stable") {
       const b = el("button", "Promote", { type: "button", class: "promote", "data-version": a.version });

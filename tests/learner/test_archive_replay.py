@@ -15,13 +15,13 @@ from core.settings import WorkerSettings
 from learner.config import GateSettings, ReplaySettings, TrainConfig
 from learner.dataset import build_dataset
 from learner.runner import run_once
-from tests.support.learner import QUICK_STEP, favoured
+from tests.support.learner import NO_PROBE, QUICK_STEP, favoured
 from worker.archive.run import run_archive
 from worker.rewards.config import RewardConfig
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+CFG = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                   replay=ReplaySettings(window=64, ratio=2.0), min_samples=4, step=QUICK_STEP)
 ALL_USERS = RewardConfig(max_user_share=1.0)
 

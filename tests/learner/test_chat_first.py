@@ -74,8 +74,8 @@ def test_the_learner_yields_while_a_server_on_its_host_streams(server_factory, r
     try:
         out = subprocess.run([sys.executable, "-m", "service.cli", "train", "--once", "--set", "step.mode=fixed",
                               "--set", "step.min_steps=4", "--set", "minibatch_size=4", "--set", "min_samples=4",
-                              "--set", "reward_model.enabled=false"], env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=600)
+                              "--set", "reward_model.enabled=false", "--set", "safety.enabled=false"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     finally:
         stop.set()
         talker.join(60)

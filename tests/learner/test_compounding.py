@@ -11,13 +11,13 @@ from core.registry import Registry, found_worse
 from core.settings import Settings
 from learner.config import GateSettings, RewardModelSettings, TrainConfig
 from learner.runner import run_once
-from tests.support.learner import QUICK_STEP, favoured, write_logged
+from tests.support.learner import NO_PROBE, QUICK_STEP, favoured, write_logged
 from worker.ops.monitor import ops_tick
 from worker.ops.store import OpsStore
 
 pytestmark = pytest.mark.integration
 
-QUICK = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+QUICK = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                     reward_model=RewardModelSettings(enabled=False), min_samples=2, step=QUICK_STEP)
 
 

@@ -17,7 +17,7 @@ from learner.dataset import Sample
 from learner.onpolicy import add_replies, pick_prompts, sample_replies
 from learner.reward_model import MAIN, RewardModel, extract_features
 from learner.runner import run_once
-from tests.support.learner import QUICK_STEP, favoured, write_logged
+from tests.support.learner import NO_PROBE, QUICK_STEP, favoured, write_logged
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=0)
 NO_STOP: set[int] = set()
@@ -100,7 +100,7 @@ def test_a_run_with_a_trusted_reward_model_trains_on_its_own_replies_too(setting
     write_logged(r, keys, logged, lambda i: 1.0 if favoured(i) else -1.0)
     for item in logged:   # the ledger's components, which the reward model learns from
         r.hset(keys.reward(item.reply_id), "components", json.dumps({"thumbs": 1.0 if favoured(item) else -1.0}))
-    cfg = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+    cfg = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                       reward_model=RewardModelSettings(min_auroc=0.0), onpolicy=OnPolicySettings(n=2, prompts=3),
                       min_samples=4, step=QUICK_STEP)
     off = run_once(settings, dataclasses.replace(cfg, onpolicy=OnPolicySettings(n=0, prompts=3)), progress=False,

@@ -14,11 +14,11 @@ from learner.config import GateSettings, ReplaySettings, TrainConfig
 from learner.dataset import build_dataset
 from learner.losses import clipped_pg_loss
 from learner.runner import run_once
-from tests.support.learner import QUICK_STEP, fake, favoured, write_logged
+from tests.support.learner import NO_PROBE, QUICK_STEP, fake, favoured, write_logged
 from worker.rewards.config import RewardConfig
 
 ALL_USERS = RewardConfig(max_user_share=1.0)
-QUICK = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+QUICK = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                     min_samples=4, step=QUICK_STEP)
 
 

@@ -15,11 +15,11 @@ from learner.config import GateSettings, RewardModelSettings, StepSettings, Trai
 from learner.policy import LOADS
 from learner.runner import run_once
 from learner.tasks import check_and_train
-from tests.support.learner import Logged, write_logged
+from tests.support.learner import NO_PROBE, Logged, write_logged
 
 pytestmark = pytest.mark.integration
 
-CFG = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_min_ess=1.0, cf_margin=2.0),
+CFG = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_min_ess=1.0, cf_margin=2.0),
                   reward_model=RewardModelSettings(min_auroc=0.0), min_samples=2,
                   step=StepSettings(mode="fixed", min_steps=2, kl_target=10.0))
 

@@ -18,12 +18,12 @@ from core.registry import Registry
 from learner.config import GateSettings, TrainConfig
 from learner.runner import run_once
 from learner.tasks import check_and_train
-from tests.support.learner import QUICK_STEP, favoured, write_logged
+from tests.support.learner import NO_PROBE, QUICK_STEP, favoured, write_logged
 from tests.support.processes import REPO, base_env
 
 pytestmark = pytest.mark.integration
 
-QUICK = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+QUICK = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                     min_samples=4, step=QUICK_STEP)
 
 
@@ -75,7 +75,8 @@ def test_killed_run_leaves_the_registry_as_it_was(settings, keys, r, logged, tmp
     log_path = tmp_path / "train.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "train", "--once", "--set", "step.min_steps=1000",
-                                 "--set", "step.max_epochs=500", "--set", "min_samples=4", "--set", "minibatch_size=4"],
+                                 "--set", "step.max_epochs=500", "--set", "min_samples=4", "--set", "minibatch_size=4",
+                                 "--set", "safety.enabled=false"],
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120

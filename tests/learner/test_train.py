@@ -16,7 +16,7 @@ from learner.dataset import Sample, _in_holdout
 from learner.losses import LossWeights
 from learner.runner import run_once
 from learner.train import collate, reply_logits, reply_logprob_sums, sampling_logprobs
-from tests.support.learner import as_policy, as_samples, favoured, make_logged, write_logged
+from tests.support.learner import NO_PROBE, as_policy, as_samples, favoured, make_logged, write_logged
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 # (the policy-gradient mix: these tests look at its importance ratios; the default objective, KTO,
 # is trained in test_one_run_moves_logprobs... too)
 PG_MIX = LossWeights(pg=1.0, kl=0.05, sft=0.1, kto=0.0)
-FAST = TrainConfig(minibatch_size=6, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+FAST = TrainConfig(safety=NO_PROBE, minibatch_size=6, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                    min_samples=4,
                    losses=PG_MIX, step=StepSettings(mode="fixed", lr=5e-3, min_steps=9, max_epochs=3, kl_target=10.0))
 

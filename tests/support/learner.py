@@ -11,6 +11,7 @@ import torch
 from core.keys import Keys
 from core.sampling import SamplingParams, sample_token
 from learner.config import StepSettings
+from learner.probe_check import SafetyProbeSettings
 
 QUESTIONS = ["What is the capital of France?", "How do I boil an egg?", "Name a prime number.",
              "Why is the sky blue?", "What is 2 + 2?", "Say hello.", "Give me a colour.", "What day is it?"]
@@ -28,6 +29,11 @@ class Logged:
 
 # one cheap pass, trained weights kept as they are, a gate KL budget nothing reaches (1.5 x 10)
 QUICK_STEP = StepSettings(mode="fixed", lr=5e-3, min_steps=1, kl_target=10.0)
+# the gate's safety probe off: a tiny random model nudged by a step or two often collapses into one
+# repeated word ("chambers chambers ..."), which the default scorer may read as unsafe. Runs that test
+# something else leave the probe out, as they loosen the gate's other checks;
+# tests/learner/test_safety_probe.py tests it.
+NO_PROBE = SafetyProbeSettings(enabled=False)
 
 
 def as_policy(loaded, model=None):

@@ -50,7 +50,8 @@ def _detector_row(metric: str, saved: dict) -> dict:
 
 
 def adapter_table(registry: dict, totals: dict, verdicts: dict) -> list[dict]:
-    """One row per version (base included), newest first: parent, samples, mean reward, state."""
+    """One row per version (base included), newest first: parent, samples, mean reward, state, the
+    gate's safety probe figures (the registry entry's `probe`, None before the probe existed)."""
     rows = []
     entries = dict(registry["versions"])
     entries.setdefault("base", {"state": "published", "parent": "", "created": None})
@@ -62,5 +63,5 @@ def adapter_table(registry: dict, totals: dict, verdicts: dict) -> list[dict]:
         rows.append({"version": v, "parent": str(e.get("parent") or ""), "state": e.get("state", ""),
                      "role": role, "created": e.get("created"), "samples": fig["n"], "mean_reward": fig["mean"],
                      "ci95": [fig["lo"], fig["hi"]], "verdict": verdicts.get(v),
-                     "style": series.figures(totals.get(v, {}))["style"]})
+                     "style": series.figures(totals.get(v, {}))["style"], "probe": e.get("probe")})
     return rows

@@ -19,12 +19,19 @@ from worker.ops.store import OpsStore
 pytestmark = pytest.mark.integration
 
 
+# the gate's safety probe figures as the registry keeps them per version (learner/probe_run.py)
+PROBE = {"decision": "flag", "reason": "safety probe: relevance on the ordinary probes -0.60 is more than 0.5 below",
+         "unsafe_parent": 0.0, "unsafe_new": 0.0278, "p_value": 0.5, "relevance_parent": 0.1, "relevance_new": -0.6,
+         "n": 36, "parent": "1"}
+
+
 def seed(rdb, prefix: str) -> None:
     """Two published versions (stable 1, canary 2), ten minutes of rewards and events, one alarm."""
     keys = Keys(prefix)
     now = time.time()
     versions = {"1": {"version": 1, "state": "published", "parent": "base", "created": now - 900},
-                "2": {"version": 2, "state": "published", "parent": "1", "created": now - 300}}
+                "2": {"version": 2, "state": "published", "parent": "1", "created": now - 300,
+                      "probe": PROBE}}
     rdb.hset(keys.adapters, mapping={"stable": "1", "canary": "2", "canary_share": "0.5", "rollback_target": "base",
                                      "next_version": "2", "versions": json.dumps(versions)})
     rdb.xadd(keys.adapter_history, {"event": "publish", "version": "2", "by": "test", "reason": "seeded",
@@ -69,6 +76,7 @@ def test_ops_page_and_api_need_the_operator_token(ops_server):
     assert [a["version"] for a in body["adapters"]] == ["2", "1", "base"]
     v2 = body["adapters"][0]
     assert v2["role"] == "canary" and v2["samples"] == 10 and v2["mean_reward"] == pytest.approx(-0.6)
+    assert v2["probe"] == PROBE and body["adapters"][1]["probe"] is None      # version 1 predates the probe
     assert body["alarms"][0]["message"] == "seeded alarm"
     assert body["depths"] == {"pending": 2, "dead_letters": 0} and 2 in body["series"]["pending"]
 
@@ -129,6 +137,9 @@ def test_ops_page_charts_and_buttons_in_chromium(ops_server, page, rdb, prefix, 
     assert "Redis memory" in storage and "archive: no run yet" in storage, storage
     assert page.locator("#tags thead th").all_text_contents() == ["version", "too_long", "unsafe"]
     assert page.locator("#tags tr[data-version='2'] td").all_text_contents() == ["10", "10"]
+    probe = page.locator("#adapters tr[data-version='2'] td.probe")                 # the safety probe column
+    assert probe.inner_text() == "flag · unsafe 0% → 3% (p 0.50) · rel 0.10 → -0.60"
+    assert "relevance" in probe.get_attribute("title") and "probe-flag" in probe.get_attribute("class")
     link = page.locator("#timeline a.sessions").first
     assert "/admin/sessions?since=" in link.get_attribute("href")
     page.screenshot(path=str(tmp_path / "ops.png"), full_page=True)

@@ -141,6 +141,7 @@ def test_the_learning_loop_closes_over_vllm(dep, vllms, parrots, rdb, models_dir
     from core.settings import Settings
     from learner.config import GateSettings, StepSettings, TrainConfig
     from learner.runner import run_once
+    from tests.support.learner import NO_PROBE
     toml = dep.tmp / "reward.toml"
     toml.write_text("wait_window_s = 2.0\n")
     procs = Procs(dep.tmp)
@@ -165,7 +166,7 @@ def test_the_learning_loop_closes_over_vllm(dep, vllms, parrots, rdb, models_dir
         settings = Settings(redis_url=dep.redis_url, prefix=dep.prefix, data_dir=dep.data, model_cache_dir=models_dir,
                             model="tiny-random", device="cpu", publish_mode="stable", canary_share=1.0,
                             learner_machine="dedicated")   # this test process must not renice itself
-        cfg = TrainConfig(minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
+        cfg = TrainConfig(safety=NO_PROBE, minibatch_size=8, gate=GateSettings(holdout_share=0.25, cf_margin=2.0, cf_min_ess=1.0),
                           min_samples=4,
                           step=StepSettings(mode="fixed", lr=5e-3, min_steps=1, kl_target=10.0))
         result = run_once(settings, cfg, progress=False)

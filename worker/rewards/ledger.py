@@ -18,6 +18,7 @@ import redis
 from core.keys import Keys
 from core.redis_conn import RECORD_ONCE, RELEASE_LOCK, flat_fields, record_once_call, record_once_results
 from worker.rewards import ledger_lua as lua
+from worker.rewards.ledger_lua import Applied, Finalized, Opened
 
 GROUP = "rewarders"
 VOTES_KEPT = 50
@@ -137,18 +138,19 @@ class RewardLedger:
         return self.r.xrevrange(self.k.dead_letters, count=limit)
 
     # --- ledger entries and signals ---------------------------------------------------------
-    def ensure_entry(self, reply_id: str, wait_window_s: float, now: float) -> int:
-        """1 opened now, 0 already open (or final), -1 the reply does not exist."""
-        return int(self._ensure(keys=[self.k.reward(reply_id), self.k.rewards_pending, self.k.reply(reply_id)],
+    def ensure_entry(self, reply_id: str, wait_window_s: float, now: float) -> Opened:
+        """CREATED now, EXISTED (open or final), or NO_SUCH_REPLY."""
+        return Opened(self._ensure(keys=[self.k.reward(reply_id), self.k.rewards_pending, self.k.reply(reply_id)],
                                 args=[reply_id, repr(wait_window_s), repr(now)]))
 
-    def apply_signal(self, reply_id: str, user_id: str, signal: dict, pair: dict | None, vote: list | None) -> int:
-        """0 duplicate (already counted), 1 recorded, 2 recorded as late (the reply was final)."""
+    def apply_signal(self, reply_id: str, user_id: str, signal: dict, pair: dict | None, vote: list | None
+                     ) -> Applied:
+        """DUPLICATE (already counted), RECORDED, or LATE (recorded; the reply was final)."""
         keys = [self.k.reward_signals(reply_id), self.k.reward(reply_id), self.k.pairs, self.k.user_votes(user_id),
                 self.k.worker_stats]
         args = [signal["event_id"], json.dumps(signal), json.dumps(flat_fields(pair)) if pair else "",
                 json.dumps(vote) if vote else ""]
-        return int(self._apply(keys=keys, args=args))
+        return Applied(self._apply(keys=keys, args=args))
 
     def apply_batch(self, events: list[tuple[list[SignalOp], str | None]], wait_window_s: float,
                     now: float) -> tuple[list[list], dict[str, list[tuple]]]:
@@ -181,7 +183,8 @@ class RewardLedger:
         results, votes = self._apply_batch(keys=keys, args=[repr(wait_window_s), repr(now), json.dumps(plan),
                                                             json.dumps(list(voters.values()))])
         recent = {user: [tuple(json.loads(v)) for v in reversed(lst)] for user, lst in zip(voters, votes)}
-        return [[-1, str(res[1])] if int(res[0]) < 0 else [int(x) for x in res] for res in results], recent
+        return [[Opened.NO_SUCH_REPLY, str(res[1])] if int(res[0]) == Opened.NO_SUCH_REPLY
+                else [Opened.CREATED, *(Applied(x) for x in res[1:])] for res in results], recent
 
     def commit_batch(self, done: list[str], errors: dict[str, str], weights: list[tuple[str, float, str | None]],
                      now: float) -> None:
@@ -293,7 +296,7 @@ class RewardLedger:
             keys += [self.k.reward(reply_id), self.k.reward_signals(reply_id)]
         plan = [[rid, n, flat_fields(lf), flat_fields(sf), flat_fields(pair) if pair else 0]
                 for rid, n, lf, sf, pair in items]
-        return [int(x) for x in self._finalize_many(keys=keys, args=[json.dumps(plan)])]
+        return [Finalized(x) for x in self._finalize_many(keys=keys, args=[json.dumps(plan)])]
 
     def finalize_inputs(self, reply_id: str) -> tuple[dict, dict, list[dict], dict]:
         """(ledger entry, reply fields, signals, user hash) of one reply, read together."""
@@ -312,7 +315,7 @@ class RewardLedger:
                 self.k.pairs, self.k.worker_stats]
         args = [reply_id, n_signals, json.dumps(flat_fields(ledger_fields)), json.dumps(flat_fields(stream_fields)),
                 json.dumps(flat_fields(pair)) if pair else ""]
-        return int(self._finalize(keys=keys, args=args))
+        return Finalized(self._finalize(keys=keys, args=args))
 
     def entry(self, reply_id: str) -> dict:
         return self.r.hgetall(self.k.reward(reply_id))

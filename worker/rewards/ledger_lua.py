@@ -1,5 +1,29 @@
 """Lua scripts of the reward ledger. Each one is a single atomic step, which is what makes
-processing an event twice (a redelivery, a second worker) change nothing. Pure strings."""
+processing an event twice (a redelivery, a second worker) change nothing. Pure strings, and
+the codes they return as IntEnums (compare with these, never with bare numbers)."""
+from enum import IntEnum
+
+
+class Opened(IntEnum):
+    """What ensure_entry (ENSURE_ENTRY, and the first code of each APPLY_BATCH event) returns."""
+    NO_SUCH_REPLY = -1
+    EXISTED = 0
+    CREATED = 1
+
+
+class Applied(IntEnum):
+    """What apply_signal (APPLY_SIGNAL, and each signal's code in APPLY_BATCH) returns."""
+    DUPLICATE = 0
+    RECORDED = 1
+    LATE = 2        # recorded, but the reply was already final: the reward does not change
+
+
+class Finalized(IntEnum):
+    """What finalize (FINALIZE, FINALIZE_MANY per item) returns."""
+    SIGNALS_CHANGED = -1   # a signal arrived since the reward was computed: recompute
+    ALREADY_FINAL = 0
+    FINALIZED = 1
+
 
 # Open the ledger entry of a reply (once), from its reply hash.
 # (reward hash, pending zset, reply hash, reply_id, wait_window_s, now) -> 1 created, 0 existed, -1 no such reply

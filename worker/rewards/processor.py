@@ -21,6 +21,7 @@ from worker.rewards.batches import anomaly_weight, unsafe_voter_weight
 from worker.rewards.config import RewardConfig, config_hash
 from worker.rewards.function import ACTION_KINDS, USER_COMPONENTS, RewardBreakdown, compute_reward, finalize_state
 from worker.rewards.ledger import RewardLedger, SignalOp
+from worker.rewards.ledger_lua import Applied, Finalized, Opened
 from worker.rewards.pairs import is_kept
 from worker.rewards.signals import Event, PoisonEvent, choose_pair, parse_event, reply_facts, signals_of, vote_of
 
@@ -47,7 +48,7 @@ class BatchResult:
 
 # --- events -> ledger --------------------------------------------------------------------------
 def _open_entry(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, ev: Event, now: float) -> None:
-    if ledger.ensure_entry(reply_id, cfg.wait_window_s, now) < 0:
+    if ledger.ensure_entry(reply_id, cfg.wait_window_s, now) == Opened.NO_SUCH_REPLY:
         raise PoisonEvent(f"event {ev.stream_id}: reply {reply_id!r} does not exist")
 
 
@@ -70,9 +71,9 @@ def handle_event(ledger: RewardLedger, cfg: RewardConfig, ev: Event, now: float)
     for reply_id, signal in signals_of(ev):
         _open_entry(ledger, cfg, reply_id, ev, now)  # a second worker may hold the `reply` event
         result = ledger.apply_signal(reply_id, ev.user_id, signal, pair, vote)
-        new_vote |= bool(vote) and result > 0
+        new_vote |= bool(vote) and result != Applied.DUPLICATE
         pair = vote = None  # the pair and the vote travel with the first signal only
-        if result == 2:
+        if result == Applied.LATE:
             log.info("late %s on final reply %s: recorded, reward unchanged", ev.kind, reply_id)
     if new_vote:
         _update_user_weight(ledger, cfg, ev.user_id, now)
@@ -128,12 +129,12 @@ def process_entries(ledger: RewardLedger, cfg: RewardConfig, entries: list[tuple
         return
     new_voters, late = set(), 0
     for (ev, _), res in zip(planned, results):
-        if res[0] < 0:
+        if res[0] == Opened.NO_SUCH_REPLY:
             errors[ev.stream_id] = _error(PoisonEvent(f"event {ev.stream_id}: reply {res[1]!r} does not exist"))
             continue
         done.append(ev.stream_id)
-        late += res[1:].count(2)
-        if vote_of(ev) and any(r > 0 for r in res[1:]):
+        late += res[1:].count(Applied.LATE)
+        if vote_of(ev) and any(r != Applied.DUPLICATE for r in res[1:]):
             new_voters.add(ev.user_id)
     weights = []
     for user_id, recent in votes.items():  # every voter, not only new votes: a redelivery repairs a lost update
@@ -273,11 +274,11 @@ def finalize_one(ledger: RewardLedger, cfg: RewardConfig, reply_id: str, now: fl
             return False
         args = final_fields(cfg, reply_id, entry, reply, signals, user, now=now)
         done = ledger.finalize(*args)
-        if done >= 0:
-            if done:
+        if done != Finalized.SIGNALS_CHANGED:
+            if done == Finalized.FINALIZED:
                 note_positives(ledger, cfg, [(entry, args[2])], now)
                 log.debug("reward %s: %s %s (%d signals)", reply_id, args[2]["state"], args[2]["reward"] or "-", args[1])
-            return bool(done)
+            return done == Finalized.FINALIZED
     log.warning("reward %s: signals kept changing during %d attempts; will retry next run", reply_id,
                 FINALIZE_RETRIES)
     return False
@@ -300,9 +301,10 @@ def finalize_due(ledger: RewardLedger, cfg: RewardConfig, now: float, limit: int
     ledger.drop_due(gone)
     finalized, done_now = 0, []
     for entry, args, done in zip(entries, items, ledger.finalize_many(items)):
-        if done > 0:
+        if done == Finalized.FINALIZED:
             done_now.append((entry, args[2]))
-        finalized += done > 0 or (done < 0 and finalize_one(ledger, cfg, args[0], now))
+        finalized += done == Finalized.FINALIZED or (done == Finalized.SIGNALS_CHANGED
+                                                     and finalize_one(ledger, cfg, args[0], now))
     note_positives(ledger, cfg, done_now, now)
     log.debug("finalized %d of %d due reward(s)", finalized, len(ids))
     return finalized

@@ -3,14 +3,15 @@ plain one, on a real model (default SmolLM2, CPU float32).
 
 Three checks against the base model as parent, each the gate's own `probe_run.check`:
   fresh   a fresh LoRA (the base model's replies on both sides): the probe's full cost, parent
-          answered now; then again with the parent's reading taken from that result (what a
-          run continuing a version pays)
+          answered now (seconds.new alone is what a run continuing a version pays: it reads its
+          parent's reading from the parent's manifest)
   rude    the LoRA SFT'd for --steps steps on insulting replies to a few questions (none of them
           a probe): should be rejected
   polite  the same on a polite reply: should not be
 
     flock /tmp/rl-heavy.lock .venv/bin/python bench/safety_probe.py --cases fresh --out bench/results/safety_probe_cost.json
-    flock /tmp/rl-heavy.lock .venv/bin/python bench/safety_probe.py --cases rude,polite --out bench/results/safety_probe_sft.json
+    flock /tmp/rl-heavy.lock .venv/bin/python bench/safety_probe.py --cases rude \
+        --parent-from bench/results/safety_probe_cost.json --out bench/results/safety_probe_rude.json
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cases", default="fresh,rude,polite", help="which of fresh, rude, polite to run")
     p.add_argument("--out", type=Path)
+    p.add_argument("--parent-from", type=Path, help="a JSON this script wrote with --cases fresh: its reading of the "
+                                                    "base model is the parent's (as a run reads its parent's manifest)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = SafetyProbeSettings()
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"model": policy.model_id, "threads": args.threads, "settings": cfg.__dict__,
            "load_s": round(time.time() - t, 1)}
     replies = {"fresh": None, "rude": RUDE, "polite": POLITE}
+    parent = json.loads(args.parent_from.read_text())["fresh_full"] if args.parent_from else None
     for name in args.cases.split(","):
         reply = replies[name]
         policy.wrap(LoraSettings(), 0, None)
@@ -84,12 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.time()
             sft(policy, reply, args.steps, args.lr)
             out[f"{name}_sft_s"] = round(time.time() - t, 1)
-        res = probe_run.check(policy, view, cfg, parent="base", scorer=scorer, cache_dir=MODELS)
+        res = probe_run.check(policy, view, cfg, parent="base", scorer=scorer, cache_dir=MODELS, parent_probe=parent)
         out[name] = brief(res)
-        if name == "fresh":   # a run continuing a version reads its parent's probe from the manifest
-            again = probe_run.check(policy, view, cfg, parent="base", scorer=scorer, cache_dir=MODELS,
-                                    parent_probe=json.loads(json.dumps(res)))
-            out["fresh_parent_from_manifest"] = brief(again)
+        if name == "fresh":   # seconds.new is what a run continuing a version pays (its parent's reading is read)
+            out["fresh_full"] = res
         policy.release()
         print(json.dumps({name: out[name]}, indent=1), flush=True)
     if args.out:

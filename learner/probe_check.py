@@ -37,7 +37,7 @@ class SafetyProbeSettings:
     enabled: bool = setting(True, "Run the safety probe set on every new version before it is published (the gate "
                                   "rejects one significantly less safe than its parent). false: skipped, and the "
                                   "manifest says so.")
-    max_new_tokens: int = setting(48, "Greedy tokens per probe reply: enough for an insult or a refusal to show, "
+    max_new_tokens: int = setting(32, "Greedy tokens per probe reply: enough for an insult or a refusal to show, "
                                       "short enough to cost seconds (docs/learning.md, 'The safety probe').",
                                   ge=1, le=512)
     batch_size: int = setting(36, "Probe prompts decoded together in one batch (36: the whole set at once, the most "

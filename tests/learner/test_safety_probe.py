@@ -82,7 +82,7 @@ def test_the_probe_set_ships_in_the_package_half_invitations_half_ordinary():
 def test_safety_settings_are_one_group_settable_with_set():
     cfg = load_train_config(overrides=["safety.alpha=0.05", "safety.enabled=false"])
     assert cfg.safety.alpha == 0.05 and cfg.safety.enabled is False
-    assert cfg.to_dict()["safety"]["max_new_tokens"] == 48
+    assert cfg.to_dict()["safety"]["max_new_tokens"] == 32
     with pytest.raises(ValueError, match=r"SafetyProbeSettings\.alpha"):
         load_train_config(overrides=["safety.alpha=2"])
     with pytest.raises(ValueError, match=r"SafetyProbeSettings\.batch_size"):

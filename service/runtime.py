@@ -149,6 +149,10 @@ class Runtime:
     def _safety(self):
         """The safety scorer every reply passes (REWARDLOOP_SAFETY_MODEL; the offline default)."""
         from service.serving.quality import ReplySafety
+        if not self.settings.reply_safety:
+            log.warning("REWARDLOOP_REPLY_SAFETY=0: replies are not scored for safety (the veto sees only safety "
+                        "words and users' reports)")
+            return None
         safety = ReplySafety.load(self.settings.safety_model)
         log.info("replies are scored for safety by %s", safety.scorer.name)
         return safety

@@ -35,6 +35,10 @@ class ServerSettings(CommonSettings):
         20.0, "REWARDLOOP_FEEDBACK_RATE: feedback events per second one user may send (websocket and POST /v1/feedback "
         "together, per server process).", gt=0)
     feedback_burst: int = setting(50, "REWARDLOOP_FEEDBACK_BURST: feedback events one user may send at once.", ge=1)
+    reply_safety: bool = setting(
+        True, "REWARDLOOP_REPLY_SAFETY: 1 (default) scores every reply's P[unsafe] as it ends (REWARDLOOP_SAFETY_MODEL) "
+        "so the reward's veto sees it; 0 only for a model whose text means nothing (the tests' tiny random model, "
+        "whose word salad the default scorer sometimes reads as unsafe).")
     anonymous: bool = setting(
         True, "REWARDLOOP_ANONYMOUS: 1 lets POST /api/session hand out anonymous user tokens; 0 turns it off for "
         "deployments with their own login (tokens from `rewardloop token create`).")

@@ -24,7 +24,7 @@ from core.embedded_redis import EmbeddedRedis
 from core.keys import Keys
 from core.settings import Settings
 from learner import policy as policy_mod
-from learner.config import GateSettings, TrainConfig
+from learner.config import TrainConfig
 from learner.runner import run_once
 from tests.learner.conftest import favoured, make_logged, write_logged
 from tests.support.processes import MODELS, REPO
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             items = pool[args.per_run * k:args.per_run * (k + 1)]
             write_logged(r, keys, items, lambda i: 1.0 if favoured(i) else -1.0, version=str(k) if k else "base")
             t = time.time()
-            res = run_once(settings, TrainConfig(gate=GateSettings(cf_min_ess=1.0)), progress=False)
+            res = run_once(settings, TrainConfig(), progress=False)   # the shipped defaults
             if args.reload:
                 policy_mod.forget(args.model, MODELS, "cpu")
             rows.append({"run": k + 1, "state": res.state, "parent": res.stats.get("parent"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from core.reply_scoring import ReplyScorer
 from core.safety import SafetyScorer, load_safety_scorer
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ class ReplySafety:
     def __init__(self, scorer: SafetyScorer):
         self.scorer = scorer
         self.failures = 0
+        # core/reply_scoring.py builds the field, as for `rewards score` and the gate (no base model here)
+        self._fields = ReplyScorer(None, scorer, None, absent=NOT_SCORED_HERE)
 
     @classmethod
     def load(cls, spec: str | None) -> ReplySafety:
@@ -39,9 +42,8 @@ class ReplySafety:
         """{"unsafe": P, "safety_scorer": name, "absent": why no relevance/fluency}, or None when
         the scorer failed (logged; the reply is saved without scores)."""
         try:
-            p = (await asyncio.to_thread(self.scorer.unsafe_probability, [text], [prompt]))[0]
+            return (await asyncio.to_thread(self._fields.score, [(prompt, text)]))[0]
         except Exception:   # one reply's scoring must not fail the reply or stop the server
             self.failures += 1
             log.exception("safety scorer %s failed on a reply; saved without quality scores", self.scorer.name)
             return None
-        return {"unsafe": round(float(p), 4), "safety_scorer": self.scorer.name, "absent": NOT_SCORED_HERE}

@@ -49,11 +49,12 @@ QUICK = {"REWARDLOOP_MIN_SAMPLES": "12", "REWARDLOOP_UPDATE_EVERY": "2", "REWARD
          "REWARDLOOP_OPS_EVERY_S": "2", "REWARDLOOP_DRIFT_MIN_SAMPLES": "4"}
 
 
-def reward_toml(path: Path, wait_s: float) -> Path:
+def reward_toml(path: Path, wait_s: float, veto: bool = True) -> Path:
     """REWARDLOOP_REWARD_CONFIG of the bench's deployment: the default reward, except how long a
     reply's reward waits for signals (the simulated users react within seconds) and their reading
-    speed (10x a person's, so a dwell is seconds, not minutes)."""
-    path.write_text(f"wait_window_s = {wait_s}\nreading_wpm = 2300.0\n")
+    speed (10x a person's, so a dwell is seconds, not minutes). veto=False: the control arm of
+    the safety comparison (`safety_veto = false`: an unsafe reply's reward is no longer capped)."""
+    path.write_text(f"wait_window_s = {wait_s}\nreading_wpm = 2300.0\n" + ("" if veto else "safety_veto = false\n"))
     return path
 
 
@@ -70,6 +71,8 @@ def parse_args(argv):
     p.add_argument("--eval", type=int, default=48, help="held-out replies per version")
     p.add_argument("--env", action="append", default=[], metavar="REWARDLOOP_X=V",
                    help="a deployment setting (documented environment variable); repeatable")
+    p.add_argument("--no-veto", action="store_true",
+                   help="the control arm of the safety comparison: the reward config's safety_veto = false")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--no-kto", action="store_true", help="skip the TRL KTOTrainer reference")
     p.add_argument("--quick", action="store_true",
@@ -157,10 +160,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     mix = parse_mix(args.mix)
     name = "_".join(f"{t.name}{round(s * 100)}" if len(mix) > 1 else t.name for t, s in mix)
-    out = Path(args.out or REPO / "bench" / "results" / f"loop_{'quick_' if args.quick else ''}{name}_seed{args.seed}{args.tag}.json")
+    out = Path(args.out or REPO / "bench" / "results" / f"loop_{'quick_' if args.quick else ''}{name}_seed{args.seed}"
+                                                         f"{'_noveto' if args.no_veto else ''}{args.tag}.json")
     work = Path(tempfile.mkdtemp(prefix="rl-loop-"))
     settings = deployment(args)
-    settings.setdefault("REWARDLOOP_REWARD_CONFIG", str(reward_toml(work / "reward.toml", args.reward_wait)))
+    settings.setdefault("REWARDLOOP_REWARD_CONFIG", str(reward_toml(work / "reward.toml", args.reward_wait,
+                                                                          veto=not args.no_veto)))
     tastes = assign(mix, args.users)
     users = [PopUser(f"u{args.seed}_{i}_{t.name}", t, seed=args.seed * 1000 + i, max_turns=3)
              for i, t in enumerate(tastes)]
@@ -213,10 +218,19 @@ def learner_cost(data_dir: Path, rounds: list[dict]) -> dict:
         runs.append({"version": rd["version"], "samples": n, "run_s": m.get("train_seconds"), "loop_s": loop_s,
                      "run_s_per_sample": m["train_seconds"] / n if n and m.get("train_seconds") else None,
                      "loop_s_per_sample": loop_s / n if n and loop_s else None, "parent": m.get("parent"),
-                     "state": m.get("state"), "reason": m.get("reason")})
+                     "state": m.get("state"), "reason": m.get("reason"), "probe": probe_figures(m.get("probe"))})
     total_n = sum(r["samples"] for r in runs)
     total_s = sum(r["run_s"] or 0 for r in runs)
     return {"runs": runs, "run_s_per_sample": total_s / total_n if total_n else None}
+
+
+def probe_figures(probe) -> dict | None:
+    """The gate's safety probe of one run (learner/probe_run.py), without its per-probe details."""
+    if not isinstance(probe, dict):
+        return None
+    return {k: probe.get(k) for k in ("decision", "reason", "unsafe_parent", "unsafe_new", "worse", "better", "p_value",
+                                      "mean_p_unsafe_parent", "mean_p_unsafe_new", "relevance_parent",
+                                      "relevance_new", "n", "parent", "by_kind")}
 
 
 def versions_summary(history: list[dict], verdicts: dict) -> dict:

@@ -76,9 +76,17 @@ def chat_figures(turns, watch, metrics: dict) -> dict:
     return out
 
 
+UNSAFE = "unsafe_p"   # the held-out scores' key of the default safety scorer's P[unsafe]
+
+
 def _scores(args, folder: Path | None, tastes, max_new_tokens: int) -> dict[str, list[float]]:
     replies = offline_replies(args.model, folder, args.eval, max_new_tokens, args.seed)
-    return {t.name: judge(t, replies) for t in tastes}
+    out = {t.name: judge(t, replies) for t in tastes}
+    # the shipped default safety scorer's P[unsafe] of each held-out reply (#32: does a rude
+    # minority make the published versions ruder?)
+    from core.safety import ProfanityScorer
+    out[UNSAFE] = ProfanityScorer().unsafe_probability([text for _, text, _ in replies])
+    return out
 
 
 def evaluate(args, data_dir: Path, rounds: list[dict], tastes, max_new_tokens: int, extra: dict | None = None
@@ -98,9 +106,10 @@ def evaluate(args, data_dir: Path, rounds: list[dict], tastes, max_new_tokens: i
     scores = {v: _scores(args, folder, tastes, max_new_tokens) for v, folder in folders.items()}
     base = scores["base"][judge_taste]
 
-    def paired(v: str, against: list[float]) -> dict:
-        return mean_ci([a - b for a, b in zip(scores[v][judge_taste], against)])
-    per_round = [{"round": rd["round"], "version": rd["newest_served"], "lift": paired(rd["newest_served"], base)}
+    def paired(v: str, against: list[float], key: str = judge_taste) -> dict:
+        return mean_ci([a - b for a, b in zip(scores[v][key], against)])
+    per_round = [{"round": rd["round"], "version": rd["newest_served"], "lift": paired(rd["newest_served"], base),
+                  "unsafe_change": paired(rd["newest_served"], scores["base"][UNSAFE], UNSAFE)}
                  for rd in rounds]
     later = None
     if len(rounds) >= 2:

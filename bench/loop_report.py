@@ -36,7 +36,8 @@ def print_run(rep: dict) -> None:
         rows.append({"round": rd["round"], "run": f"{rd['state']} v{rd.get('version') or '-'}",
                      "serves": rd["newest_served"], "replies": rd["replies_before"], "wall s": round(rd["wall_s"]),
                      "run s": round(rd["run_s"]) if rd.get("run_s") else None,
-                     "held-out lift vs base [95% CI]": lift_line(lift["lift"])})
+                     "held-out lift vs base [95% CI]": lift_line(lift["lift"]),
+                     "P[unsafe] vs base": lift_line(lift["unsafe_change"]) if lift.get("unsafe_change") else None})
     print(f"\n{rep['mix']} seed {rep['args']['seed']}: {rep['replies']} replies, loop {rep['wall_s'] / 60:.1f} min")
     if rows:
         print(table(rows, list(rows[0])))
@@ -47,6 +48,13 @@ def print_run(rep: dict) -> None:
         print(f"round {d['rounds'][1]} minus round 1 (v{d['versions'][1]} - v{d['versions'][0]}): {lift_line(d['difference'])}")
     for name, lift in (held.get("extra") or {}).items():
         print(f"{name} (TRL KTOTrainer, same rewarded replies) vs base: {lift_line(lift)}")
+    for run in (rep.get("learner_s_per_sample") or {}).get("runs", []):
+        pr = run.get("probe")
+        if pr and pr.get("unsafe_new") is not None:
+            print(f"safety probe v{run['version']} ({pr['decision']}): unsafe {pr['unsafe_new']:.3f} vs parent "
+                  f"{pr['parent']} {pr['unsafe_parent']:.3f} (n {pr['n']}, p {_f(pr.get('p_value'))})")
+        elif pr:
+            print(f"safety probe v{run['version']}: {pr['decision']} ({pr.get('reason')})")
     v = rep["versions"]
     print(f"versions: {v['published']} published, {v['rejected']} rejected, {v['promoted']} promoted, "
           f"{v['rolled_back']} rolled back (by the live comparison: {v['promoted_by_monitor']} / {v['rolled_back_by_monitor']})")

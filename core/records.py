@@ -19,6 +19,7 @@ name, so nothing a writer stored is lost on the way to the archive and back.
     RewardEntry   reward:{id} + reward_signals:{id} (reward workers)  ledger
     FinalReward   `rewards` stream entry (reward workers)             rewards
     PairRecord    `pairs` stream entry (reward workers)               pairs
+The adapter folder's manifest.json has its own record: core/manifest.AdapterManifest.
 """
 from __future__ import annotations
 

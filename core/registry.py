@@ -22,6 +22,7 @@ before that commit.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -35,14 +36,12 @@ import redis
 
 from core.adapter_format import MANIFEST_FILE, WEIGHTS_FILE, sha256_file
 from core.keys import Keys
+from core.manifest import AdapterManifest, ManifestInvalid
 from core.versions import folder_name, is_base
 from core.versions import sort_key as version_sort_key
 
 log = logging.getLogger(__name__)
 
-# the safety probe's figures a version's registry entry keeps (the manifest has them all)
-PROBE_FIGURES = ("decision", "reason", "unsafe_parent", "unsafe_new", "p_value", "relevance_parent", "relevance_new",
-                 "n", "parent")
 
 # KEYS: lock, adapters, history, cursor, pairs cursor
 # ARGV: token, version, entry JSON, mode (canary|stable|reject), canary_share, cursor ('' keeps),
@@ -107,15 +106,19 @@ class Registry:
     def version_dir(self, version: int | str) -> Path:
         return self.root / folder_name(version)
 
-    def manifest(self, version: int | str) -> dict:
+    def manifest(self, version: int | str) -> AdapterManifest:
         path = self.version_dir(version) / MANIFEST_FILE
         if not path.exists():
             raise RegistryError(f"version {version} has no folder at {path.parent}; see `rewardloop adapters list`")
-        return json.loads(path.read_text())
+        return self.manifest_of(path.parent)
 
     @staticmethod
-    def manifest_of(folder: Path) -> dict:
-        return json.loads((Path(folder) / MANIFEST_FILE).read_text())
+    def manifest_of(folder: Path) -> AdapterManifest:
+        path = Path(folder) / MANIFEST_FILE
+        try:
+            return AdapterManifest.from_json(path.read_text())
+        except ManifestInvalid as exc:
+            raise RegistryError(f"{path}: {exc}") from None
 
     def stable_dir(self) -> tuple[str, Path | None]:
         """(stable version, its folder) -- folder None when the stable is the base model."""
@@ -175,48 +178,44 @@ class Registry:
                 removed.append(child.name)
         return removed
 
-    def stage(self, model, manifest: dict) -> Path:
+    def stage(self, model, manifest: AdapterManifest) -> Path:
         """Save the adapter and its manifest into a temp folder; return it (sha256 filled in)."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             model.save_pretrained(str(tmp))
-            manifest = dict(manifest, sha256=sha256_file(tmp / WEIGHTS_FILE))
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            manifest = dataclasses.replace(manifest, sha256=sha256_file(tmp / WEIGHTS_FILE))
+            (tmp / MANIFEST_FILE).write_text(manifest.to_json())
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             # safetensors reports ENOSPC as its own error type with the OS message inside
             if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):
                 log.error("adapter v%s not written: disk full under %s (%s); nothing was published, the "
-                          "registry is unchanged -- free space and the next run publishes", manifest.get("version"),
+                          "registry is unchanged -- free space and the next run publishes", manifest.version,
                           self.root, exc)
                 raise OSError(errno.ENOSPC, f"no space left under {self.root} for adapter "
-                              f"v{manifest.get('version')}") from exc
+                              f"v{manifest.version}") from exc
             raise
         return tmp
 
-    def commit(self, staged: Path, manifest: dict, lock_token: str, mode: str, canary_share: float, *,
+    def commit(self, staged: Path, manifest: AdapterManifest, lock_token: str, mode: str, canary_share: float, *,
                cursor: str | None, pairs_cursor: str | None, by: str) -> tuple[bool, str]:
         """Rename the staged folder to v{N} and record it in Redis if the lock still holds the
         token. mode: canary | stable | reject | keep (registered only: `adapters import` without
         --publish). (False, why) leaves Redis and disk as they were."""
-        version = int(manifest["version"])
+        version = manifest.version
         dest = self.version_dir(version)
         if dest.exists():
             shutil.rmtree(staged, ignore_errors=True)
             return False, f"{dest} exists already"
         os.rename(staged, dest)
-        entry = {"version": version, "state": manifest["state"], "parent": manifest["parent"],
-                 "sha256": manifest["sha256"], "path": str(dest), "created": manifest["created"],
-                 "reason": manifest.get("reason", ""), "samples": manifest.get("samples_used", 0)}
-        if isinstance(manifest.get("probe"), dict):   # the safety probe's figures, for /ops (no disk read there)
-            entry["probe"] = {k: manifest["probe"].get(k) for k in PROBE_FIGURES}
+        entry = manifest.registry_entry(str(dest))
         try:
             ok, msg = self._commit(
                 keys=[self.k.learn_lock, self.k.adapters, self.k.adapter_history, self.k.learn_cursor,
                       self.k.learn_pairs_cursor],
                 args=[lock_token, version, json.dumps(entry), mode, repr(float(canary_share)), cursor or "",
-                      pairs_cursor or "", self.k.adapters_changed, by, manifest.get("reason", ""),
+                      pairs_cursor or "", self.k.adapters_changed, by, manifest.reason,
                       repr(time.time())])
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)

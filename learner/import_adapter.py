@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.adapter_format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterInvalid, sha256_file, validate_adapter
 from core.keys import Keys
+from core.manifest import AdapterManifest
 from core.registry import Registry
 
 
@@ -75,11 +76,11 @@ def import_adapter(r, keys: Keys, data_dir: Path, folder: Path, *, model_id: str
             shutil.copyfile(folder / name, staged / name)
         st = reg.state()
         version = st["next_version"] + 1
-        manifest = {"version": version, "parent": st["stable"], "base_model": model_id, "state": "published",
-                    "reason": f"imported from {folder.resolve()}", "created": time.time(), "samples_used": 0,
-                    "imported_from": str(folder.resolve()), "imported_base": claimed,
-                    "sha256": sha256_file(staged / WEIGHTS_FILE)}
-        (staged / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        manifest = AdapterManifest(version=version, parent=st["stable"], base_model=model_id, state="published",
+                                   reason=f"imported from {folder.resolve()}", created=time.time(),
+                                   sha256=sha256_file(staged / WEIGHTS_FILE),
+                                   extra={"imported_from": str(folder.resolve()), "imported_base": claimed})
+        (staged / MANIFEST_FILE).write_text(manifest.to_json())
         try:
             validate_adapter(staged, model_id, module_names)
         except AdapterInvalid as exc:

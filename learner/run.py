@@ -112,11 +112,11 @@ def _parent_lineage(ctx: RunContext) -> tuple[float, float] | None:
     if ctx.parent_dir is None:
         return None
     manifest = ctx.registry.manifest(ctx.parent)
-    if manifest.get("base_model") != ctx.policy.model_id:
-        raise RegistryError(f"parent version {ctx.parent} was trained on {manifest.get('base_model')}, this learner "
+    if manifest.base_model != ctx.policy.model_id:
+        raise RegistryError(f"parent version {ctx.parent} was trained on {manifest.base_model}, this learner "
                             f"loads {ctx.policy.model_id} (REWARDLOOP_MODEL); roll back to base first "
                             "(`rewardloop adapters rollback base`) or use the same model")
-    trained = manifest.get("training", {})
+    trained = manifest.training or {}
     if "lineage_reward_mean" in trained:
         return trained["lineage_reward_mean"], trained["lineage_reward_count"]
     return None

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from core.manifest import AdapterManifest
 from learner import gate, trust_region
 from learner.config import TrainConfig
 from learner.run import RunContext, RunResult, kl_probe
@@ -74,7 +75,7 @@ def safety_probe(ctx: RunContext) -> None:
         return
     from learner import probe_run
     scorer = probe_run.scorer_for(ctx.settings.safety_model, str(ctx.policy.device))
-    parent_probe = ctx.registry.manifest(ctx.parent).get("probe") if ctx.parent_dir is not None else None
+    parent_probe = ctx.registry.manifest(ctx.parent).probe if ctx.parent_dir is not None else None
     probe = probe_run.check(ctx.policy, ctx.parent_view, cfg, parent=str(ctx.parent), scorer=scorer,
                             cache_dir=ctx.settings.models_dir, parent_probe=parent_probe)
     ctx.notes["probe"] = probe
@@ -84,23 +85,23 @@ def safety_probe(ctx: RunContext) -> None:
         verdict.notes.append(probe["reason"])
 
 
-def manifest(ctx: RunContext) -> dict:
+def manifest(ctx: RunContext) -> AdapterManifest:
     cfg, data, verdict = ctx.cfg, ctx.data, ctx.verdict
-    return {
-        "version": ctx.version, "parent": ctx.parent, "parent_choice": ctx.parent_why,
-        "base_model": ctx.policy.model_id, "state": "published" if verdict.passed else "rejected",
-        "reason": "" if verdict.passed else verdict.reason,
-        "created": time.time(), "train_seconds": time.time() - ctx.started,
-        "samples_used": len(data.train), "holdout": len(data.holdout), "dataset": data.stats(),
-        "reward_config_hash": config_hash(ctx.reward_cfg),
-        "stream_range": [min((s.stream_id for s in data.train if s.stream_id), default=None), data.last_id],
-        "training": ctx.train_stats, "cost": cost(ctx),
-        "gate": {"passed": verdict.passed, "reason": verdict.reason, "canary": verdict.canary,
-                 "stats": verdict.stats, "notes": verdict.notes, "kl_budget": cfg.kl_budget},
-        "probe": ctx.notes.get("probe"),
-        "reward_model": ctx.notes.get("reward_model", {}), "chat_first": ctx.chat.stats() if ctx.chat else None,
-        "config": cfg.to_dict(), "torch": torch.__version__,
-    }
+    return AdapterManifest(
+        version=ctx.version, parent=str(ctx.parent), parent_choice=ctx.parent_why,
+        base_model=ctx.policy.model_id, state="published" if verdict.passed else "rejected",
+        reason="" if verdict.passed else verdict.reason,
+        created=time.time(), train_seconds=time.time() - ctx.started,
+        samples_used=len(data.train), holdout=len(data.holdout), dataset=data.stats(),
+        reward_config_hash=config_hash(ctx.reward_cfg),
+        stream_range=[min((s.stream_id for s in data.train if s.stream_id), default=None), data.last_id],
+        training=ctx.train_stats, cost=cost(ctx),
+        gate={"passed": verdict.passed, "reason": verdict.reason, "canary": verdict.canary,
+              "stats": verdict.stats, "notes": verdict.notes, "kl_budget": cfg.kl_budget},
+        probe=ctx.notes.get("probe"),
+        reward_model=ctx.notes.get("reward_model", {}), chat_first=ctx.chat.stats() if ctx.chat else None,
+        config=cfg.to_dict(), torch=torch.__version__,
+    )
 
 
 def cost(ctx: RunContext) -> dict:
@@ -115,7 +116,7 @@ def publish(ctx: RunContext) -> RunResult:
     """The manifest; in a dry run that is all. Else stage the folder and commit (fenced by the lock)."""
     info = manifest(ctx)
     if ctx.options.dry_run:
-        return RunResult("dry_run", version=None, reason=ctx.verdict.reason, stats=info)
+        return RunResult("dry_run", version=None, reason=ctx.verdict.reason, stats=info.to_dict())
     verdict, settings = ctx.verdict, ctx.settings
     # too little evidence to judge offline: serve a share of sessions first, whatever the mode
     mode = ("canary" if verdict.canary else settings.publish_mode) if verdict.passed else "reject"
@@ -125,5 +126,5 @@ def publish(ctx: RunContext) -> RunResult:
                                   cursor=ctx.data.last_id, pairs_cursor=ctx.data.last_pair_id, by=ctx.options.by)
     if not ok:
         log.warning("run not committed: %s", why)
-        return RunResult("lost_lock", reason=why, stats=info)
-    return RunResult(info["state"], version=ctx.version, reason=info["reason"], stats=info)
+        return RunResult("lost_lock", reason=why, stats=info.to_dict())
+    return RunResult(info.state, version=ctx.version, reason=info.reason, stats=info.to_dict())

@@ -13,7 +13,7 @@ def _stored(fields: dict) -> dict[str, str]:
     return dict(zip(flat[0::2], flat[1::2]))
 
 
-REPLY = {  # what service/serving/chat.py `_record` builds
+REPLY = {  # a stored reply hash, as service/serving/chat.py writes it (ReplyRecord.to_redis) plus a future field
     "reply_id": "rep_1", "user_id": "u", "session_id": "s", "turn": 2, "api": "ws", "client_msg_id": "m1",
     "user_text": "hi", "prompt_messages": [{"role": "user", "content": "hi"}], "prompt_ids": [1, 2, 3],
     "history_dropped": 0, "text": "hello", "token_ids": [7, 8], "logprobs": [round(-0.123456789, 6), -2.5],

@@ -136,7 +136,7 @@ def _adapters(args, settings) -> int:
         if args.adapters_command == "import":
             return _import(args, settings, r)
         if args.adapters_command == "show":
-            print(json.dumps(reg.manifest(args.version), indent=2, sort_keys=True))
+            print(reg.manifest(args.version).to_json())
             return 0
         notice = reg.move(args.adapters_command, args.version, by=_who(), reason=args.reason)
         print(f"{notice['event']}: stable {notice['stable']}, canary {notice['canary'] or '-'}")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from core.records import ReplyRecord
 from core.sampling import SamplingParams
 from core.settings import ServerSettings
 from core.versions import is_base
@@ -294,7 +295,7 @@ class ChatService:
                     event = dataclasses.replace(event, finish_reason=FinishReason.STOP, n_tokens=cut, text_tail="")
                 record = self._record(plan, ids, logprobs, text, event, scanner.hit if scanner else None)
                 if self.safety is not None:
-                    record["quality"] = await self.safety.quality(plan.user_text, text)
+                    record = dataclasses.replace(record, quality=await self.safety.quality(plan.user_text, text))
                 await self.store.save_reply(record, in_history=plan.in_history, history_index=plan.history_index,
                                             branch=plan.branch_ids)
                 if self.metrics:
@@ -305,21 +306,21 @@ class ChatService:
                         self.metrics.load.first_token(event.first_token_at - event.queued_at, first_state)
                 yield event
 
-    def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent, stop_string: str | None = None) -> dict:
+    def _record(self, plan: ReplyPlan, ids, logprobs, text: str, end: EndEvent,
+                stop_string: str | None = None) -> ReplyRecord:
         rerank = plan.handle.summary()   # None unless a RerankHandle chose among candidates
-        return {
-            "reply_id": plan.reply_id, "user_id": plan.user.user_id, "session_id": plan.session_id,
-            "turn": plan.turn_index, "api": plan.api, "client_msg_id": plan.client_msg_id,
-            "user_text": plan.user_text, "prompt_messages": plan.prompt.messages, "prompt_ids": plan.prompt_ids,
-            "history_dropped": plan.prompt.dropped_turns, "text": text, "token_ids": ids,
-            "logprobs": [round(x, 6) for x in logprobs],
-            "params": (plan.handle.params if rerank else plan.params).to_dict(), "rerank": rerank,
-            "adapter_version": plan.adapter_version, "model_id": self.model_id,
-            "queued_at": end.queued_at, "first_token_at": end.first_token_at, "ended_at": end.ended_at,
-            "finish_reason": end.finish_reason, "n_tokens": end.n_tokens, "error": end.error,
-            "prefix_reused": end.prefix_reused, "peak_rows": end.peak_rows,   # the path, for replay
-            "candidates": plan.candidates, "replaces": plan.replaces, "parent_id": plan.parent_id,
-            "stop": list(plan.stop) or None, "stop_string": stop_string,
-            "client": plan.client,
-            "opt_out": int(plan.user.opt_out), "logged_at": time.time(),
-        }
+        return ReplyRecord(
+            reply_id=plan.reply_id, user_id=plan.user.user_id, session_id=plan.session_id,
+            turn=plan.turn_index, api=plan.api, client_msg_id=plan.client_msg_id,
+            user_text=plan.user_text, prompt_messages=plan.prompt.messages, prompt_ids=plan.prompt_ids,
+            history_dropped=plan.prompt.dropped_turns, text=text, token_ids=ids,
+            logprobs=[round(x, 6) for x in logprobs],
+            params=(plan.handle.params if rerank else plan.params).to_dict(), rerank=rerank,
+            adapter_version=plan.adapter_version, model_id=self.model_id,
+            queued_at=end.queued_at, first_token_at=end.first_token_at, ended_at=end.ended_at,
+            finish_reason=str(end.finish_reason), n_tokens=end.n_tokens, error=end.error,
+            prefix_reused=end.prefix_reused, peak_rows=end.peak_rows,   # the path, for replay
+            candidates=plan.candidates, replaces=plan.replaces, parent_id=plan.parent_id,
+            stop=list(plan.stop) or None, stop_string=stop_string,
+            client=plan.client, opt_out=int(plan.user.opt_out), logged_at=time.time(),
+        )

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.keys import Keys
+from core.records import ReplyRecord
 from core.redis_conn import IDEMPOTENCY_TTL_S, RECORD_ONCE, flat_fields, record_once_call, record_once_results
 from service.serving.branches import Node, node_from_fields
 from service.serving.group_commit import GroupCommit
@@ -131,7 +132,7 @@ class ChatStore:
         return bool(await self.r.hsetnx(self.k.session_meta(session_id), "title", title))
 
     # --- replies --------------------------------------------------------------------
-    async def save_reply(self, record: dict, in_history: bool, history_index: int | None = None,
+    async def save_reply(self, record: ReplyRecord, in_history: bool, history_index: int | None = None,
                          wait_s: float = REPLY_SAVE_WAIT_S, branch: list[str] | None = None) -> str:
         """Write the reply hash, link it to its session, and append a `reply` event, atomically.
         With `branch` (the reply ids before it), a reply in the history makes that branch plus
@@ -141,8 +142,8 @@ class ChatStore:
         deadline, pause, retry = time.monotonic() + wait_s, 0.1, False
         while True:
             try:
-                if retry and await self.r.exists(self.k.reply(record["reply_id"])):
-                    return record["reply_id"]
+                if retry and await self.r.exists(self.k.reply(record.reply_id)):
+                    return record.reply_id
                 return await self._save_reply(record, in_history, history_index, branch)
             except (RedisConnectionError, RedisTimeoutError):
                 if time.monotonic() + pause > deadline:
@@ -150,12 +151,12 @@ class ChatStore:
                 await asyncio.sleep(pause)
                 pause, retry = min(pause * 2, 1.0), True
 
-    async def _save_reply(self, record: dict, in_history: bool, history_index: int | None,
+    async def _save_reply(self, record: ReplyRecord, in_history: bool, history_index: int | None,
                           branch: list[str] | None = None) -> str:
-        rid, sid = record["reply_id"], record["session_id"]
+        rid, sid = record.reply_id, record.session_id
         now = time.time()
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.k.reply(rid), mapping=dict(zip(*[iter(flat_fields(record))] * 2)))
+            p.hset(self.k.reply(rid), mapping=record.to_redis())
             p.rpush(self.k.session_replies(sid), rid)
             if in_history and branch is not None:
                 p.delete(self.k.session(sid))
@@ -168,12 +169,12 @@ class ChatStore:
             p.hset(self.k.session_meta(sid), "last_active", now)
             # a session the archive moved while its page stayed open comes back as a whole session
             # (the archive moves it again later; readers join both parts): never a meta without owner
-            p.hsetnx(self.k.session_meta(sid), "user_id", record["user_id"])
+            p.hsetnx(self.k.session_meta(sid), "user_id", record.user_id)
             p.hsetnx(self.k.session_meta(sid), "created", now)
             p.zadd(self.k.sessions, {sid: now}, nx=True)
-            p.zadd(self.k.user_sessions(record["user_id"]), {sid: now}, nx=True)
+            p.zadd(self.k.user_sessions(record.user_id), {sid: now}, nx=True)
             p.xadd(self.k.events, {"kind": "reply", "reply_id": rid, "session_id": sid,
-                                   "user_id": record["user_id"], "adapter_version": record["adapter_version"],
+                                   "user_id": record.user_id, "adapter_version": record.adapter_version,
                                    "server_time": repr(now)})
             await p.execute()
         return rid

@@ -81,9 +81,9 @@ def test_the_learner_yields_while_a_server_on_its_host_streams(server_factory, r
         talker.join(60)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     manifest = Registry(r, keys, tmp_path / "learner").manifest(1)
-    shared = manifest["chat_first"]
+    shared = manifest.chat_first
     assert shared["shared"] is True and "this host" in shared["why"], shared
-    assert shared["steps"] == manifest["training"]["steps"] >= 4          # it looked before every step
+    assert shared["steps"] == manifest.training["steps"] >= 4          # it looked before every step
     assert shared["steps_paused"] >= 1 and shared["waited_s"] > 0.1, shared     # it gave way, and says how long
     assert shared["nice"] >= 2 and shared["torch_threads"] == max(1, (os.cpu_count() or 2) // 2), shared
     assert streamed, "the server streamed while the learner ran"

@@ -62,7 +62,7 @@ def test_a_canary_is_continued_from_and_one_found_worse_is_rolled_back_and_not(s
     write_logged(rdb, keys, logged[16:], reward, version="2")
     third = run_once(settings, QUICK, progress=False)
     assert third.state == "published" and third.stats["parent"] == "base", third.stats.get("parent_choice")
-    assert Registry.manifest_of(registry.version_dir(3))["parent"] == "base"
+    assert Registry.manifest_of(registry.version_dir(3)).parent == "base"
 
 
 def test_a_canary_found_worse_but_kept_by_the_alert_policy_is_not_continued_from(rdb, keys, tmp_path):

@@ -38,7 +38,7 @@ def test_import_registers_then_publishes_with_a_manifest(setup, models_dir):
     assert v1 == 1 and st["versions"]["1"]["state"] == "published" and st["stable"] == "base"
     assert reg.history(1)[0]["event"] == "import"
     m = reg.manifest(1)
-    assert m["base_model"] == "rewardloop/tiny-random-llama" and m["imported_from"] == str(folder.resolve())
+    assert m.base_model == "rewardloop/tiny-random-llama" and m.extra["imported_from"] == str(folder.resolve())
     assert (reg.version_dir(1) / "adapter_model.safetensors").read_bytes() == (folder / "adapter_model.safetensors").read_bytes()
     assert reg.move("promote", "1", by="t", reason="")["stable"] == "1"
     v2, notice = run(folder, publish="canary")
@@ -91,4 +91,4 @@ def test_another_base_name_is_taken_with_any_base(setup, models_dir):
     _other_base(folder)
     version, _ = run(folder, publish="stable", any_base=True)
     assert reg.state()["stable"] == str(version)
-    assert reg.manifest(version)["imported_base"] == "meta-llama/Llama-3-8B"
+    assert reg.manifest(version).extra["imported_base"] == "meta-llama/Llama-3-8B"

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from core.adapter_format import sha256_file
+from core.manifest import AdapterManifest
 from core.registry import Registry, RegistryError
 from learner.runner import LearnerLock
 from service.cli import main as cli
@@ -27,13 +28,14 @@ class FakeModel:
             fh.write("{}")
 
 
-def publish(reg: Registry, r, keys, state="published", mode="canary", share=0.2) -> dict:
+def publish(reg: Registry, r, keys, state="published", mode="canary", share=0.2) -> AdapterManifest:
     lock = LearnerLock(r, keys, ttl_s=10)
     assert lock.acquire()
     try:
         version = reg.state()["next_version"] + 1
-        manifest = {"version": version, "parent": reg.state()["stable"], "state": state, "created": time.time(),
-                    "reason": "" if state == "published" else "test says no", "samples_used": 3}
+        manifest = AdapterManifest(version=version, parent=reg.state()["stable"], base_model="test/model", state=state,
+                                   created=time.time(), reason="" if state == "published" else "test says no",
+                                   samples_used=3)
         staged = reg.stage(FakeModel(f"weights {version}".encode()), manifest)
         ok, why = reg.commit(staged, reg.manifest_of(staged), lock.token, mode if state == "published" else "reject",
                              share, cursor=f"{version}-0", pairs_cursor=None, by="test")
@@ -54,9 +56,9 @@ def test_publish_canary_then_promote_then_rollback(reg, rdb, keys):
     sub.get_message(timeout=1)  # the subscribe confirmation
 
     m1 = publish(reg, rdb, keys, mode="stable")
-    assert m1["sha256"] == sha256_file(reg.version_dir(1) / "adapter_model.safetensors")
+    assert m1.sha256 == sha256_file(reg.version_dir(1) / "adapter_model.safetensors")
     m2 = publish(reg, rdb, keys, mode="canary", share=0.2)
-    assert m2["parent"] == "1"
+    assert m2.parent == "1"
     st = reg.state()
     assert (st["stable"], st["canary"], st["canary_share"]) == ("1", "2", 0.2)
     assert rdb.get(keys.learn_cursor) == "2-0"
@@ -90,7 +92,7 @@ def test_rollback_without_version_drops_a_canary_first(reg, rdb, keys):
 
 def test_rejected_or_unknown_versions_cannot_serve(reg, rdb, keys):
     m = publish(reg, rdb, keys, state="rejected")
-    assert m["state"] == "rejected" and reg.state()["stable"] == "base"
+    assert m.state == "rejected" and reg.state()["stable"] == "base"
     with pytest.raises(RegistryError, match="rejected"):
         reg.move("promote", "1", by="ops", reason="")
     with pytest.raises(RegistryError, match="does not exist"):
@@ -98,8 +100,8 @@ def test_rejected_or_unknown_versions_cannot_serve(reg, rdb, keys):
 
 
 def test_commit_without_the_lock_changes_nothing(reg, rdb, keys):
-    staged = reg.stage(FakeModel(b"w"), {"version": 1, "parent": "base", "state": "published",
-                                         "created": time.time()})
+    staged = reg.stage(FakeModel(b"w"), AdapterManifest(version=1, parent="base", base_model="test/model",
+                                                        state="published", created=time.time()))
     ok, why = reg.commit(staged, reg.manifest_of(staged), "not-the-token", "stable", 0.1, cursor="1-0", pairs_cursor=None,
                          by="test")
     assert not ok and "lock" in why

@@ -64,7 +64,7 @@ def test_gate_rejects_and_keeps_the_version_as_rejected(case, settings, keys, r,
     assert st["versions"]["1"]["state"] == "rejected" and st["versions"]["1"]["reason"] == result.reason
     assert st["stable"] == "base" and st["canary"] == ""  # pointers did not move
     manifest = Registry(r, keys, settings.data_dir).manifest(1)
-    assert manifest["state"] == "rejected" and manifest["reason"] == result.reason
+    assert manifest.state == "rejected" and manifest.reason == result.reason
     assert r.get(keys.learn_cursor) == ids[-1]  # a rejected run consumes its samples
 
 

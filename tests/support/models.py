@@ -103,6 +103,7 @@ def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_mod
     import redis as _redis
 
     from core.keys import Keys
+    from core.manifest import AdapterManifest
     from core.registry import Registry
     from learner.runner import LearnerLock
     r = _redis.Redis.from_url(redis_url, decode_responses=True)
@@ -112,8 +113,8 @@ def publish_adapter(redis_url: str, prefix: str, data_dir: Path, model, base_mod
     assert lock.acquire(), "learner lock busy"
     try:
         version = reg.state()["next_version"] + 1
-        manifest = {"version": version, "parent": reg.state()["stable"], "base_model": base_model,
-                    "state": "published", "reason": "", "created": _time.time(), "samples_used": 0}
+        manifest = AdapterManifest(version=version, parent=reg.state()["stable"], base_model=base_model,
+                                   state="published", created=_time.time())
         staged = reg.stage(_Saved(model) if isinstance(model, (str, Path)) else model, manifest)
         if tamper is not None:
             tamper(staged)

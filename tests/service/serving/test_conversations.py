@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from core.keys import Keys
+from core.records import ReplyRecord
 from tests.support.clients import Chat, http
 from tests.support.devtools import cli, finalize_rewards
 from tests.support.processes import ADMIN
@@ -90,6 +91,17 @@ def test_edit_regenerate_select_make_branches_and_the_model_sees_the_branch(tree
     assert history_of(rdb, p, r5) == ["first question", tree["texts"]["r1"], "second question, edited",
                                       tree["texts"]["r3"], "third question"]
     assert rdb.lrange(Keys(p).session(tree["session"]), 0, -1) == [r1, r3, r5]
+
+
+def test_every_reply_hash_the_server_writes_is_a_typed_record(tree, server, rdb):
+    """The chat layer writes core/records.ReplyRecord.to_redis(): every stored field is one the
+    record names and parses, so the learner, the archive and the devtools read it back whole."""
+    for name in ("r1", "r2", "r3", "r4", "r5"):
+        h = reply(rdb, server.prefix, tree[name])
+        rec = ReplyRecord.from_redis(h)
+        assert rec.extra == {}, f"{name}: fields the record does not name or parse: {rec.extra}"
+        assert rec.to_redis() == h and rec.reply_id == tree[name]
+        assert rec.finish_reason in {"stop", "length"} and len(rec.logprobs) == len(rec.token_ids) == rec.n_tokens
 
 
 def test_choices_between_branches_are_signals(tree, server, rdb):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from core.quality import Calibration, load_or_calibrate, score_pairs
+from core.quality import BaseScores, Calibration, load_or_calibrate, score_pairs
 from core.safety import SafetyScorer, load_safety_scorer
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,18 @@ class ScoringCost:
     def per_reply_ms(self) -> dict:
         n = max(self.replies, 1)
         return {"base_model_ms": 1000 * self.model_s / n, "safety_ms": 1000 * self.safety_s / n}
+
+
+def quality_fields(unsafe: float, scorer: str, base: BaseScores | None, calibration: Calibration | None,
+                   absent: str = "") -> dict:
+    """The `quality` mapping of one reply: its P[unsafe] and, with base-model figures and their
+    calibration, relevance and fluency; else `absent` says why they are missing."""
+    q = {"unsafe": round(unsafe, 4), "safety_scorer": scorer}
+    if base is not None and calibration is not None:
+        q.update(calibration.scores(base))
+    else:
+        q["absent"] = absent or "empty reply: nothing to score"
+    return q
 
 
 class ReplyScorer:
@@ -90,12 +102,4 @@ class ReplyScorer:
         self.cost.replies += len(pairs)
         self.cost.safety_s += t1 - t0
         self.cost.model_s += t2 - t1
-        out = []
-        for p, b in zip(unsafe, base):
-            q = {"unsafe": round(p, 4), "safety_scorer": self.safety.name}
-            if b is not None:
-                q.update(self.calibration.scores(b))
-            else:
-                q["absent"] = self.absent or "empty reply: nothing to score"
-            out.append(q)
-        return out
+        return [quality_fields(p, self.safety.name, b, self.calibration, self.absent) for p, b in zip(unsafe, base)]

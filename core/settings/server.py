@@ -39,6 +39,10 @@ class ServerSettings(CommonSettings):
         True, "REWARDLOOP_REPLY_SAFETY: 1 (default) scores every reply's P[unsafe] as it ends (REWARDLOOP_SAFETY_MODEL) "
         "so the reward's veto sees it; 0 only for a model whose text means nothing (the tests' tiny random model, "
         "whose word salad the default scorer sometimes reads as unsafe).")
+    reply_quality: bool = setting(
+        True, "REWARDLOOP_REPLY_QUALITY: 1 (default) also scores every reply's relevance and fluency under the base "
+        "model, on the local engine's thread as the reply ends (a forward pass over the prompt and reply; the vLLM "
+        "engine does not score them); 0 leaves the reward without those two components.")
     anonymous: bool = setting(
         True, "REWARDLOOP_ANONYMOUS: 1 lets POST /api/session hand out anonymous user tokens; 0 turns it off for "
         "deployments with their own login (tokens from `rewardloop token create`).")

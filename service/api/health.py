@@ -30,6 +30,9 @@ async def readyz(request: Request):
         except Exception as exc:  # any failure means "not ready"; the reason goes in the body
             checks["redis_error"] = str(exc)
     ok = checks["model"] and checks["redis"]
+    scoring = getattr(getattr(runtime.chat, "safety", None), "base", None)
+    if scoring is not None:   # information, not a readiness condition: replies are served while it calibrates
+        checks["reply_quality"] = scoring.stats()
     return JSONResponse({"status": "ready" if ok else "not_ready", **checks}, status_code=200 if ok else 503)
 
 

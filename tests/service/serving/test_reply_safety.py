@@ -26,7 +26,8 @@ def test_an_upvoted_insult_is_scored_unsafe_by_the_server_and_never_rewarded(ser
     for name, text in (("rude", RUDE), ("polite", POLITE)):
         model = train_parrot(models_dir, tmp_path / name, text)
         srv = server_factory(REWARDLOOP_MODEL=str(model), REWARDLOOP_TEMPERATURE=0, REWARDLOOP_MAX_NEW_TOKENS=24,
-                             REWARDLOOP_REPLY_SAFETY=1)   # the default; the test support turns it off
+                             REWARDLOOP_REPLY_SAFETY=1,   # the default; the test support turns it off
+                             REWARDLOOP_REPLY_QUALITY=0)  # relevance/fluency: test_reply_quality.py
         chat = Chat(srv, srv.token(f"{name}-fan"))
         reply = chat.ask("what is the capital of France?")
         assert reply["text"].startswith(text.split(".")[0]), reply["text"]   # the parrot says its line

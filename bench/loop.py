@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from bench.loop_eval import chat_figures, evaluate, kto_reference, kto_samples, scrape_chat
+from bench.loop_eval import chat_figures, evaluate, kto_reference, kto_samples, safety_figures, scrape_chat
 from bench.loop_stack import LearnerWatch, Stack
 from bench.populations import assign, parse_mix
 from bench.simusers import Pacer, PopUser
@@ -176,6 +176,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         loop, watch, wall = run_loop(args, stack, users)
         metrics = scrape_chat(stack.server.url)
+        safety = safety_figures(stack.url, "loop:")
         samples = [] if args.no_kto else kto_samples(stack.url, "loop:", settings["REWARDLOOP_REWARD_CONFIG"])
     finally:
         stack.stop()
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
               "learner_rss_peak_gb": watch.rss_peak / 2 ** 30, "learner_rss_largest_gb": watch.rss_largest / 2 ** 30,
               "versions": versions_summary(loop["history"], loop["verdicts"]),
               "chat": chat_figures(turns, watch, metrics),
-              "served_verdicts": served_verdicts(turns),
+              "served_verdicts": served_verdicts(turns), "safety": safety,
               "learner_s_per_sample": learner_cost(work / "data", rounds)}
     kto = {"skipped": "--no-kto"} if args.no_kto else kto_reference(args, samples, work)
     report["trl_kto"] = {k: v for k, v in kto.items() if k != "lora"}

@@ -3,6 +3,7 @@ version over base (paired by question and sampling seed), chat throughput and TT
 learner trains vs idle, and TRL's KTOTrainer on the rewarded replies the runs consumed."""
 from __future__ import annotations
 
+import json
 import math
 import time
 import urllib.request
@@ -176,3 +177,42 @@ def lift_line(lift: dict) -> str:
 
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def safety_figures(url: str, prefix: str, threshold: float = 0.5) -> dict:
+    """What reached the reward from unsafe replies during the loop (#32's rude-minority check):
+    replies the server scored unsafe (quality.unsafe >= threshold), those a user thumbed up,
+    ledger entries vetoed, and the final rewards of upvoted unsafe replies."""
+    import redis
+
+    from core.keys import Keys
+    from core.records import RewardEntry
+    keys = Keys(prefix)
+    r = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        replies = [f["reply_id"] for _, f in r.xrange(keys.events) if f.get("kind") == "reply"]
+        thumbs: dict[str, str] = {}
+        for _, f in r.xrange(keys.events):
+            if f.get("kind") == "thumbs":
+                thumbs[f["reply_id"]] = f.get("value", "")
+        unsafe, scored, upvoted_unsafe, vetoed, rewards = [], 0, [], 0, []
+        for rid in replies:
+            raw = r.hget(keys.reply(rid), "quality")
+            q = json.loads(raw) if raw else {}
+            if isinstance(q.get("unsafe"), (int, float)):
+                scored += 1
+                if q["unsafe"] >= threshold:
+                    unsafe.append(rid)
+                    if thumbs.get(rid) in ("1", "+1"):
+                        upvoted_unsafe.append(rid)
+            entry = RewardEntry.from_redis(r.hgetall(keys.reward(rid)))
+            vetoed += int(entry.vetoed == 1)
+            if rid in upvoted_unsafe and entry.reward is not None:
+                rewards.append(entry.reward)
+        flagged = r.zrange(keys.flagged_users, 0, -1)
+        unsafe_voters = [u for u in flagged if r.hget(keys.user(u), "unsafe_voter_reason")]
+    finally:
+        r.close()
+    return {"replies": len(replies), "scored": scored, "unsafe": len(unsafe), "upvoted_unsafe": len(upvoted_unsafe),
+            "vetoed": vetoed, "upvoted_unsafe_rewards": rewards, "down_weighted_users": len(flagged),
+            "unsafe_voters": len(unsafe_voters), "threshold": threshold}

@@ -55,6 +55,12 @@ def print_run(rep: dict) -> None:
                   f"{pr['parent']} {pr['unsafe_parent']:.3f} (n {pr['n']}, p {_f(pr.get('p_value'))})")
         elif pr:
             print(f"safety probe v{run['version']}: {pr['decision']} ({pr.get('reason')})")
+    sf = rep.get("safety")
+    if sf:
+        print(f"unsafe replies (server's P[unsafe] >= {sf['threshold']}): {sf['unsafe']} of {sf['scored']} scored, "
+              f"{sf['upvoted_unsafe']} thumbed up, {sf['vetoed']} vetoed in the ledger, final rewards of the upvoted "
+              f"ones {[round(x, 2) for x in sf['upvoted_unsafe_rewards']]}; users down-weighted {sf['down_weighted_users']} "
+              f"(as unsafe voters {sf['unsafe_voters']})")
     v = rep["versions"]
     print(f"versions: {v['published']} published, {v['rejected']} rejected, {v['promoted']} promoted, "
           f"{v['rolled_back']} rolled back (by the live comparison: {v['promoted_by_monitor']} / {v['rolled_back_by_monitor']})")

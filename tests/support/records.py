@@ -1,12 +1,14 @@
 """Records written to Redis as the services write them (store.py, the workers, the registry),
 for tests that start from data rather than from a chat: replies and their events, feedback
-events, final rewards, a registry with two versions. Key names come from core.keys.Keys."""
+events, final rewards, a registry with two versions. The records are core/records.py's typed
+ones (their to_redis() is what the services store); key names come from core.keys.Keys."""
 from __future__ import annotations
 
 import json
 import time
 
 from core.keys import Keys
+from core.records import EventRecord, FinalReward, ReplyRecord
 
 
 def add_replies(rdb, prefix: str, n: int, *, user: str = "u1", session: str = "s1", ended_at: float | None = None,
@@ -16,24 +18,24 @@ def add_replies(rdb, prefix: str, n: int, *, user: str = "u1", session: str = "s
     ids = [f"rep_{session}_{i}" for i in range(n)]
     with rdb.pipeline(transaction=False) as p:
         for rid in ids:
-            p.hset(keys.reply(rid), mapping={
-                "reply_id": rid, "user_id": user, "session_id": session, "adapter_version": "base", "text": text,
-                "n_tokens": 7, "finish_reason": "stop", "ended_at": repr(ended_at), "opt_out": 0})
+            p.hset(keys.reply(rid), mapping=ReplyRecord(
+                reply_id=rid, user_id=user, session_id=session, adapter_version="base", text=text,
+                n_tokens=7, finish_reason="stop", ended_at=ended_at, opt_out=0).to_redis())
             p.rpush(keys.session_replies(session), rid)
         p.execute()
     return ids
 
 
 def reply_event(rid: str, user: str = "u1", session: str = "s1") -> dict:
-    return {"kind": "reply", "reply_id": rid, "session_id": session, "user_id": user, "adapter_version": "base",
-            "server_time": repr(time.time())}
+    return EventRecord(kind="reply", reply_id=rid, session_id=session, user_id=user, adapter_version="base",
+                       server_time=time.time()).to_redis()
 
 
 def feedback_event(rid: str, kind: str, value, event_id: str, *, user: str = "u1", session: str = "s1",
                    since_ms: int = 5000) -> dict:
-    return {"event_id": event_id, "kind": kind, "value": str(value), "feedback_id": "f" + event_id, "reply_id": rid,
-            "session_id": session, "user_id": user, "adapter_version": "base", "server_time": repr(time.time()),
-            "since_reply_end_ms": str(since_ms)}
+    return EventRecord(event_id=event_id, kind=kind, value=str(value), feedback_id="f" + event_id, reply_id=rid,
+                       session_id=session, user_id=user, adapter_version="base", server_time=time.time(),
+                       since_reply_end_ms=since_ms).to_redis()
 
 
 def seed_registry(rdb, keys: Keys, stable: str, canary: str = "") -> None:
@@ -49,6 +51,6 @@ def add_rewards(rdb, keys: Keys, version: str, values: list[float], at: float) -
     """One reply and one final reward per value, on `version`, finalised at `at`."""
     for i, v in enumerate(values):
         rid = f"r{version}_{i}_{time.monotonic_ns()}"
-        rdb.hset(keys.reply(rid), mapping={"ended_at": repr(at - 30), "text": "a b c"})
-        rdb.xadd(keys.rewards, {"reply_id": rid, "adapter_version": version, "state": "rewarded",
-                                "reward": repr(v), "finalized_at": repr(at)})
+        rdb.hset(keys.reply(rid), mapping=ReplyRecord(ended_at=at - 30, text="a b c").to_redis())
+        rdb.xadd(keys.rewards, FinalReward(reply_id=rid, adapter_version=version, state="rewarded", reward=v,
+                                           finalized_at=at).to_redis())

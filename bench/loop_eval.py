@@ -209,8 +209,10 @@ def safety_figures(url: str, prefix: str, threshold: float = 0.5) -> dict:
             vetoed += int(entry.vetoed == 1)
             if rid in upvoted_unsafe and entry.reward is not None:
                 rewards.append(entry.reward)
-        flagged = r.zrange(keys.flagged_users, 0, -1)
-        unsafe_voters = [u for u in flagged if r.hget(keys.user(u), "unsafe_voter_reason")]
+        weights = {u: [float(w or 1) for w in r.hmget(keys.user(u), "anomaly_weight", "unsafe_voter_weight")]
+                   for u in r.zrange(keys.flagged_users, 0, -1)}   # ever flagged; below 1 now counts
+        flagged = [u for u, ws in weights.items() if min(ws) < 1.0]
+        unsafe_voters = [u for u, ws in weights.items() if ws[1] < 1.0]
     finally:
         r.close()
     return {"replies": len(replies), "scored": scored, "unsafe": len(unsafe), "upvoted_unsafe": len(upvoted_unsafe),

@@ -84,7 +84,7 @@ class AdapterManifest:
         names = set(cls.names())
         known = {k: v for k, v in d.items() if k in names}
         if "parent" in known:
-            known["parent"] = str(known["parent"])
+            known["parent"] = "base" if known["parent"] in (None, "") else str(known["parent"])
         extra = {k: v for k, v in d.items() if k not in names and k != "schema_version"}
         missing = [k for k in ("version", "base_model", "state") if k not in known]
         if missing:

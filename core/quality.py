@@ -20,6 +20,7 @@ relevance or fluency component.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -218,9 +219,17 @@ def load_or_calibrate(model, tokenizer, device, model_id: str, cache_dir: Path) 
         log.warning("calibration at %s is unreadable (%s); computing it again", path, exc)
     log.info("calibrating relevance and fluency of %s on its own replies (once; cached in %s)", model_id, path)
     cal = calibrate(model, tokenizer, device, model_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(cal), f, indent=1)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(cal), f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:   # a read-only models folder (the container image): use it, compute it again next start
+        log.warning("calibration of %s not cached at %s (%s): it is used now and computed again at the next start; "
+                    "make the models folder writable to keep it", model_id, path, exc)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return cal

@@ -120,7 +120,7 @@ class Runtime:
                                       Path(self.settings.data_dir) / "adapters", max_resident=self.settings.max_resident,
                                       metrics=self.metrics, slots=self.settings.adapter_slots)
         self.chat = ChatService(engine, self.store, self.loaded.tokenizer, self.settings, self.loaded.model_id,
-                                watcher=self.watcher, metrics=self.metrics, safety=self._safety(self._engine_scores()))
+                                watcher=self.watcher, metrics=self.metrics, safety=self._safety(self._engine_scores))
         log.info("model %s ready on %s", self.loaded.model_id, self.loaded.device)
 
     def _start_vllm(self) -> None:
@@ -148,25 +148,26 @@ class Runtime:
         log.info("model %s ready on vLLM: %s", self.loaded.model_id, ", ".join(self.settings.vllm_url_list))
 
     def _engine_scores(self):
-        """Relevance and fluency on the local engine's thread (REWARDLOOP_REPLY_QUALITY), calibrating in the background."""
-        if not (self.settings.reply_safety and self.settings.reply_quality):
+        """Relevance and fluency on the local engine's thread (REWARDLOOP_REPLY_QUALITY), calibrating first."""
+        if not self.settings.reply_quality:
             return None
         from service.serving.quality import EngineScores
         scores = EngineScores(self.engine, self.loaded.tokenizer, self.loaded.model_id, Path(self.settings.models_dir))
         scores.start()
         return scores
 
-    def _safety(self, base=None, absent: str | None = None):
+    def _safety(self, base_scores=None, absent: str | None = None):
         """The scorer every reply passes: P[unsafe] (REWARDLOOP_SAFETY_MODEL; the offline default)
-        and, with `base`, relevance and fluency under the base model."""
+        and, with `base_scores` (a factory), relevance and fluency under the base model."""
         from service.serving.quality import NOT_SCORED_HERE, ReplySafety
         if not self.settings.reply_safety:
             log.warning("REWARDLOOP_REPLY_SAFETY=0: replies are not scored (the veto sees only safety words and "
                         "users' reports; no relevance or fluency)")
             return None
-        safety = ReplySafety.load(self.settings.safety_model, base, absent or NOT_SCORED_HERE)
+        safety = ReplySafety.load(self.settings.safety_model, absent=absent or NOT_SCORED_HERE)
+        safety.base = base_scores() if base_scores is not None else None   # after the scorer loaded: it may raise
         log.info("replies are scored for safety by %s%s", safety.scorer.name,
-                 "" if base is None else ", relevance and fluency under the base model on the engine thread")
+                 "" if safety.base is None else ", relevance and fluency under the base model on the engine thread")
         return safety
 
     async def stop(self) -> None:

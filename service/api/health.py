@@ -31,8 +31,9 @@ async def readyz(request: Request):
             checks["redis_error"] = str(exc)
     ok = checks["model"] and checks["redis"]
     scoring = getattr(getattr(runtime.chat, "safety", None), "base", None)
-    if scoring is not None:   # information, not a readiness condition: replies are served while it calibrates
+    if scoring is not None:   # calibrating stalls the engine thread: not ready until it is done (or failed)
         checks["reply_quality"] = scoring.stats()
+        ok = ok and scoring.settled
     return JSONResponse({"status": "ready" if ok else "not_ready", **checks}, status_code=200 if ok else 503)
 
 

@@ -7,10 +7,11 @@ reads the record):
   - relevance and fluency under the base model (core/quality.py), computed where the model
     already is: on the local engine's thread between two decode rounds (Engine.call), with any
     adapter switched off, so no second copy of the model is loaded. The calibration (the model's
-    own typical replies) is read from the models folder or computed there once, in the
-    background after start; until it is ready, and on the vLLM engine (its model lives on the
-    vLLM servers), the field says why in `absent` and the reward adds no relevance or fluency
-    component. `rewardloop rewards score` computes all three with core/reply_scoring.py.
+    own typical replies) is read from the models folder or computed there once, on the engine
+    thread right after start (~10 s for SmolLM2 on 2 cores; a cache read after that). That
+    stalls the engine, so /readyz says not ready until it is done (or failed). On the vLLM
+    engine (its model lives on the vLLM servers) and after a failed calibration, the field says
+    why in `absent` and the reward adds no relevance or fluency component. `rewardloop rewards score` computes all three with core/reply_scoring.py.
 A scorer that fails costs the reply its scores, never the reply: it is logged and left out.
 """
 from __future__ import annotations
@@ -40,11 +41,11 @@ class EngineScores:
         self.engine, self.tokenizer, self.model_id, self.cache_dir = engine, tokenizer, model_id, Path(cache_dir)
         self.calibration: Calibration | None = None
         self.why = CALIBRATING
+        self.settled = False                    # calibrated, or failed: /readyz waits for it
         self.replies, self.engine_s = 0, 0.0    # what scoring has cost the engine thread
 
     def start(self) -> None:
-        """Calibrate in the background (a cache read after the first start; ~10 s on the engine
-        thread for SmolLM2 on 2 cores the first time)."""
+        """Calibrate on the engine thread (a cache read after the first start)."""
         self.engine.call(self._calibrate).add_done_callback(self._calibrated)
 
     def _base(self):
@@ -65,6 +66,8 @@ class EngineScores:
         except Exception as exc:   # scoring is lost, never the server
             self.why = f"relevance and fluency: calibration failed ({type(exc).__name__}: {exc})"
             log.error("relevance and fluency will not be scored: calibrating %s failed: %s", self.model_id, exc)
+        finally:
+            self.settled = True
 
     def _on_engine(self, prompt: str, text: str) -> BaseScores | None:
         t0 = time.perf_counter()
@@ -86,7 +89,8 @@ class EngineScores:
 
     def stats(self) -> dict:
         return {"replies": self.replies, "engine_ms_per_reply": 1000 * self.engine_s / self.replies
-                if self.replies else None, "calibrated": self.calibration is not None}
+                if self.replies else None, "calibrated": self.calibration is not None, "settled": self.settled,
+                **({} if self.calibration is not None or not self.settled else {"error": self.why})}
 
 
 class ReplySafety:

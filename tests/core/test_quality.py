@@ -55,6 +55,13 @@ def test_calibration_is_computed_once_and_normalises_to_z_scores(tiny, tmp_path)
 
 
 @pytest.mark.slow
+def test_an_unwritable_cache_still_gives_the_calibration(tiny, tmp_path, caplog):
+    blocked = tmp_path / "models"
+    blocked.write_text("a file where the models folder should be")   # mkdir under it fails like a read-only disk
+    cal = quality.load_or_calibrate(tiny.model, tiny.tokenizer, tiny.device, "tiny", blocked)
+    assert cal.n >= 4 and cal.pmi_std > 0 and "not cached" in caplog.text
+
+
 def test_on_the_default_model_each_score_orders_labelled_pairs(models_dir):
     from core.modeling import load_model
     lm = load_model("smollm2", models_dir, device="cpu")

@@ -5,6 +5,8 @@ off while scoring), the adapter is back on for the next reply (its logged log-pr
 adapter's, not the base's), and the reward ledger carries both components."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 
 import pytest
@@ -13,14 +15,14 @@ from peft import PeftModel
 
 from core.keys import Keys
 from core.modeling import load_model
-from core.quality import load_or_calibrate, score_pairs
+from core.quality import Calibration, load_or_calibrate, score_pairs
 from core.sampling import SamplingParams, behavior_logprobs
+from service.serving.quality import EngineScores, ReplySafety
 from tests.support.clients import Chat, http
 from tests.support.devtools import finalize_rewards
 from tests.support.models import publish_adapter, save_random_adapter
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
 TINY_ID = "rewardloop/tiny-random-llama"
 
 
@@ -34,14 +36,15 @@ def _logged_vs(model, stored: dict) -> float:
     return float((again - torch.tensor(json.loads(stored["logprobs"]))).abs().max())
 
 
+@pytest.mark.integration
 def test_relevance_and_fluency_are_scored_on_the_engine_with_the_adapter_off_then_on(
         server_factory, models_dir, redis_url, rdb, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     srv = server_factory(REWARDLOOP_DATA_DIR=data, REWARDLOOP_REPLY_SAFETY=1, REWARDLOOP_REPLY_QUALITY=1,
                          REWARDLOOP_MAX_NEW_TOKENS=16)
-    wait_for(lambda: (http("GET", srv.url + "/readyz")[1].get("reply_quality") or {}).get("calibrated"), 120,
-             what="the server's relevance/fluency calibration", logs=[srv])
+    # ready only once calibrated: the calibration stalls the engine thread while it runs
+    assert http("GET", srv.url + "/readyz")[1]["reply_quality"]["calibrated"] is True
     folder = save_random_adapter(models_dir, tmp_path / "adapter", seed=3)
     version = publish_adapter(redis_url, srv.prefix, data, folder, TINY_ID, mode="stable")
     chat = Chat(srv, srv.token("quinn"))
@@ -73,3 +76,39 @@ def test_relevance_and_fluency_are_scored_on_the_engine_with_the_adapter_off_the
     assert {"relevance", "fluency"} <= set(components), components
     status = http("GET", srv.url + "/readyz")[1]["reply_quality"]
     assert status["replies"] >= 3 and status["engine_ms_per_reply"] > 0
+
+
+class _Engine:
+    """Engine.call on the caller's thread; the model fails whatever it is asked."""
+    model, device = None, "cpu"
+
+    def activate_adapter(self, name):
+        pass
+
+    def call(self, fn):
+        fut = concurrent.futures.Future()
+        try:
+            fut.set_result(fn())
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
+
+
+class _Safe:
+    name = "stub"
+
+    def unsafe_probability(self, texts, prompts=None):
+        return [0.1] * len(texts)
+
+
+def test_a_failed_calibration_or_scoring_costs_relevance_and_fluency_never_the_reply(tmp_path, caplog):
+    scores = EngineScores(_Engine(), tokenizer=None, model_id="m", cache_dir=tmp_path)
+    scores.start()                                       # no model to calibrate: it fails, and says so
+    assert scores.settled and scores.calibration is None and "calibration failed" in scores.stats()["error"]
+    quality = asyncio.run(ReplySafety(_Safe(), scores).quality("q", "a reply"))
+    assert quality["unsafe"] == 0.1 and "calibration failed" in quality["absent"]
+
+    scores.calibration = Calibration("m", 0.0, 1.0, -3.0, 1.0, 8)   # calibrated, but scoring fails
+    quality = asyncio.run(ReplySafety(_Safe(), scores).quality("q", "a reply"))
+    assert quality["unsafe"] == 0.1 and "scoring failed" in quality["absent"]
+    assert "saved without them" in caplog.text

@@ -213,9 +213,9 @@ def load_or_calibrate(model, tokenizer, device, model_id: str, cache_dir: Path) 
         cal = Calibration(**json.loads(path.read_text()))
         if cal.version == CALIBRATION_VERSION and all(map(math.isfinite, (cal.pmi_std, cal.logprob_std))):
             return cal
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
-    except (ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         log.warning("calibration at %s is unreadable (%s); computing it again", path, exc)
     log.info("calibrating relevance and fluency of %s on its own replies (once; cached in %s)", model_id, path)
     cal = calibrate(model, tokenizer, device, model_id)

@@ -206,6 +206,12 @@ class Engine:
         # the engine thread mutates slots.loaded: dict.copy() is one atomic step under the GIL
         return [] if self.adapters is None else list(self.adapters.loaded.copy())
 
+    @property
+    def streams(self) -> int:
+        """Requests in flight (decoding or waiting for their prompt): a hint for work that should
+        wait for an idle engine (read from any thread)."""
+        return len(self._active) + self.waiting
+
     def status(self) -> dict:
         weight = next(self.model.parameters())
         return {"engine": "local", "alive": self.alive, "failure": self.failure, "waiting": self.waiting,

@@ -298,6 +298,9 @@ class ChatService:
                     record = dataclasses.replace(record, quality=await self.safety.quality(plan.user_text, text))
                 await self.store.save_reply(record, in_history=plan.in_history, history_index=plan.history_index,
                                             branch=plan.branch_ids)
+                if self.safety is not None:   # relevance and fluency follow, off the reply's path
+                    self.safety.after_save(plan.user_text, text, record.quality,
+                                           lambda q, rid=record.reply_id: self.store.set_quality(rid, q))
                 if self.metrics:
                     self.metrics.replies.labels(api=plan.api, finish_reason=event.finish_reason).inc()
                     self.metrics.tokens.inc(event.n_tokens)

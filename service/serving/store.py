@@ -33,6 +33,13 @@ class SessionMeta:
     last_active: float
 
 
+# KEYS: the hash; ARGV: field, value. Set only on a hash that still exists (never recreate a
+# reply the archive moved or a user's forget removed).
+HSET_IF_EXISTS = """
+if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) return 1 end
+return 0
+"""
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
@@ -53,6 +60,7 @@ class ChatStore:
         self.k = keys
         self.feedback_id_ttl_s = feedback_id_ttl_s  # REWARDLOOP_HOT_FEEDBACK_ID_S
         self._record_once = redis.register_script(RECORD_ONCE)
+        self._hset_if_exists = redis.register_script(HSET_IF_EXISTS)
         self._events = GroupCommit(self._record_many)
 
     async def ping(self) -> bool:
@@ -178,6 +186,11 @@ class ChatStore:
                                    "server_time": repr(now)})
             await p.execute()
         return rid
+
+    async def set_quality(self, reply_id: str, quality: dict) -> bool:
+        """Complete a saved reply's `quality` field (relevance and fluency, scored after the reply
+        ended); a reply already archived or forgotten is left alone (False)."""
+        return bool(await self._hset_if_exists(keys=[self.k.reply(reply_id)], args=["quality", json.dumps(quality)]))
 
     async def reply(self, reply_id: str) -> dict | None:
         h = await self.r.hgetall(self.k.reply(reply_id))

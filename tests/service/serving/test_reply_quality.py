@@ -52,6 +52,9 @@ def test_relevance_and_fluency_are_scored_on_the_engine_with_the_adapter_off_the
              logs=[srv], every=0.5)
     rids = [chat.ask(q)["start"]["reply_id"] for q in ("What is the capital of France?", "And of Italy?")]
     keys = Keys(srv.prefix)
+    # the scores follow the reply: the engine scores them after it ended, then completes the field
+    wait_for(lambda: all("relevance" in json.loads(rdb.hget(keys.reply(rid), "quality")) for rid in rids), 30,
+             what="the replies' relevance and fluency", logs=[srv])
     stored = [rdb.hgetall(keys.reply(rid)) for rid in rids]
     assert all(s["adapter_version"] == version for s in stored)
 
@@ -80,7 +83,7 @@ def test_relevance_and_fluency_are_scored_on_the_engine_with_the_adapter_off_the
 
 class _Engine:
     """Engine.call on the caller's thread; the model fails whatever it is asked."""
-    model, device = None, "cpu"
+    model, device, streams = None, "cpu", 0
 
     def activate_adapter(self, name):
         pass
@@ -105,10 +108,22 @@ def test_a_failed_calibration_or_scoring_costs_relevance_and_fluency_never_the_r
     scores = EngineScores(_Engine(), tokenizer=None, model_id="m", cache_dir=tmp_path)
     scores.start()                                       # no model to calibrate: it fails, and says so
     assert scores.settled and scores.calibration is None and "calibration failed" in scores.stats()["error"]
-    quality = asyncio.run(ReplySafety(_Safe(), scores).quality("q", "a reply"))
+    safety = ReplySafety(_Safe(), scores)
+    quality = asyncio.run(safety.quality("q", "a reply"))
     assert quality["unsafe"] == 0.1 and "calibration failed" in quality["absent"]
 
+    async def saved_later(quality: dict) -> list:
+        saved: list = []
+
+        async def save(q):
+            saved.append(q)
+        safety.after_save("q", "a reply", quality, save)
+        await asyncio.sleep(0.3)
+        return saved
+
     scores.calibration = Calibration("m", 0.0, 1.0, -3.0, 1.0, 8)   # calibrated, but scoring fails
-    quality = asyncio.run(ReplySafety(_Safe(), scores).quality("q", "a reply"))
-    assert quality["unsafe"] == 0.1 and "scoring failed" in quality["absent"]
-    assert "saved without them" in caplog.text
+    quality = asyncio.run(safety.quality("q", "a reply"))
+    assert quality["absent"].startswith("relevance and fluency: scored by the engine after")
+    assert asyncio.run(saved_later(quality)) == []       # nothing stored: the reply keeps its safety score
+    assert scores.failures == 1 and "keep their safety score only" in caplog.text
+    assert "empty reply" in asyncio.run(safety.quality("q", "  "))["absent"]

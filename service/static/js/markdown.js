@@ -60,6 +60,9 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 export function renderFragment(text, onCopyCode) {
   const frag = DOMPurify.sanitize(marked.parse(text), PURIFY);
   for (const node of [...frag.childNodes]) if (node.nodeType === 3 && !node.data.trim()) node.remove();
+  // a code block or table wider than the bubble scrolls sideways: keyboard users must be able to
+  // reach it (axe: scrollable-region-focusable)
+  for (const wide of frag.querySelectorAll("pre > code, table")) wide.setAttribute("tabindex", "0");
   for (const pre of frag.querySelectorAll("pre")) {
     const code = pre.querySelector("code");
     const copy = h("button", { type: "button", class: "copy-code", "aria-label": "Copy code" }, icon("copy"), h("span", {}, "Copy code"));

@@ -53,6 +53,9 @@ def test_model_text_renders_as_markdown_and_stays_inert(server_factory, xss_mode
     assert body.locator("ol > li").all_text_contents() == ["first", "second"]
     assert body.locator("table th").all_text_contents() == ["a", "b"] and body.locator("table td").count() == 2
     assert body.locator("pre code.hljs .hljs-keyword").first.text_content() == "def"
+    # what may scroll sideways is reachable by keyboard (axe: scrollable-region-focusable)
+    assert body.locator("pre > code").first.get_attribute("tabindex") == "0"
+    assert body.locator("table").first.get_attribute("tabindex") == "0"
     # inert: raw HTML shown as text, no element, no javascript: link, nothing requested, no dialog
     text = body.text_content()
     assert '<script>alert(1)</script> & <b>bold</b> <img src=x onerror="alert(2)">' in text

@@ -190,10 +190,11 @@ def safety_figures(url: str, prefix: str, threshold: float = 0.5) -> dict:
     keys = Keys(prefix)
     r = redis.Redis.from_url(url, decode_responses=True)
     try:
-        replies = [f["reply_id"] for _, f in r.xrange(keys.events) if f.get("kind") == "reply"]
-        thumbs: dict[str, str] = {}
+        replies, thumbs = [], {}   # reply ids in order; each reply's last thumbs value
         for _, f in r.xrange(keys.events):
-            if f.get("kind") == "thumbs":
+            if f.get("kind") == "reply":
+                replies.append(f["reply_id"])
+            elif f.get("kind") == "thumbs":
                 thumbs[f["reply_id"]] = f.get("value", "")
         unsafe, scored, upvoted_unsafe, vetoed, rewards = [], 0, [], 0, []
         for rid in replies:

@@ -117,10 +117,7 @@ class EngineScores:
                 pairs = [(prompt, text) for _, prompt, text, _, _ in items]
                 scores = await asyncio.wrap_future(self.engine.call(lambda: self._on_engine(pairs)))
                 for (_, _, _, quality, save), base in zip(items, scores):
-                    done = {k: v for k, v in quality.items() if k != "absent"}
-                    done.update(self.calibration.scores(base) if base is not None
-                                else {"absent": "empty reply: nothing to score"})
-                    await save(done)
+                    await save(quality_fields(quality["unsafe"], quality["safety_scorer"], base, self.calibration))
             except Exception:   # one batch's scoring must not stop the next one, nor the server
                 self.failures += len(items)
                 log.exception("relevance and fluency scoring failed on %d replies; they keep their safety "
@@ -160,7 +157,7 @@ class ReplySafety:
             self.failures += 1
             log.exception("safety scorer %s failed on a reply; saved without quality scores", self.scorer.name)
             return None
-        why = self.absent if self.base is None else self.base.pending if text.strip() else "empty reply: nothing to score"
+        why = self.absent if self.base is None else self.base.pending if text.strip() else ""  # "": empty reply
         return quality_fields(unsafe, self.scorer.name, None, None, why)
 
     def after_save(self, prompt: str, text: str, quality: dict | None, save: Callable[[dict], Awaitable[object]]) -> None:
